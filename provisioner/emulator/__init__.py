@@ -1,0 +1,1 @@
+"""A KMS that behaves like Alibaba Cloud's for everything BYOK touches (engine, RPC layer, server)."""

@@ -1,0 +1,272 @@
+"""The provisioner's vocabulary: wire strings as enums, desired and actual keys as frozen values.
+
+Nothing here does I/O or reads a clock. Every other module speaks in these types; the
+enum values are the exact strings the KMS API uses, so they go on the wire unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+
+class KeySpec(StrEnum):
+    RSA_2048 = "RSA_2048"
+    RSA_3072 = "RSA_3072"
+    RSA_4096 = "RSA_4096"
+    EC_P256 = "EC_P256"
+    EC_P256K = "EC_P256K"
+    EC_SM2 = "EC_SM2"
+
+    @property
+    def is_rsa(self) -> bool:
+        return self.value.startswith("RSA_")
+
+    @property
+    def rsa_bits(self) -> int:
+        return int(self.value.removeprefix("RSA_")) if self.is_rsa else 0
+
+
+class KeyUsage(StrEnum):
+    SIGN_VERIFY = "SIGN/VERIFY"
+    ENCRYPT_DECRYPT = "ENCRYPT/DECRYPT"
+
+
+class ProtectionLevel(StrEnum):
+    SOFTWARE = "SOFTWARE"
+    HSM = "HSM"
+
+
+#: Which specs take imported asymmetric material, per protection level (DESIGN section 3).
+IMPORTABLE_SPECS: Mapping[ProtectionLevel, frozenset[KeySpec]] = {
+    ProtectionLevel.SOFTWARE: frozenset(
+        {KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.EC_P256, KeySpec.EC_P256K}
+    ),
+    ProtectionLevel.HSM: frozenset(KeySpec),
+}
+
+
+class KeyState(StrEnum):
+    """`KeyState` as DescribeKey reports it."""
+
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PENDING_IMPORT = "PendingImport"
+    PENDING_DELETION = "PendingDeletion"
+
+
+class Origin(StrEnum):
+    ALIYUN_KMS = "Aliyun_KMS"
+    EXTERNAL = "EXTERNAL"
+
+
+class WrappingAlgorithm(StrEnum):
+    RSA_OAEP_AES_ECB = "RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD"
+    SM2PKE_SM4_ECB = "SM2PKE_SM4_ECB"
+
+    @property
+    def wrapping_key_spec(self) -> KeySpec:
+        return KeySpec.RSA_2048 if self is WrappingAlgorithm.RSA_OAEP_AES_ECB else KeySpec.EC_SM2
+
+    @classmethod
+    def for_spec(cls, spec: KeySpec) -> WrappingAlgorithm:
+        """The algorithm the vendor pairs with a target key spec (guide, step 2)."""
+        return cls.SM2PKE_SM4_ECB if spec is KeySpec.EC_SM2 else cls.RSA_OAEP_AES_ECB
+
+
+class DesiredState(StrEnum):
+    PRESENT = "present"
+    MATERIAL_DELETED = "material-deleted"
+    ABSENT = "absent"
+
+
+class KeyStatus(StrEnum):
+    """The one status of a live key (STYLE habit 2). A key that does not exist has no ActualKey.
+
+    KMS cannot tell "never imported" from "material deleted": both are PENDING_IMPORT.
+    Material whose expiry time has passed is MATERIAL_EXPIRED.
+    """
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    PENDING_IMPORT = "pending-import"
+    MATERIAL_EXPIRED = "material-expired"
+    PENDING_DELETION = "pending-deletion"
+
+
+class SourceKind(StrEnum):
+    FILE = "file"
+    ENV = "env"
+    COMMAND = "command"
+
+
+# Reserved tags, set at CreateKey time and never changed afterwards (DESIGN section 4).
+TAG_STACK = "byok-provisioner:stack"
+TAG_NAME = "byok-provisioner:name"
+TAG_FINGERPRINT = "byok-provisioner:fingerprint"
+RESERVED_TAGS = (TAG_STACK, TAG_NAME, TAG_FINGERPRINT)
+MAX_TAGS_PER_KEY = 20
+
+DEFAULT_DELETION_WINDOW_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value was written: file (as given on the command line), 1-based line and column."""
+
+    file: str
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.column}"
+        return self.file
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in the input, compiler style."""
+
+    location: Location
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.severity}: {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "file": self.location.file,
+            "line": self.location.line,
+            "column": self.location.column,
+            "severity": self.severity,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class MaterialSource:
+    """Where a key's private material comes from. Holds no secret, only a reference."""
+
+    kind: SourceKind
+    file: Path | None = None  # absolute, resolved against the manifest's folder
+    env: str | None = None
+    command: tuple[str, ...] = ()
+    passphrase_env: str | None = None
+    fingerprint: str | None = None  # pinned "sha256:<64 hex>"
+    location: Location = field(default_factory=lambda: Location("<unknown>"))
+
+    def describe(self) -> str:
+        """The source in the user's words, for messages: never the material itself."""
+        if self.kind is SourceKind.FILE:
+            return f"file {self.file}"
+        if self.kind is SourceKind.ENV:
+            return f"environment variable {self.env}"
+        return "command " + " ".join(self.command)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"kind": self.kind.value}
+        if self.file is not None:
+            out["file"] = str(self.file)
+        if self.env is not None:
+            out["env"] = self.env
+        if self.command:
+            out["command"] = list(self.command)
+        if self.passphrase_env is not None:
+            out["passphrase_env"] = self.passphrase_env
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
+        return out
+
+
+@dataclass(frozen=True)
+class DesiredKey:
+    """A key as the manifest says it should be, `defaults` already merged in."""
+
+    stack: str
+    name: str
+    spec: KeySpec
+    usage: KeyUsage
+    protection: ProtectionLevel
+    instance: str | None
+    description: str
+    tags: Mapping[str, str]  # user tags only; reserved tags are added by the planner
+    aliases: tuple[str, ...]  # sorted
+    expiry: datetime | None  # None: never expires; always timezone-aware
+    deletion_protection: bool
+    deletion_window_days: int
+    material: MaterialSource | None
+    state: DesiredState
+    location: Location
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """`backend:` block of a manifest, or what the command line says."""
+
+    type: str = "local"  # "local" | "alibaba"
+    path: Path | None = None  # local: SQLite file
+    region: str | None = None
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class ManifestSet:
+    """Everything a set of manifest files declares; one stack per set."""
+
+    stack: str
+    keys: tuple[DesiredKey, ...]  # sorted by name
+    backend: BackendConfig | None
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ActualKey:
+    """A live key of this stack as refresh found it."""
+
+    key_id: str
+    arn: str
+    status: KeyStatus
+    spec: KeySpec
+    usage: KeyUsage
+    protection: ProtectionLevel
+    instance: str | None
+    description: str
+    created_at: datetime
+    material_expires_at: datetime | None
+    deletion_date: datetime | None
+    deletion_protection: bool
+    primary_key_version: str
+    tags: Mapping[str, str]  # every tag, reserved ones included
+    aliases: tuple[str, ...]  # sorted
+    public_key_fingerprint: str | None = None  # confirmed by GetPublicKey, when read
+
+    @property
+    def stack(self) -> str | None:
+        return self.tags.get(TAG_STACK)
+
+    @property
+    def name(self) -> str | None:
+        return self.tags.get(TAG_NAME)
+
+    @property
+    def recorded_fingerprint(self) -> str | None:
+        return self.tags.get(TAG_FINGERPRINT)
+
+    @property
+    def user_tags(self) -> dict[str, str]:
+        return {k: v for k, v in self.tags.items() if k not in RESERVED_TAGS}
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Everything refresh read: this stack's keys by name, and who holds each alias we care about."""
+
+    stack: str
+    keys: Mapping[str, tuple[ActualKey, ...]]  # name -> keys carrying that identity (duplicates possible)
+    alias_owners: Mapping[str, str]  # alias name -> key id, for every alias in the region
+    foreign_keys: frozenset[str] = frozenset()  # ids of alias-holding keys that are not this stack's
