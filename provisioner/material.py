@@ -1,0 +1,519 @@
+"""Private key material: read it from its source, parse any common encoding, fingerprint it.
+
+Plaintext keys live only inside `PrivateMaterial`, whose repr is its fingerprint. Nothing here
+prints or logs; errors name the source and what was wrong, never the bytes. Warnings go to a
+callback the caller passes in (the CLI prints them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NoReturn
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from provisioner import _der, sm2
+from provisioner.errors import MaterialError
+from provisioner.model import KeySpec, MaterialSource, SourceKind
+
+COMMAND_TIMEOUT_SECONDS = 30.0
+FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+Warn = Callable[[str], None]
+KeyObject = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+_RSA_SPECS = {2048: KeySpec.RSA_2048, 3072: KeySpec.RSA_3072, 4096: KeySpec.RSA_4096}
+_EC_SPECS = {"secp256r1": KeySpec.EC_P256, "secp256k1": KeySpec.EC_P256K}
+_CURVE_WORDS = {KeySpec.EC_P256: "P-256", KeySpec.EC_P256K: "secp256k1", KeySpec.EC_SM2: "SM2"}
+
+
+def fingerprint_of_spki(der: bytes) -> str:
+    """`sha256:` + hex SHA-256 of a DER SubjectPublicKeyInfo (as given: pass canonical DER)."""
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def _spki_of(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def describe_spec(spec: KeySpec) -> str:
+    """A spec in words for messages: `EC_P256K (curve secp256k1)`."""
+    curve = _CURVE_WORDS.get(spec)
+    return f"{spec} (curve {curve})" if curve else str(spec)
+
+
+class PrivateMaterial:
+    """One private key of a supported spec. Its repr and str are its spec and fingerprint only."""
+
+    __slots__ = ("spec", "fingerprint", "_key", "_spki")
+
+    def __init__(self, key: KeyObject, spec: KeySpec) -> None:
+        self._key: KeyObject | None = key
+        self.spec = spec
+        if isinstance(key, int):
+            self._spki = sm2.spki_der(sm2.public_key(key))
+        else:
+            self._spki = _spki_of(key)
+        self.fingerprint = fingerprint_of_spki(self._spki)
+
+    def __repr__(self) -> str:
+        return f"PrivateMaterial(spec={self.spec.value}, fingerprint={self.fingerprint})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        # Pickling would write the plaintext key somewhere; a plan file must hold the fingerprint.
+        raise TypeError("PrivateMaterial cannot be pickled")
+
+    def _live(self) -> KeyObject:
+        if self._key is None:
+            raise MaterialError(f"material {self.fingerprint} was wiped after use")
+        return self._key
+
+    def private_key(self) -> KeyObject:
+        """The key for signing or decrypting: a cryptography key object, or the SM2 scalar."""
+        return self._live()
+
+    def public_key_der(self) -> bytes:
+        return self._spki
+
+    def public_key_pem(self) -> str:
+        body = base64.encodebytes(self._spki).decode("ascii").replace("\n", "")
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+
+    def pkcs8_der(self) -> bytes:
+        """Unencrypted PKCS#8 DER (RSA: RFC 3447 inside; EC: RFC 5915 inside). Use and drop it."""
+        key = self._live()
+        if isinstance(key, int):
+            return sm2.private_key_pkcs8_der(key)
+        return key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def sm2_scalar(self) -> bytes:
+        """D as exactly 32 big-endian bytes (left-padded), for SM2PKE_SM4_ECB."""
+        key = self._live()
+        if not isinstance(key, int):
+            raise MaterialError(f"{self.spec} material has no SM2 scalar")
+        return sm2.scalar_bytes(key)
+
+    def wipe(self) -> None:
+        """Drop the key. Python cannot overwrite an int or OpenSSL's copy; this ends our reference."""
+        self._key = None
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def _classify(key: object) -> PrivateMaterial:
+    if isinstance(key, rsa.RSAPrivateKey):
+        spec = _RSA_SPECS.get(key.key_size)
+        if spec is None:
+            raise MaterialError(
+                f"RSA key of {key.key_size} bits is not a supported spec (RSA_2048, RSA_3072, RSA_4096)"
+            )
+        return PrivateMaterial(key, spec)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        spec = _EC_SPECS.get(key.curve.name)
+        if spec is None:
+            raise MaterialError(
+                f"EC key on curve {key.curve.name} is not supported "
+                "(EC_P256: P-256, EC_P256K: secp256k1, EC_SM2: SM2)"
+            )
+        return PrivateMaterial(key, spec)
+    name = type(key).__name__.lstrip("_").removesuffix("PrivateKey") or "unknown"
+    raise MaterialError(f"{name} keys are not supported; expected an RSA or EC private key")
+
+
+def _is_public_key_der(der: bytes) -> bool:
+    if sm2.is_sm2_spki(der):
+        return True
+    try:
+        serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _is_encrypted_pkcs8(der: bytes) -> bool:
+    try:
+        parts = _der.children(_der.read_single(der, _der.SEQUENCE).content)
+    except ValueError:
+        return False
+    return (
+        len(parts) == 2
+        and parts[0].tag == _der.SEQUENCE
+        and parts[1].tag == _der.OCTET_STRING
+        and bool(_der.children(parts[0].content))
+        and _der.children(parts[0].content)[0].tag == _der.OID
+    )
+
+
+_NEEDS_PASSPHRASE = "the private key is encrypted and no passphrase was given (set passphrase_env)"
+_BAD_PASSPHRASE = "the private key does not decrypt with the given passphrase"
+_GARBAGE = "does not hold a private key in PEM or DER (PKCS#1, SEC1 or PKCS#8)"
+_PUBLIC = "holds a public key; a private key is needed"
+
+
+def _parse_der(der: bytes, passphrase: bytes | None) -> PrivateMaterial:
+    try:
+        scalar = sm2.parse_private_key_der(der)
+    except ValueError as e:
+        raise MaterialError(f"malformed SM2 private key: {e}") from None
+    if scalar is not None:
+        return PrivateMaterial(scalar, KeySpec.EC_SM2)
+    if _is_encrypted_pkcs8(der):
+        if passphrase is None:
+            raise MaterialError(_NEEDS_PASSPHRASE)
+        try:
+            return _classify(serialization.load_der_private_key(der, passphrase))
+        except UnsupportedAlgorithm:
+            # cryptography decrypted it but does not know the curve (SM2): decrypt it ourselves.
+            plain = _decrypt_pbes2(der, passphrase)
+            return _parse_der(plain, None)
+        except ValueError:
+            raise MaterialError(_BAD_PASSPHRASE) from None
+    try:
+        key = serialization.load_der_private_key(der, None)
+    except UnsupportedAlgorithm as e:
+        raise MaterialError(f"unsupported key type: {e}") from None
+    except (ValueError, TypeError):
+        if _is_public_key_der(der):
+            raise MaterialError(_PUBLIC) from None
+        raise MaterialError(_GARBAGE) from None
+    return _classify(key)
+
+
+def _parse_pem(data: bytes, passphrase: bytes | None) -> PrivateMaterial:
+    blocks = list(_PEM_BLOCK.finditer(data))
+    private = [b for b in blocks if b.group(1).endswith(b"PRIVATE KEY")]
+    if not private:
+        if any(b.group(1) in (b"PUBLIC KEY", b"RSA PUBLIC KEY", b"CERTIFICATE") for b in blocks):
+            raise MaterialError(_PUBLIC)
+        raise MaterialError(_GARBAGE)
+    if len(private) > 1:
+        raise MaterialError("holds more than one private key; give one key per source")
+    block = private[0]
+    body = block.group(2)
+    if b"Proc-Type:" in body:
+        return _parse_legacy_encrypted_pem(block.group(0), body, passphrase)
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise MaterialError(f"the {block.group(1).decode()} PEM block is not valid base64") from None
+    return _parse_der(der, passphrase)
+
+
+def _parse_legacy_encrypted_pem(
+    pem: bytes, body: bytes, passphrase: bytes | None
+) -> PrivateMaterial:
+    """OpenSSL's traditional encrypted PEM (Proc-Type: 4,ENCRYPTED; DEK-Info)."""
+    if passphrase is None:
+        raise MaterialError(_NEEDS_PASSPHRASE)
+    try:
+        return _classify(serialization.load_pem_private_key(pem, passphrase))
+    except UnsupportedAlgorithm:
+        return _parse_der(_decrypt_legacy_pem(body, passphrase), None)
+    except (ValueError, TypeError):
+        raise MaterialError(_BAD_PASSPHRASE) from None
+
+
+def parse_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateMaterial:
+    """One private key from PEM, DER or base64 DER text: PKCS#1, SEC1 or PKCS#8, maybe encrypted."""
+    if not data.strip():
+        raise MaterialError("is empty")
+    if b"-----BEGIN " in data:
+        return _parse_pem(data, passphrase)
+    if _BASE64_TEXT.fullmatch(data):
+        try:
+            data = base64.b64decode(b"".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise MaterialError(_GARBAGE) from None
+    return _parse_der(data, passphrase)
+
+
+# --- hand decryption where cryptography refuses the curve (SM2) ---------------------------------
+
+_PRF: dict[str, hashes.HashAlgorithm] = {
+    "1.2.840.113549.2.7": hashes.SHA1(),
+    "1.2.840.113549.2.9": hashes.SHA256(),
+    "1.2.840.113549.2.10": hashes.SHA384(),
+    "1.2.840.113549.2.11": hashes.SHA512(),
+}
+_AES_CBC = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+
+
+def _unpad(padded: bytes) -> bytes:
+    count = padded[-1] if padded else 0
+    if not 1 <= count <= 16 or padded[-count:] != bytes([count]) * count:
+        raise MaterialError(_BAD_PASSPHRASE)
+    return padded[:-count]
+
+
+def _aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    if len(iv) != 16 or not ciphertext or len(ciphertext) % 16:
+        raise MaterialError("encrypted private key has a malformed AES-CBC payload")
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    return _unpad(decryptor.update(ciphertext) + decryptor.finalize())
+
+
+def _decrypt_pbes2(der: bytes, passphrase: bytes) -> bytes:
+    """EncryptedPrivateKeyInfo with PBES2 = PBKDF2-HMAC-SHA* + AES-CBC (what OpenSSL 3 writes)."""
+    unsupported = "encrypted SM2 private key uses a scheme other than PBES2 with PBKDF2 and AES-CBC"
+    try:
+        algorithm, payload = _der.children(_der.read_single(der, _der.SEQUENCE).content)
+        scheme, params = _der.children(algorithm.content)
+        if _der.decode_oid(scheme) != _OID_PBES2:
+            raise MaterialError(unsupported)
+        kdf, enc = _der.children(params.content)
+        kdf_oid, kdf_params = _der.children(kdf.content)
+        if _der.decode_oid(kdf_oid) != _OID_PBKDF2:
+            raise MaterialError(unsupported)
+        fields = _der.children(kdf_params.content)
+        salt, iterations = fields[0].content, _der.decode_integer(fields[1])
+        prf_oid = "1.2.840.113549.2.7"
+        for extra in fields[2:]:
+            if extra.tag == _der.SEQUENCE:
+                prf_oid = _der.decode_oid(_der.children(extra.content)[0])
+        enc_oid, iv = _der.children(enc.content)
+        key_size = _AES_CBC.get(_der.decode_oid(enc_oid))
+        prf = _PRF.get(prf_oid)
+        if key_size is None or prf is None:
+            raise MaterialError(unsupported)
+    except ValueError:
+        raise MaterialError("malformed encrypted private key") from None
+    key = PBKDF2HMAC(algorithm=prf, length=key_size, salt=salt, iterations=iterations).derive(passphrase)
+    return _aes_cbc_decrypt(key, iv.content, payload.content)
+
+
+def _decrypt_legacy_pem(body: bytes, passphrase: bytes) -> bytes:
+    """Traditional PEM encryption: key = EVP_BytesToKey(MD5, salt = IV[:8], one round)."""
+    headers, _, b64 = body.partition(b"\n\n") if b"\n\n" in body else body.partition(b"\r\n\r\n")
+    match = re.search(rb"DEK-Info:\s*AES-(128|192|256)-CBC,([0-9A-Fa-f]{32})", headers)
+    if not match:
+        raise MaterialError("encrypted SM2 PEM uses a cipher other than AES-CBC")
+    key_size = int(match.group(1)) // 8
+    iv = bytes.fromhex(match.group(2).decode())
+    key = b""
+    block = b""
+    while len(key) < key_size:
+        # MD5 here is OpenSSL's legacy PEM key derivation, not a choice of ours.
+        block = hashlib.md5(block + passphrase + iv[:8], usedforsecurity=False).digest()
+        key += block
+    try:
+        ciphertext = base64.b64decode(b"".join(b64.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise MaterialError("encrypted PEM body is not valid base64") from None
+    return _aes_cbc_decrypt(key[:key_size], iv, ciphertext)
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def _passphrase(source: MaterialSource, env: Mapping[str, str]) -> bytes | None:
+    if source.passphrase_env is None:
+        return None
+    value = env.get(source.passphrase_env)
+    if value is None:
+        raise MaterialError(
+            f"{source.describe()}: passphrase environment variable {source.passphrase_env} is not set"
+        )
+    return value.encode()
+
+
+def _read_file(source: MaterialSource, warn: Warn | None) -> bytes:
+    assert source.file is not None
+    path = source.file
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise MaterialError(f"{source.describe()}: not a regular file")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MaterialError(f"{source.describe()}: no such file") from None
+    except PermissionError:
+        raise MaterialError(f"{source.describe()}: permission denied") from None
+    except OSError as e:
+        raise MaterialError(f"{source.describe()}: cannot read: {e.strerror}") from None
+    if info.st_mode & 0o077 and warn is not None:
+        warn(
+            f"{source.describe()}: key file is readable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
+        )
+    return data
+
+
+def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes:
+    argv = list(source.command)
+    if not argv:
+        raise MaterialError("material command is empty")
+    try:
+        # No shell: the argv is run as written, so nothing in it is interpreted.
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            env=dict(env) if env is not None else None,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise MaterialError(f"{source.describe()}: program {argv[0]} not found") from None
+    except PermissionError:
+        raise MaterialError(f"{source.describe()}: program {argv[0]} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise MaterialError(
+            f"{source.describe()}: timed out after {COMMAND_TIMEOUT_SECONDS:g} seconds"
+        ) from None
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        last = lines[-1].strip()[:200] if lines else "(no stderr)"
+        raise MaterialError(f"{source.describe()}: exited with status {result.returncode}: {last}")
+    return result.stdout
+
+
+def _read_source(source: MaterialSource, env: Mapping[str, str], warn: Warn | None,
+                 command_env: Mapping[str, str] | None) -> bytes:
+    if source.kind is SourceKind.FILE:
+        return _read_file(source, warn)
+    if source.kind is SourceKind.ENV:
+        assert source.env is not None
+        value = env.get(source.env)
+        if value is None:
+            raise MaterialError(f"{source.describe()}: is not set")
+        if not value.strip():
+            raise MaterialError(f"{source.describe()}: is empty")
+        return value.encode()
+    return _run_command(source, command_env)
+
+
+def load_material(
+    source: MaterialSource, *, environ: Mapping[str, str] | None = None, warn: Warn | None = None
+) -> PrivateMaterial:
+    """Read and parse a source's private key. `environ` defaults to os.environ (and is the
+    command's environment when given); `warn` receives non-fatal findings."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    passphrase = _passphrase(source, env)
+    data = _read_source(source, env, warn, environ)
+    try:
+        return parse_private_key(data, passphrase)
+    except MaterialError as e:
+        raise MaterialError(f"{source.describe()}: {e}") from None
+
+
+def verify_material(
+    source: MaterialSource,
+    spec: KeySpec,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Warn | None = None,
+) -> PrivateMaterial:
+    """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint."""
+    material = load_material(source, environ=environ, warn=warn)
+    if material.spec is not spec:
+        found = describe_spec(material.spec)
+        material.wipe()
+        raise MaterialError(f"{source.describe()}: expected a {describe_spec(spec)} key, found {found}")
+    if source.fingerprint is not None and source.fingerprint.lower() != material.fingerprint:
+        found = material.fingerprint
+        material.wipe()
+        raise MaterialError(
+            f"{source.describe()}: fingerprint {found} does not match the pinned {source.fingerprint}"
+        )
+    return material
+
+
+# --- public keys -------------------------------------------------------------------------------
+
+
+def spec_of_spki(der: bytes) -> KeySpec:
+    """The key spec of a DER SubjectPublicKeyInfo; MaterialError if it is none of ours."""
+    if sm2.is_sm2_spki(der):
+        return KeySpec.EC_SM2
+    try:
+        key = serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm as e:
+        raise MaterialError(f"unsupported public key: {e}") from None
+    except ValueError:
+        raise MaterialError("not a DER SubjectPublicKeyInfo") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size in _RSA_SPECS:
+        return _RSA_SPECS[key.key_size]
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_SPECS:
+        return _EC_SPECS[key.curve.name]
+    raise MaterialError("public key is not of a supported spec")
+
+
+def _canonical_spki(der: bytes) -> bytes | None:
+    """Re-encoded DER SPKI of a public key in DER, or None if `der` is not a public key."""
+    try:
+        return sm2.spki_der(sm2.parse_spki(der))
+    except ValueError:
+        pass
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _public_spki_of_bytes(data: bytes) -> bytes | None:
+    for block in _PEM_BLOCK.finditer(data):
+        label = block.group(1)
+        if label == b"RSA PUBLIC KEY":
+            try:
+                key = serialization.load_pem_public_key(block.group(0))
+            except (ValueError, UnsupportedAlgorithm):
+                return None
+            return key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        if label == b"PUBLIC KEY":
+            try:
+                der = base64.b64decode(b"".join(block.group(2).split()), validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return _canonical_spki(der)
+    if b"-----BEGIN " in data:
+        return None
+    return _canonical_spki(data)
+
+
+def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:
+    """The fingerprint of the public key of a private or public key file (PEM or DER)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MaterialError(f"file {path}: no such file") from None
+    except OSError as e:
+        raise MaterialError(f"file {path}: cannot read: {e.strerror}") from None
+    spki = _public_spki_of_bytes(data)
+    if spki is not None:
+        spec_of_spki(spki)
+        return fingerprint_of_spki(spki)
+    try:
+        material = parse_private_key(data, passphrase)
+    except MaterialError as e:
+        if str(e) == _PUBLIC:
+            raise MaterialError(f"file {path}: public key of an unsupported type") from None
+        raise MaterialError(f"file {path}: {e}") from None
+    material.wipe()
+    return material.fingerprint
