@@ -1,0 +1,119 @@
+"""SQLite persistence of the emulator: the schema and one-transaction-per-operation plumbing.
+
+It holds no KMS rule (those are in models.py) and never decides what may be stored: the engine
+chooses whether private material is written at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    usage TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    protection TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    has_material INTEGER NOT NULL DEFAULT 0,
+    material_expire INTEGER,
+    delete_date INTEGER,
+    deletion_protection INTEGER NOT NULL DEFAULT 0,
+    deletion_protection_description TEXT NOT NULL DEFAULT '',
+    version_id TEXT NOT NULL,
+    public_key BLOB,
+    fingerprint TEXT
+);
+CREATE INDEX IF NOT EXISTS keys_delete_date ON keys (delete_date);
+CREATE INDEX IF NOT EXISTS keys_material_expire ON keys (material_expire);
+CREATE TABLE IF NOT EXISTS private_material (key_id TEXT PRIMARY KEY, pkcs8 BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS aliases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alias_name TEXT NOT NULL UNIQUE,
+    key_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aliases_key ON aliases (key_id);
+CREATE TABLE IF NOT EXISTS tags (
+    key_id TEXT NOT NULL,
+    tag_key TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (key_id, tag_key)
+);
+CREATE TABLE IF NOT EXISTS import_tokens (
+    token_hash TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    wrapping_spec TEXT NOT NULL,
+    wrapping_algorithm TEXT NOT NULL,
+    wrapping_private BLOB NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS import_tokens_expires ON import_tokens (expires);
+"""
+
+
+@dataclass
+class Transaction:
+    """An open transaction; `after_commit` callbacks run only once the commit succeeded (in-memory
+    state that must change together with the database, never without it)."""
+
+    conn: sqlite3.Connection
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+
+class Store:
+    """One SQLite connection behind one lock: every operation is one serialised transaction."""
+
+    def __init__(self, path: str | None) -> None:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
+        self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self.transaction() as tx:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            tx = Transaction(self._conn)
+            # IMMEDIATE: take the write lock up front so a second process on the same file waits
+            # instead of failing half-way through an operation.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            for callback in tx.after_commit:
+                callback()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
