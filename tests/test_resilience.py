@@ -84,21 +84,27 @@ def test_service_unavailable_and_internal_failure_are_retried() -> None:
 
 def test_connection_error_is_retried_then_succeeds() -> None:
     clock = FakeClock()
-    refused = KmsConnectionError("DescribeKey", "http://127.0.0.1:1", "connection refused", request_sent=False)
+    refused = KmsConnectionError(
+        "DescribeKey", "http://127.0.0.1:1", "connection refused", request_sent=False
+    )
     inner = Scripted(refused, {"ok": 1})
     assert resilient(inner, clock, qps={}).call("DescribeKey", {}) == {"ok": 1}
 
 
 def test_non_retryable_error_passes_through_at_once() -> None:
     clock = FakeClock()
-    missing = KmsApiError("DescribeKey", "Forbidden.KeyNotFound", "The specified Key is not found.", "r9", 404)
+    missing = KmsApiError(
+        "DescribeKey", "Forbidden.KeyNotFound", "The specified Key is not found.", "r9", 404
+    )
     inner = Scripted(missing)
     t = resilient(inner, clock, qps={})
     with pytest.raises(KmsApiError) as e:
         t.call("DescribeKey", {"KeyId": "nope"})
     assert e.value is missing
     assert e.value.code == "Forbidden.KeyNotFound"
-    assert str(e.value) == "DescribeKey: Forbidden.KeyNotFound: The specified Key is not found. (request id r9)"
+    assert (
+        str(e.value) == "DescribeKey: Forbidden.KeyNotFound: The specified Key is not found. (request id r9)"
+    )
     assert inner.seen == ["DescribeKey"]
     assert clock.sleeps == []
 
@@ -129,7 +135,9 @@ def test_gives_up_on_throttling_after_max_elapsed_naming_action_and_code() -> No
 
 def test_gives_up_on_connection_errors_as_unreachable() -> None:
     clock = FakeClock()
-    refused = KmsConnectionError("ListAliases", "http://127.0.0.1:9", "connection refused", request_sent=False)
+    refused = KmsConnectionError(
+        "ListAliases", "http://127.0.0.1:9", "connection refused", request_sent=False
+    )
     t = resilient(Scripted(refused), clock, qps={}, max_elapsed=1.0)
     with pytest.raises(KmsUnreachable) as e:
         t.call("ListAliases", {})
@@ -220,7 +228,9 @@ def test_rate_limit_holds_across_threads() -> None:
 def test_calls_are_counted_under_concurrency() -> None:
     inner = Scripted({"ok": 1})
     t = ResilientTransport(inner, qps={})
-    threads = [threading.Thread(target=lambda: [t.call("DescribeKey", {}) for _ in range(200)]) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [t.call("DescribeKey", {}) for _ in range(200)]) for _ in range(4)
+    ]
     for th in threads:
         th.start()
     for th in threads:

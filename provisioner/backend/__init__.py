@@ -1,0 +1,82 @@
+"""Choosing and opening a KMS backend: command-line flags over the manifest's `backend:` block.
+
+`open_kms` returns a `Kms` facade over a ResilientTransport (rate limit, retries, call counts) over
+the chosen transport. It opens no connection and looks up no credential until the first call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from provisioner.backend.base import DEFAULT_QPS, Kms, Transport
+from provisioner.backend.resilience import ResilientTransport
+from provisioner.errors import UsageError
+from provisioner.model import BackendConfig
+
+DEFAULT_LOCAL_DB = Path(".provision") / "kms.db"
+BACKEND_TYPES = ("local", "alibaba")
+
+
+def open_kms(
+    *,
+    backend: str | None,
+    endpoint: str | None,
+    region: str | None,
+    manifest_backend: BackendConfig | None,
+    qps: Mapping[str, float] | None = None,
+    cwd: Path | None = None,
+    max_elapsed: float = 30.0,
+) -> Kms:
+    """The KMS the user asked for. A flag beats the manifest; `--endpoint` alone means alibaba.
+
+    With no backend anywhere, the local backend on `.provision/kms.db` under `cwd`. The local
+    backend has no rate limit unless `qps` is given; alibaba defaults to the vendor's quotas.
+    """
+    cwd = cwd or Path.cwd()
+    mb = manifest_backend
+    kind = backend or (mb.type if mb is not None else None) or ("alibaba" if endpoint else "local")
+    if kind not in BACKEND_TYPES:
+        raise UsageError(f"unknown backend {kind!r} (expected {' or '.join(BACKEND_TYPES)})")
+    if kind == "local" and endpoint and backend is None:
+        raise UsageError("--endpoint needs --backend alibaba: the manifest's backend is local")
+
+    inner: Transport
+    if kind == "local":
+        from provisioner.backend.local import LocalTransport
+
+        path = mb.path if mb is not None and mb.type == "local" and mb.path is not None else DEFAULT_LOCAL_DB
+        db = path if path.is_absolute() else cwd / path
+        inner = LocalTransport(db)
+        description = f"local backend ({_shown(db, cwd)})"
+        limits: Mapping[str, float] = qps if qps is not None else {}
+    else:
+        from provisioner.backend.alibaba import AlibabaTransport
+
+        from_manifest = mb if mb is not None and mb.type == "alibaba" else None
+        endpoint = endpoint or (from_manifest.endpoint if from_manifest else None)
+        region = (
+            region
+            or (from_manifest.region if from_manifest else None)
+            or os.environ.get("ALIBABA_CLOUD_REGION_ID")
+            or None
+        )
+        if region is None and endpoint is None:
+            raise UsageError(
+                "the alibaba backend needs a region: --region, backend.region in the manifest, "
+                "or ALIBABA_CLOUD_REGION_ID"
+            )
+        transport = AlibabaTransport(endpoint, region)
+        inner = transport
+        where = f"alibaba {region}" if region else "alibaba"
+        description = f"{where} at {transport.endpoint}"
+        limits = qps if qps is not None else DEFAULT_QPS
+    return Kms(ResilientTransport(inner, qps=limits, max_elapsed=max_elapsed), description=description)
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,258 @@
+"""Transport over the official SDK (`alibabacloud_kms20160120`): the only module that imports it.
+
+SDK exceptions are mapped here, at the seam, to KmsApiError / KmsConnectionError / BackendError.
+It makes exactly one attempt per call (resilience.py retries) and never puts request parameters,
+SDK URLs (which carry them) or vendor string-to-sign echoes into a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from alibabacloud_credentials.client import Client as CredClient
+from alibabacloud_credentials.exceptions import CredentialException
+from alibabacloud_credentials.models import Config as CredConfig
+from alibabacloud_kms20160120 import models as sdk_models
+from alibabacloud_kms20160120.client import Client as SdkClient
+from alibabacloud_tea_openapi.utils_models import Config
+from darabonba.exceptions import RetryError, UnretryableException
+from darabonba.runtime import RuntimeOptions
+from Tea.exceptions import TeaException
+
+from provisioner.backend.resilience import KmsConnectionError
+from provisioner.errors import BackendError, KmsApiError, UsageError
+
+# The SDK's loggers write to their own stderr handlers: the credential chain prints a traceback per
+# failed provider (we raise one clear BackendError instead), and DEBUG=sdk dumps whole requests,
+# import tokens and wrapped material included. Neither may reach the user's terminal or CI log.
+for _name in ("credentials", "darabonba-core", "alibabacloud-tea"):
+    logging.getLogger(_name).disabled = True
+
+#: Codes by which the service says it does not accept who signed the request.
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId.NotFound",
+        "InvalidAccessKeyId",
+        "InvalidAccessKeyId.Inactive",
+        "IncompleteSignature",
+        "SignatureDoesNotMatch",
+        "InvalidSecurityToken.Expired",
+        "InvalidSecurityToken.Malformed",
+        "InvalidSecurityToken.MismatchWithAccessKey",
+        "InvalidCredentials",
+    }
+)
+
+_CREDENTIALS_HELP = (
+    "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, a profile, a RAM role or OIDC"
+)
+
+
+def snake_case(action: str) -> str:
+    """`ListTagResources` -> `list_tag_resources`, the SDK's method naming."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
+
+
+def parse_endpoint(endpoint: str | None, region: str | None) -> tuple[str, str]:
+    """(host[:port], protocol) from `http://host:port`, `https://host`, a bare host, or the region."""
+    if not endpoint:
+        if not region:
+            raise UsageError("the alibaba backend needs a region (--region or ALIBABA_CLOUD_REGION_ID)")
+        return f"kms.{region}.aliyuncs.com", "https"
+    text = endpoint.strip()
+    protocol = "https"
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() not in ("http", "https"):
+            raise UsageError(f"--endpoint: unsupported scheme {scheme!r} in {endpoint!r} (http or https)")
+        protocol, text = scheme.lower(), rest
+    host = text.rstrip("/")
+    if not host or "/" in host or "?" in host or " " in host:
+        raise UsageError(f"--endpoint: expected http://host:port, https://host or host, got {endpoint!r}")
+    return host, protocol
+
+
+def default_credentials() -> Any:
+    """The Alibaba Cloud default credential chain, reading the environment now.
+
+    `alibabacloud_credentials` reads ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET once, when it is imported;
+    reading them at construction time instead lets a process (or a test) set them later.
+    """
+    key_id = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
+    secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+    token = os.environ.get("ALIBABA_CLOUD_SECURITY_TOKEN")
+    if key_id and secret:
+        if token:
+            return CredClient(
+                CredConfig(type="sts", access_key_id=key_id, access_key_secret=secret, security_token=token)
+            )
+        return CredClient(CredConfig(type="access_key", access_key_id=key_id, access_key_secret=secret))
+    return CredClient()  # profile, CLI profile, OIDC, ECS RAM role, credentials URI
+
+
+class AlibabaTransport:
+    """Transport.call over the SDK client: one request per call, SDK errors mapped to ours."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        region: str | None,
+        *,
+        credentials: Any = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
+    ) -> None:
+        self.host, self.protocol = parse_endpoint(endpoint, region)
+        self.region = region
+        self.endpoint = f"{self.protocol}://{self.host}"
+        self._credentials = credentials
+        self._runtime = {
+            "connect_timeout": int(connect_timeout * 1000),
+            "read_timeout": int(read_timeout * 1000),
+        }
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _sdk(self) -> Any:
+        # Built on first use, so that describing the backend costs no credential lookup.
+        with self._lock:
+            if self._client is None:
+                credentials = self._credentials if self._credentials is not None else default_credentials()
+                try:
+                    # Resolving once here turns "no credentials anywhere" into one clear error.
+                    credentials.get_credential()
+                except CredentialException as e:
+                    raise BackendError(f"no Alibaba Cloud credentials found: {_CREDENTIALS_HELP}") from e
+                self._client = SdkClient(
+                    Config(
+                        credential=credentials,
+                        endpoint=self.host,
+                        protocol=self.protocol,
+                        region_id=self.region,
+                        connect_timeout=self._runtime["connect_timeout"],
+                        read_timeout=self._runtime["read_timeout"],
+                    )
+                )
+            return self._client
+
+    def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        client = self._sdk()
+        request_type = getattr(sdk_models, action + "Request", None)
+        method = getattr(client, snake_case(action) + "_with_options", None)
+        if request_type is None or method is None:
+            raise BackendError(f"{action}: not an action of the KMS SDK")
+        request = request_type().from_map(dict(params))
+        # No SDK-internal retries: resilience.py owns retry policy and its time budget.
+        runtime = RuntimeOptions(autoretry=False, max_attempts=1, **self._runtime)
+        try:
+            response = method(request, runtime)
+        except Exception as e:  # the SDK raises bare Exception subclasses of several families
+            raise self._map_error(action, e) from e
+        body = response.body.to_map() if response.body is not None else {}
+        return dict(body)
+
+    def close(self) -> None:
+        # The SDK keeps one requests.Session per endpoint in a class-level cache; close ours so no
+        # socket outlives the transport.
+        from darabonba.core import DaraCore
+
+        prefix = f"{self.protocol}://{self.host}:"
+        for key in [k for k in DaraCore._sessions if k.startswith(prefix)]:
+            session = DaraCore._sessions.pop(key, None)
+            if session is not None:
+                session.close()
+
+    def _map_error(self, action: str, e: Exception) -> BackendError:
+        if isinstance(e, UnretryableException):
+            inner = e.inner_exception
+            if isinstance(inner, CredentialException):
+                return BackendError(f"{action}: no Alibaba Cloud credentials found: {_CREDENTIALS_HELP}")
+            if isinstance(inner, RetryError | OSError):
+                reason, sent = connection_reason(str(getattr(inner, "message", "") or inner))
+                return KmsConnectionError(action, self.endpoint, reason, request_sent=sent)
+            return BackendError(
+                f"{action}: unexpected answer from KMS at {self.endpoint} ({type(inner).__name__})"
+            )
+        if isinstance(e, TeaException) and e.code:
+            return api_error(action, e)
+        return BackendError(f"{action}: KMS SDK failed ({type(e).__name__})")
+
+
+def api_error(action: str, e: TeaException) -> KmsApiError:
+    """KmsApiError from an SDK error answer: the vendor code, message, request id and status."""
+    data = e.data if isinstance(e.data, dict) else {}
+    code = str(e.code)
+    message = str(data.get("Message") or data.get("message") or "")
+    if not message:
+        message = str(e.message or "")
+    request_id = str(getattr(e, "request_id", None) or data.get("RequestId") or "")
+    if request_id == "None":
+        request_id = ""
+    status = getattr(e, "status_code", None) or data.get("statusCode") or 0
+    if code in CREDENTIAL_CODES:
+        # The vendor's text for these may echo the string to sign, which holds every parameter.
+        message = f"the credentials were refused ({_CREDENTIALS_HELP})"
+    else:
+        message = _strip_string_to_sign(message)
+    return KmsApiError(action, code, message, request_id, int(status))
+
+
+_STRING_TO_SIGN = re.compile(r"(?is)\W*(?:server\s+)?string\s*to\s*sign.*$")
+
+
+def _strip_string_to_sign(message: str) -> str:
+    return _STRING_TO_SIGN.sub("", message)
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\"()]+)")
+
+
+def connection_reason(text: str) -> tuple[str, bool]:
+    """(short reason, whether the request may have reached the server) from a requests error text.
+
+    The text names the URL, whose query string holds the request parameters: only a fixed vocabulary
+    of reasons ever leaves this function.
+    """
+    lower = text.lower()
+    if "read timed out" in lower:
+        return "read timed out", True
+    connect_timeout = "connection to" in lower and "timed out" in lower
+    if connect_timeout or "connecttimeout" in lower or "connect timeout" in lower:
+        return "connect timed out", False
+    match = _ERRNO.search(text)
+    refused = any(
+        marker in lower
+        for marker in ("newconnectionerror", "failed to establish", "nameresolution", "failed to resolve")
+    )
+    if match:
+        reason = match.group(1).strip().rstrip(".").lower()
+        if reason in _SAFE_REASONS:
+            return reason, not refused
+    if refused:
+        return "connection failed", False
+    if "remotedisconnected" in lower or "connection aborted" in lower or "reset" in lower:
+        return "connection closed by the server", True
+    if "ssl" in lower or "certificate" in lower:
+        return "TLS handshake failed", False
+    return "connection failed", True
+
+
+_SAFE_REASONS = frozenset(
+    {
+        "connection refused",
+        "connection reset by peer",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "no route to host",
+        "network is unreachable",
+        "connection timed out",
+        "nodename nor servname provided, or not known",
+        "broken pipe",
+        "host is unreachable",
+    }
+)

@@ -1,0 +1,457 @@
+"""AlibabaTransport: the official SDK against the emulator's HTTP layer, and the error mapping at the seam.
+
+The wire tests run the real server (signature checks included) with a scripted action handler, so they
+test this transport and not the engine; the engine's own wire tests live with the emulator.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alibabacloud_credentials.exceptions import CredentialException
+from alibabacloud_kms20160120 import models as sdk_models
+from alibabacloud_kms20160120.client import Client as SdkClient
+from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
+
+from provisioner.backend import open_kms
+from provisioner.backend.alibaba import (
+    AlibabaTransport,
+    api_error,
+    connection_reason,
+    parse_endpoint,
+    snake_case,
+)
+from provisioner.backend.base import QUOTA_GROUPS, Kms
+from provisioner.backend.resilience import KmsConnectionError, ResilientTransport
+from provisioner.emulator.models import KmsError
+from provisioner.emulator.server import (
+    DEFAULT_ACCESS_KEY_ID,
+    DEFAULT_ACCESS_KEY_SECRET,
+    EmulatorConfig,
+    EmulatorServer,
+)
+from provisioner.errors import BackendError, KmsApiError, KmsUnreachable, UsageError
+from provisioner.model import BackendConfig
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+SECRET_TOKEN = "IMPORT-TOKEN-must-never-show"
+
+META = {
+    "KeyId": "key-1",
+    "Arn": "acs:kms:cn-hangzhou:1:key/key-1",
+    "KeyState": "Enabled",
+    "KeySpec": "RSA_2048",
+    "KeyUsage": "SIGN/VERIFY",
+    "Origin": "EXTERNAL",
+    "ProtectionLevel": "SOFTWARE",
+    "DKMSInstanceId": "kst-local-software",
+    "Description": "d",
+    "CreationDate": "2026-01-02T03:04:05Z",
+    "MaterialExpireTime": "",
+    "DeletionProtection": "Disabled",
+    "PrimaryKeyVersion": "v-1",
+}
+
+
+class ScriptedKms:
+    """Action handler for the server: records parameters, answers DescribeKey and ListTagResources."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+
+    def handle(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        self.seen.append((action, dict(params)))
+        if action == "DescribeKey":
+            if params.get("KeyId") != "key-1":
+                raise KmsError("Forbidden.KeyNotFound", "The specified Key is not found.")
+            return {"RequestId": "r-1", "KeyMetadata": META}
+        if action == "ListTagResources":
+            return {
+                "RequestId": "r-2",
+                "TagResources": {"TagResource": [{"ResourceId": "key-1", "TagKey": "a", "TagValue": "b"}]},
+            }
+        if action == "ImportKeyMaterial":
+            raise KmsError("InvalidImportToken", "The import token is invalid.")
+        return {"RequestId": "r-3"}
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server(no_proxy: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[EmulatorServer, ScriptedKms]]:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY_ID)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", DEFAULT_ACCESS_KEY_SECRET)
+    monkeypatch.delenv("ALIBABA_CLOUD_SECURITY_TOKEN", raising=False)
+    handler = ScriptedKms()
+    srv = EmulatorServer(EmulatorConfig(host="127.0.0.1", port=0), responses=handler)
+    srv.start()
+    try:
+        yield srv, handler
+    finally:
+        srv.shutdown()
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_every_action_we_use_has_an_sdk_request_and_method() -> None:
+    for action in QUOTA_GROUPS:
+        assert hasattr(sdk_models, action + "Request"), action
+        assert hasattr(SdkClient, snake_case(action) + "_with_options"), action
+    assert snake_case("ListAliasesByKeyId") == "list_aliases_by_key_id"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "region", "expected"),
+    [
+        (None, "cn-hangzhou", ("kms.cn-hangzhou.aliyuncs.com", "https")),
+        ("http://127.0.0.1:8080", None, ("127.0.0.1:8080", "http")),
+        ("https://kms.example.com/", None, ("kms.example.com", "https")),
+        ("kms-vpc.cn-shanghai.aliyuncs.com", "cn-shanghai", ("kms-vpc.cn-shanghai.aliyuncs.com", "https")),
+        ("HTTP://localhost:9", None, ("localhost:9", "http")),
+    ],
+)
+def test_parse_endpoint(endpoint: str | None, region: str | None, expected: tuple[str, str]) -> None:
+    assert parse_endpoint(endpoint, region) == expected
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("ftp://host", "--endpoint: unsupported scheme 'ftp' in 'ftp://host' (http or https)"),
+        (
+            "http://host/path",
+            "--endpoint: expected http://host:port, https://host or host, got 'http://host/path'",
+        ),
+        ("http://", "--endpoint: expected http://host:port, https://host or host, got 'http://'"),
+        (None, "the alibaba backend needs a region (--region or ALIBABA_CLOUD_REGION_ID)"),
+    ],
+)
+def test_parse_endpoint_errors(endpoint: str | None, message: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_endpoint(endpoint, None)
+    assert str(e.value) == message
+
+
+URL_WITH_SECRET = f"/?ImportToken={SECRET_TOKEN}&KeyId=k"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f"HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: {URL_WITH_SECRET} "
+            "(Caused by NewConnectionError(\"HTTPConnection(host='127.0.0.1', port=9): Failed to establish "
+            'a new connection: [Errno 111] Connection refused"))',
+            ("connection refused", False),
+        ),
+        (
+            f"HTTPSConnectionPool(host='kms.x', port=443): Read timed out. (read timeout=15.0) "
+            f"{URL_WITH_SECRET}",
+            ("read timed out", True),
+        ),
+        (
+            f"HTTPConnectionPool(host='10.0.0.1', port=80): Max retries exceeded with url: {URL_WITH_SECRET} "
+            "(Caused by ConnectTimeoutError(<...>, "
+            "'Connection to 10.0.0.1 timed out. (connect timeout=5.0)'))",
+            ("connect timed out", False),
+        ),
+        (
+            f"HTTPSConnectionPool(host='nowhere.invalid', port=443): Max retries exceeded with url: "
+            f"{URL_WITH_SECRET} (Caused by NameResolutionError(\"<...>: Failed to resolve 'nowhere.invalid' "
+            '([Errno -2] Name or service not known)"))',
+            ("name or service not known", False),
+        ),
+        (
+            f"('Connection aborted.', RemoteDisconnected('Remote end closed connection')) {URL_WITH_SECRET}",
+            ("connection closed by the server", True),
+        ),
+        (f"something new {URL_WITH_SECRET} [Errno 99] {SECRET_TOKEN}", ("connection failed", True)),
+    ],
+)
+def test_connection_reason_is_short_and_never_echoes_the_url(text: str, expected: tuple[str, bool]) -> None:
+    reason, sent = connection_reason(text)
+    assert (reason, sent) == expected
+    assert SECRET_TOKEN not in reason
+
+
+def test_api_error_keeps_code_message_request_id_and_status() -> None:
+    sdk_error = ServerException(
+        status_code=503,
+        code="ServiceUnavailableTemporary",
+        message="code: 503, Service busy request id: r-9",
+        data={"Code": "ServiceUnavailableTemporary", "Message": "Service busy", "RequestId": "r-9"},
+        request_id="r-9",
+    )
+    err = api_error("DescribeKey", sdk_error)
+    assert (err.action, err.code, err.message, err.request_id, err.status) == (
+        "DescribeKey",
+        "ServiceUnavailableTemporary",
+        "Service busy",
+        "r-9",
+        503,
+    )
+    assert err.retryable
+    assert str(err) == "DescribeKey: ServiceUnavailableTemporary: Service busy (request id r-9)"
+
+
+def test_api_error_drops_a_vendor_string_to_sign() -> None:
+    sdk_error = ClientException(
+        status_code=400,
+        code="InvalidParameter",
+        message="x",
+        data={
+            "Code": "InvalidParameter",
+            "Message": f"Bad request. Server string to sign is:POST&%2F&ImportToken%3D{SECRET_TOKEN}",
+            "RequestId": "r",
+        },
+    )
+    err = api_error("ImportKeyMaterial", sdk_error)
+    assert err.message == "Bad request"
+    assert SECRET_TOKEN not in str(err)
+
+
+def test_vendor_signature_error_says_credentials_were_refused() -> None:
+    sdk_error = ClientException(
+        status_code=400,
+        code="SignatureDoesNotMatch",
+        message="x",
+        data={"Code": "SignatureDoesNotMatch", "Message": f"server string to sign is: {SECRET_TOKEN}"},
+    )
+    err = api_error("ImportKeyMaterial", sdk_error)
+    assert err.code == "SignatureDoesNotMatch"
+    assert err.message.startswith("the credentials were refused")
+    assert SECRET_TOKEN not in str(err)
+
+
+def test_missing_credentials_are_one_clear_error(no_proxy: None) -> None:
+    class NoCredentials:
+        def get_credential(self) -> Any:
+            raise CredentialException("unable to load credentials from any of the providers in the chain")
+
+    transport = AlibabaTransport(
+        f"http://127.0.0.1:{closed_port()}", "cn-hangzhou", credentials=NoCredentials()
+    )
+    with pytest.raises(BackendError) as e:
+        transport.call("DescribeKey", {"KeyId": "k"})
+    assert type(e.value) is BackendError
+    assert str(e.value) == (
+        "no Alibaba Cloud credentials found: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET, a profile, a RAM role or OIDC"
+    )
+    transport.close()
+
+
+# --- over the wire -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_round_trip_sends_wire_params_and_returns_the_body(
+    server: tuple[EmulatorServer, ScriptedKms],
+) -> None:
+    srv, handler = server
+    transport = AlibabaTransport(srv.url, "cn-hangzhou")
+    try:
+        body = transport.call("DescribeKey", {"KeyId": "key-1"})
+        assert body["KeyMetadata"]["KeyId"] == "key-1"
+        assert body["KeyMetadata"]["PrimaryKeyVersion"] == "v-1"
+        rows = transport.call(
+            "ListTagResources",
+            {"ResourceType": "key", "ResourceId": ["key-1", "key-2"], "Tag": [{"Key": "a", "Value": "b"}]},
+        )
+        assert rows["TagResources"]["TagResource"] == [
+            {"ResourceId": "key-1", "TagKey": "a", "TagValue": "b"}
+        ]
+    finally:
+        transport.close()
+    assert handler.seen[0] == ("DescribeKey", {"KeyId": "key-1"})
+    action, params = handler.seen[1]
+    assert action == "ListTagResources"
+    assert {k: params[k] for k in ("ResourceId.1", "ResourceId.2", "Tag.1.Key", "Tag.1.Value")} == {
+        "ResourceId.1": "key-1",
+        "ResourceId.2": "key-2",
+        "Tag.1.Key": "a",
+        "Tag.1.Value": "b",
+    }
+
+
+@pytest.mark.slow
+def test_through_the_kms_facade_from_open_kms(server: tuple[EmulatorServer, ScriptedKms]) -> None:
+    srv, _ = server
+    kms = open_kms(backend=None, endpoint=srv.url, region=None, manifest_backend=None)
+    try:
+        assert kms.description == f"alibaba at {srv.url}"
+        meta = kms.describe_key("key-1")
+        assert meta.key_id == "key-1"
+        assert isinstance(kms.transport, ResilientTransport)
+        assert kms.transport.calls == {"DescribeKey": 1}
+    finally:
+        kms.close()
+
+
+@pytest.mark.slow
+def test_vendor_error_maps_to_kms_api_error(server: tuple[EmulatorServer, ScriptedKms]) -> None:
+    srv, _ = server
+    transport = AlibabaTransport(srv.url, "cn-hangzhou")
+    try:
+        with pytest.raises(KmsApiError) as e:
+            transport.call("DescribeKey", {"KeyId": "missing"})
+        assert e.value.code == "Forbidden.KeyNotFound"
+        assert e.value.status == 404
+        assert e.value.message == "The specified Key is not found."
+        assert e.value.request_id
+        assert str(e.value).startswith("DescribeKey: Forbidden.KeyNotFound: The specified Key is not found.")
+
+        with pytest.raises(KmsApiError) as e2:
+            transport.call("ImportKeyMaterial", {"KeyId": "key-1", "ImportToken": SECRET_TOKEN})
+        assert e2.value.code == "InvalidImportToken"
+        assert SECRET_TOKEN not in str(e2.value)
+    finally:
+        transport.close()
+
+
+@pytest.mark.slow
+def test_wrong_secret_says_credentials_were_refused(
+    server: tuple[EmulatorServer, ScriptedKms], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, handler = server
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "not-the-secret")
+    kms = open_kms(backend="alibaba", endpoint=srv.url, region="cn-hangzhou", manifest_backend=None)
+    try:
+        with pytest.raises(KmsApiError) as e:
+            kms.describe_key("key-1")
+    finally:
+        kms.close()
+    assert e.value.code == "IncompleteSignature"
+    assert e.value.message == (
+        "the credentials were refused (set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET, a profile, a RAM role or OIDC)"
+    )
+    assert "not-the-secret" not in str(e.value)
+    assert handler.seen == []
+
+
+@pytest.mark.slow
+def test_wrong_access_key_id_says_credentials_were_refused(
+    server: tuple[EmulatorServer, ScriptedKms], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, _ = server
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAIunknown")
+    transport = AlibabaTransport(srv.url, "cn-hangzhou")
+    try:
+        with pytest.raises(KmsApiError) as e:
+            transport.call("DescribeKey", {"KeyId": "key-1"})
+    finally:
+        transport.close()
+    assert e.value.code == "InvalidAccessKeyId.NotFound"
+    assert e.value.status == 404
+    assert e.value.message.startswith("the credentials were refused")
+
+
+@pytest.mark.slow
+def test_nothing_listening_is_unreachable_within_seconds(
+    no_proxy: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "AK")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "SK")
+    url = f"http://127.0.0.1:{closed_port()}"
+    kms = open_kms(
+        backend="alibaba",
+        endpoint=url,
+        region="cn-hangzhou",
+        manifest_backend=None,
+        max_elapsed=1.0,
+        cwd=tmp_path,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(KmsUnreachable) as e:
+            kms.list_aliases()
+    finally:
+        kms.close()
+    assert time.monotonic() - started < 5.0
+    message = str(e.value)
+    assert message.startswith(f"cannot reach KMS at {url}: connection refused (gave up after ")
+    assert message.endswith(" s)")
+    assert isinstance(e.value.__cause__, KmsConnectionError)
+    assert e.value.__cause__.request_sent is False
+
+
+@pytest.mark.slow
+def test_single_attempt_connection_failure_is_a_connection_error(
+    no_proxy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "AK")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "SK")
+    url = f"http://127.0.0.1:{closed_port()}"
+    transport = AlibabaTransport(url, "cn-hangzhou")
+    try:
+        with pytest.raises(KmsConnectionError) as e:
+            transport.call("ImportKeyMaterial", {"KeyId": "k", "ImportToken": SECRET_TOKEN})
+    finally:
+        transport.close()
+    assert str(e.value) == f"ImportKeyMaterial: cannot reach KMS at {url}: connection refused"
+    assert SECRET_TOKEN not in str(e.value)
+
+
+def test_open_kms_describes_the_default_alibaba_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALIBABA_CLOUD_REGION_ID", "cn-shanghai")
+    kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=BackendConfig(type="alibaba"))
+    assert kms.description == "alibaba cn-shanghai at https://kms.cn-shanghai.aliyuncs.com"
+    kms.close()
+
+
+def test_open_kms_flags_beat_the_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = BackendConfig(type="alibaba", region="cn-beijing", endpoint="kms.cn-beijing.aliyuncs.com")
+    kms = open_kms(
+        backend=None, endpoint="http://127.0.0.1:1", region="cn-hangzhou", manifest_backend=manifest
+    )
+    assert kms.description == "alibaba cn-hangzhou at http://127.0.0.1:1"
+    kms.close()
+    kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=manifest)
+    assert kms.description == "alibaba cn-beijing at https://kms.cn-beijing.aliyuncs.com"
+    kms.close()
+
+
+def test_open_kms_alibaba_without_region_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALIBABA_CLOUD_REGION_ID", raising=False)
+    with pytest.raises(UsageError) as e:
+        open_kms(backend="alibaba", endpoint=None, region=None, manifest_backend=None)
+    assert str(e.value) == (
+        "the alibaba backend needs a region: --region, backend.region in the manifest, "
+        "or ALIBABA_CLOUD_REGION_ID"
+    )
+
+
+def test_open_kms_unknown_backend_and_endpoint_on_local() -> None:
+    with pytest.raises(UsageError) as e:
+        open_kms(backend=None, endpoint=None, region=None, manifest_backend=BackendConfig(type="aws"))
+    assert str(e.value) == "unknown backend 'aws' (expected local or alibaba)"
+    with pytest.raises(UsageError) as e:
+        open_kms(
+            backend=None, endpoint="http://h:1", region=None, manifest_backend=BackendConfig(type="local")
+        )
+    assert str(e.value) == "--endpoint needs --backend alibaba: the manifest's backend is local"
+
+
+def test_kms_facade_is_what_open_kms_returns() -> None:
+    kms = open_kms(
+        backend="alibaba", endpoint="https://kms.example", region="cn-hangzhou", manifest_backend=None
+    )
+    assert isinstance(kms, Kms)
+    kms.close()
