@@ -377,7 +377,7 @@ _HOLDS_MATERIAL = frozenset({KeyStatus.ENABLED, KeyStatus.DISABLED})
 
 
 @dataclass(frozen=True)
-class _Identity:
+class Identity:
     """The live keys of one name, sorted out: the one we manage, the duplicates to remove."""
 
     primary: ActualKey | None
@@ -389,18 +389,18 @@ def _oldest_first(keys: Iterable[ActualKey]) -> list[ActualKey]:
     return sorted(keys, key=lambda k: (k.created_at, k.key_id))
 
 
-def _sort_identity(keys: tuple[ActualKey, ...]) -> _Identity:
+def sort_identity(keys: tuple[ActualKey, ...]) -> Identity:
     active = _oldest_first(k for k in keys if k.status is not KeyStatus.PENDING_DELETION)
     if not active:
         # Keys already pending deletion are left alone; the oldest stands for the identity.
         pending = _oldest_first(keys)
-        return _Identity(pending[0] if pending else None, (), ())
+        return Identity(pending[0] if pending else None, (), ())
     # An expired key once held material and stays bound to it, so it counts as a holder.
     holders = [k for k in active if k.status is not KeyStatus.PENDING_IMPORT]
     if len(holders) > 1:
-        return _Identity(None, (), tuple(holders))
+        return Identity(None, (), tuple(holders))
     primary = holders[0] if holders else active[0]
-    return _Identity(primary, tuple(k for k in active if k is not primary), ())
+    return Identity(primary, tuple(k for k in active if k is not primary), ())
 
 
 class _Planner:
@@ -423,7 +423,7 @@ class _Planner:
         self.changes: list[Change] = []
         self.violations: list[Violation] = []
         self.notes: list[Note] = []
-        self.identities = {name: _sort_identity(keys) for name, keys in live.keys.items()}
+        self.identities = {name: sort_identity(keys) for name, keys in live.keys.items()}
         self.our_ids = frozenset(k.key_id for keys in live.keys.values() for k in keys)
         # Who of ours holds each alias, from the keys themselves (the most direct fact).
         self.our_alias_owner: dict[str, str] = {}
@@ -456,7 +456,7 @@ class _Planner:
     # -- one key
 
     def plan_key(self, d: DesiredKey) -> None:
-        ident = self.identities.get(d.name, _Identity(None, (), ()))
+        ident = self.identities.get(d.name, Identity(None, (), ()))
         if ident.conflict:
             ids = ", ".join(k.key_id for k in ident.conflict)
             self.violate(

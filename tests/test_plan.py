@@ -1,0 +1,339 @@
+"""Planner cases as data (tests/plan_cases/*.yaml: desired, live, now -> changes, violations, notes),
+plus the plan document: golden to_dict, from_dict round trip, malformed files."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from plan_builders import (
+    actual_key,
+    default_fingerprints,
+    desired_key,
+    expand,
+    fp,
+    live_state,
+    manifest,
+    when,
+)
+
+from provisioner.errors import MaterialError, ProvisionerError, StalePlan
+from provisioner.plan import Action, Plan, digest_actual, load_plan, make_plan, save_plan
+
+CASES = Path(__file__).parent / "plan_cases"
+BACKEND = {"type": "local", "path": ".provision/kms.db"}
+
+
+def _case_files() -> list[Path]:
+    return sorted(CASES.glob("*.yaml"))
+
+
+def _plan_case(case: dict[str, Any]) -> Plan:
+    desired = manifest(desired_key(n, s) for n, s in (case.get("desired") or {}).items())
+    live = live_state(
+        (actual_key(k) for k in case.get("live") or []),
+        alias_owners=case.get("alias_owners"),
+        foreign_keys=case.get("foreign_keys") or (),
+    )
+    now = when(case["now"])
+    assert now is not None
+    return make_plan(
+        desired,
+        live,
+        now=now,
+        fingerprints=default_fingerprints(desired, case.get("fingerprints")),
+        backend=BACKEND,
+    )
+
+
+@pytest.mark.parametrize("path", _case_files(), ids=lambda p: p.stem)
+def test_plan_case(path: Path) -> None:
+    case = yaml.safe_load(path.read_text())
+    expect = case.get("expect") or {}
+    plan = _plan_case(case)
+
+    # Deterministic, and the document survives a save/load unchanged.
+    assert _plan_case(case).to_dict() == plan.to_dict()
+    assert load_plan(save_plan(plan)) == plan
+
+    want_changes: dict[str, dict[str, Any]] = expand(expect.get("changes") or {})
+    got = {c.key: c for c in plan.changes}
+    assert len(got) == len(plan.changes), "one change per key"
+    assert sorted(got) == sorted(want_changes), f"{path.name}: keys with changes"
+    for name, want in want_changes.items():
+        doc = got[name].to_dict()
+        for field, value in want.items():
+            if field == "reason_contains":
+                assert value in doc["reason"], f"{path.name}: {name}: reason {doc['reason']!r}"
+            else:
+                assert doc[field] == value, f"{path.name}: {name}.{field}"
+
+    want_violations = expect.get("violations") or []
+    got_violations = [(v.key, v.code.value) for v in plan.violations]
+    assert got_violations == [(v["key"], v["code"]) for v in want_violations], path.name
+    for v, want in zip(plan.violations, want_violations, strict=True):
+        for fragment in want.get("message", []):
+            assert fragment in v.message, f"{path.name}: {v.message!r} lacks {fragment!r}"
+    assert plan.blocked == bool(want_violations)
+    assert [n.key for n in plan.notes] == (expect.get("notes") or [])
+    assert plan.has_changes == bool(want_changes)
+
+
+def test_every_rule_has_a_case() -> None:
+    """Every action word and violation code appears in some case's expectations."""
+    seen: set[str] = set()
+    for path in _case_files():
+        expect = yaml.safe_load(path.read_text()).get("expect") or {}
+        for change in (expect.get("changes") or {}).values():
+            seen.update(change.get("actions", []))
+            if change.get("duplicates"):
+                seen.add("duplicates")
+        seen.update(v["code"] for v in expect.get("violations") or [])
+    wanted = {a.value for a in Action} | {
+        "material-immutable",
+        "immutable-attribute",
+        "alias-conflict",
+        "unsupported",
+        "expiry-in-past",
+        "duplicate-identity",
+        "duplicates",
+    }
+    assert wanted <= seen, f"no case for {sorted(wanted - seen)}"
+
+
+# ----------------------------------------------------------------------------------------- document
+
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _golden_plan() -> Plan:
+    desired = manifest(
+        [
+            desired_key(
+                "receipts",
+                {
+                    "aliases": ["alias/payments/receipts"],
+                    "description": "Signs receipts",
+                    "tags": {"team": "payments"},
+                    "expiry": "2027-06-30T00:00:00Z",
+                    "deletion_protection": True,
+                },
+            ),
+            desired_key("old", {"state": "absent", "deletion_window_days": 7}),
+        ]
+    )
+    live = live_state([actual_key({"name": "old", "key_id": "key-old"})])
+    return make_plan(desired, live, now=NOW, fingerprints={"receipts": fp("receipts")}, backend=BACKEND)
+
+
+def test_plan_document_golden() -> None:
+    plan = _golden_plan()
+    old = actual_key({"name": "old", "key_id": "key-old"})
+    assert plan.to_dict() == {
+        "format_version": 1,
+        "stack": "payments",
+        "created_at": "2026-06-01T12:00:00Z",
+        "backend": {"type": "local", "path": ".provision/kms.db"},
+        "changes": [
+            {
+                "key": "old",
+                "key_id": "key-old",
+                "actions": ["schedule-deletion"],
+                "reason": "state is absent: deletion in 7 days",
+                "before": {
+                    "key_id": "key-old",
+                    "arn": "acs:kms:cn-hangzhou:1234:key/key-old",
+                    "status": "enabled",
+                    "spec": "RSA_2048",
+                    "usage": "SIGN/VERIFY",
+                    "protection": "SOFTWARE",
+                    "instance": "kst-hzz6test",
+                    "description": "",
+                    "tags": {
+                        "byok-provisioner:fingerprint": fp("old"),
+                        "byok-provisioner:name": "old",
+                        "byok-provisioner:stack": "payments",
+                    },
+                    "aliases": [],
+                    "material_expires_at": None,
+                    "deletion_date": None,
+                    "deletion_protection": False,
+                    "recorded_fingerprint": fp("old"),
+                    "public_key_fingerprint": None,
+                },
+                "after": None,
+                "tags_to_set": {},
+                "tags_to_remove": [],
+                "aliases_to_create": [],
+                "aliases_to_move": [],
+                "aliases_to_delete": [],
+                "description": None,
+                "deletion_protection": None,
+                "expire_unix": None,
+                "pending_window_days": 7,
+                "material": None,
+                "state_digest": digest_actual(old),
+                "duplicates": [],
+            },
+            {
+                "key": "receipts",
+                "key_id": None,
+                "actions": ["create", "import"],
+                "reason": "key does not exist",
+                "before": None,
+                "after": {
+                    "spec": "RSA_2048",
+                    "usage": "SIGN/VERIFY",
+                    "protection": "SOFTWARE",
+                    "instance": "kst-hzz6test",
+                    "description": "Signs receipts",
+                    "tags": {"team": "payments"},
+                    "aliases": ["alias/payments/receipts"],
+                    "expiry": "2027-06-30T00:00:00Z",
+                    "deletion_protection": True,
+                    "deletion_window_days": 30,
+                    "state": "present",
+                    "fingerprint": fp("receipts"),
+                },
+                "tags_to_set": {
+                    "byok-provisioner:fingerprint": fp("receipts"),
+                    "byok-provisioner:name": "receipts",
+                    "byok-provisioner:stack": "payments",
+                    "team": "payments",
+                },
+                "tags_to_remove": [],
+                "aliases_to_create": ["alias/payments/receipts"],
+                "aliases_to_move": [],
+                "aliases_to_delete": [],
+                "description": "Signs receipts",
+                "deletion_protection": True,
+                "expire_unix": 1814313600,
+                "pending_window_days": None,
+                "material": {
+                    "kind": "file",
+                    "file": "/manifests/keys/receipts.pem",
+                    "fingerprint": fp("receipts"),
+                },
+                "state_digest": None,
+                "duplicates": [],
+            },
+        ],
+        "violations": [],
+        "notes": [],
+        "summary": {
+            "create": 1,
+            "import": 1,
+            "reimport": 0,
+            "delete-material": 0,
+            "update": 0,
+            "schedule-deletion": 1,
+        },
+    }
+    assert datetime.fromtimestamp(1814313600, UTC) == datetime(2027, 6, 30, tzinfo=UTC)
+
+
+def test_plan_round_trip_is_exact() -> None:
+    plan = _golden_plan()
+    text = save_plan(plan)
+    again = load_plan(text)
+    assert again == plan
+    assert save_plan(again) == text
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_digest_changes_with_what_apply_depends_on() -> None:
+    base = actual_key({"name": "a"})
+    assert digest_actual(base) == digest_actual(actual_key({"name": "a"}))
+    assert digest_actual(base).startswith("sha256:") and len(digest_actual(base)) == 7 + 64
+    for change in (
+        {"description": "x"},
+        {"status": "disabled"},
+        {"aliases": ["alias/x"]},
+        {"tags": {"a": "b"}},
+    ):
+        assert digest_actual(actual_key({"name": "a", **change})) != digest_actual(base), change
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "message"),
+    [
+        (lambda d: d.update(format_version=2), StalePlan, "plan file has format_version 2; this provisioner"),
+        (lambda d: d.pop("format_version"), StalePlan, "plan file has format_version None"),
+        (lambda d: d.pop("stack"), ProvisionerError, "plan file is malformed: plan: missing field 'stack'"),
+        (
+            lambda d: d["changes"][0].update(actions=["create", "frobnicate"]),
+            ProvisionerError,
+            "plan file is malformed: changes[0].actions[1]: 'frobnicate' is not an action word",
+        ),
+        (
+            lambda d: d["changes"][1].update(expire_unix="soon"),
+            ProvisionerError,
+            'plan file is malformed: changes[1].expire_unix: expected an integer, got "soon"',
+        ),
+        (
+            lambda d: d["violations"].append({"key": "a", "code": "nope", "message": "m"}),
+            ProvisionerError,
+            "plan file is malformed: violations[0].code: 'nope' is not a violation code",
+        ),
+        (
+            lambda d: d["changes"][0].update(private_key="x"),
+            ProvisionerError,
+            "plan file is malformed: changes[0]: unknown field(s) 'private_key'",
+        ),
+        (
+            lambda d: d["summary"].update(create=5),
+            ProvisionerError,
+            "plan file is malformed: plan.summary: does not match the changes",
+        ),
+        (
+            lambda d: d.update(created_at="yesterday"),
+            ProvisionerError,
+            "plan file is malformed: plan.created_at: 'yesterday' is not a time",
+        ),
+    ],
+)
+def test_malformed_plan_file(mutate: Any, error: type[Exception], message: str) -> None:
+    data = _golden_plan().to_dict()
+    mutate(data)
+    with pytest.raises(error) as info:
+        load_plan(json.dumps(data))
+    assert type(info.value) is error
+    assert str(info.value).startswith(message)
+
+
+def test_plan_file_not_json() -> None:
+    with pytest.raises(ProvisionerError, match=r"^plan file is not valid JSON: line 1 column 1: "):
+        load_plan("not json")
+    with pytest.raises(ProvisionerError, match="^plan file is malformed: expected a JSON object"):
+        load_plan("[1]")
+
+
+def test_missing_fingerprint_for_import_is_an_error() -> None:
+    desired = manifest([desired_key("a")])
+    with pytest.raises(
+        MaterialError, match=r"manifests/keys.yaml:3:3: the fingerprint of the material for key 'a'"
+    ):
+        make_plan(desired, live_state([]), now=NOW, fingerprints={}, backend=BACKEND)
+
+
+def test_stack_mismatch_is_an_error() -> None:
+    desired = manifest([desired_key("a")])
+    live = live_state([])
+    other = type(live)(stack="other", keys={}, alias_owners={})
+    with pytest.raises(
+        ProvisionerError, match="live state was read for stack 'other' but the manifests declare"
+    ):
+        make_plan(desired, other, now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND)
+    assert live.stack == "payments"
+
+
+def test_created_at_defaults_to_now_and_is_whole_seconds() -> None:
+    now = datetime(2026, 6, 1, 12, 0, 0, 999_999, tzinfo=UTC)
+    plan = make_plan(manifest([]), live_state([]), now=now, fingerprints={}, backend=BACKEND)
+    assert plan.created_at == datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+    assert not plan.has_changes and not plan.blocked
+    assert plan.summary == {a.value: 0 for a in Action}
