@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from provisioner.emulator import server as emulator_server
 from provisioner.errors import ManifestError, ProvisionerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,6 +92,106 @@ def handle_errors(f: F) -> F:
 @click.version_option(package_name="byok-provisioner")
 def cli() -> None:
     """Declarative provisioner for Alibaba Cloud KMS keys with imported (BYOK) material."""
+
+
+@cli.group()
+def emulator() -> None:
+    """A local Alibaba Cloud KMS that the official SDK talks to unchanged (rehearsals, tests)."""
+
+
+@emulator.command("serve")
+@click.option("--host", default=emulator_server.DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=emulator_server.DEFAULT_PORT, show_default=True,
+    help="Port to listen on; 0 picks a free one.",
+)
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="SQLite state file that survives restarts (default: in memory).",
+)
+@click.option(
+    "--access-key-id", default=emulator_server.DEFAULT_ACCESS_KEY_ID, show_default=True,
+    help="The one AccessKeyId accepted.",
+)
+@click.option(
+    "--access-key-secret", default=emulator_server.DEFAULT_ACCESS_KEY_SECRET, show_default=True,
+    help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256 or V2 HMAC-SHA1).",
+)
+@click.option(
+    "--instance", "instances", multiple=True, metavar="ID=software|hardware",
+    help="KMS instance (repeatable; default kst-local-software and kst-local-hardware).",
+)
+@click.option(
+    "--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every answer."
+)
+@click.option(
+    "--qps", "qps", multiple=True, metavar="GROUP=N",
+    help="Rate limit per quota group create|read|write|crypto (repeatable); over it 429 Rejected.Throttling.",
+)
+@click.option(
+    "--fault-rate", type=click.FloatRange(0.0, 1.0), default=0.0,
+    help="Share of calls answered 503 ServiceUnavailableTemporary, before any state change.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for --fault-rate, for reproducible runs.")
+@handle_errors
+def serve(
+    host: str,
+    port: int,
+    db: Path | None,
+    access_key_id: str,
+    access_key_secret: str,
+    instances: tuple[str, ...],
+    latency_ms: float,
+    qps: tuple[str, ...],
+    fault_rate: float,
+    seed: int | None,
+) -> int:
+    """Serve the KMS RPC API until SIGTERM or SIGINT.
+
+    Prints one line, `listening on http://HOST:PORT`, once ready. `GET /_emulator/stats` returns call
+    counts per Action. Default credentials are public: the emulator guards nothing.
+    """
+    import signal
+    import sqlite3
+    import threading
+
+    try:
+        config = emulator_server.EmulatorConfig(
+            host=host,
+            port=port,
+            db=str(db) if db is not None else None,
+            access_key_id=access_key_id,
+            access_key_secret=access_key_secret,
+            instances=emulator_server.parse_instances(instances) or None,
+            latency_ms=latency_ms,
+            qps=emulator_server.parse_qps(qps),
+            fault_rate=fault_rate,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda _s, _f: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server = emulator_server.EmulatorServer(config)
+        except OSError as e:
+            _fail(f"error: cannot serve on {host}:{port} with db {db or ':memory:'}: {e.strerror or e}")
+        except sqlite3.Error as e:
+            _fail(f"error: cannot open emulator state {db}: {e}")
+        try:
+            server.start()
+            click.echo(f"listening on {server.url}")
+            sys.stdout.flush()
+            # A timed wait, so the signal handler's set() is seen promptly on every platform.
+            while not stop.wait(0.5):
+                pass
+        finally:
+            server.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,566 @@
+"""HTTP face of the KMS emulator: the RPC wire protocol the official SDK speaks, signatures, switches.
+
+It verifies who is calling (V3 and V2 signatures, timestamps, nonces), injects latency, throttling and
+faults, counts calls, and hands the flattened parameters to `KmsResponses`. It holds no KMS rule and
+never logs request parameters or bodies: they carry import tokens and wrapped material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from provisioner.backend.base import QUOTA_GROUPS
+from provisioner.emulator import signing
+from provisioner.emulator.models import KmsEngine, KmsError
+from provisioner.emulator.responses import KmsResponses
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 0
+#: The one credential a server accepts unless told otherwise. Public on purpose: it guards nothing.
+DEFAULT_ACCESS_KEY_ID = "LTAI5tKmsEmulatorLocal"
+DEFAULT_ACCESS_KEY_SECRET = "kms-emulator-local-secret"
+API_VERSION = "2016-01-20"
+STATS_PATH = "/_emulator/stats"
+#: How far a request's timestamp may be from the server clock, either way (vendor: 15 minutes).
+MAX_CLOCK_SKEW = timedelta(minutes=15)
+MAX_BODY_BYTES = 4 * 1024 * 1024
+UNKNOWN_ACTION = "<unknown>"
+QUOTA_GROUP_NAMES = frozenset(QUOTA_GROUPS.values())
+INSTANCE_KINDS = ("software", "hardware")
+
+#: Signature and routing parameters; the rest is the action's own input.
+COMMON_PARAMS = frozenset(
+    {
+        "Action", "Version", "Format", "Timestamp", "SignatureNonce", "SignatureMethod",
+        "SignatureVersion", "AccessKeyId", "Signature", "RegionId",
+    }
+)
+
+
+class ActionHandler(Protocol):
+    """What the server calls for a verified request: `KmsResponses` in production, stubs in tests."""
+
+    def handle(self, action: str, params: Mapping[str, str]) -> dict[str, Any]: ...
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class WireError(Exception):
+    """A refusal decided at the HTTP layer (signature, timestamp, throttling, faults)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything `provision emulator serve` can be told. Validated on creation (ValueError)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db: str | None = None
+    access_key_id: str = DEFAULT_ACCESS_KEY_ID
+    access_key_secret: str = field(default=DEFAULT_ACCESS_KEY_SECRET, repr=False)
+    instances: Mapping[str, str] | None = None
+    latency_ms: float = 0.0
+    qps: dict[str, float] = field(default_factory=dict)
+    fault_rate: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not self.access_key_id or not self.access_key_secret:
+            raise ValueError("access key id and secret must not be empty")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency must be >= 0 ms, got {self.latency_ms:g}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault rate must be between 0 and 1, got {self.fault_rate:g}")
+        for group, rate in self.qps.items():
+            if group not in QUOTA_GROUP_NAMES:
+                known = ", ".join(sorted(QUOTA_GROUP_NAMES))
+                raise ValueError(f"unknown quota group {group!r} (one of {known})")
+            if rate <= 0:
+                raise ValueError(f"qps for {group} must be > 0, got {rate:g}")
+        for instance_id, kind in (self.instances or {}).items():
+            if not instance_id or kind not in INSTANCE_KINDS:
+                raise ValueError(f"instance must be ID=software|hardware, got {instance_id}={kind}")
+
+
+def parse_qps(items: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """`GROUP=N` strings (repeatable flag) to a dict; ValueError names the bad item."""
+    out: dict[str, float] = {}
+    for item in items:
+        group, sep, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        if not sep or group not in QUOTA_GROUP_NAMES or not rate > 0:
+            raise ValueError(
+                f"expected GROUP=N with GROUP one of {', '.join(sorted(QUOTA_GROUP_NAMES))} and N > 0, "
+                f"got {item!r}"
+            )
+        out[group] = rate
+    return out
+
+
+def parse_instances(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`ID=software|hardware` strings (repeatable flag) to a dict; ValueError names the bad item."""
+    out: dict[str, str] = {}
+    for item in items:
+        instance_id, sep, kind = item.partition("=")
+        if not sep or not instance_id or kind not in INSTANCE_KINDS:
+            raise ValueError(f"expected ID=software|hardware, got {item!r}")
+        out[instance_id] = kind
+    return out
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+class _TokenBucket:
+    """`rate` tokens a second, bursts up to one second's worth (at least one call)."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _parse_timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, signing.TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that remembers open connections so close() can end idle keep-alives."""
+
+    daemon_threads = True
+    # server_close() joins every handler thread (daemon or not), so no handler outlives the engine.
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: EmulatorServer) -> None:
+        self.emulator = emulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def end_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer is normal; anything else is reported without request data.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        print(f"kms emulator: connection error {type(exc).__name__}", file=sys.stderr)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "KmsEmulator/1"
+    sys_version = ""
+    #: Idle keep-alive connections are dropped after this many seconds.
+    timeout = 30
+    # Headers and body leave in one segment: split writes meet Nagle plus delayed ACK (40 ms a call).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        self.server.emulator.dispatch(self)
+
+    def do_GET(self) -> None:
+        self.server.emulator.dispatch(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The default access log prints the request line, whose query holds tokens and wrapped material.
+        return
+
+    def send_json(self, status: int, body: Mapping[str, Any], request_id: str | None = None) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        if request_id:
+            self.send_header("x-acs-request-id", request_id)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class EmulatorServer:
+    """The emulator on a ThreadingHTTPServer. Binds on construction; `start()` or `serve_forever()`.
+
+    `responses` replaces the real engine (tests); without it the server opens `KmsEngine(config.db)`
+    and closes it in `close()`.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        *,
+        responses: ActionHandler | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._engine: _Closable | None = None
+        if responses is None:
+            engine = KmsEngine(config.db, instances=config.instances)
+            self._engine = engine
+            responses = KmsResponses(engine)
+        self._responses = responses
+        try:
+            self._httpd = _HTTPServer((config.host, config.port), self)
+        except BaseException:
+            if self._engine is not None:
+                self._engine.close()
+            raise
+        self._calls: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._nonces: dict[str, float] = {}
+        self._nonce_lock = threading.Lock()
+        now = time.monotonic()
+        self._buckets = {g: _TokenBucket(r, now) for g, r in config.qps.items()}
+        self._bucket_lock = threading.Lock()
+        # Faults are not key material: a seeded PRNG makes a faulty run reproducible.
+        self._rng = random.Random(config.seed)
+        self._rng_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._serving = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """`host:port`, the form the SDK's `Config(endpoint=...)` wants (no scheme)."""
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Serve on a background daemon thread (tests, benchmarks)."""
+        if self._thread is not None:
+            raise RuntimeError("emulator already started")
+        self._serving = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="kms-emulator", daemon=True
+        )
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread until `shutdown()` is called from another one."""
+        self._serving = True
+        self._httpd.serve_forever(poll_interval=0.1)
+
+    def shutdown(self) -> None:
+        """Stop serving, end open connections, wait for handlers, close the socket and the engine."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._serving:
+            self._httpd.shutdown()
+        self._httpd.end_connections()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        if self._engine is not None:
+            self._engine.close()
+
+    close = shutdown
+
+    def __enter__(self) -> EmulatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        with self._stats_lock:
+            return {"calls": dict(sorted(self._calls.items()))}
+
+    # -- one request -----------------------------------------------------------------------------
+
+    def dispatch(self, h: _RequestHandler) -> None:
+        url = urlsplit(h.path)
+        if h.command == "GET" and url.path == STATS_PATH:
+            _read_body(h)
+            h.send_json(200, self.stats())
+            return
+        request_id = new_request_id()
+        try:
+            body = _read_body(h)
+        except WireError as e:
+            h.close_connection = True
+            h.send_json(e.status, {"Code": e.code, "Message": e.message, "RequestId": request_id}, request_id)
+            return
+        authorization = h.headers.get("Authorization")
+        status, answer = self._answer(h, url.path, url.query, body, authorization, request_id)
+        if self.config.latency_ms:
+            time.sleep(self.config.latency_ms / 1000.0)
+        h.send_json(status, answer, request_id)
+
+    def _answer(
+        self,
+        h: _RequestHandler,
+        path: str,
+        raw_query: str,
+        body: bytes,
+        authorization: str | None,
+        request_id: str,
+    ) -> tuple[int, dict[str, Any]]:
+        params: dict[str, str] = {}
+        action = UNKNOWN_ACTION
+        try:
+            query_pairs = parse_qsl(raw_query, keep_blank_values=True)
+            params.update(query_pairs)
+            params.update(_form_pairs(h, body))
+            action = (h.headers.get("x-acs-action") if authorization else None) or params.get("Action") or ""
+            action = action or UNKNOWN_ACTION
+            self._count(action)
+            if path not in ("", "/"):
+                raise WireError(404, "InvalidApi.NotFound", "Specified api is not found, check the url.")
+            if authorization is not None:
+                version = self._verify_v3(h, query_pairs, body, authorization)
+            else:
+                version = self._verify_v2(h.command, params)
+            if version != API_VERSION:
+                raise WireError(400, "InvalidVersion", "Specified parameter Version is not valid.")
+            if action == UNKNOWN_ACTION:
+                raise WireError(400, "MissingParameter", "The input parameter Action that is mandatory "
+                                "for processing this request is not supplied.")
+            self._inject_fault()
+            self._throttle(action)
+            rest = {k: v for k, v in params.items() if k not in COMMON_PARAMS}
+            # KmsEngine is thread-safe (one transaction under one lock per call).
+            result = self._responses.handle(action, rest)
+            result.setdefault("RequestId", request_id)
+            return 200, result
+        except (WireError, KmsError) as e:
+            return e.status, {"Code": e.code, "Message": e.message, "RequestId": request_id}
+        except Exception as e:
+            # No parameters and no exception text: either may hold key material or a token.
+            frames = "".join(traceback.format_tb(e.__traceback__))
+            print(
+                f"kms emulator: internal failure in {action} ({type(e).__name__}), request {request_id}\n"
+                f"{frames}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 500, {
+                "Code": "InternalFailure",
+                "Message": "Internal Failure",
+                "RequestId": request_id,
+            }
+
+    def _count(self, action: str) -> None:
+        with self._stats_lock:
+            self._calls[action] += 1
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def _check_access_key(self, access_key_id: str | None) -> None:
+        if not access_key_id:
+            raise WireError(400, "MissingParameter", "The input parameter AccessKeyId that is mandatory "
+                            "for processing this request is not supplied.")
+        if not signing.signatures_equal(access_key_id, self.config.access_key_id):
+            raise WireError(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+
+    def _check_timestamp(self, value: str | None, name: str) -> None:
+        when = _parse_timestamp(value)
+        if when is None:
+            raise WireError(
+                400,
+                "IllegalTimestamp",
+                f'The input parameter "{name}" that is mandatory for processing this request is not '
+                "supplied or is not in the format yyyy-MM-ddTHH:mm:ssZ.",
+            )
+        if abs(self._clock() - when) > MAX_CLOCK_SKEW:
+            raise WireError(
+                400,
+                "IllegalTimestamp",
+                f'The input parameter "{name}" is out of the accepted range: it must be within '
+                "15 minutes of the server time (UTC).",
+            )
+
+    def _bad_signature(self) -> WireError:
+        return WireError(
+            400,
+            "IncompleteSignature",
+            "The request signature does not conform to Aliyun standards.",
+        )
+
+    def _use_nonce(self, nonce: str | None) -> None:
+        if not nonce:
+            raise WireError(400, "MissingParameter", "The input parameter SignatureNonce that is mandatory "
+                            "for processing this request is not supplied.")
+        now = time.monotonic()
+        # Kept twice the skew: a timestamp may sit 15 minutes ahead of the clock and still be valid.
+        horizon = 2 * MAX_CLOCK_SKEW.total_seconds()
+        with self._nonce_lock:
+            if len(self._nonces) > 10_000:
+                self._nonces = {n: t for n, t in self._nonces.items() if now - t < horizon}
+            seen = self._nonces.get(nonce)
+            if seen is not None and now - seen < horizon:
+                raise WireError(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+            self._nonces[nonce] = now
+
+    def _verify_v3(
+        self,
+        h: _RequestHandler,
+        query_pairs: list[tuple[str, str]],
+        body: bytes,
+        authorization: str,
+    ) -> str:
+        auth = signing.parse_v3_authorization(authorization)
+        if auth is None:
+            raise self._bad_signature()
+        self._check_access_key(auth.access_key_id)
+        if auth.algorithm != signing.V3_ALGORITHM:
+            raise WireError(400, "IncompleteSignature",
+                            f"The signature algorithm is not supported, use {signing.V3_ALGORITHM}.")
+        self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
+        required = {"host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce",
+                    "x-acs-content-sha256"}
+        if not required <= set(auth.signed_headers):
+            raise self._bad_signature()
+        payload_hash = h.headers.get("x-acs-content-sha256", "")
+        if not signing.signatures_equal(payload_hash.lower(), signing.sha256_hex(body)):
+            raise self._bad_signature()
+        headers: dict[str, str] = {}
+        for name in auth.signed_headers:
+            values = h.headers.get_all(name)
+            if values is None:
+                raise self._bad_signature()
+            headers[name] = ",".join(sorted(v.strip() for v in values))
+        canonical = signing.v3_canonical_request(h.command, "/", query_pairs, headers, payload_hash)
+        expected = signing.v3_signature(self.config.access_key_secret, canonical)
+        if not signing.signatures_equal(auth.signature.lower(), expected):
+            raise self._bad_signature()
+        self._use_nonce(h.headers.get("x-acs-signature-nonce"))
+        return h.headers.get("x-acs-version", "")
+
+    def _verify_v2(self, method: str, params: Mapping[str, str]) -> str:
+        if "Signature" not in params:
+            raise WireError(400, "MissingParameter", "The input parameter Signature that is mandatory "
+                            "for processing this request is not supplied.")
+        self._check_access_key(params.get("AccessKeyId"))
+        if params.get("SignatureMethod") != signing.V2_METHOD:
+            raise WireError(400, "IncompleteSignature",
+                            f"The signature method is not supported, use {signing.V2_METHOD}.")
+        self._check_timestamp(params.get("Timestamp"), "Timestamp")
+        expected = signing.v2_signature(self.config.access_key_secret, method, params)
+        if not signing.signatures_equal(params["Signature"], expected):
+            raise self._bad_signature()
+        self._use_nonce(params.get("SignatureNonce"))
+        return params.get("Version", "")
+
+    def _inject_fault(self) -> None:
+        if self.config.fault_rate <= 0:
+            return
+        with self._rng_lock:
+            hit = self._rng.random() < self.config.fault_rate
+        if hit:
+            raise WireError(
+                503,
+                "ServiceUnavailableTemporary",
+                "Service is temporarily unavailable, please try again later.",
+            )
+
+    def _throttle(self, action: str) -> None:
+        group = QUOTA_GROUPS.get(action)
+        bucket = self._buckets.get(group) if group else None
+        if bucket is None:
+            return
+        with self._bucket_lock:
+            allowed = bucket.take(time.monotonic())
+        if not allowed:
+            raise WireError(429, "Rejected.Throttling", "QPS Limit Exceeded")
+
+
+def _read_body(h: _RequestHandler) -> bytes:
+    if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        raise WireError(411, "MissingContentLength", "Chunked request bodies are not supported.")
+    raw = h.headers.get("Content-Length")
+    try:
+        length = int(raw) if raw else 0
+    except ValueError:
+        length = -1
+    if length < 0 or length > MAX_BODY_BYTES:
+        raise WireError(400, "InvalidParameter", "The request body length is not valid.")
+    return h.rfile.read(length) if length else b""
+
+
+def _form_pairs(h: _RequestHandler, body: bytes) -> list[tuple[str, str]]:
+    if not body:
+        return []
+    content_type = h.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type not in ("", "application/x-www-form-urlencoded"):
+        return []
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as e:
+        raise WireError(400, "InvalidParameter", "The request body is not valid UTF-8.") from e
