@@ -7,7 +7,8 @@ everything above the seam behaves the same on both backends. It adds no rule of 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from provisioner.errors import KmsApiError
 class LocalTransport:
     """Transport.call straight into `KmsResponses.handle`; KmsError becomes KmsApiError."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, clock: Callable[[], datetime] | None = None) -> None:
         # Imported here so that the alibaba backend never loads the engine.
         from provisioner.emulator.models import KmsEngine, KmsError
         from provisioner.emulator.responses import KmsResponses, flatten_params
@@ -27,7 +28,7 @@ class LocalTransport:
         self._error_type: type[Exception] = KmsError
         self._flatten = flatten_params
         # The local file holds no private material: the engine keeps only what KMS would show.
-        self._engine = KmsEngine(str(db_path), persist_private_keys=False)
+        self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
         self._responses = KmsResponses(self._engine)
         # One SQLite connection under concurrent refresh threads: serialise, it is in-process anyway.
         self._lock = threading.Lock()

@@ -1,0 +1,165 @@
+"""Read what KMS holds for one stack, with the fewest calls: tags by filter, one DescribeKey per key,
+aliases in pages, GetPublicKey only where asked. Read-only: it never calls a write action.
+
+It judges nothing: each key gets one explicit KeyStatus and the planner decides what that means.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from provisioner.backend.base import KeyMetadata, Kms
+from provisioner.errors import KmsApiError
+from provisioner.material import fingerprint_of_spki
+from provisioner.model import TAG_NAME, TAG_STACK, ActualKey, KeyState, KeyStatus, LiveState
+
+#: ListTagResources takes at most this many resource ids a call.
+TAG_CHUNK = 50
+
+#: GetPublicKey needs imported material; keys in these states have none to show.
+_NO_MATERIAL = frozenset({KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED})
+
+
+def key_status(meta: KeyMetadata, now: datetime) -> KeyStatus:
+    """The one status of a live key at `now`."""
+    expired = meta.material_expire_time is not None and meta.material_expire_time <= now
+    if meta.key_state is KeyState.PENDING_DELETION:
+        return KeyStatus.PENDING_DELETION
+    if meta.key_state is KeyState.DISABLED:
+        return KeyStatus.DISABLED
+    if meta.key_state is KeyState.PENDING_IMPORT:
+        # An expiry time on a key back in PendingImport means material was imported and ran out.
+        imported = meta.material_expire_time is not None
+        return KeyStatus.MATERIAL_EXPIRED if imported else KeyStatus.PENDING_IMPORT
+    # Enabled, but the service has not yet noticed that the material ran out.
+    return KeyStatus.MATERIAL_EXPIRED if expired else KeyStatus.ENABLED
+
+
+def actual_from_metadata(
+    meta: KeyMetadata, tags: Mapping[str, str], aliases: Iterable[str], now: datetime
+) -> ActualKey:
+    """ActualKey from DescribeKey's metadata plus the key's tags and aliases."""
+    return ActualKey(
+        key_id=meta.key_id,
+        arn=meta.arn,
+        status=key_status(meta, now),
+        spec=meta.key_spec,
+        usage=meta.key_usage,
+        protection=meta.protection_level,
+        instance=meta.instance_id,
+        description=meta.description,
+        created_at=meta.creation_date,
+        material_expires_at=meta.material_expire_time,
+        deletion_date=meta.delete_date,
+        deletion_protection=meta.deletion_protection,
+        primary_key_version=meta.primary_key_version,
+        tags=dict(tags),
+        aliases=tuple(sorted(aliases)),
+    )
+
+
+def fingerprint_of_pem(pem: str) -> str:
+    """`sha256:<hex>` of the DER SubjectPublicKeyInfo inside a PEM (works for SM2 too: no parsing)."""
+    body = "".join(line.strip() for line in pem.strip().splitlines() if line and not line.startswith("-----"))
+    return fingerprint_of_spki(base64.b64decode(body))
+
+
+def refresh(
+    kms: Kms,
+    stack: str,
+    *,
+    now: datetime,
+    managed_names: Collection[str] = (),
+    confirm: Callable[[ActualKey], bool] | None = None,
+    concurrency: int = 8,
+) -> LiveState:
+    """The live state of `stack`. Every name in `managed_names` appears in `keys` (empty when absent).
+
+    `confirm(key)` says whether to read the key's public key (GetPublicKey) and set its
+    `public_key_fingerprint`; keys without material are never asked about.
+    """
+    tags = _stack_tags(kms, stack)
+    ids = sorted(tags)
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="refresh") as pool:
+        described = list(pool.map(lambda key_id: _describe(kms, key_id), ids))
+        alias_entries = kms.list_aliases()  # one paged pass while DescribeKey calls are in flight
+        alias_owners = {a.alias_name: a.key_id for a in alias_entries}
+        aliases_of: dict[str, list[str]] = defaultdict(list)
+        for a in alias_entries:
+            aliases_of[a.key_id].append(a.alias_name)
+
+        keys = [
+            actual_from_metadata(meta, tags[meta.key_id], aliases_of.get(meta.key_id, ()), now)
+            for meta in described
+            if meta is not None
+        ]
+        if confirm is not None:
+            wanted = [k for k in keys if k.status not in _NO_MATERIAL and confirm(k)]
+            fingerprints = list(pool.map(lambda k: _confirm(kms, k), wanted))
+            confirmed = {k.key_id: fp for k, fp in zip(wanted, fingerprints, strict=True)}
+            keys = [
+                dataclasses.replace(k, public_key_fingerprint=confirmed[k.key_id])
+                if k.key_id in confirmed
+                else k
+                for k in keys
+            ]
+
+    by_name: dict[str, list[ActualKey]] = {name: [] for name in managed_names}
+    for key in keys:
+        if key.name is not None:  # a stack key stripped of its name cannot be matched to anything
+            by_name.setdefault(key.name, []).append(key)
+    ours = set(ids)
+    return LiveState(
+        stack=stack,
+        keys={
+            name: tuple(sorted(found, key=lambda k: (k.created_at, k.key_id)))
+            for name, found in sorted(by_name.items())
+        },
+        alias_owners=dict(sorted(alias_owners.items())),
+        foreign_keys=frozenset(owner for owner in alias_owners.values() if owner not in ours),
+    )
+
+
+def _stack_tags(kms: Kms, stack: str) -> dict[str, dict[str, str]]:
+    """Every tag of every key carrying this stack's tag."""
+    tags: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in kms.list_tag_resources(tags={TAG_STACK: stack}):
+        tags[row.resource_id][row.key] = row.value
+    # The emulator returns every tag row of a matching key; the service may return only the rows that
+    # matched the filter. A key whose rows lack its name tag is read again by id, 50 ids a call.
+    partial = sorted(key_id for key_id, found in tags.items() if TAG_NAME not in found)
+    for chunk in _chunks(partial, TAG_CHUNK):
+        for row in kms.list_tag_resources(resource_ids=chunk):
+            tags[row.resource_id][row.key] = row.value
+    # Keep only keys whose stack tag really is this stack (a defence against a loose filter).
+    return {key_id: dict(found) for key_id, found in tags.items() if found.get(TAG_STACK) == stack}
+
+
+def _describe(kms: Kms, key_id: str) -> KeyMetadata | None:
+    try:
+        return kms.describe_key(key_id)
+    except KmsApiError as e:
+        if e.code == "Forbidden.KeyNotFound":  # deleted between listing and describing
+            return None
+        raise
+
+
+def _confirm(kms: Kms, key: ActualKey) -> str | None:
+    try:
+        return fingerprint_of_pem(kms.get_public_key(key.key_id, key.primary_key_version))
+    except KmsApiError as e:
+        # The key lost its material or vanished after DescribeKey: nothing to confirm.
+        if e.code == "Forbidden.KeyNotFound" or e.code.startswith("Rejected."):
+            return None
+        raise
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
