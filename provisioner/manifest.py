@@ -149,7 +149,12 @@ class _Converter:
         self.diags.append(Diagnostic(Location(self.doc.display, *_pos(node)), message))
 
     def convert(self, node: yaml.Node, path: _Path, depth: int = 0) -> Any:
-        self.doc.values[path] = _pos(node)
+        key_pos = self.doc.keys.get(path)
+        if key_pos is not None and isinstance(node, yaml.CollectionNode) and not node.flow_style:
+            # A block mapping or list starts at its first child; its own key is where a reader looks.
+            self.doc.values[path] = key_pos
+        else:
+            self.doc.values[path] = _pos(node)
         if depth > _MAX_DEPTH:
             self.error(node, f"document nested deeper than {_MAX_DEPTH} levels (recursive alias?)")
             return None
@@ -278,6 +283,9 @@ def _find_in_source(source: str, pattern: re.Pattern[str]) -> _Pos:
     return 0, 0
 
 
+_JINJA_SPAN = re.compile(r"\{[{%].*?(?:[}%]\}|$)")
+
+
 def _name_position(source: str, name: str) -> _Pos:
     """Where a template variable is first used: the first `name` token in a Jinja tag."""
     word = re.compile(rf"(?<![\w.]){re.escape(name)}\b")
@@ -285,8 +293,12 @@ def _name_position(source: str, name: str) -> _Pos:
         for lineno, kind, value in _JINJA.lex(source):
             if kind == "name" and value == name:
                 lines = source.splitlines()
-                m = word.search(lines[lineno - 1]) if lineno <= len(lines) else None
-                return lineno, (m.start() + 1 if m else 1)
+                text = lines[lineno - 1] if lineno <= len(lines) else ""
+                for span in _JINJA_SPAN.finditer(text):
+                    m = word.search(text, span.start(), span.end())
+                    if m:
+                        return lineno, m.start() + 1
+                return lineno, 1
     except jinja2.TemplateSyntaxError:
         pass
     return _find_in_source(source, word)
@@ -405,7 +417,8 @@ def _schema_error(doc: _Doc, error: ValidationError) -> list[Diagnostic]:
     loc = doc.loc(path)
     if kind == "type":
         types = expected if isinstance(expected, list) else [expected]
-        names = [_TYPE_NAMES.get(str(t), str(t)) for t in types]
+        # "null" is allowed for some fields only to permit an empty block; it is no advice.
+        names = [_TYPE_NAMES.get(str(t), str(t)) for t in types if t != "null"]
         quote = " (quote it)" if "a string" in names and isinstance(value, int | float | bool) else ""
         return [Diagnostic(loc, f"{where}: {_show(value)} is not {' or '.join(names)}{quote}")]
     if kind == "enum":
@@ -852,6 +865,8 @@ def load_manifests(
         keys.extend(_check_doc(doc, state, diags))
     if not files and not diags:
         diags.append(Diagnostic(Location("<command line>"), "no manifest files given"))
+    order = {display: i for i, (display, _) in enumerate(files)}
+    diags.sort(key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
     errors = _unique(d for d in diags if d.severity == "error")
     if errors:
         raise ManifestError(errors)
