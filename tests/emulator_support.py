@@ -1,0 +1,73 @@
+"""Shared helpers for the emulator engine and RPC tests: a settable clock, fresh material per spec,
+and a one-call 'create a key and import this material'."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from provisioner import sm2, wrapping
+from provisioner.emulator.models import Key, KmsEngine
+from provisioner.material import PrivateMaterial
+from provisioner.model import KeySpec, WrappingAlgorithm
+
+START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+SOFTWARE = "kst-local-software"
+HARDWARE = "kst-local-hardware"
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+def new_material(spec: KeySpec) -> PrivateMaterial:
+    if spec is KeySpec.EC_SM2:
+        return PrivateMaterial(sm2.generate_private_key(), spec)
+    if spec.is_rsa:
+        return PrivateMaterial(rsa.generate_private_key(65537, spec.rsa_bits), spec)
+    curve = ec.SECP256R1() if spec is KeySpec.EC_P256 else ec.SECP256K1()
+    return PrivateMaterial(ec.generate_private_key(curve), spec)
+
+
+@functools.cache
+def material(spec: KeySpec, n: int = 0) -> PrivateMaterial:
+    """The n-th cached material of a spec (RSA_4096 is slow to generate: make each once)."""
+    return new_material(spec)
+
+
+def instance_for(spec: KeySpec) -> str:
+    return HARDWARE if spec in (KeySpec.RSA_4096, KeySpec.EC_SM2) else SOFTWARE
+
+
+def create(engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SIGN/VERIFY") -> Key:
+    return engine.create_key(
+        key_spec=spec.value, key_usage=usage, origin="EXTERNAL", instance_id=instance_for(spec)
+    )
+
+
+def wrap_for(engine: KmsEngine, key_id: str, m: PrivateMaterial) -> tuple[str, str]:
+    """(EncryptedKeyMaterial, ImportToken) from a fresh GetParametersForImport for this material."""
+    algorithm = WrappingAlgorithm.for_spec(m.spec)
+    params = engine.get_parameters_for_import(key_id, algorithm.wrapping_key_spec.value, algorithm.value)
+    return wrapping.wrap(m, params.public_key_der, algorithm), params.import_token
+
+
+def imported(
+    engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SIGN/VERIFY", expire: int = 0
+) -> tuple[Key, PrivateMaterial]:
+    key = create(engine, spec, usage)
+    m = material(spec)
+    blob, token = wrap_for(engine, key.key_id, m)
+    engine.import_key_material(key.key_id, blob, token, expire)
+    return engine.describe_key(key.key_id), m
