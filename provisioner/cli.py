@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import click
 
 from provisioner.emulator import server as emulator_server
 from provisioner.errors import ManifestError, ProvisionerError
+from provisioner.model import WrappingAlgorithm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -231,6 +233,102 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return 0
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the first byte: a fresh file in the same folder
+    (O_EXCL, mode 0600, umask can only narrow it), then renamed over the target."""
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
+@handle_errors
+def fingerprint(file: Path, passphrase_env: str | None) -> int:
+    """Print sha256:<64 hex> of the public key of a private or public key FILE (PEM or DER)."""
+    from provisioner.errors import UsageError
+    from provisioner.material import fingerprint_of_key_file
+
+    passphrase: bytes | None = None
+    if passphrase_env is not None:
+        value = os.environ.get(passphrase_env)
+        if value is None:
+            raise UsageError(f"--passphrase-env: environment variable {passphrase_env} is not set")
+        passphrase = value.encode()
+    click.echo(fingerprint_of_key_file(file, passphrase))
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--public-key", "public_key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Wrapping public key: PEM, DER (publickey_*.bin) or base64 DER as GetParametersForImport gives.",
+)
+@click.option(
+    "--material", "material_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The private key to import (PEM or DER; PKCS#1, SEC1 or PKCS#8).",
+)
+@click.option(
+    "--algorithm", type=click.Choice([a.value for a in WrappingAlgorithm]), default=None,
+    help="Wrapping algorithm; default: the one the vendor pairs with the material's spec.",
+)
+@click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write the base64 result to this file (mode 0600) instead of standard output.",
+)
+@handle_errors
+def wrap(
+    public_key: Path, material_file: Path, algorithm: str | None, passphrase_env: str | None, out: Path | None
+) -> int:
+    """Offline step 3 of the vendor guide: print base64 Cipher(ESK) || Cipher(TAKpriv)."""
+    from provisioner import wrapping
+    from provisioner.errors import WrappingError
+    from provisioner.material import load_material
+    from provisioner.model import MaterialSource, SourceKind
+
+    try:
+        wrapping_key = public_key.read_bytes()
+    except FileNotFoundError:
+        raise WrappingError(f"--public-key {public_key}: no such file") from None
+    except OSError as e:
+        raise WrappingError(f"--public-key {public_key}: cannot read: {e.strerror}") from None
+    try:
+        wrapping_der = wrapping.load_wrapping_public_key(wrapping_key)
+    except WrappingError as e:
+        raise WrappingError(f"--public-key {public_key}: {e}") from None
+    source = MaterialSource(
+        kind=SourceKind.FILE, file=material_file.absolute(), passphrase_env=passphrase_env
+    )
+    material = load_material(source, warn=_warn)
+    try:
+        chosen = WrappingAlgorithm(algorithm) if algorithm else WrappingAlgorithm.for_spec(material.spec)
+        wrapped = wrapping.wrap(material, wrapping_der, chosen)
+    finally:
+        material.wipe()
+    if out is None:
+        click.echo(wrapped)
+    else:
+        _write_owner_only(out, wrapped + "\n")
+        click.echo(f"wrote {chosen} wrapped material for {material.fingerprint} to {out}", err=True)
     return 0
 
 

@@ -227,10 +227,18 @@ def _parse_legacy_encrypted_pem(
     """OpenSSL's traditional encrypted PEM (Proc-Type: 4,ENCRYPTED; DEK-Info)."""
     if passphrase is None:
         raise MaterialError(_NEEDS_PASSPHRASE)
+    if _LEGACY_AES.search(body):
+        # Decrypted here rather than by cryptography, which does not know the SM2 label or curve.
+        plain = _decrypt_legacy_pem(body, passphrase)
+        try:
+            return _parse_der(plain, None)
+        except MaterialError:
+            # Wrong passphrases sometimes leave valid-looking padding over garbage.
+            raise MaterialError(_BAD_PASSPHRASE) from None
     try:
         return _classify(serialization.load_pem_private_key(pem, passphrase))
-    except UnsupportedAlgorithm:
-        return _parse_der(_decrypt_legacy_pem(body, passphrase), None)
+    except UnsupportedAlgorithm as e:
+        raise MaterialError(f"unsupported encrypted key: {e}") from None
     except (ValueError, TypeError):
         raise MaterialError(_BAD_PASSPHRASE) from None
 
@@ -258,6 +266,7 @@ _PRF: dict[str, hashes.HashAlgorithm] = {
     "1.2.840.113549.2.11": hashes.SHA512(),
 }
 _AES_CBC = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+_LEGACY_AES = re.compile(rb"DEK-Info:\s*AES-(128|192|256)-CBC,([0-9A-Fa-f]{32})")
 _OID_PBES2 = "1.2.840.113549.1.5.13"
 _OID_PBKDF2 = "1.2.840.113549.1.5.12"
 
@@ -308,7 +317,7 @@ def _decrypt_pbes2(der: bytes, passphrase: bytes) -> bytes:
 def _decrypt_legacy_pem(body: bytes, passphrase: bytes) -> bytes:
     """Traditional PEM encryption: key = EVP_BytesToKey(MD5, salt = IV[:8], one round)."""
     headers, _, b64 = body.partition(b"\n\n") if b"\n\n" in body else body.partition(b"\r\n\r\n")
-    match = re.search(rb"DEK-Info:\s*AES-(128|192|256)-CBC,([0-9A-Fa-f]{32})", headers)
+    match = _LEGACY_AES.search(headers)
     if not match:
         raise MaterialError("encrypted SM2 PEM uses a cipher other than AES-CBC")
     key_size = int(match.group(1)) // 8
@@ -340,7 +349,8 @@ def _passphrase(source: MaterialSource, env: Mapping[str, str]) -> bytes | None:
     return value.encode()
 
 
-def _read_file(source: MaterialSource, warn: Warn | None) -> bytes:
+def _read_file(source: MaterialSource) -> tuple[bytes, int]:
+    """The file's bytes and its permission bits."""
     assert source.file is not None
     path = source.file
     try:
@@ -354,12 +364,7 @@ def _read_file(source: MaterialSource, warn: Warn | None) -> bytes:
         raise MaterialError(f"{source.describe()}: permission denied") from None
     except OSError as e:
         raise MaterialError(f"{source.describe()}: cannot read: {e.strerror}") from None
-    if info.st_mode & 0o077 and warn is not None:
-        warn(
-            f"{source.describe()}: key file is readable by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
-        )
-    return data
+    return data, stat.S_IMODE(info.st_mode)
 
 
 def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes:
@@ -391,10 +396,12 @@ def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes
     return result.stdout
 
 
-def _read_source(source: MaterialSource, env: Mapping[str, str], warn: Warn | None,
-                 command_env: Mapping[str, str] | None) -> bytes:
+def _read_source(
+    source: MaterialSource, env: Mapping[str, str], command_env: Mapping[str, str] | None
+) -> tuple[bytes, int]:
+    """The source's bytes, and the file mode for a file source (0 otherwise)."""
     if source.kind is SourceKind.FILE:
-        return _read_file(source, warn)
+        return _read_file(source)
     if source.kind is SourceKind.ENV:
         assert source.env is not None
         value = env.get(source.env)
@@ -402,8 +409,8 @@ def _read_source(source: MaterialSource, env: Mapping[str, str], warn: Warn | No
             raise MaterialError(f"{source.describe()}: is not set")
         if not value.strip():
             raise MaterialError(f"{source.describe()}: is empty")
-        return value.encode()
-    return _run_command(source, command_env)
+        return value.encode(), 0
+    return _run_command(source, command_env), 0
 
 
 def load_material(
@@ -413,11 +420,18 @@ def load_material(
     command's environment when given); `warn` receives non-fatal findings."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     passphrase = _passphrase(source, env)
-    data = _read_source(source, env, warn, environ)
+    data, mode = _read_source(source, env, environ)
     try:
-        return parse_private_key(data, passphrase)
+        material = parse_private_key(data, passphrase)
     except MaterialError as e:
         raise MaterialError(f"{source.describe()}: {e}") from None
+    # Warned only once the file is known to hold a private key: a loose public key is no risk.
+    if mode & 0o077 and warn is not None:
+        warn(
+            f"{source.describe()}: key file is readable by group or others "
+            f"(mode {mode:04o}); run chmod 600 on it"
+        )
+    return material
 
 
 def verify_material(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import os
+import stat
 from functools import cache
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provisioner import sm2
+from provisioner.cli import cli
 from provisioner.errors import WrappingError
 from provisioner.material import PrivateMaterial, parse_private_key
 from provisioner.model import KeySpec, WrappingAlgorithm
@@ -191,3 +196,97 @@ def test_unwrap_sm2_refusals() -> None:
         wrap_sm2_sm4(sm2_wrapping_spki(), bytes(31))
     with pytest.raises(WrappingError, match="ESK must be 16 bytes, got 32"):
         wrap_sm2_sm4(sm2_wrapping_spki(), bytes(32), esk=bytes(32))
+
+
+# --- the `wrap` command ------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def _key_files(tmp_path: Path) -> tuple[Path, Path]:
+    material = _write(
+        tmp_path / "tak.pem",
+        ec.generate_private_key(ec.SECP256K1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    public = _write(tmp_path / "publickey.bin", spki(rsa_wrapping_key()), 0o644)
+    return material, public
+
+
+def test_wrap_command_out_file_is_owner_only_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    material, public = _key_files(tmp_path)
+    out = _write(tmp_path / "wrapped.txt", b"old", 0o644)
+    modes: list[int] = []
+    real_open = os.open
+
+    def spy_open(path: str, flags: int, mode: int = 0o777, *args: object, **kw: object) -> int:
+        fd = real_open(path, flags, mode, *args, **kw)  # type: ignore[arg-type]
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd
+
+    monkeypatch.setattr(os, "open", spy_open)
+    old_umask = os.umask(0)  # the widest umask: the mode must not depend on it
+    try:
+        result = CliRunner().invoke(
+            cli, ["wrap", "--public-key", str(public), "--material", str(material), "--out", str(out)]
+        )
+    finally:
+        os.umask(old_umask)
+    assert result.exit_code == 0, result.stderr
+    assert modes == [0o600]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    blob = base64.b64decode(out.read_text())
+    assert unwrap_rsa_aes(rsa_wrapping_key(), blob) == parse_private_key(material.read_bytes()).pkcs8_der()
+    fingerprint = parse_private_key(material.read_bytes()).fingerprint
+    assert result.stderr == f"wrote {RSA_OAEP} wrapped material for {fingerprint} to {out}\n"
+    assert result.stdout == ""
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--public-key", "{tmp}/none.bin", "--material", "{material}"],
+         "error: --public-key {tmp}/none.bin: no such file\n"),
+        (["--public-key", "{material}", "--material", "{material}"],
+         "error: --public-key {material}: wrapping public key: expected a PUBLIC KEY PEM block, "
+         "found PRIVATE KEY\n"),
+        (["--public-key", "{public}", "--material", "{tmp}/none.pem"],
+         "error: file {tmp}/none.pem: no such file\n"),
+        (["--public-key", "{public}", "--material", "{public}"],
+         "error: file {public}: holds a public key; a private key is needed\n"),
+        (["--public-key", "{public}", "--material", "{material}", "--algorithm", "SM2PKE_SM4_ECB"],
+         "error: EC_P256K material is wrapped with RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD, "
+         "not SM2PKE_SM4_ECB\n"),
+    ],
+    ids=["missing-public", "private-as-public", "missing-material", "public-as-material", "wrong-algorithm"],
+)
+def test_wrap_command_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    material, public = _key_files(tmp_path)
+    names = {"tmp": str(tmp_path), "material": str(material), "public": str(public)}
+    result = CliRunner().invoke(cli, ["wrap", *(a.format(**names) for a in args)])
+    assert result.exit_code == 1
+    assert result.stderr == message.format(**names)
+    assert result.stdout == ""
+
+
+def test_fingerprint_command_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["fingerprint", str(tmp_path / "none.pem")])
+    assert (result.exit_code, result.stderr) == (1, f"error: file {tmp_path / 'none.pem'}: no such file\n")
+    garbage = _write(tmp_path / "g.pem", b"garbage")
+    result = CliRunner().invoke(cli, ["fingerprint", str(garbage)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: file {garbage}: does not hold a private key in PEM or DER (PKCS#1, SEC1 or PKCS#8)\n"
+    )
+    result = CliRunner(env={"PW": None}).invoke(cli, ["fingerprint", str(garbage), "--passphrase-env", "PW"])
+    assert (result.exit_code, result.stderr) == (
+        1, "error: --passphrase-env: environment variable PW is not set\n"
+    )
