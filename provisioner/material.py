@@ -446,7 +446,7 @@ def verify_material(
     if material.spec is not spec:
         found = describe_spec(material.spec)
         material.wipe()
-        raise MaterialError(f"{source.describe()}: expected a {describe_spec(spec)} key, found {found}")
+        raise MaterialError(f"{source.describe()}: expected key spec {describe_spec(spec)}, found {found}")
     if source.fingerprint is not None and source.fingerprint.lower() != material.fingerprint:
         found = material.fingerprint
         material.wipe()

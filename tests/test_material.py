@@ -317,13 +317,14 @@ def test_verify_material_spec_curve_and_pin(tmp_path: Path) -> None:
     assert found.spec is KeySpec.EC_P256K
     with pytest.raises(
         MaterialError,
-        match=rf"^file {key}: expected a EC_P256 \(curve P-256\) key, found EC_P256K \(curve secp256k1\)$",
+        match=rf"^file {key}: expected key spec EC_P256 \(curve P-256\), found EC_P256K \(curve secp256k1\)$",
     ):
         verify_material(file_source(key), KeySpec.EC_P256)
-    with pytest.raises(MaterialError, match=rf"^file {key}: expected a RSA_2048 key, found EC_P256K"):
+    with pytest.raises(MaterialError, match=rf"^file {key}: expected key spec RSA_2048, found EC_P256K"):
         verify_material(file_source(key), KeySpec.RSA_2048)
     rsa_file = write_key(tmp_path / "r.pem", rsa_key(3072).private_bytes(Enc.PEM, Fmt.PKCS8, NoEnc))
-    with pytest.raises(MaterialError, match=rf"^file {rsa_file}: expected a RSA_2048 key, found RSA_3072$"):
+    wrong_size = rf"^file {rsa_file}: expected key spec RSA_2048, found RSA_3072$"
+    with pytest.raises(MaterialError, match=wrong_size):
         verify_material(file_source(rsa_file), KeySpec.RSA_2048)
     pin = "sha256:" + "ab" * 32
     with pytest.raises(
