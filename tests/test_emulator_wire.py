@@ -481,3 +481,19 @@ def test_shutdown_is_idempotent_and_frees_the_port(emulator: RunningEmulator) ->
 
     with pytest.raises(OSError):
         http.client.HTTPConnection(emulator.host, emulator.port, timeout=2).connect()
+
+
+def test_garbled_content_length_is_refused_and_counted(emulator: RunningEmulator) -> None:
+    conn = http.client.HTTPConnection(emulator.host, emulator.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/?Action=DescribeKey")
+        conn.putheader("Content-Length", "lots")
+        conn.endheaders()
+        resp = conn.getresponse()
+        status, body = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+    assert (status, body["Code"]) == (400, "InvalidParameter")
+    assert body["Message"] == "The request body length is not valid."
+    assert emulator.stats() == {"calls": {"DescribeKey": 1}}

@@ -354,6 +354,8 @@ class EmulatorServer:
         try:
             body = _read_body(h)
         except WireError as e:
+            query_action = dict(parse_qsl(url.query)).get("Action")
+            self._count(h.headers.get("x-acs-action") or query_action or UNKNOWN_ACTION)
             h.close_connection = True
             h.send_json(e.status, {"Code": e.code, "Message": e.message, "RequestId": request_id}, request_id)
             return
