@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisioner import sm2
 from provisioner.cli import cli
@@ -137,8 +139,8 @@ def test_load_wrapping_public_key_accepts_der_pem_and_base64() -> None:
     pkcs1 = rsa_wrapping_key().public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
     )
-    for given in (der, pem, pkcs1, base64.b64encode(der), base64.b64encode(der) + b"\n"):
-        assert load_wrapping_public_key(given) == der
+    for form in (der, pem, pkcs1, base64.b64encode(der), base64.b64encode(der) + b"\n"):
+        assert load_wrapping_public_key(form) == der
     sm2_der = sm2_wrapping_spki()
     assert load_wrapping_public_key(base64.b64encode(sm2_der)) == sm2_der
     sm2_pem = sm2.public_key_pem(sm2.public_key(sm2_wrapping_scalar())).encode()
@@ -248,6 +250,9 @@ def test_wrap_command_out_file_is_owner_only_from_the_start(
     assert result.stderr == f"wrote {RSA_OAEP} wrapped material for {fingerprint} to {out}\n"
     assert result.stdout == ""
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    pkcs8 = parse_private_key(material.read_bytes()).pkcs8_der()
+    for needle in (pkcs8.hex(), base64.b64encode(pkcs8).decode()[8:72]):
+        assert needle not in result.output and needle not in out.read_text()
 
 
 @pytest.mark.parametrize(
@@ -290,3 +295,18 @@ def test_fingerprint_command_errors(tmp_path: Path) -> None:
     assert (result.exit_code, result.stderr) == (
         1, "error: --passphrase-env: environment variable PW is not set\n"
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(plaintext=st.binary(min_size=0, max_size=300), esk=st.binary(min_size=32, max_size=32))
+def test_rsa_wrap_round_trips_any_length(plaintext: bytes, esk: bytes) -> None:
+    blob = wrap_rsa_aes(spki(rsa_wrapping_key()), plaintext, esk=esk)
+    assert len(blob) == 256 + (len(plaintext) // 16 + 1) * 16
+    assert unwrap_rsa_aes(rsa_wrapping_key(), blob) == plaintext
+
+
+@settings(max_examples=10, deadline=None)
+@given(d=st.integers(min_value=1, max_value=sm2.N - 2))
+def test_sm2_wrap_round_trips_any_scalar(d: int) -> None:
+    blob = base64.b64decode(wrap(sm2_material(d), sm2_wrapping_spki(), SM2PKE))
+    assert unwrap_sm2_sm4(sm2_wrapping_scalar(), blob) == d.to_bytes(32, "big")
