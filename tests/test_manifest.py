@@ -49,8 +49,10 @@ def _expectations(target: Path) -> list[Expectation]:
         for text in f.read_text(encoding="utf-8").splitlines():
             m = EXPECT.match(text)
             if m:
-                shown = os.path.join(str(target.relative_to(TESTS)), f.name) if target.is_dir() else str(
-                    f.relative_to(TESTS)
+                shown = (
+                    os.path.join(str(target.relative_to(TESTS)), f.name)
+                    if target.is_dir()
+                    else str(f.relative_to(TESTS))
                 )
                 out.append(Expectation(shown, int(m.group(1)), m.group(2)))
     return out
@@ -81,7 +83,9 @@ def test_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
-def test_bad_manifest_is_reported_located(case: Path, in_tests: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_manifest_is_reported_located(
+    case: Path, in_tests: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = str(case.relative_to(TESTS))
     code, out, err = run_cli(["validate", target], capsys)
     assert code == 1
@@ -98,8 +102,11 @@ def test_bad_manifest_is_reported_located(case: Path, in_tests: None, capsys: py
     found = json.loads(out)
     for exp in _expectations(case):
         assert any(
-            d["file"] == exp.file and d["line"] == exp.line and d["severity"] == "error"
-            and exp.fragment in d["message"] and d["column"] >= 1
+            d["file"] == exp.file
+            and d["line"] == exp.line
+            and d["severity"] == "error"
+            and exp.fragment in d["message"]
+            and d["column"] >= 1
             for d in found
         ), found
 
@@ -111,7 +118,9 @@ def test_material_errors_never_show_the_material(in_tests: None, capsys: pytest.
     assert 'key "signer": file ' in err
 
 
-def test_whole_corpus_as_one_set_reports_everything(in_tests: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_whole_corpus_as_one_set_reports_everything(
+    in_tests: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Every file at once: errors from all of them, none stopping the others.
     code, _, err = run_cli(["validate", "bad_manifests"], capsys)
     assert code == 1
@@ -130,10 +139,17 @@ def test_console_script_exit_codes_and_no_traceback() -> None:
     cmd = [sys.executable, "-c", "from provisioner.cli import main; main()", "validate"]
     bad = subprocess.run(
         [*cmd, "bad_manifests/tag-key-acs.yaml", "bad_manifests/template-env-missing.yaml"],
-        cwd=TESTS, env=env, capture_output=True, text=True, timeout=60,
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 1
-    assert 'bad_manifests/tag-key-acs.yaml:12:7: error: tag key "acs:owner" must not start with "acs:"' in bad.stderr
+    assert (
+        'bad_manifests/tag-key-acs.yaml:12:7: error: tag key "acs:owner" must not start with "acs:"'
+        in bad.stderr
+    )
     assert "bad_manifests/template-env-missing.yaml:6:" in bad.stderr
     assert "Traceback" not in bad.stderr
     good = subprocess.run([*cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -172,7 +188,9 @@ def test_example_loads_with_defaults_merged(monkeypatch: pytest.MonkeyPatch) -> 
     assert receipts.spec is KeySpec.RSA_2048 and receipts.usage is KeyUsage.SIGN_VERIFY
     assert card.usage is KeyUsage.ENCRYPT_DECRYPT and card.deletion_window_days == 7
     assert receipts.deletion_protection and not api.deletion_protection
-    assert all(k.instance == "kst-local-software" and k.protection is ProtectionLevel.SOFTWARE for k in ms.keys)
+    assert all(
+        k.instance == "kst-local-software" and k.protection is ProtectionLevel.SOFTWARE for k in ms.keys
+    )
     assert api.expiry == datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC)
     assert receipts.expiry is None
     assert receipts.state is DesiredState.PRESENT
@@ -194,7 +212,9 @@ def test_check_material_returns_fingerprints(monkeypatch: pytest.MonkeyPatch) ->
     assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", fp) for fp in fingerprints.values())
 
 
-def test_json_format_on_success_prints_a_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_format_on_success_prints_a_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(REPO)
     code, out, _ = run_cli(["validate", "manifests/", "--format", "json", "--offline-material"], capsys)
     assert code == 0
@@ -230,7 +250,9 @@ def load(*paths: Path, variables: dict[str, Any] | None = None, environ: dict[st
     return manifest.load_manifests(list(paths), variables=variables or {}, environ=environ or {})
 
 
-def errors_of(*paths: Path, variables: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> list[str]:
+def errors_of(
+    *paths: Path, variables: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> list[str]:
     with pytest.raises(ManifestError) as exc:
         load(*paths, variables=variables, environ=environ)
     return [str(d) for d in exc.value.diagnostics]
@@ -270,9 +292,15 @@ def test_empty_keys_and_defaults_are_allowed(tmp_path: Path) -> None:
 
 def test_locations_use_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "m/prod.yaml", "stack: s\nkeys:\n  k:\n    spec: RSA_2048\n    usage: SIGN/VERIFY\n"
-          "    instance: i\n    tags: {\"acs:owner\": x}\n    material: {env: K}\n")
-    assert errors_of(Path("m/")) == ['m/prod.yaml:7:12: error: tag key "acs:owner" must not start with "acs:"']
+    write(
+        tmp_path,
+        "m/prod.yaml",
+        "stack: s\nkeys:\n  k:\n    spec: RSA_2048\n    usage: SIGN/VERIFY\n"
+        '    instance: i\n    tags: {"acs:owner": x}\n    material: {env: K}\n',
+    )
+    assert errors_of(Path("m/")) == [
+        'm/prod.yaml:7:12: error: tag key "acs:owner" must not start with "acs:"'
+    ]
     assert errors_of(Path("m/prod.yaml"))[0].startswith("m/prod.yaml:7:12: ")
 
 
@@ -293,7 +321,7 @@ def test_cli_missing_path_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_every_problem_is_collected(tmp_path: Path) -> None:
     extra = (
-        "    tags: {\"acs:x\": a, ok: \"b,c\"}\n    aliases: [bad, alias/acs1]\n"
+        '    tags: {"acs:x": a, ok: "b,c"}\n    aliases: [bad, alias/acs1]\n'
         "    expiry: tomorrow\n    colour: red\n"
     )
     f = write(tmp_path, "a.yaml", GOOD.format(stack="s", keys=key_yaml("k", extra=extra, spec="EC_SM2")))
@@ -302,7 +330,8 @@ def test_every_problem_is_collected(tmp_path: Path) -> None:
         'key "k": spec "EC_SM2" cannot take imported material at protection SOFTWARE '
         "(it takes EC_P256, EC_P256K, RSA_2048, RSA_3072)",
         'tag key "acs:x" must not start with "acs:"',
-        'tag "ok" value "b,c" contains the character ","; allowed are letters, digits, space and / \\ _ - . + = : @',
+        'tag "ok" value "b,c" contains the character ","; '
+        "allowed are letters, digits, space and / \\ _ - . + = : @",
         'alias "bad" must start with "alias/"',
         'alias "alias/acs1" must not start with "alias/acs"',
         'expiry "tomorrow" is neither "never" nor an RFC 3339 time with a zone, e.g. "2027-06-30T00:00:00Z"',
@@ -389,7 +418,8 @@ def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
     )
     ms = load(write(tmp_path, "a.yaml", text))
     assert [(k.name, k.spec, k.material.env if k.material else None) for k in ms.keys] == [
-        ("a", KeySpec.EC_P256, "A"), ("b", KeySpec.EC_P256, "B"),
+        ("a", KeySpec.EC_P256, "A"),
+        ("b", KeySpec.EC_P256, "B"),
     ]
 
 
@@ -404,13 +434,16 @@ def test_variables_and_env_function(tmp_path: Path) -> None:
         "{% for n in names %}"
         "  {{ n }}:\n    spec: EC_P256\n    usage: SIGN/VERIFY\n    material: {env: {{ n | upper }}_PEM}\n"
         "{% endfor %}"
-        "{% if extra is defined %}  extra: {spec: EC_P256, usage: SIGN/VERIFY, material: {env: X}}\n{% endif %}"
+        "{% if extra is defined %}"
+        "  extra: {spec: EC_P256, usage: SIGN/VERIFY, material: {env: X}}\n"
+        "{% endif %}"
     )
     f = write(tmp_path, "a.yaml", text)
     ms = load(f, variables={"stack": "pay", "names": ["one", "two"]}, environ={"KMS_INSTANCE": "kst-9"})
     assert ms.stack == "pay"
     assert [(k.name, k.instance, k.protection) for k in ms.keys] == [
-        ("one", "kst-9", ProtectionLevel.SOFTWARE), ("two", "kst-9", ProtectionLevel.SOFTWARE),
+        ("one", "kst-9", ProtectionLevel.SOFTWARE),
+        ("two", "kst-9", ProtectionLevel.SOFTWARE),
     ]
     assert [k.material.env for k in ms.keys if k.material] == ["ONE_PEM", "TWO_PEM"]
 
@@ -423,12 +456,16 @@ def test_env_function_reads_os_environ_by_default(tmp_path: Path, monkeypatch: p
 
 def test_undefined_attribute_is_located(tmp_path: Path) -> None:
     f = write(tmp_path, "a.yaml", "# c\nstack: {{ cfg.name }}\n")
-    assert errors_of(f, variables={"cfg": {}}) == [f"{f}:2:1: error: template error: 'dict object' has no attribute 'name'"]
+    assert errors_of(f, variables={"cfg": {}}) == [
+        f"{f}:2:1: error: template error: 'dict object' has no attribute 'name'"
+    ]
 
 
 def test_template_runtime_error_is_located(tmp_path: Path) -> None:
     f = write(tmp_path, "a.yaml", "stack: s\n\nkeys: {{ 1 // 0 }}\n")
-    assert errors_of(f) == [f"{f}:3:1: error: template error: ZeroDivisionError: integer division or modulo by zero"]
+    assert errors_of(f) == [
+        f"{f}:3:1: error: template error: ZeroDivisionError: integer division or modulo by zero"
+    ]
 
 
 def test_load_variables_files_and_overrides(tmp_path: Path) -> None:
@@ -451,8 +488,12 @@ def test_load_variables_errors_are_located(tmp_path: Path) -> None:
 
 
 def test_cli_vars_and_var_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    f = write(tmp_path, "a.yaml", "stack: {{ stack }}\ndefaults: {instance: {{ inst }}}\nkeys:\n"
-              "  k: {spec: EC_P256, usage: SIGN/VERIFY, material: {env: K}}\n")
+    f = write(
+        tmp_path,
+        "a.yaml",
+        "stack: {{ stack }}\ndefaults: {instance: {{ inst }}}\nkeys:\n"
+        "  k: {spec: EC_P256, usage: SIGN/VERIFY, material: {env: K}}\n",
+    )
     vf = write(tmp_path, "vars.yaml", "stack: from-file\ninst: kst-1\n")
     code, out, err = run_cli(
         ["validate", str(f), "--var-file", str(vf), "--var", "stack=from-cli", "--offline-material"], capsys
@@ -480,7 +521,9 @@ def test_material_warnings_do_not_fail(tmp_path: Path, capsys: pytest.CaptureFix
     pem = tmp_path / "k.pem"
     shutil.copyfile(KEYS / "api-tokens.pem", pem)
     pem.chmod(0o644)
-    f = write(tmp_path, "a.yaml", GOOD.format(stack="s", keys=key_yaml("k", spec="EC_P256", material="file: k.pem")))
+    f = write(
+        tmp_path, "a.yaml", GOOD.format(stack="s", keys=key_yaml("k", spec="EC_P256", material="file: k.pem"))
+    )
     code, out, err = run_cli(["validate", str(f)], capsys)
     assert code == 0
     assert out == "valid: 1 key(s) in 1 file, stack s, material checked\n"
@@ -512,7 +555,9 @@ def test_schema_is_valid_strict_and_documented() -> None:
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     for path, node in _walk_schema(schema, "#"):
-        for name, prop in node.get("properties", {}).items() if path.rsplit("/", 1)[-1] != "properties" else ():
+        for name, prop in (
+            node.get("properties", {}).items() if path.rsplit("/", 1)[-1] != "properties" else ()
+        ):
             assert "description" in prop or "$ref" in prop, f"{path}/properties/{name} has no description"
         if node.get("type") == "object" and "properties" in node:
             assert node.get("additionalProperties") is False, f"{path} allows unknown fields"
@@ -558,3 +603,23 @@ def test_tag_and_alias_accept_edges() -> None:
     assert manifest.alias_problem("alias/a/b_c-d") is None
     assert manifest.alias_problem("alias/" + "a" * 256) is not None
     assert manifest.alias_problem("alias/ACS-x") == 'alias "alias/ACS-x" must not start with "alias/acs"'
+
+
+def _plain_yaml_documents() -> list[tuple[str, Any]]:
+    """Corpus files that are YAML as written (no template, no syntax error), with their data."""
+    import yaml
+
+    out = []
+    for path in [*sorted(CORPUS.rglob("*.yaml")), REPO / "manifests" / "payments.yaml"]:
+        try:
+            out.append((path.name, yaml.safe_load(path.read_text(encoding="utf-8"))))
+        except yaml.YAMLError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "data"), _plain_yaml_documents(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_fast_schema_check_agrees_with_jsonschema_on_the_corpus(name: str, data: Any) -> None:
+    assert manifest.schema_is_valid(data) == manifest._validator().is_valid(data), name
