@@ -455,3 +455,161 @@ def test_kms_facade_is_what_open_kms_returns() -> None:
     )
     assert isinstance(kms, Kms)
     kms.close()
+
+
+# --- through the SDK against the full emulator (engine included) -------------------------------
+
+
+def sdk_kms(emulator: Any, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Kms:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", emulator.access_key_id)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emulator.access_key_secret)
+    monkeypatch.delenv("ALIBABA_CLOUD_SECURITY_TOKEN", raising=False)
+    return open_kms(
+        backend="alibaba", endpoint=emulator.url, region="cn-hangzhou", manifest_backend=None, **kw
+    )
+
+
+def stack_key(kms: Kms, name: str, *, stack: str = "payments", material: Any = None) -> str:
+    from provisioner.model import (
+        TAG_FINGERPRINT,
+        TAG_NAME,
+        TAG_STACK,
+        KeySpec,
+        KeyUsage,
+        ProtectionLevel,
+        WrappingAlgorithm,
+    )
+    from provisioner.wrapping import wrap
+
+    tags = {TAG_STACK: stack, TAG_NAME: name}
+    if material is not None:
+        tags[TAG_FINGERPRINT] = material.fingerprint
+    meta = kms.create_key(
+        spec=KeySpec.EC_P256,
+        usage=KeyUsage.SIGN_VERIFY,
+        protection=ProtectionLevel.SOFTWARE,
+        instance="kst-local-software",
+        description=name,
+        tags=tags,
+    )
+    if material is not None:
+        algorithm = WrappingAlgorithm.for_spec(KeySpec.EC_P256)
+        params = kms.get_parameters_for_import(meta.key_id, algorithm)
+        kms.import_key_material(
+            meta.key_id, wrap(material, params.public_key_der, algorithm), params.import_token, 0
+        )
+    return meta.key_id
+
+
+def ec_material() -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from provisioner.material import parse_private_key
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return parse_private_key(pem)
+
+
+@pytest.mark.slow
+def test_emulator_round_trip_and_refresh_over_the_sdk(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from provisioner.model import KeyStatus
+    from provisioner.refresh import refresh
+
+    kms = sdk_kms(emulator, monkeypatch)
+    try:
+        material = ec_material()
+        signed = stack_key(kms, "signed", material=material)
+        ids = [stack_key(kms, f"k{i:02d}") for i in range(20)]
+        kms.create_alias("alias/payments/signed", signed)
+        outsider = stack_key(kms, "x", stack="other")
+        kms.create_alias("alias/other", outsider)
+
+        transport = kms.transport
+        assert isinstance(transport, ResilientTransport)
+        transport.calls.clear()
+        before = emulator.stats()["calls"]
+        state = refresh(kms, "payments", now=datetime.now(UTC), confirm=lambda k: k.key_id == signed)
+        after = emulator.stats()["calls"]
+    finally:
+        kms.close()
+    assert state.keys["signed"][0].status is KeyStatus.ENABLED
+    assert state.keys["signed"][0].aliases == ("alias/payments/signed",)
+    assert state.keys["signed"][0].public_key_fingerprint == material.fingerprint
+    assert sorted(
+        k.key_id for name, found in state.keys.items() if name != "signed" for k in found
+    ) == sorted(ids)
+    assert state.foreign_keys == frozenset({outsider})
+    # What we counted is what the server received: 21 DescribeKey, 1 GetPublicKey, 2 listings.
+    served = {a: after.get(a, 0) - before.get(a, 0) for a in after if after.get(a, 0) != before.get(a, 0)}
+    assert served == dict(transport.calls)
+    assert served == {"ListTagResources": 1, "DescribeKey": 21, "ListAliases": 1, "GetPublicKey": 1}
+
+
+@pytest.mark.slow
+def test_emulator_wrong_secret_is_refused(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    kms = sdk_kms(emulator, monkeypatch)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", emulator.access_key_secret + "x")
+    kms_wrong = open_kms(
+        backend="alibaba", endpoint=emulator.url, region="cn-hangzhou", manifest_backend=None
+    )
+    try:
+        with pytest.raises(KmsApiError) as e:
+            kms_wrong.list_aliases()
+    finally:
+        kms.close()
+        kms_wrong.close()
+    assert e.value.message.startswith("the credentials were refused")
+    assert str(e.value).startswith(f"ListAliases: {e.value.code}: the credentials were refused")
+
+
+@pytest.mark.slow
+def test_client_rate_limit_keeps_a_throttling_emulator_happy(
+    emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from provisioner.refresh import refresh
+
+    emulator = emulator_factory(qps={"read": 10.0})
+    kms = sdk_kms(emulator, monkeypatch, qps={"read": 10.0})
+    try:
+        for i in range(12):
+            stack_key(kms, f"k{i}")
+        transport = kms.transport
+        assert isinstance(transport, ResilientTransport)
+        transport.calls.clear()
+        state = refresh(kms, "payments", now=datetime.now(UTC), concurrency=8)
+    finally:
+        kms.close()
+    assert len(state.keys) == 12
+    # No call was refused and retried: one DescribeKey per key, exactly.
+    assert transport.calls == {"ListTagResources": 1, "DescribeKey": 12, "ListAliases": 1}
+
+
+@pytest.mark.slow
+def test_retries_ride_out_an_unreliable_emulator(
+    emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from provisioner.refresh import refresh
+
+    flaky = emulator_factory(fault_rate=0.3, seed=7)
+    sdk_kms(flaky, monkeypatch).close()  # sets the credentials in the environment
+    kms = Kms(ResilientTransport(AlibabaTransport(flaky.url, "cn-hangzhou"), base_delay=0.02, max_delay=0.2))
+    try:
+        for i in range(8):
+            stack_key(kms, f"k{i}")
+        state = refresh(kms, "payments", now=datetime.now(UTC))
+        transport = kms.transport
+        assert isinstance(transport, ResilientTransport)
+    finally:
+        kms.close()
+    assert len(state.keys) == 8
+    distinct = 8 + 1 + 8 + 1  # CreateKey each, ListTagResources, DescribeKey each, ListAliases
+    assert transport.calls_total() > distinct  # some were answered 503 and sent again
