@@ -134,6 +134,14 @@ def validate(
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in warnings], indent=2))
         return 0
+    for w in warnings:
+        click.echo(str(w), err=True)
+    files = len(ms.files)
+    material = "" if offline_material else ", material checked"
+    click.echo(
+        f"valid: {len(ms.keys)} key(s) in {files} file{'s' if files != 1 else ''}, stack {ms.stack}{material}"
+    )
+    return 0
 
 
 @cli.group()
