@@ -431,10 +431,12 @@ class _Planner:
             for k in keys:
                 for a in k.aliases:
                     self.our_alias_owner[a] = k.key_id
-        # Aliases that some kept desired key claims: those move rather than get deleted.
+        # Aliases that a key the plan keeps (or creates) claims: those move rather than get deleted.
+        # A material-deleted key that does not exist is not created, so it claims nothing.
         self.claimed: dict[str, str] = {}
         for d in desired.keys:
-            if d.state is not DesiredState.ABSENT:
+            exists = self.identities.get(d.name, Identity(None, (), ())).primary is not None
+            if d.state is DesiredState.PRESENT or (d.state is DesiredState.MATERIAL_DELETED and exists):
                 for a in d.aliases:
                     self.claimed[a] = d.name
 
