@@ -613,3 +613,44 @@ def test_retries_ride_out_an_unreliable_emulator(
     assert len(state.keys) == 8
     distinct = 8 + 1 + 8 + 1  # CreateKey each, ListTagResources, DescribeKey each, ListAliases
     assert transport.calls_total() > distinct  # some were answered 503 and sent again
+
+
+def test_open_kms_rate_limits(tmp_path: Path) -> None:
+    kms = open_kms(
+        backend="alibaba",
+        endpoint="https://kms.example",
+        region="r",
+        manifest_backend=None,
+        qps={"read": 5.0},
+    )
+    assert isinstance(kms.transport, ResilientTransport)
+    assert kms.transport.qps == {"create": 10.0, "read": 5.0, "write": 10.0, "crypto": 200.0}
+    kms.close()
+    local = open_kms(backend="local", endpoint=None, region=None, manifest_backend=None, cwd=tmp_path)
+    assert isinstance(local.transport, ResilientTransport)
+    assert local.transport.qps == {}
+    local.close()
+    local = open_kms(
+        backend="local", endpoint=None, region=None, manifest_backend=None, cwd=tmp_path, qps={"write": 2.0}
+    )
+    assert isinstance(local.transport, ResilientTransport)
+    assert local.transport.qps == {"write": 2.0}
+    local.close()
+
+
+def test_open_kms_local_path_from_the_manifest(tmp_path: Path) -> None:
+    manifest = BackendConfig(type="local", path=Path("state/kms.db"))
+    kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=manifest, cwd=tmp_path)
+    kms.close()
+    assert kms.description == "local backend (state/kms.db)"
+    assert (tmp_path / "state" / "kms.db").exists()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-abs" / "k.db"
+    kms = open_kms(
+        backend="local",
+        endpoint=None,
+        region=None,
+        manifest_backend=BackendConfig(path=elsewhere),
+        cwd=tmp_path,
+    )
+    kms.close()
+    assert kms.description == f"local backend ({elsewhere})"

@@ -245,9 +245,9 @@ def test_close_closes_inner() -> None:
     assert inner.closed
 
 
-def test_parse_qps_overrides_defaults() -> None:
-    assert parse_qps(["read=5", "write=2.5"]) == {"create": 10.0, "read": 5.0, "write": 2.5, "crypto": 200.0}
-    assert parse_qps([]) == {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
+def test_parse_qps_gives_the_groups_named() -> None:
+    assert parse_qps(["read=5", "write=2.5", "read=7"]) == {"read": 7.0, "write": 2.5}
+    assert parse_qps([]) == {}
 
 
 @pytest.mark.parametrize(

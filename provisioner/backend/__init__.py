@@ -31,8 +31,9 @@ def open_kms(
 ) -> Kms:
     """The KMS the user asked for. A flag beats the manifest; `--endpoint` alone means alibaba.
 
-    With no backend anywhere, the local backend on `.provision/kms.db` under `cwd`. The local
-    backend has no rate limit unless `qps` is given; alibaba defaults to the vendor's quotas.
+    With no backend anywhere, the local backend on `.provision/kms.db` under `cwd`. `qps` holds
+    per-group overrides (`parse_qps`): alibaba fills the other groups from the vendor's quotas; the
+    local backend, in-process, is limited only in the groups given.
     """
     cwd = cwd or Path.cwd()
     mb = manifest_backend
@@ -50,7 +51,8 @@ def open_kms(
         db = path if path.is_absolute() else cwd / path
         inner = LocalTransport(db)
         description = f"local backend ({_shown(db, cwd)})"
-        limits: Mapping[str, float] = qps if qps is not None else {}
+        info = {"type": "local", "path": _shown(db, cwd)}
+        limits: Mapping[str, float] = dict(qps or {})
     else:
         from provisioner.backend.alibaba import AlibabaTransport
 
@@ -71,8 +73,13 @@ def open_kms(
         inner = transport
         where = f"alibaba {region}" if region else "alibaba"
         description = f"{where} at {transport.endpoint}"
-        limits = qps if qps is not None else DEFAULT_QPS
-    return Kms(ResilientTransport(inner, qps=limits, max_elapsed=max_elapsed), description=description)
+        info = {"type": "alibaba", "endpoint": transport.endpoint}
+        if region:
+            info["region"] = region
+        limits = {**DEFAULT_QPS, **(qps or {})}
+    return Kms(
+        ResilientTransport(inner, qps=limits, max_elapsed=max_elapsed), description=description, info=info
+    )
 
 
 def _shown(path: Path, cwd: Path) -> str:
