@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from provisioner.emulator import server as emulator_server
-from provisioner.errors import ManifestError, ProvisionerError
+from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.model import WrappingAlgorithm
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,7 +53,9 @@ def backend_options(f: F) -> F:
     f = click.option(
         "--backend", type=click.Choice(["local", "alibaba"]), default=None, help="KMS backend."
     )(f)
-    f = click.option("--endpoint", default=None, help="KMS endpoint: http://host:port, https://host or host.")(f)
+    f = click.option(
+        "--endpoint", default=None, help="KMS endpoint: http://host:port, https://host or host."
+    )(f)
     f = click.option("--region", default=None, help="Alibaba Cloud region id, e.g. cn-hangzhou.")(f)
     f = click.option(
         "--qps", multiple=True, metavar="GROUP=N", help="Client-side rate limit per quota group."
@@ -338,6 +340,258 @@ def wrap(
         _write_owner_only(out, wrapped + "\n")
         click.echo(f"wrote {chosen} wrapped material for {material.fingerprint} to {out}", err=True)
     return 0
+
+
+# ------------------------------------------------------------------------------- plan, apply, drift
+
+
+def _echo_warnings(warnings: Sequence[Any]) -> None:
+    for w in warnings:
+        click.echo(str(w), err=True)
+
+
+def _load_stage(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], *, offline_material: bool
+) -> tuple[Any, dict[str, str]]:
+    """validate: render, parse, check manifests and (unless offline) read material fingerprints."""
+    from provisioner.manifest import load_variables, validate_manifests
+
+    variables = load_variables(_parse_vars(var), var_files)
+    ms, fingerprints, warnings = validate_manifests(
+        paths or (DEFAULT_MANIFEST_PATH,), variables=variables, offline_material=offline_material
+    )
+    _echo_warnings(warnings)
+    return ms, fingerprints
+
+
+def _open_stage(
+    manifest_backend: Any, backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...]
+) -> Any:
+    from provisioner.backend import open_kms
+    from provisioner.backend.resilience import parse_qps
+
+    kms = open_kms(
+        backend=backend,
+        endpoint=endpoint,
+        region=region,
+        manifest_backend=manifest_backend,
+        qps=parse_qps(qps) if qps else None,
+    )
+    click.echo(f"using {kms.description}", err=True)
+    return kms
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _make_plan_stage(ms: Any, fingerprints: dict[str, str], kms: Any) -> Any:
+    """refresh -> plan. GetPublicKey only for keys that carry no recorded fingerprint."""
+    from provisioner.plan import make_plan
+    from provisioner.refresh import refresh
+
+    now = _now()
+    live = refresh(
+        kms,
+        ms.stack,
+        now=now,
+        managed_names=[k.name for k in ms.keys],
+        confirm=lambda key: key.recorded_fingerprint is None,
+    )
+    return make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info)
+
+
+def _render_plan(plan: Any, fmt: str, no_color: bool) -> str:
+    from provisioner import render
+
+    if fmt == "json":
+        return render.render_plan_json(plan)
+    if fmt == "markdown":
+        return render.render_plan_markdown(plan)
+    return render.render_plan_text(plan, color=use_color(no_color))
+
+
+def _format_option(*choices: str) -> Callable[[F], F]:
+    return click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True,
+        help="Output format.",
+    )
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@template_options
+@backend_options
+@color_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the plan (no secrets: material references and fingerprints) for `apply --plan`.")
+@_format_option("text", "json", "markdown")
+@click.option("--detailed-exitcode", is_flag=True, default=False,
+              help="Exit 2 when the plan has changes, 0 when it has none.")
+@handle_errors
+def plan(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
+    endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, out: Path | None,
+    fmt: str, detailed_exitcode: bool,
+) -> int:
+    """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
+    from provisioner.plan import save_plan
+
+    ms, fingerprints = _load_stage(paths, var, var_files, offline_material=False)
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    try:
+        the_plan = _make_plan_stage(ms, fingerprints, kms)
+    finally:
+        kms.close()
+    click.echo(_render_plan(the_plan, fmt, no_color), nl=False)
+    if the_plan.blocked:
+        click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)
+        return 1
+    if out is not None:
+        _write_owner_only(out, save_plan(the_plan))
+        click.echo(f"saved the plan to {out}; apply it with: provision apply --plan {out}", err=True)
+    return 2 if detailed_exitcode and the_plan.has_changes else 0
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@template_options
+@backend_options
+@color_option
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Apply this saved plan (refused if any key changed since it was made).")
+@click.option("--auto-approve", is_flag=True, default=False, help="Apply without asking.")
+@click.option("--parallelism", type=click.IntRange(1, 64), default=None,
+              help="Keys worked on at once (the client-side rate limit still applies).")
+@_format_option("text", "json")
+@handle_errors
+def apply(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
+    endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
+    auto_approve: bool, parallelism: int | None, fmt: str,
+) -> int:
+    """Carry out a fresh plan (after confirmation), or a saved one with --plan."""
+    from provisioner import apply as applying
+    from provisioner.errors import UsageError
+    from provisioner.model import BackendConfig
+    from provisioner.plan import load_plan
+    from provisioner.refresh import refresh
+
+    interactive = sys.stdin.isatty()
+    if plan_file is None and not auto_approve and not interactive:
+        raise UsageError(
+            "apply needs confirmation and there is no terminal to ask on: "
+            "pass --auto-approve, or apply a saved plan with --plan FILE"
+        )
+    if plan_file is not None and paths:
+        raise UsageError("--plan FILE applies the saved plan; give no manifest PATH with it")
+    if plan_file is not None:
+        try:
+            text = plan_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--plan {plan_file}: cannot read: {e.strerror}") from None
+        the_plan = load_plan(text)
+        saved = the_plan.backend
+        manifest_backend = BackendConfig(
+            type=saved.get("type", "local"),
+            path=Path(saved["path"]) if saved.get("path") else None,
+            region=saved.get("region"),
+            endpoint=saved.get("endpoint"),
+        )
+        kms = _open_stage(manifest_backend, backend, endpoint, region, qps)
+    else:
+        ms, fingerprints = _load_stage(paths, var, var_files, offline_material=False)
+        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    try:
+        if plan_file is not None:
+            live = refresh(kms, the_plan.stack, now=_now(), managed_names=[c.key for c in the_plan.changes])
+            applying.check_saved_plan(the_plan, live)
+        else:
+            the_plan = _make_plan_stage(ms, fingerprints, kms)
+        if fmt == "text":
+            click.echo(_render_plan(the_plan, "text", no_color), nl=False)
+        if the_plan.blocked:
+            n = len(the_plan.violations)
+            raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
+        if not the_plan.has_changes:
+            if fmt == "json":
+                click.echo(json.dumps(applying.ApplyResult(the_plan.stack, []).to_dict(), indent=2))
+            return 0
+        if plan_file is None and not auto_approve:
+            answer = click.prompt(
+                "Apply these changes? Only 'yes' is accepted", default="", show_default=False
+            )
+            if answer.strip() != "yes":
+                click.echo("apply cancelled: nothing changed", err=True)
+                return 1
+        materials = applying.load_plan_materials(the_plan, warn=_warn)
+        try:
+            result = applying.apply_plan(
+                the_plan,
+                kms,
+                materials,
+                parallelism=parallelism or applying.DEFAULT_PARALLELISM,
+                progress=lambda line: click.echo(line, err=True),
+            )
+        finally:
+            applying.wipe_all(materials)
+    finally:
+        kms.close()
+    failed = [o for o in result.outcomes if not o.ok]
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        changed = len(result.outcomes) - len(failed)
+        click.echo(f"Apply complete: {changed} key(s) changed, {len(failed)} failed.")
+        for o in failed:
+            click.echo(f"  {o.key}: {o.error}")
+    return 1 if failed else 0
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@template_options
+@backend_options
+@color_option
+@_format_option("text", "json", "markdown")
+@click.option("--expiry-warning", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
+              help="Report material that expires within this many days.")
+@click.option("--verify-material", is_flag=True, default=False,
+              help="Confirm every live public key (GetPublicKey) against the pinned or recorded fingerprint.")
+@handle_errors
+def drift(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
+    endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, fmt: str,
+    expiry_warning: int, verify_material: bool,
+) -> int:
+    """Report what changed behind the manifests' back. Read-only; never reads private material."""
+    from provisioner import render
+    from provisioner.drift import make_drift
+    from provisioner.refresh import refresh
+
+    ms, _ = _load_stage(paths, var, var_files, offline_material=True)
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    now = _now()
+    try:
+        live = refresh(
+            kms,
+            ms.stack,
+            now=now,
+            managed_names=[k.name for k in ms.keys],
+            confirm=(lambda key: True) if verify_material else None,
+        )
+    finally:
+        kms.close()
+    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning)
+    if fmt == "json":
+        click.echo(render.render_drift_json(report), nl=False)
+    elif fmt == "markdown":
+        click.echo(render.render_drift_markdown(report), nl=False)
+    else:
+        click.echo(render.render_drift_text(report, color=use_color(no_color)), nl=False)
+    return 0 if report.in_sync else 2
 
 
 def main(argv: Sequence[str] | None = None) -> None:

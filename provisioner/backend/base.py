@@ -29,24 +29,41 @@ QUOTA_GROUPS: Mapping[str, str] = {
     **{
         a: "read"
         for a in (
-            "DescribeKey", "ListKeys", "GetParametersForImport", "GetPublicKey", "ListKeyVersions",
-            "DescribeKeyVersion", "ListAliases", "ListAliasesByKeyId", "ListResourceTags",
-            "ListTagResources", "ListKmsInstances", "GetKmsInstance",
+            "DescribeKey",
+            "ListKeys",
+            "GetParametersForImport",
+            "GetPublicKey",
+            "ListKeyVersions",
+            "DescribeKeyVersion",
+            "ListAliases",
+            "ListAliasesByKeyId",
+            "ListResourceTags",
+            "ListTagResources",
+            "ListKmsInstances",
+            "GetKmsInstance",
         )
     },
     **{
         a: "write"
         for a in (
-            "ImportKeyMaterial", "DeleteKeyMaterial", "CreateAlias", "UpdateAlias", "DeleteAlias",
-            "TagResource", "UntagResource", "TagResources", "UntagResources", "UpdateKeyDescription",
-            "EnableKey", "DisableKey", "ScheduleKeyDeletion", "CancelKeyDeletion",
+            "ImportKeyMaterial",
+            "DeleteKeyMaterial",
+            "CreateAlias",
+            "UpdateAlias",
+            "DeleteAlias",
+            "TagResource",
+            "UntagResource",
+            "TagResources",
+            "UntagResources",
+            "UpdateKeyDescription",
+            "EnableKey",
+            "DisableKey",
+            "ScheduleKeyDeletion",
+            "CancelKeyDeletion",
             "SetDeletionProtection",
         )
     },
-    **{
-        a: "crypto"
-        for a in ("AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt")
-    },
+    **{a: "crypto" for a in ("AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt")},
 }
 
 DEFAULT_QPS: Mapping[str, float] = {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
@@ -139,9 +156,12 @@ class TagRow:
 class Kms:
     """The KMS API as typed methods, one per action used by the provisioner."""
 
-    def __init__(self, transport: Transport, *, description: str = "") -> None:
+    def __init__(
+        self, transport: Transport, *, description: str = "", info: Mapping[str, str] | None = None
+    ) -> None:
         self.transport = transport
         self.description = description  # e.g. "local backend .provision/kms.db", for the user
+        self.info = dict(info or {})  # e.g. {"type": "alibaba", "region": ...}: the plan's `backend`
 
     def close(self) -> None:
         self.transport.close()
@@ -205,9 +225,7 @@ class Kms:
         )
 
     # material
-    def get_parameters_for_import(
-        self, key_id: str, algorithm: WrappingAlgorithm
-    ) -> ImportParameters:
+    def get_parameters_for_import(self, key_id: str, algorithm: WrappingAlgorithm) -> ImportParameters:
         import base64
 
         body = self._call(

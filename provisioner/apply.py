@@ -1,0 +1,331 @@
+"""Carry out a Plan on a KMS: exactly the changes it lists, each verified by reading it back.
+
+Apply decides nothing new: every call comes from a Change's fields. It re-checks before (a saved plan
+against the live state, material against the planned fingerprint) and verifies after (Terraform's
+AssertObjectCompatible). A failure stops that key only; the next plan picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner.backend.base import KeyMetadata, Kms
+from provisioner.errors import ApplyError, KmsApiError, MaterialError, ProvisionerError, StalePlan
+from provisioner.material import PrivateMaterial, verify_material
+from provisioner.model import (
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    LiveState,
+    MaterialSource,
+    ProtectionLevel,
+    SourceKind,
+    WrappingAlgorithm,
+)
+from provisioner.plan import DUPLICATE_WINDOW_DAYS, Action, Change, Plan, digest_actual
+from provisioner.refresh import fingerprint_of_pem
+from provisioner.wrapping import wrap
+
+DEFAULT_PARALLELISM = 4
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class KeyOutcome:
+    """What apply did to one key, and the error that stopped it, if any."""
+
+    key: str
+    key_id: str | None
+    done: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "key_id": self.key_id, "done": list(self.done), "error": self.error}
+
+
+@dataclass
+class ApplyResult:
+    stack: str
+    outcomes: list[KeyOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "stack": self.stack,
+            "ok": self.ok,
+            "keys": [o.to_dict() for o in self.outcomes],
+            "summary": {
+                "changed": sum(1 for o in self.outcomes if o.ok),
+                "failed": sum(1 for o in self.outcomes if not o.ok),
+            },
+        }
+
+
+def source_from_reference(ref: Mapping[str, Any]) -> MaterialSource:
+    """The MaterialSource a plan's `material` reference names (the inverse of MaterialSource.to_dict)."""
+    try:
+        kind = SourceKind(ref["kind"])
+    except (KeyError, ValueError):
+        raise StalePlan(f"plan names a material source of unknown kind: {ref.get('kind')!r}") from None
+    return MaterialSource(
+        kind=kind,
+        file=Path(ref["file"]) if ref.get("file") else None,
+        env=ref.get("env"),
+        command=tuple(ref.get("command") or ()),
+        passphrase_env=ref.get("passphrase_env"),
+        fingerprint=ref.get("fingerprint"),
+    )
+
+
+def load_plan_materials(
+    plan: Plan, *, environ: Mapping[str, str] | None = None, warn: Progress | None = None
+) -> dict[str, PrivateMaterial]:
+    """Read the material of every change that imports, checking spec and planned fingerprint.
+
+    Done before any call, so a material file changed since the plan stops the whole apply.
+    """
+    materials: dict[str, PrivateMaterial] = {}
+    try:
+        for change in plan.changes:
+            if change.material is None or change.after is None:
+                continue
+            source = source_from_reference(change.material)
+            try:
+                materials[change.key] = verify_material(
+                    source, KeySpec(change.after["spec"]), environ=environ, warn=warn
+                )
+            except MaterialError as e:
+                raise StalePlan(
+                    f"key {change.key!r}: material no longer matches the plan: {e}"
+                ) from None
+    except BaseException:
+        wipe_all(materials)
+        raise
+    return materials
+
+
+def wipe_all(materials: Mapping[str, PrivateMaterial]) -> None:
+    for m in materials.values():
+        m.wipe()
+
+
+def check_saved_plan(plan: Plan, live: LiveState) -> None:
+    """Refuse a saved plan whose keys changed since it was made (StalePlan names the first such key)."""
+    if plan.stack != live.stack:
+        raise StalePlan(f"the plan is for stack {plan.stack!r}, not {live.stack!r}")
+    for change in plan.changes:
+        found = live.keys.get(change.key, ())
+        if change.key_id is None:
+            if found:
+                ids = ", ".join(k.key_id for k in found)
+                raise StalePlan(
+                    f"key {change.key!r} was to be created, but {ids} now carries that identity: "
+                    f"make a new plan"
+                )
+            continue
+        actual = next((k for k in found if k.key_id == change.key_id), None)
+        if actual is None:
+            raise StalePlan(f"key {change.key!r} ({change.key_id}) no longer exists: make a new plan")
+        if change.state_digest is not None and digest_actual(actual) != change.state_digest:
+            raise StalePlan(
+                f"key {change.key!r} ({change.key_id}) changed since the plan was made: make a new plan"
+            )
+
+
+class _Applier:
+    def __init__(self, kms: Kms, materials: Mapping[str, PrivateMaterial], progress: Progress) -> None:
+        self.kms = kms
+        self.materials = materials
+        self.progress = progress
+
+    def run(self, change: Change) -> KeyOutcome:
+        outcome = KeyOutcome(change.key, change.key_id)
+        try:
+            self._run(change, outcome)
+        except ProvisionerError as e:
+            outcome.error = str(e)
+        if outcome.error:
+            self.progress(f"{change.key}: FAILED after [{', '.join(outcome.done)}]: {outcome.error}")
+        else:
+            self.progress(f"{change.key}: {', '.join(outcome.done) or 'nothing to do'} ({outcome.key_id})")
+        return outcome
+
+    def _run(self, change: Change, outcome: KeyOutcome) -> None:
+        key_id = change.key_id
+        version = arn = ""
+        for action in change.actions:
+            if action is Action.CREATE:
+                meta = self._create(change)
+                key_id, version, arn = meta.key_id, meta.primary_key_version, meta.arn
+                outcome.key_id = key_id
+                outcome.done.append(f"created {key_id}")
+            elif action in (Action.IMPORT, Action.REIMPORT):
+                assert key_id is not None
+                self._import(change, key_id)
+                outcome.done.append(action.value + "ed")
+                if Action.CREATE in change.actions:
+                    # Aliases go on once the key is usable, then the import is read back.
+                    self._aliases(change, key_id)
+                    if change.aliases_to_create or change.aliases_to_move:
+                        outcome.done.append("aliases")
+                    if change.deletion_protection:
+                        self.kms.set_deletion_protection(key_id, arn, True)
+                        outcome.done.append("deletion protection on")
+                self._verify_material(change, key_id, version)
+            elif action is Action.UPDATE:
+                assert key_id is not None
+                self._update(change, key_id)
+                outcome.done.append("updated")
+            elif action is Action.DELETE_MATERIAL:
+                assert key_id is not None
+                self.kms.delete_key_material(key_id)
+                self._expect_state(change, key_id, KeyState.PENDING_IMPORT)
+                outcome.done.append("material deleted")
+            elif action is Action.SCHEDULE_DELETION:
+                assert key_id is not None and change.pending_window_days is not None
+                self.kms.schedule_key_deletion(key_id, change.pending_window_days)
+                self._expect_state(change, key_id, KeyState.PENDING_DELETION)
+                outcome.done.append(f"deletion scheduled in {change.pending_window_days} days")
+        for dup in change.duplicates:
+            self.kms.schedule_key_deletion(dup, DUPLICATE_WINDOW_DAYS)
+            outcome.done.append(f"duplicate {dup} scheduled for deletion")
+
+    # -- actions
+
+    def _create(self, change: Change) -> KeyMetadata:
+        after = change.after
+        assert after is not None
+        spec = KeySpec(after["spec"])
+        usage = KeyUsage(after["usage"])
+        protection = ProtectionLevel(after["protection"])
+        meta = self.kms.create_key(
+            spec=spec,
+            usage=usage,
+            protection=protection,
+            instance=after.get("instance"),
+            description=change.description or "",
+            tags=change.tags_to_set,
+        )
+        got = (meta.key_spec, meta.key_usage, meta.protection_level)
+        if got != (spec, usage, protection):
+            raise ApplyError(
+                f"read-back: CreateKey returned a {'/'.join(got)} key, planned {spec}/{usage}/{protection}"
+            )
+        return meta
+
+    def _import(self, change: Change, key_id: str) -> None:
+        material = self.materials.get(change.key)
+        if material is None:
+            raise ApplyError(f"no material was read for key {change.key!r}")
+        algorithm = WrappingAlgorithm.for_spec(material.spec)
+        params = self.kms.get_parameters_for_import(key_id, algorithm)
+        wrapped = wrap(material, params.public_key_der, algorithm)
+        self.kms.import_key_material(key_id, wrapped, params.import_token, change.expire_unix or 0)
+
+    def _verify_material(self, change: Change, key_id: str, version: str) -> None:
+        if not version:
+            version = self.kms.describe_key(key_id).primary_key_version
+        live = fingerprint_of_pem(self.kms.get_public_key(key_id, version))
+        planned = (change.material or {}).get("fingerprint")
+        if live != planned:
+            raise ApplyError(
+                f"read-back: key {key_id} reports public key {live} after import, planned {planned}"
+            )
+
+    def _aliases(self, change: Change, key_id: str) -> None:
+        for alias in change.aliases_to_create:
+            try:
+                self.kms.create_alias(alias, key_id)
+            except KmsApiError as e:
+                # A retried CreateAlias whose first attempt landed: fine if the alias is already ours.
+                if e.code != "AliasAlreadyExists" or alias not in self.kms.list_aliases_by_key_id(key_id):
+                    raise
+        for alias in change.aliases_to_move:
+            self.kms.update_alias(alias, key_id)
+
+    def _update(self, change: Change, key_id: str) -> None:
+        kms = self.kms
+        if change.description is not None:
+            kms.update_key_description(key_id, change.description)
+        if change.tags_to_set:
+            kms.tag_resource(key_id, change.tags_to_set)
+        if change.tags_to_remove:
+            kms.untag_resource(key_id, change.tags_to_remove)
+        for alias in change.aliases_to_delete:
+            try:
+                kms.delete_alias(alias)
+            except KmsApiError as e:
+                if e.code != "Forbidden.AliasNotFound":  # already gone: the goal is met
+                    raise
+        self._aliases(change, key_id)
+        if change.deletion_protection is not None:
+            arn = (change.before or {}).get("arn") or kms.describe_key(key_id).arn
+            kms.set_deletion_protection(key_id, arn, change.deletion_protection)
+        self._verify_update(change, key_id)
+
+    # -- read-back
+
+    def _verify_update(self, change: Change, key_id: str) -> None:
+        problems: list[str] = []
+        if change.tags_to_set or change.tags_to_remove:
+            tags = self.kms.list_resource_tags(key_id)
+            problems += [f"tag {k}={tags.get(k)!r}, planned {v!r}" for k, v in change.tags_to_set.items()
+                         if tags.get(k) != v]
+            problems += [f"tag {k} still set" for k in change.tags_to_remove if k in tags]
+        if change.aliases_to_create or change.aliases_to_move or change.aliases_to_delete:
+            aliases = set(self.kms.list_aliases_by_key_id(key_id))
+            problems += [f"alias {a} missing" for a in (*change.aliases_to_create, *change.aliases_to_move)
+                         if a not in aliases]
+            problems += [f"alias {a} still present" for a in change.aliases_to_delete if a in aliases]
+        if change.description is not None or change.deletion_protection is not None:
+            meta = self.kms.describe_key(key_id)
+            if change.description is not None and meta.description != change.description:
+                problems.append(f"description is {meta.description!r}")
+            protection = change.deletion_protection
+            if protection is not None and meta.deletion_protection != protection:
+                problems.append(f"deletion protection is {'on' if meta.deletion_protection else 'off'}")
+        if problems:
+            raise ApplyError(f"read-back of key {key_id} after update: " + "; ".join(problems))
+
+    def _expect_state(self, change: Change, key_id: str, state: KeyState) -> None:
+        meta = self.kms.describe_key(key_id)
+        if meta.key_state is not state:
+            raise ApplyError(f"read-back: key {key_id} is {meta.key_state.value}, expected {state.value}")
+
+
+def apply_plan(
+    plan: Plan,
+    kms: Kms,
+    materials: Mapping[str, PrivateMaterial],
+    *,
+    parallelism: int = DEFAULT_PARALLELISM,
+    progress: Progress | None = None,
+) -> ApplyResult:
+    """Apply every change of an unblocked plan, keys in parallel, each key's actions in order."""
+    if plan.blocked:
+        raise ApplyError("the plan has violations and cannot be applied")
+    lock = threading.Lock()
+
+    def report(line: str) -> None:
+        if progress is not None:
+            with lock:
+                progress(line)
+
+    applier = _Applier(kms, materials, report)
+    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
+        outcomes = list(pool.map(applier.run, plan.changes))
+    return ApplyResult(plan.stack, outcomes)
