@@ -54,6 +54,13 @@ class RunningEmulator:
         """An official SDK client; overrides are `Config` fields (e.g. signature_algorithm='v2')."""
         return Client(self.sdk_config(**overrides))
 
+    def credential_env(self) -> dict[str, str]:
+        """Environment variables the SDK's default credential chain reads (for CLI subprocesses)."""
+        return {
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": self.access_key_id,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": self.access_key_secret,
+        }
+
     def stats(self) -> dict[str, Any]:
         """`GET /_emulator/stats` over the wire."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)

@@ -203,18 +203,21 @@ def test_timestamp_outside_fifteen_minutes_is_refused(emulator: RunningEmulator,
     v2_status, v2_body = raw_v2(emulator, "CreateKey", CREATE_QUERY, timestamp=stamp)
 
     assert (status, body["Code"]) == (400, "IllegalTimestamp")
-    assert "within 15 minutes" in body["Message"]
+    assert body["Message"].startswith("Specified time stamp or date value is expired")
     assert (v2_status, v2_body["Code"]) == (400, "IllegalTimestamp")
-    assert '"Timestamp" is out of the accepted range' in v2_body["Message"]
+    assert v2_body["Message"] == body["Message"]
     assert key_count(emulator.sdk_client()) == 0
 
 
 @pytest.mark.parametrize("stamp", ["", "2026-11-29 01:00:00", "yesterday"])
 def test_missing_or_garbled_timestamp_is_refused(emulator: RunningEmulator, stamp: str) -> None:
     status, body = raw_v3(emulator, "CreateKey", CREATE_QUERY, date=stamp)
+    v2_status, v2_body = raw_v2(emulator, "CreateKey", CREATE_QUERY, timestamp=stamp)
 
     assert (status, body["Code"]) == (400, "IllegalTimestamp")
     assert body["Message"].startswith('The input parameter "x-acs-date" that is mandatory')
+    assert (v2_status, v2_body["Code"]) == (400, "IllegalTimestamp")
+    assert v2_body["Message"].startswith('The input parameter "Timestamp" that is mandatory')
     assert key_count(emulator.sdk_client()) == 0
 
 

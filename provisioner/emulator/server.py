@@ -46,8 +46,16 @@ INSTANCE_KINDS = ("software", "hardware")
 #: Signature and routing parameters; the rest is the action's own input.
 COMMON_PARAMS = frozenset(
     {
-        "Action", "Version", "Format", "Timestamp", "SignatureNonce", "SignatureMethod",
-        "SignatureVersion", "AccessKeyId", "Signature", "RegionId",
+        "Action",
+        "Version",
+        "Format",
+        "Timestamp",
+        "SignatureNonce",
+        "SignatureMethod",
+        "SignatureVersion",
+        "AccessKeyId",
+        "Signature",
+        "RegionId",
     }
 )
 
@@ -260,12 +268,6 @@ class EmulatorServer:
             self._engine = engine
             responses = KmsResponses(engine)
         self._responses = responses
-        try:
-            self._httpd = _HTTPServer((config.host, config.port), self)
-        except BaseException:
-            if self._engine is not None:
-                self._engine.close()
-            raise
         self._calls: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._nonces: dict[str, float] = {}
@@ -280,6 +282,13 @@ class EmulatorServer:
         self._serving = False
         self._closed = False
         self._close_lock = threading.Lock()
+        # Bound last, once everything a request touches exists.
+        try:
+            self._httpd = _HTTPServer((config.host, config.port), self)
+        except BaseException:
+            if self._engine is not None:
+                self._engine.close()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -392,8 +401,12 @@ class EmulatorServer:
             if version != API_VERSION:
                 raise WireError(400, "InvalidVersion", "Specified parameter Version is not valid.")
             if action == UNKNOWN_ACTION:
-                raise WireError(400, "MissingParameter", "The input parameter Action that is mandatory "
-                                "for processing this request is not supplied.")
+                raise WireError(
+                    400,
+                    "MissingParameter",
+                    "The input parameter Action that is mandatory "
+                    "for processing this request is not supplied.",
+                )
             self._inject_fault()
             self._throttle(action)
             rest = {k: v for k, v in params.items() if k not in COMMON_PARAMS}
@@ -426,8 +439,12 @@ class EmulatorServer:
 
     def _check_access_key(self, access_key_id: str | None) -> None:
         if not access_key_id:
-            raise WireError(400, "MissingParameter", "The input parameter AccessKeyId that is mandatory "
-                            "for processing this request is not supplied.")
+            raise WireError(
+                400,
+                "MissingParameter",
+                "The input parameter AccessKeyId that is mandatory "
+                "for processing this request is not supplied.",
+            )
         if not signing.signatures_equal(access_key_id, self.config.access_key_id):
             raise WireError(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
 
@@ -441,11 +458,11 @@ class EmulatorServer:
                 "supplied or is not in the format yyyy-MM-ddTHH:mm:ssZ.",
             )
         if abs(self._clock() - when) > MAX_CLOCK_SKEW:
+            # The vendor's wording, for the future as for the past.
             raise WireError(
                 400,
                 "IllegalTimestamp",
-                f'The input parameter "{name}" is out of the accepted range: it must be within '
-                "15 minutes of the server time (UTC).",
+                "Specified time stamp or date value is expired (more than 15 minutes from server time, UTC).",
             )
 
     def _bad_signature(self) -> WireError:
@@ -457,8 +474,12 @@ class EmulatorServer:
 
     def _use_nonce(self, nonce: str | None) -> None:
         if not nonce:
-            raise WireError(400, "MissingParameter", "The input parameter SignatureNonce that is mandatory "
-                            "for processing this request is not supplied.")
+            raise WireError(
+                400,
+                "MissingParameter",
+                "The input parameter SignatureNonce that is mandatory "
+                "for processing this request is not supplied.",
+            )
         now = time.monotonic()
         # Kept twice the skew: a timestamp may sit 15 minutes ahead of the clock and still be valid.
         horizon = 2 * MAX_CLOCK_SKEW.total_seconds()
@@ -482,11 +503,20 @@ class EmulatorServer:
             raise self._bad_signature()
         self._check_access_key(auth.access_key_id)
         if auth.algorithm != signing.V3_ALGORITHM:
-            raise WireError(400, "IncompleteSignature",
-                            f"The signature algorithm is not supported, use {signing.V3_ALGORITHM}.")
+            raise WireError(
+                400,
+                "IncompleteSignature",
+                f"The signature algorithm is not supported, use {signing.V3_ALGORITHM}.",
+            )
         self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
-        required = {"host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce",
-                    "x-acs-content-sha256"}
+        required = {
+            "host",
+            "x-acs-action",
+            "x-acs-version",
+            "x-acs-date",
+            "x-acs-signature-nonce",
+            "x-acs-content-sha256",
+        }
         if not required <= set(auth.signed_headers):
             raise self._bad_signature()
         payload_hash = h.headers.get("x-acs-content-sha256", "")
@@ -507,12 +537,17 @@ class EmulatorServer:
 
     def _verify_v2(self, method: str, params: Mapping[str, str]) -> str:
         if "Signature" not in params:
-            raise WireError(400, "MissingParameter", "The input parameter Signature that is mandatory "
-                            "for processing this request is not supplied.")
+            raise WireError(
+                400,
+                "MissingParameter",
+                "The input parameter Signature that is mandatory "
+                "for processing this request is not supplied.",
+            )
         self._check_access_key(params.get("AccessKeyId"))
         if params.get("SignatureMethod") != signing.V2_METHOD:
-            raise WireError(400, "IncompleteSignature",
-                            f"The signature method is not supported, use {signing.V2_METHOD}.")
+            raise WireError(
+                400, "IncompleteSignature", f"The signature method is not supported, use {signing.V2_METHOD}."
+            )
         self._check_timestamp(params.get("Timestamp"), "Timestamp")
         expected = signing.v2_signature(self.config.access_key_secret, method, params)
         if not signing.signatures_equal(params["Signature"], expected):
