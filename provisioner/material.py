@@ -29,6 +29,7 @@ from provisioner.errors import MaterialError
 from provisioner.model import KeySpec, MaterialSource, SourceKind
 
 COMMAND_TIMEOUT_SECONDS = 30.0
+MAX_KEY_FILE_BYTES = 1 << 20  # an RSA_4096 PEM is about 3 KiB: anything this big is a wrong path
 FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 Warn = Callable[[str], None]
@@ -357,6 +358,8 @@ def _read_file(source: MaterialSource) -> tuple[bytes, int]:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             raise MaterialError(f"{source.describe()}: not a regular file")
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise MaterialError(f"{source.describe()}: {info.st_size} bytes is too large for a key file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise MaterialError(f"{source.describe()}: no such file") from None
@@ -509,6 +512,16 @@ def _public_spki_of_bytes(data: bytes) -> bytes | None:
     if b"-----BEGIN " in data:
         return None
     return _canonical_spki(data)
+
+
+def fingerprint_of_public_key(data: bytes) -> str:
+    """The fingerprint of a public key given as PEM or DER (e.g. GetPublicKey's PEM), re-encoded
+    canonically first so that every encoding of one key gives one fingerprint."""
+    spki = _public_spki_of_bytes(data)
+    if spki is None:
+        raise MaterialError("not a PEM or DER public key")
+    spec_of_spki(spki)
+    return fingerprint_of_spki(spki)
 
 
 def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:

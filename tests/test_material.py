@@ -13,10 +13,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from provisioner import sm2
+from provisioner import _der, sm2
 from provisioner.errors import MaterialError
 from provisioner.material import (
     fingerprint_of_key_file,
+    fingerprint_of_public_key,
     fingerprint_of_spki,
     load_material,
     parse_private_key,
@@ -372,6 +373,25 @@ def test_fingerprint_of_key_file_errors(tmp_path: Path) -> None:
     pub = write_key(tmp_path / "p384.pem", p384_pem)
     with pytest.raises(MaterialError, match="^public key is not of a supported spec$"):
         fingerprint_of_key_file(pub)
+
+
+def test_fingerprint_of_public_key_bytes() -> None:
+    key = ec_key("k1")
+    expected = fingerprint_of_spki(spki(key))
+    pem = key.public_key().public_bytes(Enc.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    point = key.public_key().public_bytes(Enc.X962, serialization.PublicFormat.CompressedPoint)
+    algorithm = _der.sequence(_der.oid("1.2.840.10045.2.1"), _der.oid("1.3.132.0.10"))
+    compressed = _der.sequence(algorithm, _der.bit_string(point))  # a valid SPKI, not the canonical one
+    assert compressed != spki(key)
+    assert fingerprint_of_public_key(pem) == fingerprint_of_public_key(compressed) == expected
+    with pytest.raises(MaterialError, match="^not a PEM or DER public key$"):
+        fingerprint_of_public_key(key.private_bytes(Enc.PEM, Fmt.PKCS8, NoEnc))
+
+
+def test_file_too_large(tmp_path: Path) -> None:
+    big = write_key(tmp_path / "big.bin", bytes(2 << 20))
+    with pytest.raises(MaterialError, match=f"^file {big}: 2097152 bytes is too large for a key file$"):
+        load_material(file_source(big))
 
 
 def test_spec_of_spki() -> None:
