@@ -1,0 +1,332 @@
+"""Drift: what changed behind the manifest's back, as a pure function of (desired, live, now).
+
+It never needs or reads private material and makes no call: the caller refreshes the live state with
+read-only calls. Each item says the key, the kind, what the manifest expects and what was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from provisioner.model import (
+    ActualKey,
+    DesiredKey,
+    DesiredState,
+    KeyStatus,
+    LiveState,
+    ManifestSet,
+)
+from provisioner.plan import format_time, sort_identity
+
+FORMAT_VERSION = 1
+DEFAULT_EXPIRY_WARNING_DAYS = 30
+
+
+class DriftKind(StrEnum):
+    MISSING = "missing"
+    MATERIAL_DELETED = "material-deleted"
+    MATERIAL_EXPIRED = "material-expired"
+    MATERIAL_EXPIRING = "material-expiring"
+    FINGERPRINT_MISMATCH = "fingerprint-mismatch"
+    TAGS = "tags"
+    ALIASES = "aliases"
+    DESCRIPTION = "description"
+    STATE = "state"
+    DELETION_PROTECTION = "deletion-protection"
+    UNMANAGED_ALIAS = "unmanaged-alias"
+    ORPHAN = "orphan"
+
+
+#: JSON-able value of `expected` / `found`.
+Value = str | bool | list[str] | dict[str, str] | None
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    key: str
+    kind: DriftKind
+    detail: str
+    expected: Value = None
+    found: Value = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind.value,
+            "detail": self.detail,
+            "expected": self.expected,
+            "found": self.found,
+        }
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    stack: str
+    items: tuple[DriftItem, ...]
+    checked_at: datetime
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.items
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Items per kind, only the kinds found, in kind order."""
+        out: dict[str, int] = {}
+        for kind in DriftKind:
+            n = sum(1 for i in self.items if i.kind is kind)
+            if n:
+                out[kind.value] = n
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "stack": self.stack,
+            "checked_at": format_time(self.checked_at),
+            "in_sync": self.in_sync,
+            "drift": [i.to_dict() for i in self.items],
+        }
+
+
+def _status_word(key: ActualKey) -> str:
+    return key.status.value
+
+
+class _Drift:
+    def __init__(self, desired: ManifestSet, live: LiveState, now: datetime, warning_days: int) -> None:
+        self.desired = desired
+        self.live = live
+        self.now = now
+        self.warning = timedelta(days=warning_days)
+        self.warning_days = warning_days
+        self.items: list[DriftItem] = []
+        self.our_ids = frozenset(k.key_id for keys in live.keys.values() for k in keys)
+
+    def add(
+        self, key: str, kind: DriftKind, detail: str, expected: Value = None, found: Value = None
+    ) -> None:
+        self.items.append(DriftItem(key, kind, detail, expected, found))
+
+    def run(self) -> None:
+        names = set()
+        for d in self.desired.keys:
+            names.add(d.name)
+            self.check_key(d)
+        for name in sorted(set(self.live.keys) - names):
+            for k in self.live.keys[name]:
+                self.add(
+                    name,
+                    DriftKind.ORPHAN,
+                    f"key {k.key_id} ({_status_word(k)}) belongs to stack {self.live.stack!r} "
+                    f"but no manifest declares it",
+                    expected=None,
+                    found=k.key_id,
+                )
+
+    def check_key(self, d: DesiredKey) -> None:
+        keys = self.live.keys.get(d.name, ())
+        ident = sort_identity(keys)
+        if d.state is not DesiredState.ABSENT:
+            self.check_unmanaged_aliases(d)
+        if ident.conflict:
+            ids = [k.key_id for k in ident.conflict]
+            self.add(
+                d.name,
+                DriftKind.STATE,
+                f"{len(ids)} keys carry this identity and all hold material: {', '.join(ids)}",
+                expected="one key",
+                found=ids,
+            )
+            return
+        key = ident.primary
+        if key is None:
+            if d.state is DesiredState.PRESENT:
+                self.add(d.name, DriftKind.MISSING, "no key exists for this manifest entry", "present", None)
+            return
+        for dup in ident.duplicates:
+            self.add(
+                d.name,
+                DriftKind.STATE,
+                f"duplicate key {dup.key_id} ({_status_word(dup)}) carries this identity "
+                f"besides {key.key_id}",
+                expected=key.key_id,
+                found=dup.key_id,
+            )
+        if d.state is DesiredState.ABSENT:
+            if key.status is not KeyStatus.PENDING_DELETION:
+                self.add(
+                    d.name,
+                    DriftKind.STATE,
+                    f"key {key.key_id} is {_status_word(key)} but the manifest says absent",
+                    "absent",
+                    key.status.value,
+                )
+            return
+        self.check_state(d, key)
+        self.check_fingerprint(d, key)
+        self.check_attributes(d, key)
+
+    def check_state(self, d: DesiredKey, key: ActualKey) -> None:
+        status = key.status
+        if status is KeyStatus.PENDING_DELETION:
+            when = format_time(key.deletion_date) or "an unknown date"
+            self.add(
+                d.name,
+                DriftKind.STATE,
+                f"key {key.key_id} is pending deletion (deleted on {when}); "
+                f"the manifest says {d.state.value}",
+                d.state.value,
+                status.value,
+            )
+            return
+        if d.state is DesiredState.MATERIAL_DELETED:
+            if status in (KeyStatus.ENABLED, KeyStatus.DISABLED):
+                self.add(
+                    d.name,
+                    DriftKind.STATE,
+                    f"key {key.key_id} holds material ({status.value}) "
+                    f"but the manifest says material-deleted",
+                    d.state.value,
+                    status.value,
+                )
+            return
+        expires = key.material_expires_at
+        if status is KeyStatus.PENDING_IMPORT:
+            self.add(
+                d.name,
+                DriftKind.MATERIAL_DELETED,
+                f"key {key.key_id} has no material (deleted, or never imported)",
+                "material",
+                "no material",
+            )
+            return
+        if status is KeyStatus.MATERIAL_EXPIRED or (expires is not None and expires <= self.now):
+            self.add(
+                d.name,
+                DriftKind.MATERIAL_EXPIRED,
+                f"material of key {key.key_id} expired at {format_time(expires) or 'an unknown time'}",
+                format_time(d.expiry) or "never",
+                format_time(expires),
+            )
+            return
+        if expires is not None and expires - self.now <= self.warning:
+            days = (expires - self.now).days
+            self.add(
+                d.name,
+                DriftKind.MATERIAL_EXPIRING,
+                f"material of key {key.key_id} expires at {format_time(expires)}, in {days} day(s) "
+                f"(warning window {self.warning_days} days)",
+                format_time(d.expiry) or "never",
+                format_time(expires),
+            )
+        if status is KeyStatus.DISABLED:
+            self.add(d.name, DriftKind.STATE, f"key {key.key_id} is disabled", "enabled", status.value)
+
+    def check_fingerprint(self, d: DesiredKey, key: ActualKey) -> None:
+        pinned = d.material.fingerprint if d.material is not None else None
+        recorded = key.recorded_fingerprint
+        confirmed = key.public_key_fingerprint
+        if confirmed is not None:
+            for label, want in (("pinned", pinned), ("recorded", recorded)):
+                if want is not None and want != confirmed:
+                    self.add(
+                        d.name,
+                        DriftKind.FINGERPRINT_MISMATCH,
+                        f"live public key of {key.key_id} is {confirmed}, the {label} fingerprint is {want}",
+                        want,
+                        confirmed,
+                    )
+                    return
+        if pinned is not None and recorded is not None and pinned != recorded:
+            self.add(
+                d.name,
+                DriftKind.FINGERPRINT_MISMATCH,
+                f"key {key.key_id} records fingerprint {recorded}, the manifest pins {pinned}",
+                pinned,
+                recorded,
+            )
+
+    def check_attributes(self, d: DesiredKey, key: ActualKey) -> None:
+        want_tags = dict(sorted(d.tags.items()))
+        have_tags = dict(sorted(key.user_tags.items()))
+        if want_tags != have_tags:
+            changed = sorted(
+                k for k in set(want_tags) | set(have_tags) if want_tags.get(k) != have_tags.get(k)
+            )
+            self.add(d.name, DriftKind.TAGS, f"tags differ: {', '.join(changed)}", want_tags, have_tags)
+        if key.recorded_fingerprint is None:
+            self.add(
+                d.name,
+                DriftKind.TAGS,
+                f"key {key.key_id} lacks its reserved fingerprint tag",
+                "fingerprint tag",
+                None,
+            )
+        foreign = self.foreign_aliases(d)
+        want_aliases = sorted(a for a in d.aliases if a not in foreign)
+        have_aliases = sorted(key.aliases)
+        if want_aliases != have_aliases:
+            missing = [a for a in want_aliases if a not in have_aliases]
+            extra = [a for a in have_aliases if a not in want_aliases]
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if extra:
+                parts.append("unexpected " + ", ".join(extra))
+            self.add(
+                d.name, DriftKind.ALIASES, "aliases differ: " + "; ".join(parts), want_aliases, have_aliases
+            )
+        if d.description != key.description:
+            self.add(
+                d.name,
+                DriftKind.DESCRIPTION,
+                "description differs",
+                d.description,
+                key.description,
+            )
+        if d.deletion_protection != key.deletion_protection:
+            self.add(
+                d.name,
+                DriftKind.DELETION_PROTECTION,
+                f"deletion protection is {'on' if key.deletion_protection else 'off'}, "
+                f"the manifest says {'on' if d.deletion_protection else 'off'}",
+                d.deletion_protection,
+                key.deletion_protection,
+            )
+
+    def foreign_aliases(self, d: DesiredKey) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for a in d.aliases:
+            owner = self.live.alias_owners.get(a)
+            if owner is not None and (owner not in self.our_ids or owner in self.live.foreign_keys):
+                out[a] = owner
+        return out
+
+    def check_unmanaged_aliases(self, d: DesiredKey) -> None:
+        for alias, owner in sorted(self.foreign_aliases(d).items()):
+            self.add(
+                d.name,
+                DriftKind.UNMANAGED_ALIAS,
+                f"alias {alias} points at key {owner}, which stack {self.live.stack!r} does not manage",
+                d.name,
+                owner,
+            )
+
+
+def make_drift(
+    desired: ManifestSet,
+    live: LiveState,
+    *,
+    now: datetime,
+    expiry_warning_days: int = DEFAULT_EXPIRY_WARNING_DAYS,
+) -> DriftReport:
+    """Compare the manifests with the live state and list every difference. Pure."""
+    drift = _Drift(desired, live, now, expiry_warning_days)
+    drift.run()
+    items = sorted(drift.items, key=lambda i: (i.key, list(DriftKind).index(i.kind), i.detail))
+    return DriftReport(stack=desired.stack, items=tuple(items), checked_at=now.replace(microsecond=0))

@@ -1,0 +1,279 @@
+"""Plan and drift documents as text (Terraform-like), JSON (DESIGN sections 5 and 6) and markdown.
+
+Rendering only formats what a Plan or DriftReport holds: it decides nothing and prints nothing.
+A Plan holds no private material, so no rendering can show any.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from provisioner.drift import DriftItem, DriftReport
+from provisioner.plan import Action, Change, Plan
+
+# ANSI SGR codes; used only when the caller asks for colour.
+_GREEN, _YELLOW, _RED, _CYAN, _BOLD, _DIM = "32", "33", "31", "36", "1", "2"
+
+#: One symbol per change, the strongest action winning.
+_SYMBOLS: tuple[tuple[Action, str, str], ...] = (
+    (Action.SCHEDULE_DELETION, "-", _RED),
+    (Action.CREATE, "+", _GREEN),
+    (Action.DELETE_MATERIAL, "x", _RED),
+    (Action.REIMPORT, "↻", _CYAN),
+    (Action.UPDATE, "~", _YELLOW),
+)
+_LEGEND = "+ create   ~ update   ↻ reimport   x delete material   - schedule deletion   ! violation"
+
+_SUMMARY_WORDS = (
+    (Action.CREATE, "to create"),
+    (Action.IMPORT, "to import"),
+    (Action.REIMPORT, "to reimport"),
+    (Action.DELETE_MATERIAL, "to delete material"),
+    (Action.UPDATE, "to update"),
+    (Action.SCHEDULE_DELETION, "to schedule for deletion"),
+)
+
+
+def _painter(color: bool) -> Callable[[str, str], str]:
+    def paint(text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if color else text
+
+    return paint
+
+
+def _symbol(change: Change) -> tuple[str, str]:
+    for action, sym, code in _SYMBOLS:
+        if action in change.actions:
+            return sym, code
+    return "-", _RED  # a change with duplicates only: they are scheduled for deletion
+
+
+def _q(value: Any) -> str:
+    """A value as the user would write it in a manifest."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _backend_words(backend: Mapping[str, str]) -> str:
+    kind = backend.get("type", "?")
+    rest = ", ".join(f"{k} {v}" for k, v in sorted(backend.items()) if k != "type")
+    return f"{kind} ({rest})" if rest else kind
+
+
+def _detail_lines(change: Change) -> list[tuple[str, str]]:
+    """(sign, text) lines: the attribute differences of one change, Terraform style."""
+    before = change.before or {}
+    after = change.after or {}
+    lines: list[tuple[str, str]] = []
+    if Action.CREATE in change.actions:
+        for attr in ("spec", "usage", "protection", "instance"):
+            lines.append(("+", f"{attr} = {_q(after.get(attr))}"))
+        lines.append(("+", f"description = {_q(change.description or '')}"))
+        for k, v in sorted(change.tags_to_set.items()):
+            lines.append(("+", f"tag {k} = {_q(v)}"))
+        for a in change.aliases_to_create:
+            lines.append(("+", f"alias {a}"))
+        for a in change.aliases_to_move:
+            lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
+        lines.append(("+", f"deletion_protection = {_q(bool(change.deletion_protection))}"))
+        lines.append(("+", f"expiry = {_q(after.get('expiry') or 'never')}"))
+    else:
+        before_tags: Mapping[str, str] = before.get("tags") or {}
+        for k, v in sorted(change.tags_to_set.items()):
+            if k in before_tags:
+                lines.append(("~", f"tag {k}: {_q(before_tags[k])} -> {_q(v)}"))
+            else:
+                lines.append(("+", f"tag {k} = {_q(v)}"))
+        for k in change.tags_to_remove:
+            lines.append(("-", f"tag {k} = {_q(before_tags.get(k))}"))
+        for a in change.aliases_to_create:
+            lines.append(("+", f"alias {a}"))
+        for a in change.aliases_to_move:
+            lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
+        for a in change.aliases_to_delete:
+            lines.append(("-", f"alias {a}"))
+        if change.description is not None:
+            lines.append(("~", f"description: {_q(before.get('description'))} -> {_q(change.description)}"))
+        if change.deletion_protection is not None:
+            lines.append(
+                (
+                    "~",
+                    f"deletion_protection: {_q(before.get('deletion_protection'))} -> "
+                    f"{_q(change.deletion_protection)}",
+                )
+            )
+        if Action.REIMPORT in change.actions:
+            old = before.get("material_expires_at") or "never"
+            new = after.get("expiry") or "never"
+            lines.append(
+                ("↻", f"material expiry: {_q(old)} -> {_q(new)}" if old != new else f"expiry = {_q(new)}")
+            )
+        if Action.DELETE_MATERIAL in change.actions:
+            lines.append(("x", "material (the key stays, unusable until reimported)"))
+        if Action.SCHEDULE_DELETION in change.actions:
+            lines.append(("-", f"key, after a pending window of {change.pending_window_days} days"))
+    if change.material is not None:
+        src = _material_words(change.material)
+        lines.append((" ", f"material from {src}, fingerprint {change.material.get('fingerprint')}"))
+    for dup in change.duplicates:
+        lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
+    return lines
+
+
+def _material_words(material: Mapping[str, Any]) -> str:
+    kind = material.get("kind")
+    if kind == "file":
+        return f"file {material.get('file')}"
+    if kind == "env":
+        return f"environment variable {material.get('env')}"
+    if kind == "command":
+        return "command " + " ".join(str(a) for a in material.get("command") or [])
+    return str(kind)
+
+
+def _summary_line(plan: Plan) -> str:
+    s = plan.summary
+    return "Plan: " + ", ".join(f"{s[a.value]} {words}" for a, words in _SUMMARY_WORDS) + "."
+
+
+def render_plan_text(plan: Plan, *, color: bool) -> str:
+    paint = _painter(color)
+    out = [f"Stack {plan.stack!r}, backend {_backend_words(plan.backend)}", ""]
+    if plan.changes:
+        out.append(paint(f"Symbols: {_LEGEND}", _DIM))
+        out.append("")
+    for change in plan.changes:
+        sym, code = _symbol(change)
+        ident = f" ({change.key_id})" if change.key_id else ""
+        words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+        out.append(f"  {paint(sym, code)} {paint(change.key, _BOLD)}{ident}: {words}")
+        out.append(f"      # {change.reason}")
+        for sign, text in _detail_lines(change):
+            sign_code = {"+": _GREEN, "-": _RED, "~": _YELLOW, "↻": _CYAN, "x": _RED}.get(sign, _DIM)
+            out.append(f"      {paint(sign, sign_code)} {text}")
+        out.append("")
+    if plan.notes:
+        for note in plan.notes:
+            out.append(paint(f"  # {note.key}: {note.message}", _DIM))
+        out.append("")
+    if plan.violations:
+        out.append(paint("Violations:", _RED + ";" + _BOLD))
+        for v in plan.violations:
+            out.append(f"  {paint('!', _RED + ';' + _BOLD)} {v.key}: {v.code.value}: {v.message}")
+        out.append("")
+    if plan.has_changes:
+        out.append(_summary_line(plan))
+    elif not plan.violations:
+        out.append("No changes. The live keys match the manifests.")
+    if plan.violations:
+        out.append(
+            paint(
+                f"Plan blocked: {len(plan.violations)} violation(s); nothing will be applied.",
+                _RED + ";" + _BOLD,
+            )
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_plan_json(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+_DIFF_SIGNS = {"+": "+", "-": "-", "x": "-"}
+
+
+def _md(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def render_plan_markdown(plan: Plan) -> str:
+    out = [f"## Plan for stack `{plan.stack}`", ""]
+    if plan.violations:
+        out += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
+    elif not plan.has_changes:
+        out += ["No changes. The live keys match the manifests.", ""]
+    summary = plan.summary
+    out.append("| " + " | ".join(a.value for a in Action) + " |")
+    out.append("|" + "---|" * len(Action))
+    out.append("| " + " | ".join(str(summary[a.value]) for a in Action) + " |")
+    out.append("")
+    if plan.changes:
+        out += ["### Changes", ""]
+        for change in plan.changes:
+            sym, _ = _symbol(change)
+            ident = f" (`{change.key_id}`)" if change.key_id else ""
+            words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+            out.append(f"#### `{sym}` `{change.key}`{ident}: {words}")
+            out.append("")
+            out.append(f"_{_md(change.reason)}_")
+            out.append("")
+            out.append("```diff")
+            for sign, text in _detail_lines(change):
+                # diff highlighting knows only + and -; a change or reimport reads as context.
+                mark = _DIFF_SIGNS.get(sign)
+                out.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
+            out.append("```")
+            out.append("")
+    if plan.violations:
+        out += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
+        for v in plan.violations:
+            out.append(f"| `{_md(v.key)}` | `{v.code.value}` | {_md(v.message)} |")
+        out.append("")
+    if plan.notes:
+        out += ["### Notes", ""]
+        for n in plan.notes:
+            out.append(f"- `{n.key}`: {_md(n.message)}")
+        out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------- drift
+
+
+def _found_words(item: DriftItem) -> str:
+    return f"expected {_q(item.expected)}, found {_q(item.found)}"
+
+
+def render_drift_text(report: DriftReport, *, color: bool) -> str:
+    paint = _painter(color)
+    if report.in_sync:
+        return f"Stack {report.stack!r}: in sync, no drift.\n"
+    out = [f"Stack {report.stack!r}: drift found", ""]
+    for item in report.items:
+        out.append(
+            f"  {paint('!', _YELLOW)} {paint(item.key, _BOLD)}: "
+            f"{paint(item.kind.value, _YELLOW)}: {item.detail}"
+        )
+        out.append(paint(f"      {_found_words(item)}", _DIM))
+    out.append("")
+    counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
+    out.append(f"Drift: {len(report.items)} item(s) ({counts}).")
+    return "\n".join(out) + "\n"
+
+
+def render_drift_json(report: DriftReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_drift_markdown(report: DriftReport) -> str:
+    out = [f"## Drift for stack `{report.stack}`", ""]
+    if report.in_sync:
+        out += [f"In sync at {report.to_dict()['checked_at']}: no drift.", ""]
+        return "\n".join(out)
+    out += [f"**{len(report.items)} item(s) of drift** found at {report.to_dict()['checked_at']}.", ""]
+    out += ["| kind | count |", "|---|---|"]
+    out += [f"| `{kind}` | {n} |" for kind, n in report.counts.items()]
+    out += ["", "| key | kind | detail | expected | found |", "|---|---|---|---|---|"]
+    for item in report.items:
+        out.append(
+            f"| `{_md(item.key)}` | `{item.kind.value}` | {_md(item.detail)} | "
+            f"{_md(_q(item.expected))} | {_md(_q(item.found))} |"
+        )
+    out.append("")
+    return "\n".join(out)
