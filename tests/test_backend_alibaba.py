@@ -413,6 +413,11 @@ def test_open_kms_describes_the_default_alibaba_endpoint(monkeypatch: pytest.Mon
     monkeypatch.setenv("ALIBABA_CLOUD_REGION_ID", "cn-shanghai")
     kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=BackendConfig(type="alibaba"))
     assert kms.description == "alibaba cn-shanghai at https://kms.cn-shanghai.aliyuncs.com"
+    assert kms.info == {
+        "type": "alibaba",
+        "region": "cn-shanghai",
+        "endpoint": "https://kms.cn-shanghai.aliyuncs.com",
+    }
     kms.close()
 
 
@@ -643,6 +648,7 @@ def test_open_kms_local_path_from_the_manifest(tmp_path: Path) -> None:
     kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=manifest, cwd=tmp_path)
     kms.close()
     assert kms.description == "local backend (state/kms.db)"
+    assert kms.info == {"type": "local", "path": "state/kms.db"}
     assert (tmp_path / "state" / "kms.db").exists()
     elsewhere = tmp_path.parent / f"{tmp_path.name}-abs" / "k.db"
     kms = open_kms(

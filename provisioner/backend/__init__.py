@@ -52,7 +52,6 @@ def open_kms(
         inner = LocalTransport(db)
         description = f"local backend ({_shown(db, cwd)})"
         info = {"type": "local", "path": _shown(db, cwd)}
-        info = {"type": "local", "path": _shown(db, cwd)}
         limits: Mapping[str, float] = dict(qps or {})
     else:
         from provisioner.backend.alibaba import AlibabaTransport
@@ -74,7 +73,6 @@ def open_kms(
         inner = transport
         where = f"alibaba {region}" if region else "alibaba"
         description = f"{where} at {transport.endpoint}"
-        info = {"type": "alibaba", **({"region": region} if region else {}), "endpoint": transport.endpoint}
         info = {"type": "alibaba", "endpoint": transport.endpoint}
         if region:
             info["region"] = region
