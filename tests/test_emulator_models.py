@@ -187,7 +187,8 @@ def test_list_keys_filters(engine: KmsEngine) -> None:
 @pytest.mark.parametrize(
     ("number", "size", "message"),
     [
-        (0, 10, "PageNumber must be at least 1, got 0"),
+        (0, 10, "PageNumber must be between 1 and 1000000000, got 0"),
+        (10**12, 10, "PageNumber must be between 1 and 1000000000"),
         (1, 0, "PageSize must be between 1 and 100, got 0"),
         (1, 101, "PageSize must be between 1 and 100, got 101"),
     ],
@@ -402,6 +403,9 @@ def test_tokens_are_stored_hashed_only(tmp_path: Path) -> None:
 def test_expire_in_the_past_is_refused(engine: KmsEngine) -> None:
     key = create(engine)
     blob, token = wrap_for(engine, key.key_id, material(KeySpec.RSA_2048))
+    for absurd in (-1, 2**70):
+        with kms_error("InvalidParameter", 400, "KeyMaterialExpireUnix must be between 0 and 253402300799"):
+            engine.import_key_material(key.key_id, blob, token, absurd)
     past = int(START.timestamp()) - 1
     with kms_error("InvalidParameter", 400, f"KeyMaterialExpireUnix {past} is earlier than the current time"):
         engine.import_key_material(key.key_id, blob, token, past)
@@ -657,6 +661,8 @@ def test_list_tag_resources_by_ids_and_by_tags(engine: KmsEngine) -> None:
         engine.list_tag_resources("key")
     with kms_error("InvalidParameter", 400, "NextToken is not one this service issued"):
         engine.list_tag_resources("key", [a.key_id], next_token="%%%")
+    with kms_error("InvalidParameter", 400, "NextToken is not one this service issued"):
+        engine.list_tag_resources("key", [a.key_id], next_token=base64.urlsafe_b64encode(b"-5").decode())
 
 
 def test_list_tag_resources_pages_by_200(engine: KmsEngine) -> None:
@@ -844,6 +850,30 @@ def test_persisted_private_keys_sign_after_reopen(tmp_path: Path, clock: FakeClo
         )[1]
     finally:
         engine.close()
+
+
+def test_deleted_material_is_scrubbed_from_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "kms.db"
+    engine = KmsEngine(str(db))
+    m = new_material(KeySpec.EC_P256)
+    key = create(engine, KeySpec.EC_P256)
+    blob, token = wrap_for(engine, key.key_id, m)
+    engine.import_key_material(key.key_id, blob, token, 0)
+    assert m.pkcs8_der() in db.read_bytes()  # persisted while the key has material
+    engine.delete_key_material(key.key_id)
+    engine.close()
+    assert m.pkcs8_der() not in db.read_bytes()
+
+
+def test_schema_version_is_checked(tmp_path: Path) -> None:
+    db = tmp_path / "kms.db"
+    KmsEngine(str(db)).close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE name = 'schema_version'")
+    conn.close()
+    with pytest.raises(ValueError, match="emulator schema version 0, expected 1"):
+        KmsEngine(str(db))
 
 
 def test_failed_operation_changes_nothing_in_the_file(tmp_path: Path) -> None:

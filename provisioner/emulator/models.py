@@ -62,6 +62,9 @@ MAX_TAG_FILTERS = 20
 MAX_RESOURCE_IDS = 50
 TAG_ROWS_PER_PAGE = 200
 MAX_PAGE_SIZE = 100
+#: Bounds that keep SQLite's 64-bit integers from overflowing on absurd input.
+MAX_PAGE_NUMBER = 1_000_000_000
+MAX_EXPIRE_UNIX = 253402300799  # 9999-12-31T23:59:59Z
 DEFAULT_PAGE_SIZE = 10
 MIN_PENDING_WINDOW_DAYS = 7
 MAX_PENDING_WINDOW_DAYS = 366
@@ -391,6 +394,7 @@ class KmsEngine:
 
     def _forget_material(self, tx: Transaction, key_id: str) -> None:
         tx.execute("DELETE FROM private_material WHERE key_id = ?", (key_id,))
+
         def drop() -> None:
             self._memory_material.pop(key_id, None)
 
@@ -446,8 +450,10 @@ class KmsEngine:
     def _page(page_number: int | None, page_size: int | None) -> tuple[int, int]:
         number = 1 if page_number is None else page_number
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
-        if number < 1:
-            raise KmsError("InvalidParameter", f"PageNumber must be at least 1, got {number}")
+        if not 1 <= number <= MAX_PAGE_NUMBER:
+            raise KmsError(
+                "InvalidParameter", f"PageNumber must be between 1 and {MAX_PAGE_NUMBER}, got {number}"
+            )
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise KmsError("InvalidParameter", f"PageSize must be between 1 and {MAX_PAGE_SIZE}, got {size}")
         return number, size
@@ -770,11 +776,13 @@ class KmsEngine:
                 f"WrappingAlgorithm {algorithm.value} needs WrappingKeySpec "
                 f"{algorithm.wrapping_key_spec.value}, not {spec_text}",
             )
+        # Made before the transaction: generating an RSA key takes long enough to stall every other
+        # caller if done under the engine's lock. Wasted when the call is then refused; that is rare.
+        private_der, public_der = keyops.new_wrapping_key(algorithm)
         with self._store.transaction() as tx:
             now = self._begin(tx)
             row = self._row(tx, key_id)
             self._check_importable(row, "GetParametersForImport")
-            private_der, public_der = keyops.new_wrapping_key(algorithm)
             token = secrets.token_urlsafe(48)
             expires = now + int(TOKEN_LIFETIME.total_seconds())
             tx.execute(
@@ -806,8 +814,11 @@ class KmsEngine:
         blob = _b64decode("EncryptedKeyMaterial", require("EncryptedKeyMaterial", encrypted_key_material))
         token = require("ImportToken", import_token)
         expire = key_material_expire_unix or 0
-        if expire < 0:
-            raise KmsError("InvalidParameter", f"KeyMaterialExpireUnix must not be negative, got {expire}")
+        if not 0 <= expire <= MAX_EXPIRE_UNIX:
+            raise KmsError(
+                "InvalidParameter",
+                f"KeyMaterialExpireUnix must be between 0 and {MAX_EXPIRE_UNIX}, got {expire}",
+            )
         with self._store.transaction() as tx:
             now = self._begin(tx)
             row = self._row(tx, key_id)
@@ -1192,7 +1203,7 @@ class KmsEngine:
                 offset = int(base64.urlsafe_b64decode(next_token.encode("ascii")).decode("ascii"))
             except (ValueError, UnicodeError, binascii.Error):
                 raise KmsError("InvalidParameter", "NextToken is not one this service issued") from None
-            if offset < 0:
+            if not 0 <= offset <= MAX_PAGE_NUMBER:
                 raise KmsError("InvalidParameter", "NextToken is not one this service issued")
         where: list[str] = []
         args: list[object] = []

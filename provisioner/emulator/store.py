@@ -89,6 +89,8 @@ class Store:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
         self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        # Deleted rows (material of a deleted or expired key) are overwritten, not left in free pages.
+        self._conn.execute("PRAGMA secure_delete = ON")
         self._lock = threading.Lock()
         with self.transaction() as tx:
             for statement in _SCHEMA.split(";"):
@@ -97,6 +99,11 @@ class Store:
             tx.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+            found = tx.one("SELECT value FROM meta WHERE name = 'schema_version'")
+        if found is None or found["value"] != SCHEMA_VERSION:
+            self._conn.close()
+            version = None if found is None else found["value"]
+            raise ValueError(f"{path}: emulator schema version {version}, expected {SCHEMA_VERSION}")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
