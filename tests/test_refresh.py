@@ -344,3 +344,21 @@ def test_open_kms_local_default_path_and_description(tmp_path: Path) -> None:
         assert (tmp_path / ".provision" / "kms.db").exists()
     finally:
         kms.close()
+
+
+def test_stack_key_without_a_name_is_not_listed_and_not_foreign(kms: Kms) -> None:
+    nameless = kms.create_key(
+        spec=KeySpec.EC_P256,
+        usage=KeyUsage.SIGN_VERIFY,
+        protection=ProtectionLevel.SOFTWARE,
+        instance="kst-local-software",
+        description="",
+        tags={TAG_STACK: STACK},
+    ).key_id
+    kms.create_alias("alias/pay/nameless", nameless)
+    state, calls = refresh_counted(kms)
+    assert dict(state.keys) == {}
+    assert state.alias_owners == {"alias/pay/nameless": nameless}
+    assert state.foreign_keys == frozenset()
+    # Its rows lacked the name tag, so they were read once more by id: that is the only extra call.
+    assert calls == {"ListTagResources": 2, "DescribeKey": 1, "ListAliases": 1}
