@@ -106,6 +106,7 @@ class Change:
     material: Mapping[str, Any] | None = None  # MaterialSource.to_dict() with "fingerprint"; never bytes
     state_digest: str | None = None  # digest_actual() of the key as planned against; None for create
     duplicates: tuple[str, ...] = ()  # key ids to schedule for deletion with DUPLICATE_WINDOW_DAYS
+    duplicate_digests: tuple[str, ...] = ()  # digest_actual() of each duplicate, same order
 
     @property
     def spec(self) -> str | None:
@@ -132,6 +133,7 @@ class Change:
             "material": _plain(self.material),
             "state_digest": self.state_digest,
             "duplicates": list(self.duplicates),
+            "duplicate_digests": list(self.duplicate_digests),
         }
 
     @classmethod
@@ -162,6 +164,7 @@ class Change:
             material=r.opt("material", dict),
             state_digest=r.opt("state_digest", str),
             duplicates=tuple(r.list("duplicates", str)),
+            duplicate_digests=tuple(r.list("duplicate_digests", str)),
         )
         r.no_extra()
         return change
@@ -586,7 +589,7 @@ class _Planner:
         dup_ids = tuple(k.key_id for k in duplicates)
         if key.status is KeyStatus.PENDING_DELETION:
             if dup_ids:
-                self.changes.append(self.duplicates_only(d, key, dup_ids))
+                self.changes.append(self.duplicates_only(d, key, duplicates))
             return
         actions: list[Action] = []
         protection: bool | None = None
@@ -609,10 +612,12 @@ class _Planner:
                 pending_window_days=d.deletion_window_days,
                 state_digest=digest_actual(key),
                 duplicates=dup_ids,
+                duplicate_digests=tuple(digest_actual(k) for k in duplicates),
             )
         )
 
-    def duplicates_only(self, d: DesiredKey, key: ActualKey, dup_ids: tuple[str, ...]) -> Change:
+    def duplicates_only(self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...]) -> Change:
+        dup_ids = tuple(k.key_id for k in duplicates)
         return Change(
             key=d.name,
             key_id=key.key_id,
@@ -622,6 +627,7 @@ class _Planner:
             after=desired_snapshot(d, self.fingerprint_of(d)) if d.state is not DesiredState.ABSENT else None,
             state_digest=digest_actual(key),
             duplicates=dup_ids,
+            duplicate_digests=tuple(digest_actual(k) for k in duplicates),
         )
 
     def plan_existing(self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...]) -> None:
@@ -689,7 +695,7 @@ class _Planner:
         dup_ids = tuple(k.key_id for k in duplicates)
         if not actions:
             if dup_ids:
-                self.changes.append(self.duplicates_only(d, key, dup_ids))
+                self.changes.append(self.duplicates_only(d, key, duplicates))
             return
         if dup_ids:
             reasons.append(f"{len(dup_ids)} duplicate key(s) without material to delete")
@@ -712,6 +718,7 @@ class _Planner:
                 material=material,
                 state_digest=digest_actual(key),
                 duplicates=dup_ids,
+                duplicate_digests=tuple(digest_actual(k) for k in duplicates),
             )
         )
 
@@ -771,11 +778,41 @@ def make_plan(
     return Plan(
         stack=desired.stack,
         created_at=(created_at or now).replace(microsecond=0),  # plan files keep whole seconds
-        backend=dict(backend),
+        backend={k: str(v) for k, v in backend.items() if v is not None},
         changes=tuple(sorted(planner.changes, key=lambda c: (c.key, c.key_id or ""))),
         violations=tuple(sorted(set(planner.violations), key=lambda v: (v.key, v.code.value, v.message))),
         notes=tuple(sorted(planner.notes, key=lambda n: (n.key, n.message))),
     )
+
+
+def stale_reason(change: Change, found: Iterable[ActualKey]) -> str | None:
+    """Why a saved change no longer fits the live keys of its identity (`found`), or None if it still does.
+
+    For `apply --plan`: the key planned against, and every duplicate to be deleted, must be exactly as
+    the plan saw them (a duplicate that gained material since must not be scheduled for deletion).
+    """
+    by_id = {k.key_id: k for k in found}
+    if change.key_id is None:
+        live = sorted(i for i, k in by_id.items() if k.status is not KeyStatus.PENDING_DELETION)
+        if live:
+            return (
+                f"key {change.key!r} was to be created, but {', '.join(live)} now carries that identity: "
+                f"make a new plan"
+            )
+        return None
+    actual = by_id.get(change.key_id)
+    if actual is None:
+        return f"key {change.key!r} ({change.key_id}) no longer exists: make a new plan"
+    if change.state_digest is not None and digest_actual(actual) != change.state_digest:
+        return f"key {change.key!r} ({change.key_id}) changed since the plan was made: make a new plan"
+    for dup, digest in zip(change.duplicates, change.duplicate_digests, strict=False):
+        other = by_id.get(dup)
+        if other is None or digest_actual(other) != digest:
+            return (
+                f"duplicate key {dup} of {change.key!r} changed or vanished since the plan was made "
+                f"(it may hold material now): make a new plan"
+            )
+    return None
 
 
 # ----------------------------------------------------------------------------------------- plan files

@@ -22,7 +22,7 @@ from plan_builders import (
 )
 
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
-from provisioner.plan import Action, Plan, digest_actual, load_plan, make_plan, save_plan
+from provisioner.plan import Action, Plan, digest_actual, load_plan, make_plan, save_plan, stale_reason
 
 CASES = Path(__file__).parent / "plan_cases"
 BACKEND = {"type": "local", "path": ".provision/kms.db"}
@@ -178,6 +178,7 @@ def test_plan_document_golden() -> None:
                 "material": None,
                 "state_digest": digest_actual(old),
                 "duplicates": [],
+                "duplicate_digests": [],
             },
             {
                 "key": "receipts",
@@ -220,6 +221,7 @@ def test_plan_document_golden() -> None:
                 },
                 "state_digest": None,
                 "duplicates": [],
+                "duplicate_digests": [],
             },
         ],
         "violations": [],
@@ -337,3 +339,43 @@ def test_created_at_defaults_to_now_and_is_whole_seconds() -> None:
     assert plan.created_at == datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
     assert not plan.has_changes and not plan.blocked
     assert plan.summary == {a.value: 0 for a in Action}
+
+
+def test_stale_reason_for_saved_plans() -> None:
+    k1 = actual_key({"name": "a", "key_id": "k1", "created_at": "2025-01-01T00:00:00Z"})
+    k2 = actual_key(
+        {"name": "a", "key_id": "k2", "status": "pending-import", "created_at": "2025-02-01T00:00:00Z"}
+    )
+    desired = manifest([desired_key("a", {"description": "new"})])
+    plan = make_plan(desired, live_state([k1, k2]), now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND)
+    (change,) = plan.changes
+    assert change.duplicates == ("k2",) and change.duplicate_digests == (digest_actual(k2),)
+    assert stale_reason(change, [k1, k2]) is None
+    assert stale_reason(change, [k2]) == "key 'a' (k1) no longer exists: make a new plan"
+    edited = actual_key({"name": "a", "key_id": "k1", "description": "by hand"})
+    assert stale_reason(change, [edited, k2]) == (
+        "key 'a' (k1) changed since the plan was made: make a new plan"
+    )
+    imported = actual_key({"name": "a", "key_id": "k2", "created_at": "2025-02-01T00:00:00Z"})
+    assert stale_reason(change, [k1, imported]) == (
+        "duplicate key k2 of 'a' changed or vanished since the plan was made (it may hold material now): "
+        "make a new plan"
+    )
+    create = make_plan(
+        desired, live_state([]), now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND
+    ).changes[0]
+    assert stale_reason(create, []) is None
+    assert (
+        stale_reason(create, [k1])
+        == "key 'a' was to be created, but k1 now carries that identity: make a new plan"
+    )
+    gone = actual_key({"name": "a", "key_id": "k9", "status": "pending-deletion"})
+    assert stale_reason(create, [gone]) is None
+
+
+def test_backend_values_are_strings() -> None:
+    plan = make_plan(
+        manifest([]), live_state([]), now=NOW, fingerprints={}, backend={"type": "alibaba", "region": None}
+    )
+    assert plan.backend == {"type": "alibaba"}
+    assert load_plan(save_plan(plan)) == plan
