@@ -368,7 +368,7 @@ def _instance(instance: Instance, key_count: int) -> dict[str, Any]:
         "Status": "Connected",
         "RegionId": instance.region,
         "ProductVersion": "3",
-        # Not a vendor field: which kind of instance the emulator was told this is.
+        # The vendor's ProductType names the edition; here it says which kind the emulator was told.
         "ProductType": f"kms_ddi_{instance.kind}",
         "KeyNum": 1000,
         "SecretNum": "0",
@@ -378,6 +378,7 @@ def _instance(instance: Instance, key_count: int) -> dict[str, Any]:
         "SaleStatus": "Active",
         "CreateTime": "",
         "DeletionProtection": "Disabled",
+        # Not a vendor field (the SDK ignores it): how many keys the instance holds, for tests.
         "KeyCount": key_count,
     }
 
