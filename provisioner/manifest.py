@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, cast
 
 import jinja2
-import jinja2.meta
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -372,6 +371,8 @@ _JINJA = jinja2.Environment(
     autoescape=False,  # YAML, not HTML
 )
 _TEMPLATE_FILENAME = "<template>"
+_UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined$")
+_MAX_UNDEFINED_REPORTED = 50
 
 
 class _EnvFunction:
@@ -413,22 +414,16 @@ def _find_in_source(source: str, pattern: re.Pattern[str]) -> _Pos:
 _JINJA_SPAN = re.compile(r"\{[{%].*?(?:[}%]\}|$)")
 
 
-def _name_position(source: str, name: str) -> _Pos:
-    """Where a template variable is first used: the first `name` token in a Jinja tag."""
+def _name_column(source: str, line: int, name: str) -> int:
+    """Column of `name` inside a Jinja tag on `line` (1 when it cannot be found)."""
+    lines = source.splitlines()
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
     word = re.compile(rf"(?<![\w.]){re.escape(name)}\b")
-    try:
-        for lineno, kind, value in _JINJA.lex(source):
-            if kind == "name" and value == name:
-                lines = source.splitlines()
-                text = lines[lineno - 1] if lineno <= len(lines) else ""
-                for span in _JINJA_SPAN.finditer(text):
-                    m = word.search(text, span.start(), span.end())
-                    if m:
-                        return lineno, m.start() + 1
-                return lineno, 1
-    except jinja2.TemplateSyntaxError:
-        pass
-    return _find_in_source(source, word)
+    for span in _JINJA_SPAN.finditer(text):
+        m = word.search(text, span.start(), span.end())
+        if m:
+            return m.start() + 1
+    return 1
 
 
 def _render(
@@ -439,8 +434,7 @@ def _render(
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return source  # nothing to render: skip Jinja, which matters for 5,000-key sets
     try:
-        ast = _JINJA.parse(source)
-        template = _JINJA.from_string(ast)
+        template = _JINJA.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         near = _line_text(source, e.lineno)
         suffix = f' near "{near}"' if near else ""
@@ -448,27 +442,33 @@ def _render(
         diags.append(Diagnostic(Location(display, e.lineno, 1), message))
         return None
     env_fn = _EnvFunction(environ)
-    known = set(variables) | set(_JINJA.globals) | {"env"}
-    undeclared = sorted(jinja2.meta.find_undeclared_variables(ast) - known)
-    try:
-        rendered = template.render({**variables, "env": env_fn})
-    except jinja2.UndefinedError as e:
-        if undeclared:
-            # Report every undefined name at once, not just the one rendering tripped over.
-            for name in undeclared:
-                line, col = _name_position(source, name)
-                message = f'undefined template variable "{name}"'
-                diags.append(Diagnostic(Location(display, line, col), message))
-        else:
+    context: dict[str, object] = {**variables, "env": env_fn}
+    undefined: list[tuple[str, int]] = []  # (name, template line), in the order met
+    rendered: str | None = None
+    while rendered is None and len(undefined) < _MAX_UNDEFINED_REPORTED:
+        try:
+            rendered = template.render(context)
+        except Exception as e:  # a user's template can raise anything: report it, never crash
             line = _template_line(e.__traceback__)
-            message = f"template error: {e.message}"
-            diags.append(Diagnostic(Location(display, line, 1 if line else 0), message))
+            m = _UNDEFINED_NAME.match(str(e)) if isinstance(e, jinja2.UndefinedError) else None
+            if m is not None and m.group(1) not in context:
+                # Render on with a stand-in, so that one run reports every undefined name.
+                undefined.append((m.group(1), line))
+                context[m.group(1)] = ""
+                continue
+            if not undefined:  # a later error is likely an effect of a stand-in: not reported
+                what = f"{type(e).__name__}: {e}"
+                if isinstance(e, jinja2.TemplateError) and e.message:
+                    what = e.message
+                diags.append(Diagnostic(Location(display, line, 1 if line else 0), f"template error: {what}"))
+            break
+    if undefined:
+        for name, line in undefined:
+            col = _name_column(source, line, name) if line else 0
+            message = f'undefined template variable "{name}"'
+            diags.append(Diagnostic(Location(display, line, col), message))
         return None
-    except Exception as e:  # a user's template can raise anything: report it, never crash
-        line = _template_line(e.__traceback__)
-        diags.append(
-            Diagnostic(Location(display, line, 1 if line else 0), f"template error: {type(e).__name__}: {e}")
-        )
+    if rendered is None:
         return None
     if env_fn.missing:
         for name in env_fn.missing:
@@ -1106,6 +1106,8 @@ def validate_manifests(
     if offline_material:
         return ms, {}, []
     fingerprints, diags = check_material(ms, environ=environ)
+    order = {display: i for i, display in enumerate(ms.files)}
+    diags.sort(key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
     if any(d.severity == "error" for d in diags):
         raise ManifestError(diags)
     return ms, fingerprints, diags

@@ -623,3 +623,33 @@ def _plain_yaml_documents() -> list[tuple[str, Any]]:
 )
 def test_fast_schema_check_agrees_with_jsonschema_on_the_corpus(name: str, data: Any) -> None:
     assert manifest.schema_is_valid(data) == manifest._validator().is_valid(data), name
+
+
+def test_only_undefined_names_actually_used_are_reported(tmp_path: Path) -> None:
+    text = (
+        "stack: {{ stack }}\n"
+        "defaults:\n  instance: {{ inst | default('kst-1') }}\n"
+        "{% if extra is defined %}# {{ extra }}{% endif %}\n"
+        "keys:\n{% for n in names %}  {{ n.name }}: {}\n{% endfor %}\n"
+        "# {{ stack }} again\n"
+    )
+    f = write(tmp_path, "a.yaml", text)
+    assert errors_of(f) == [
+        f'{f}:1:11: error: undefined template variable "stack"',
+        f'{f}:6:13: error: undefined template variable "names"',
+    ]
+
+
+def test_documented_template_example_renders(tmp_path: Path) -> None:
+    doc = (REPO / "docs" / "manifest.md").read_text(encoding="utf-8")
+    block = doc.split("Templated, for several environments", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    f = write(tmp_path, "a.yaml", block)
+    ms = load(
+        f,
+        variables={"env_name": "prod", "instance_id": "kst-p", "signing_keys": ["api", "web"]},
+        environ={"LEDGER_FINGERPRINT": "sha256:" + "b" * 64},
+    )
+    assert ms.stack == "payments-prod"
+    assert [(k.name, k.protection.value) for k in ms.keys] == [
+        ("api", "SOFTWARE"), ("ledger-signing", "HSM"), ("web", "SOFTWARE"),
+    ]
