@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import jinja2
+import jinja2.sandbox
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -365,7 +366,8 @@ def _parse_yaml(text: str, doc: _Doc, diags: list[Diagnostic]) -> bool:
 # Jinja2 rendering
 
 
-_JINJA = jinja2.Environment(
+# Sandboxed: a manifest is data; rendering it must not reach into Python internals.
+_JINJA = jinja2.sandbox.SandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     autoescape=False,  # YAML, not HTML

@@ -653,3 +653,9 @@ def test_documented_template_example_renders(tmp_path: Path) -> None:
     assert [(k.name, k.protection.value) for k in ms.keys] == [
         ("api", "SOFTWARE"), ("ledger-signing", "HSM"), ("web", "SOFTWARE"),
     ]
+
+
+def test_templates_are_sandboxed(tmp_path: Path) -> None:
+    f = write(tmp_path, "a.yaml", "stack: s\n# {{ ''.__class__.__mro__ }}\n")
+    (err,) = errors_of(f)
+    assert err.startswith(f"{f}:2:1: error: template error: ") and "__class__" in err
