@@ -392,7 +392,7 @@ def test_tokens_are_stored_hashed_only(tmp_path: Path) -> None:
     key = create(engine)
     token = engine.get_parameters_for_import(key.key_id, *RSA_WRAP).import_token
     engine.close()
-    data = db.read_bytes()
+    data = _file_bytes(db)
     assert token.encode() not in data
     assert hashlib.sha256(token.encode()).hexdigest().encode() in data
 
@@ -787,6 +787,16 @@ def test_state_survives_reopen(tmp_path: Path, clock: FakeClock) -> None:
         engine.close()
 
 
+def _file_bytes(db: Path) -> bytes:
+    """The database with its write-ahead log and journal, if any: everything SQLite wrote."""
+    data = db.read_bytes()
+    for suffix in ("-journal", "-wal"):
+        extra = db.with_name(db.name + suffix)
+        if extra.exists():
+            data += extra.read_bytes()
+    return data
+
+
 def _private_fragments(spec: KeySpec, m: object) -> list[bytes]:
     from provisioner.material import PrivateMaterial
 
@@ -813,14 +823,11 @@ def test_unpersisted_private_keys_never_reach_the_file(
     engine.import_key_material(key.key_id, blob, token, 0)
     algorithm = {KeySpec.RSA_2048: "RSA_PSS_SHA_256", KeySpec.EC_P256: "ECDSA_SHA_256"}.get(spec, "SM2DSA")
     engine.asymmetric_sign(key.key_id, key.primary_key_version, algorithm, DIGEST_B64)  # works in-process
+    while_open = _file_bytes(db)
     engine.close()
-    data = db.read_bytes()
-    for suffix in ("-journal", "-wal"):
-        extra = tmp_path / f"kms.db{suffix}"
-        if extra.exists():
-            data += extra.read_bytes()
+    data = _file_bytes(db)
     for fragment in _private_fragments(spec, m):
-        assert fragment not in data
+        assert fragment not in data and fragment not in while_open
     assert m.public_key_der() in data
     assert token.encode() not in data
 
@@ -859,10 +866,10 @@ def test_deleted_material_is_scrubbed_from_the_file(tmp_path: Path) -> None:
     key = create(engine, KeySpec.EC_P256)
     blob, token = wrap_for(engine, key.key_id, m)
     engine.import_key_material(key.key_id, blob, token, 0)
-    assert m.pkcs8_der() in db.read_bytes()  # persisted while the key has material
+    assert m.pkcs8_der() in _file_bytes(db)  # persisted while the key has material
     engine.delete_key_material(key.key_id)
     engine.close()
-    assert m.pkcs8_der() not in db.read_bytes()
+    assert m.pkcs8_der() not in _file_bytes(db)
 
 
 def test_schema_version_is_checked(tmp_path: Path) -> None:
