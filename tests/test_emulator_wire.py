@@ -500,3 +500,12 @@ def test_garbled_content_length_is_refused_and_counted(emulator: RunningEmulator
     assert (status, body["Code"]) == (400, "InvalidParameter")
     assert body["Message"] == "The request body length is not valid."
     assert emulator.stats() == {"calls": {"DescribeKey": 1}}
+
+
+def test_body_that_is_not_utf8_is_refused_and_counted(emulator: RunningEmulator) -> None:
+    status, body = raw_v3(emulator, "CreateKey", CREATE_QUERY, body=b"Description=\xff\xfe")
+
+    assert (status, body["Code"]) == (400, "InvalidParameter")
+    assert body["Message"] == "The request body is not valid UTF-8."
+    assert emulator.stats() == {"calls": {"CreateKey": 1}}
+    assert key_count(emulator.sdk_client()) == 0

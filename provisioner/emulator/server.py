@@ -372,7 +372,7 @@ class EmulatorServer:
         status, answer = self._answer(h, url.path, url.query, body, authorization, request_id)
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000.0)
-        h.send_json(status, answer, request_id)
+        h.send_json(status, answer, str(answer.get("RequestId") or request_id))
 
     def _answer(
         self,
@@ -388,10 +388,13 @@ class EmulatorServer:
         try:
             query_pairs = parse_qsl(raw_query, keep_blank_values=True)
             params.update(query_pairs)
-            params.update(_form_pairs(h, body))
-            action = (h.headers.get("x-acs-action") if authorization else None) or params.get("Action") or ""
-            action = action or UNKNOWN_ACTION
-            self._count(action)
+            try:
+                params.update(_form_pairs(h, body))
+            finally:
+                # Counted before any check, so refused requests show up in the stats too.
+                header_action = h.headers.get("x-acs-action") if authorization else None
+                action = header_action or params.get("Action") or UNKNOWN_ACTION
+                self._count(action)
             if path not in ("", "/"):
                 raise WireError(404, "InvalidApi.NotFound", "Specified api is not found, check the url.")
             if authorization is not None:
