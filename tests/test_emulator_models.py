@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -269,14 +273,18 @@ def test_encrypt_decrypt_round_trip(engine: KmsEngine, spec: KeySpec, algorithm:
         assert private.decrypt(ciphertext, oaep) == b"secret data"
 
 
-def test_sm2_wrapping_works_for_an_rsa_key(engine: KmsEngine) -> None:
-    # The wrapping algorithm does not depend on the target spec; SM2 wrapping carries the scalar
-    # only, so an RSA key is wrapped with RSA-OAEP even in a hardware instance: check the other way.
+def test_sm2_material_under_rsa_wrapping_is_accepted(engine: KmsEngine) -> None:
     key = create(engine, KeySpec.EC_SM2)
-    params = engine.get_parameters_for_import(key.key_id, "EC_SM2", "SM2PKE_SM4_ECB")
-    blob = wrapping.wrap(material(KeySpec.EC_SM2), params.public_key_der, WrappingAlgorithm.SM2PKE_SM4_ECB)
-    engine.import_key_material(key.key_id, blob, params.import_token, 0)
+    params = engine.get_parameters_for_import(key.key_id, *RSA_WRAP)
+    blob = wrapping.wrap_rsa_aes(params.public_key_der, material(KeySpec.EC_SM2).pkcs8_der())
+    engine.import_key_material(key.key_id, b64(blob), params.import_token, 0)
     assert engine.describe_key(key.key_id).state is KeyState.ENABLED
+
+
+def test_sm2_wrapping_only_for_sm2_keys(engine: KmsEngine) -> None:
+    key = create(engine, KeySpec.EC_P256)
+    with kms_error("InvalidParameter", 400, "SM2PKE_SM4_ECB wraps EC_SM2 material only"):
+        engine.get_parameters_for_import(key.key_id, "EC_SM2", "SM2PKE_SM4_ECB")
 
 
 def test_first_import_binds_the_material(engine: KmsEngine) -> None:
@@ -895,6 +903,35 @@ def test_failed_operation_changes_nothing_in_the_file(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM tags").fetchone() == (0,)
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_crash_mid_operation_leaves_no_half_change(tmp_path: Path) -> None:
+    db = tmp_path / "kms.db"
+    # The child creates one key, then dies (os._exit: no cleanup, no rollback) half-way through a
+    # second CreateKey, after the key row is written and before its tags are.
+    script = textwrap.dedent(
+        f"""
+        import os
+        from provisioner.emulator.models import KmsEngine
+        engine = KmsEngine({str(db)!r})
+        engine.create_key(key_spec="RSA_2048", origin="EXTERNAL", instance_id="kst-local-software")
+        engine._put_tags = lambda *args: os._exit(3)
+        engine.create_key(
+            key_spec="RSA_2048", origin="EXTERNAL", instance_id="kst-local-software", tags=[("a", "b")]
+        )
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, timeout=120, check=False)
+    assert result.returncode == 3
+    engine = KmsEngine(str(db))
+    try:
+        assert engine.list_keys().total_count == 1
+        assert engine.list_tag_resources("key", tags=[("a", "b")]) == ([], "")
+    finally:
+        engine.close()
 
 
 def test_concurrent_operations(engine: KmsEngine) -> None:

@@ -783,6 +783,14 @@ class KmsEngine:
             now = self._begin(tx)
             row = self._row(tx, key_id)
             self._check_importable(row, "GetParametersForImport")
+            if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB and row["spec"] != KeySpec.EC_SM2.value:
+                # SM2PKE_SM4_ECB carries a bare 32-byte SM2 scalar: nothing else fits in it. The
+                # other direction (an SM2 key's PKCS#8 under RSA-OAEP + AES) is accepted.
+                raise KmsError(
+                    "InvalidParameter",
+                    f"WrappingAlgorithm SM2PKE_SM4_ECB wraps EC_SM2 material only; key {row['key_id']} is "
+                    f"{row['spec']}: use RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD",
+                )
             token = secrets.token_urlsafe(48)
             expires = now + int(TOKEN_LIFETIME.total_seconds())
             tx.execute(
