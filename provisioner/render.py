@@ -192,45 +192,78 @@ def _md(text: Any) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def render_plan_markdown(plan: Plan) -> str:
-    out = [f"## Plan for stack `{plan.stack}`", ""]
-    if plan.violations:
-        out += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
-    elif not plan.has_changes:
-        out += ["No changes. The live keys match the manifests.", ""]
-    summary = plan.summary
-    out.append("| " + " | ".join(a.value for a in Action) + " |")
-    out.append("|" + "---|" * len(Action))
-    out.append("| " + " | ".join(str(summary[a.value]) for a in Action) + " |")
+#: GitHub refuses comments over 65,536 characters; stay under it with room for a pipeline's own words.
+MARKDOWN_LIMIT = 60_000
+
+
+def _change_heading(change: Change) -> str:
+    sym, _ = _symbol(change)
+    ident = f" (`{change.key_id}`)" if change.key_id else ""
+    words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+    return f"`{sym}` `{change.key}`{ident}: {words}"
+
+
+def _markdown_changes(plan: Plan) -> list[str]:
+    out = ["### Changes", ""]
+    for change in plan.changes:
+        out += [f"#### {_change_heading(change)}", "", f"_{_md(change.reason)}_", "", "```diff"]
+        for sign, text in _detail_lines(change):
+            # diff highlighting knows only + and -; a change or reimport reads as context.
+            mark = _DIFF_SIGNS.get(sign)
+            out.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
+        out += ["```", ""]
+    return out
+
+
+def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
+    out = [
+        "### Changes",
+        "",
+        "_Attribute details are left out to fit a comment; the job log has the full plan._",
+        "",
+    ]
+    used = sum(len(line) + 1 for line in out)
+    for i, change in enumerate(plan.changes):
+        line = f"- {_change_heading(change)}: {_md(change.reason)}"
+        if used + len(line) + 1 > budget:
+            out.append(f"- ... and {len(plan.changes) - i} more")
+            break
+        out.append(line)
+        used += len(line) + 1
     out.append("")
-    if plan.changes:
-        out += ["### Changes", ""]
-        for change in plan.changes:
-            sym, _ = _symbol(change)
-            ident = f" (`{change.key_id}`)" if change.key_id else ""
-            words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
-            out.append(f"#### `{sym}` `{change.key}`{ident}: {words}")
-            out.append("")
-            out.append(f"_{_md(change.reason)}_")
-            out.append("")
-            out.append("```diff")
-            for sign, text in _detail_lines(change):
-                # diff highlighting knows only + and -; a change or reimport reads as context.
-                mark = _DIFF_SIGNS.get(sign)
-                out.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
-            out.append("```")
-            out.append("")
+    return out
+
+
+def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
+    """A pull-request comment: status, summary table, violations first, then each key's changes."""
+    head = [f"## Plan for stack `{plan.stack}`", ""]
     if plan.violations:
-        out += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
+        head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
+    elif not plan.has_changes:
+        head += ["No changes. The live keys match the manifests.", ""]
+    summary = plan.summary
+    head.append("| " + " | ".join(a.value for a in Action) + " |")
+    head.append("|" + "---|" * len(Action))
+    head.append("| " + " | ".join(str(summary[a.value]) for a in Action) + " |")
+    head.append("")
+    tail: list[str] = []
+    if plan.violations:
+        tail += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
         for v in plan.violations:
-            out.append(f"| `{_md(v.key)}` | `{v.code.value}` | {_md(v.message)} |")
-        out.append("")
+            tail.append(f"| `{_md(v.key)}` | `{v.code.value}` | {_md(v.message)} |")
+        tail.append("")
+    notes: list[str] = []
     if plan.notes:
-        out += ["### Notes", ""]
-        for n in plan.notes:
-            out.append(f"- `{n.key}`: {_md(n.message)}")
-        out.append("")
-    return "\n".join(out)
+        notes += ["### Notes", ""]
+        notes += [f"- `{n.key}`: {_md(n.message)}" for n in plan.notes]
+        notes.append("")
+    changes = _markdown_changes(plan) if plan.changes else []
+    text = "\n".join(head + tail + changes + notes)
+    if len(text) > limit and plan.changes:
+        fixed = len("\n".join(head + tail + notes)) + 2
+        changes = _markdown_changes_brief(plan, max(limit - fixed, 0))
+        text = "\n".join(head + tail + changes + notes)
+    return text
 
 
 # ----------------------------------------------------------------------------------------- drift

@@ -182,3 +182,21 @@ def test_drift_json_and_markdown(report: DriftReport) -> None:
     assert "| key | kind | detail | expected | found |\n|---|---|---|---|---|\n" in md
     assert '| `new` | `missing` | no key exists for this manifest entry | "present" | null |' in md
     assert "| `state` | 2 |" in md
+
+
+def test_markdown_fits_a_comment() -> None:
+    desired = manifest(desired_key(f"key-{i:03}", {"description": "x" * 100}) for i in range(400))
+    plan = make_plan(
+        desired, live_state([]), now=NOW, fingerprints=default_fingerprints(desired), backend=BACKEND
+    )
+    full = render_plan_markdown(plan, limit=10**9)
+    assert len(full) > 60_000 and "```diff" in full
+    md = render_plan_markdown(plan)
+    assert len(md) <= 60_000
+    assert "```diff" not in md
+    assert "_Attribute details are left out to fit a comment; the job log has the full plan._" in md
+    assert "- `+` `key-000`: create, import: key does not exist" in md
+    assert "| 400 | 400 | 0 | 0 | 0 | 0 |" in md
+    tiny = render_plan_markdown(plan, limit=2_000)
+    assert len(tiny) <= 2_000
+    assert re.search(r"- \.\.\. and \d+ more", tiny)
