@@ -376,9 +376,32 @@ def _open_stage(
         region=region,
         manifest_backend=manifest_backend,
         qps=parse_qps(qps) if qps else None,
+        max_elapsed=_retry_seconds(),
     )
     click.echo(f"using {kms.description}", err=True)
     return kms
+
+
+#: Environment variable that sets how long retries of one call may go on (DESIGN: about 30 seconds).
+RETRY_SECONDS_ENV = "PROVISION_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 30.0
+
+
+def _retry_seconds() -> float:
+    """The retry budget of one call: PROVISION_RETRY_SECONDS (0..600) or 30 s. Tests and impatient
+    pipelines shorten it; an environment variable rather than a flag, since every KMS command shares it."""
+    from provisioner.errors import UsageError
+
+    text = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 600:
+        raise UsageError(f"{RETRY_SECONDS_ENV}: expected a number of seconds from 0 to 600, got {text!r}")
+    return value
 
 
 def _now() -> Any:
