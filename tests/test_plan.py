@@ -76,7 +76,8 @@ def test_plan_case(path: Path) -> None:
     got_violations = [(v.key, v.code.value) for v in plan.violations]
     assert got_violations == [(v["key"], v["code"]) for v in want_violations], path.name
     for v, want in zip(plan.violations, want_violations, strict=True):
-        for fragment in want.get("message", []):
+        assert want.get("message"), f"{path.name}: say what the message of {v.code.value} must contain"
+        for fragment in want["message"]:
             assert fragment in v.message, f"{path.name}: {v.message!r} lacks {fragment!r}"
     assert plan.blocked == bool(want_violations)
     assert [n.key for n in plan.notes] == (expect.get("notes") or [])
