@@ -1,0 +1,404 @@
+"""`provision apply` end to end: the CLI in-process, the official SDK under it, the emulator server on
+loopback; every outcome checked with the SDK directly and every edit checked for its write calls.
+
+Each edit must do exactly its one thing: the plan's actions, the emulator's write-call counts and the
+SDK's view of the key all say so, and the next `plan --detailed-exitcode` exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alibabacloud_kms20160120 import models as kms
+from apply_support import (
+    SOFTWARE,
+    Run,
+    SdkView,
+    fingerprint,
+    key_entry,
+    private_pem,
+    run_cli,
+    spki_der,
+    write_key,
+    write_manifest,
+    writes,
+)
+from conftest import PROXY_VARIABLES, REGION, RunningEmulator
+
+from provisioner.emulator.server import EmulatorConfig, EmulatorServer
+
+pytestmark = pytest.mark.slow
+
+
+class Stack:
+    """One working folder with a manifest, the emulator behind it, and the CLI pointed at both."""
+
+    def __init__(self, folder: Path, emulator: RunningEmulator | EmulatorServer) -> None:
+        self.folder = folder
+        if isinstance(emulator, EmulatorServer):
+            emulator = RunningEmulator(emulator)
+        self.emulator = emulator
+        self.sdk = SdkView(emulator.sdk_client())
+        self.env = emulator.credential_env()
+        self.backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+        self.keys: dict[str, dict[str, Any]] = {
+            "signer": key_entry("signer", expiry="2099-01-01T00:00:00Z"),
+            "tokens": key_entry("tokens", aliases=["alias/e2e/tokens", "alias/e2e/tokens-v1"]),
+            "vault": key_entry("vault", "RSA_2048", usage="ENCRYPT/DECRYPT", deletion_protection=True),
+        }
+        self.pems = {
+            "signer": private_pem("EC_P256", 1),
+            "tokens": private_pem("EC_P256", 2),
+            "vault": private_pem("RSA_2048", 1),
+        }
+        for name, pem in self.pems.items():
+            write_key(folder, name, pem)
+        self.save()
+
+    def save(self) -> None:
+        write_manifest(self.folder, self.keys)
+
+    def cli(self, *args: str, stdin: str | None = None) -> Run:
+        return run_cli([*args, *self.backend], env=self.env, stdin=stdin)
+
+    def plan_json(self) -> tuple[int, dict[str, Any]]:
+        r = self.cli("plan", "manifests", "--format", "json", "--detailed-exitcode")
+        return r.code, json.loads(r.stdout)
+
+    def actions(self) -> dict[str, list[str]]:
+        code, doc = self.plan_json()
+        assert code == (2 if doc["changes"] else 0), doc
+        return {c["key"]: c["actions"] for c in doc["changes"]}
+
+    def apply(self, *extra: str) -> Run:
+        r = self.cli("apply", "manifests", "--auto-approve", *extra)
+        assert r.code == 0, r.stdout + r.stderr
+        return r
+
+    def apply_counting(self) -> Counter[str]:
+        """Apply and return the write calls it made."""
+        before = self.emulator.stats()
+        self.apply()
+        return writes(before, self.emulator.stats())
+
+    def assert_converged(self) -> None:
+        r = self.cli("plan", "manifests", "--detailed-exitcode")
+        assert r.code == 0, r.stdout + r.stderr
+        assert "No changes" in r.stdout
+
+    def key_id(self, name: str) -> str:
+        ids = self.sdk.stack_keys()[name]
+        assert len(ids) == 1, ids
+        return ids[0]
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
+) -> Iterator[Stack]:
+    monkeypatch.chdir(tmp_path)
+    yield Stack(tmp_path, emulator_factory())
+
+
+@pytest.fixture(scope="module")
+def applied_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An emulator state file holding the applied stack, made once: every test starts from a copy.
+
+    Imports are the slow part (the emulator makes an RSA wrapping key per GetParametersForImport).
+    """
+    folder = tmp_path_factory.mktemp("template")
+    db = folder / "kms.db"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PROXY_VARIABLES:
+            mp.delenv(name, raising=False)
+        mp.chdir(folder)
+        server = EmulatorServer(EmulatorConfig(host="127.0.0.1", port=0, db=str(db)))
+        try:
+            server.start()
+            Stack(folder, server).apply()
+        finally:
+            server.shutdown()
+    return db
+
+
+@pytest.fixture
+def applied(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emulator_factory: Callable[..., RunningEmulator],
+    applied_db: Path,
+) -> Stack:
+    db = tmp_path / "kms.db"
+    shutil.copyfile(applied_db, db)
+    monkeypatch.chdir(tmp_path)
+    stack = Stack(tmp_path, emulator_factory(db=db))
+    stack.assert_converged()
+    return stack
+
+
+# ------------------------------------------------------------------------------------ creation
+
+
+def test_apply_creates_and_imports_every_key_as_declared(stack: Stack) -> None:
+    before = stack.emulator.stats()
+    r = stack.apply()
+    after = stack.emulator.stats()
+    assert "Apply complete: 3 key(s) changed, 0 failed." in r.stdout
+
+    ids = stack.sdk.key_ids()
+    assert len(ids) == 3  # exactly as many keys as the manifest: nothing stray, no duplicate
+    aliases = stack.sdk.aliases()
+    for name, entry in stack.keys.items():
+        key_id = stack.key_id(name)
+        meta = stack.sdk.describe(key_id)
+        assert (meta.key_state, meta.key_spec, meta.key_usage, meta.origin) == (
+            "Enabled", entry["spec"], entry["usage"], "EXTERNAL"
+        )
+        assert meta.dkmsinstance_id == SOFTWARE
+        assert meta.description == entry["description"]
+        assert stack.sdk.public_key_der(key_id) == spki_der(stack.pems[name])
+        tags = stack.sdk.tags(key_id)
+        assert tags["team"] == entry["tags"]["team"] and tags["owner"] == "platform"
+        assert tags["byok-provisioner:fingerprint"] == fingerprint(stack.pems[name])
+        assert sorted(a for a, k in aliases.items() if k == key_id) == sorted(entry["aliases"])
+    assert stack.sdk.describe(stack.key_id("signer")).material_expire_time == "2099-01-01T00:00:00Z"
+    assert stack.sdk.describe(stack.key_id("tokens")).material_expire_time in ("", None)
+    assert stack.sdk.describe(stack.key_id("vault")).deletion_protection == "Enabled"
+
+    # CreateKey carries every tag (no TagResource after it); one import each; one CreateAlias per alias.
+    assert writes(before, after) == Counter(
+        CreateKey=3, ImportKeyMaterial=3, CreateAlias=4, SetDeletionProtection=1
+    )
+    assert after["calls"]["GetPublicKey"] - before["calls"].get("GetPublicKey", 0) == 3
+    stack.assert_converged()
+
+
+def test_non_interactive_apply_without_auto_approve_changes_nothing(stack: Stack) -> None:
+    before = stack.emulator.stats()
+    r = stack.cli("apply", "manifests")
+    assert r.code == 1
+    assert "apply needs confirmation and there is no terminal to ask on" in r.stderr
+    assert writes(before, stack.emulator.stats()) == Counter()
+    assert stack.sdk.key_ids() == []
+
+
+# ------------------------------------------------------------------------------------ one edit each
+
+
+def test_tag_edit_is_one_tag_call(applied: Stack) -> None:
+    applied.keys["signer"]["tags"] = {"team": "renamed"}
+    applied.save()
+    assert applied.actions() == {"signer": ["update"]}
+    assert applied.apply_counting() == Counter(TagResource=1)
+    tags = applied.sdk.tags(applied.key_id("signer"))
+    assert tags["team"] == "renamed" and tags["owner"] == "platform"
+    applied.assert_converged()
+
+
+def test_tag_removal_is_one_untag_call(applied: Stack) -> None:
+    applied.keys["signer"]["tags"] = {}
+    applied.save()
+    assert applied.actions() == {"signer": ["update"]}
+    assert applied.apply_counting() == Counter(UntagResource=1)
+    tags = applied.sdk.tags(applied.key_id("signer"))
+    assert "team" not in tags and tags["byok-provisioner:name"] == "signer"  # reserved tags untouched
+    applied.assert_converged()
+
+
+def test_alias_add_is_one_create_alias(applied: Stack) -> None:
+    applied.keys["signer"]["aliases"] = ["alias/e2e/signer", "alias/e2e/signer-v2"]
+    applied.save()
+    assert applied.actions() == {"signer": ["update"]}
+    assert applied.apply_counting() == Counter(CreateAlias=1)
+    assert applied.sdk.aliases()["alias/e2e/signer-v2"] == applied.key_id("signer")
+    applied.assert_converged()
+
+
+def test_alias_removal_is_one_delete_alias(applied: Stack) -> None:
+    applied.keys["tokens"]["aliases"] = ["alias/e2e/tokens"]
+    applied.save()
+    assert applied.actions() == {"tokens": ["update"]}
+    assert applied.apply_counting() == Counter(DeleteAlias=1)
+    assert "alias/e2e/tokens-v1" not in applied.sdk.aliases()
+    applied.assert_converged()
+
+
+def test_expiry_change_reimports_the_same_material(applied: Stack) -> None:
+    key_id = applied.key_id("signer")
+    new_expiry = (datetime.now(UTC) + timedelta(days=400)).replace(microsecond=0)
+    applied.keys["signer"]["expiry"] = new_expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    applied.save()
+    code, doc = applied.plan_json()
+    assert code == 2
+    (change,) = doc["changes"]
+    assert (change["key"], change["actions"]) == ("signer", ["reimport"])
+    assert change["expire_unix"] == int(new_expiry.timestamp())
+    assert applied.apply_counting() == Counter(ImportKeyMaterial=1)
+    meta = applied.sdk.describe(key_id)
+    assert meta.material_expire_time == new_expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert meta.key_state == "Enabled"
+    assert applied.sdk.public_key_der(key_id) == spki_der(applied.pems["signer"])
+    applied.assert_converged()
+
+    applied.keys["signer"]["expiry"] = "never"
+    applied.save()
+    assert applied.actions() == {"signer": ["reimport"]}
+    assert applied.apply_counting() == Counter(ImportKeyMaterial=1)
+    assert applied.sdk.describe(key_id).material_expire_time in ("", None)
+    applied.assert_converged()
+
+
+def test_material_deleted_then_present_again(applied: Stack) -> None:
+    key_id = applied.key_id("tokens")
+    applied.keys["tokens"]["state"] = "material-deleted"
+    applied.save()
+    assert applied.actions() == {"tokens": ["delete-material"]}
+    assert applied.apply_counting() == Counter(DeleteKeyMaterial=1)
+    assert applied.sdk.describe(key_id).key_state == "PendingImport"
+    assert applied.sdk.aliases()["alias/e2e/tokens"] == key_id  # the key keeps its aliases
+    applied.assert_converged()
+
+    applied.keys["tokens"]["state"] = "present"
+    applied.save()
+    assert applied.actions() == {"tokens": ["reimport"]}
+    assert applied.apply_counting() == Counter(ImportKeyMaterial=1)
+    assert applied.sdk.describe(key_id).key_state == "Enabled"
+    assert applied.sdk.public_key_der(key_id) == spki_der(applied.pems["tokens"])
+    assert applied.sdk.stack_keys()["tokens"] == [key_id]  # the same key, not a new one
+    applied.assert_converged()
+
+
+def test_absent_schedules_deletion_with_its_window(applied: Stack) -> None:
+    key_id = applied.key_id("signer")
+    applied.keys["signer"]["state"] = "absent"
+    applied.keys["signer"]["deletion_window_days"] = 9
+    applied.save()
+    assert applied.actions() == {"signer": ["schedule-deletion"]}
+    assert applied.apply_counting() == Counter(ScheduleKeyDeletion=1)
+    meta = applied.sdk.describe(key_id)
+    assert meta.key_state == "PendingDeletion"
+    deletion = datetime.strptime(meta.delete_date, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(days=8, hours=23) < deletion - datetime.now(UTC) <= timedelta(days=9)
+    applied.assert_converged()
+
+
+def test_absent_with_deletion_protection_is_refused(applied: Stack) -> None:
+    applied.keys["vault"]["state"] = "absent"
+    applied.save()
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "manifests", "--auto-approve")
+    assert r.code == 1
+    assert "deletion_protection" in r.stdout + r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.describe(applied.key_id("vault")).key_state == "Enabled"
+
+
+def test_lifting_protection_then_absent(applied: Stack) -> None:
+    applied.keys["vault"].update(state="absent", deletion_protection=False)
+    applied.save()
+    assert applied.actions() == {"vault": ["update", "schedule-deletion"]}
+    assert applied.apply_counting() == Counter(SetDeletionProtection=1, ScheduleKeyDeletion=1)
+    assert applied.sdk.describe(applied.key_id("vault")).key_state == "PendingDeletion"
+    applied.assert_converged()
+
+
+# ------------------------------------------------------------------------------------ refusals
+
+
+def test_changed_material_is_refused_and_the_key_keeps_its_material(applied: Stack) -> None:
+    key_id = applied.key_id("signer")
+    write_key(applied.folder, "signer", private_pem("EC_P256", 3))
+    r = applied.cli("plan", "manifests", "--format", "json", "--detailed-exitcode")
+    assert r.code == 1
+    doc = json.loads(r.stdout)
+    assert [(v["key"], v["code"]) for v in doc["violations"]] == [("signer", "material-immutable")]
+    assert "material never changes on a key" in doc["violations"][0]["message"]
+
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "manifests", "--auto-approve")
+    assert r.code == 1
+    assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.public_key_der(key_id) == spki_der(applied.pems["signer"])
+
+
+def test_a_blocked_saved_plan_is_never_applied(applied: Stack) -> None:
+    applied.keys["signer"]["tags"] = {"team": "x"}
+    applied.save()
+    assert applied.cli("plan", "manifests", "--out", "p.json").code == 0
+    doc = json.loads(Path("p.json").read_text())
+    doc["violations"] = [{"key": "signer", "code": "alias-conflict", "message": "planted"}]
+    Path("p.json").write_text(json.dumps(doc))
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "p.json")
+    assert r.code == 1
+    assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+
+
+def test_saved_plan_is_applied(applied: Stack) -> None:
+    applied.keys["signer"]["tags"] = {"team": "saved"}
+    applied.keys["tokens"]["description"] = "tokens, described again"
+    applied.save()
+    r = applied.cli("plan", "manifests", "--out", "saved.json")
+    assert r.code == 0, r.stderr
+    assert "saved the plan to saved.json" in r.stderr
+    assert Path("saved.json").stat().st_mode & 0o777 == 0o600
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 0, r.stdout + r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter(TagResource=1, UpdateKeyDescription=1)
+    assert applied.sdk.tags(applied.key_id("signer"))["team"] == "saved"
+    assert applied.sdk.describe(applied.key_id("tokens")).description == "tokens, described again"
+    applied.assert_converged()
+
+
+def test_stale_saved_plan_is_refused_naming_the_key(applied: Stack) -> None:
+    applied.keys["signer"]["tags"] = {"team": "planned"}
+    applied.keys["tokens"]["description"] = "planned description"
+    applied.save()
+    assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
+    key_id = applied.key_id("tokens")
+    applied.sdk.client.tag_resource(
+        kms.TagResourceRequest(key_id=key_id, tags=json.dumps([{"TagKey": "hand", "TagValue": "made"}]))
+    )
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 1
+    assert f"error: key 'tokens' ({key_id}) changed since the plan was made: make a new plan" in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.tags(applied.key_id("signer"))["team"] == "t-signer"
+
+
+def test_saved_plan_whose_material_changed_is_refused(applied: Stack) -> None:
+    applied.keys["signer"]["state"] = "material-deleted"
+    applied.save()
+    applied.apply()
+    applied.keys["signer"]["state"] = "present"
+    applied.save()
+    assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
+    write_key(applied.folder, "signer", private_pem("EC_P256", 3))
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 1
+    assert "error: key 'signer': material no longer matches the plan" in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.describe(applied.key_id("signer")).key_state == "PendingImport"
+
+
+def test_saved_plan_for_a_key_created_since_is_refused(stack: Stack) -> None:
+    assert stack.cli("plan", "manifests", "--out", "saved.json").code == 0
+    stack.apply()
+    before = stack.emulator.stats()
+    r = stack.cli("apply", "--plan", "saved.json")
+    assert r.code == 1
+    assert "was to be created, but" in r.stderr and "make a new plan" in r.stderr
+    assert writes(before, stack.emulator.stats()) == Counter()
+    assert len(stack.sdk.key_ids()) == 3
