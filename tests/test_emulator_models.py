@@ -510,7 +510,9 @@ def test_crypto_refused_unless_enabled(engine: KmsEngine) -> None:
 def test_crypto_parameter_rules(engine: KmsEngine) -> None:
     key, _ = imported(engine)
     version = key.primary_key_version
-    with kms_error("Rejected.UnsupportedOperation", 400, "AsymmetricEncrypt needs a ENCRYPT/DECRYPT key"):
+    with kms_error(
+        "Rejected.UnsupportedOperation", 400, "AsymmetricEncrypt needs a key of usage ENCRYPT/DECRYPT"
+    ):
         engine.asymmetric_encrypt(key.key_id, version, "RSAES_OAEP_SHA_256", b64(b"x"))
     with kms_error("InvalidParameter", 400, "Algorithm ECDSA_SHA_256 does not fit a RSA_2048 key"):
         engine.asymmetric_sign(key.key_id, version, "ECDSA_SHA_256", DIGEST_B64)

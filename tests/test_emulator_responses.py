@@ -405,7 +405,7 @@ def _error_cases(rpc: KmsResponses) -> dict[str, tuple[str, dict[str, str], str]
                 "Algorithm": "RSAES_OAEP_SHA_256",
                 "Plaintext": "aGk=",
             },
-            "AsymmetricEncrypt needs a ENCRYPT/DECRYPT key",
+            "AsymmetricEncrypt needs a key of usage ENCRYPT/DECRYPT",
         ),
         "Forbidden.NoPermission": (
             "ScheduleKeyDeletion",

@@ -936,7 +936,7 @@ class KmsEngine:
         if row["usage"] != usage.value:
             raise KmsError(
                 "Rejected.UnsupportedOperation",
-                f"{action} needs a {usage.value} key; key {row['key_id']} is {row['usage']}",
+                f"{action} needs a key of usage {usage.value}; key {row['key_id']} is {row['usage']}",
             )
         allowed = table.get(spec, ())
         if not allowed:
