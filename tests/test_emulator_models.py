@@ -318,6 +318,26 @@ def test_wrapped_garbage_is_invalid_key_material(engine: KmsEngine) -> None:
         engine.import_key_material(key.key_id, b64(blob), params.import_token, 0)
 
 
+def test_material_must_be_pkcs8_der(engine: KmsEngine) -> None:
+    m = material(KeySpec.RSA_2048)
+    private = m.private_key()
+    assert isinstance(private, rsa.RSAPrivateKey)
+    pkcs1 = private.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key = create(engine)
+    for wrong in (pkcs1, pem):
+        params = engine.get_parameters_for_import(key.key_id, *RSA_WRAP)
+        blob = wrapping.wrap_rsa_aes(params.public_key_der, wrong)
+        with kms_error("InvalidKeyMaterial", 400, "not a private key: it is not a PKCS#8 DER private key"):
+            engine.import_key_material(key.key_id, b64(blob), params.import_token, 0)
+
+
 def test_encrypted_material_must_be_base64(engine: KmsEngine) -> None:
     key = create(engine)
     with kms_error("InvalidParameter", 400, "EncryptedKeyMaterial is not valid base64"):

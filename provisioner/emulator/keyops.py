@@ -7,7 +7,8 @@ It decides no KMS rule and raises only `CryptoFailure` (a plain message, never k
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import textwrap
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -16,18 +17,41 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from provisioner import sm2
+from provisioner import _der, material, sm2, wrapping
+from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
 
 RSA_SIGN_ALGORITHMS = ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")
 RSA_ENCRYPT_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
 DIGEST_BYTES = 32
 
-_EC_CURVES: dict[str, KeySpec] = {"secp256r1": KeySpec.EC_P256, "secp256k1": KeySpec.EC_P256K}
-
 
 class CryptoFailure(Exception):
     """An operation that cannot be done on these bytes; the message names no secret."""
+
+
+class WrongWrappingKey(CryptoFailure):
+    """EncryptedKeyMaterial does not open under the wrapping key it was presented with."""
+
+
+class NotAPrivateKey(CryptoFailure):
+    """What the wrapping held is not a usable PKCS#8 private key."""
+
+
+def _is_pkcs8(der: bytes) -> bool:
+    """PrivateKeyInfo shape: SEQUENCE { INTEGER, SEQUENCE (algorithm), OCTET STRING, ... }.
+
+    The guide demands PKCS#8 DER; the material parser would also take PKCS#1, SEC1 or PEM."""
+    try:
+        parts = _der.children(_der.read_single(der, _der.SEQUENCE).content)
+    except ValueError:
+        return False
+    return (
+        len(parts) >= 3
+        and parts[0].tag == _der.INTEGER
+        and parts[1].tag == _der.SEQUENCE
+        and parts[2].tag == _der.OCTET_STRING
+    )
 
 
 @dataclass(frozen=True)
@@ -43,10 +67,6 @@ class ImportedKey:
 
     def __repr__(self) -> str:
         return f"ImportedKey(spec={self.spec}, fingerprint={self.fingerprint})"
-
-
-def public_fingerprint(public_key_der: bytes) -> str:
-    return "sha256:" + hashlib.sha256(public_key_der).hexdigest()
 
 
 # --- wrapping key pairs (KMS side) --------------------------------------------------------------
@@ -70,11 +90,8 @@ def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
 def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
     """Unwrap EncryptedKeyMaterial and parse the private key inside.
 
-    Raises CryptoFailure("wrap: ...") when the blob does not open under this wrapping key and
-    CryptoFailure("material: ...") when what it holds is no usable private key."""
-    from provisioner import material, wrapping  # the wrapping schemes live with the client side
-    from provisioner.errors import MaterialError, WrappingError
-
+    Raises WrongWrappingKey when the blob does not open under this wrapping key and
+    NotAPrivateKey when what it holds is no usable PKCS#8 private key."""
     try:
         if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
             d = sm2.parse_private_key_der(wrapping_private_der)
@@ -83,17 +100,19 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
             try:
                 der = sm2.private_key_pkcs8_der(int.from_bytes(scalar, "big"))
             except ValueError as e:
-                raise CryptoFailure("material: the unwrapped SM2 scalar is out of range") from e
+                raise NotAPrivateKey("the unwrapped SM2 scalar is out of range") from e
         else:
             wrapping_key = serialization.load_der_private_key(wrapping_private_der, password=None)
             assert isinstance(wrapping_key, rsa.RSAPrivateKey)
             der = wrapping.unwrap_rsa_aes(wrapping_key, blob)
     except WrappingError as e:
-        raise CryptoFailure(f"wrap: {e}") from e
+        raise WrongWrappingKey(str(e)) from e
+    if not _is_pkcs8(der):
+        raise NotAPrivateKey("it is not a PKCS#8 DER private key")
     try:
         parsed = material.parse_private_key(der)
     except (MaterialError, ValueError) as e:
-        raise CryptoFailure(f"material: {e}") from e
+        raise NotAPrivateKey(str(e)) from e
     return ImportedKey(parsed.spec, parsed.pkcs8_der(), parsed.public_key_der(), parsed.fingerprint)
 
 
@@ -182,19 +201,5 @@ def decrypt(key: ImportedKey, algorithm: str, ciphertext: bytes) -> bytes:
 
 def public_key_pem(public_key_der: bytes) -> str:
     """PEM `PUBLIC KEY` armour around the SPKI DER (works for SM2, which cryptography cannot load)."""
-    import base64
-    import textwrap
-
     body = "\n".join(textwrap.wrap(base64.b64encode(public_key_der).decode("ascii"), 64))
     return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
-
-
-def ec_curve_spec(public_key_der: bytes) -> KeySpec | None:
-    """The spec of an EC public key, for tests and checks; None if it is not a named EC key."""
-    try:
-        loaded = serialization.load_der_public_key(public_key_der)
-    except ValueError:
-        return None
-    if isinstance(loaded, ec.EllipticCurvePublicKey):
-        return _EC_CURVES.get(loaded.curve.name)
-    return None

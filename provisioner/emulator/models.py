@@ -95,7 +95,7 @@ ENCRYPT_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
 }
 #: Specs that only a hardware (HSM) instance holds (DESIGN section 3, model.IMPORTABLE_SPECS).
 HARDWARE_ONLY_SPECS = frozenset({KeySpec.RSA_4096, KeySpec.EC_SM2})
-#: Widest plaintext each RSA size takes under OAEP; SM2PKE takes up to 6047 bytes (inferred cap).
+#: Longest plaintext SM2PKE takes (inferred cap; RSA's follows from the key size and OAEP digest).
 MAX_SM2_PLAINTEXT = 6047
 
 #: The filters ListKeys understands and the column each one reads.
@@ -848,19 +848,17 @@ class KmsEngine:
                 material = keyops.unwrap(
                     WrappingAlgorithm(record["wrapping_algorithm"]), bytes(record["wrapping_private"]), blob
                 )
-            except CryptoFailure as e:
-                reason = str(e)
-                if reason.startswith("wrap: "):
-                    # The material does not open under the wrapping key this token was issued
-                    # with: it was wrapped for another download (or is damaged).
-                    raise KmsError(
-                        "InvalidImportToken",
-                        "EncryptedKeyMaterial was not wrapped with the public key issued with this import "
-                        f"token ({reason.removeprefix('wrap: ')})",
-                    ) from None
+            except keyops.WrongWrappingKey as e:
+                # The material does not open under the wrapping key this token was issued with:
+                # it was wrapped for another download (or is damaged).
                 raise KmsError(
-                    "InvalidKeyMaterial",
-                    f"the unwrapped key material is not a private key: {reason.removeprefix('material: ')}",
+                    "InvalidImportToken",
+                    "EncryptedKeyMaterial was not wrapped with the public key issued with this import "
+                    f"token ({e})",
+                ) from None
+            except keyops.NotAPrivateKey as e:
+                raise KmsError(
+                    "InvalidKeyMaterial", f"the unwrapped key material is not a private key: {e}"
                 ) from None
             spec = KeySpec(row["spec"])
             if material.spec is not spec:
