@@ -199,6 +199,13 @@ class Page(Generic[T]):
 # --- parameter parsing helpers (the wire's strings -> Python values; errors are KMS errors) --------
 
 
+def unknown_action(action: str) -> KmsError:
+    """An action the service does not know (inferred code: other Alibaba Cloud RPC services)."""
+    return KmsError(
+        "InvalidAction.NotFound", f"Specified api {action!r} is not found, please check your url and method."
+    )
+
+
 def _missing(name: str) -> KmsError:
     return KmsError(
         "MissingParameter",

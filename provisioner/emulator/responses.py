@@ -19,7 +19,6 @@ from provisioner.emulator.models import (
     Key,
     KeyVersion,
     KmsEngine,
-    KmsError,
     Page,
     TagRow,
     parse_bool,
@@ -27,6 +26,7 @@ from provisioner.emulator.models import (
     parse_int,
     parse_string_list_json,
     parse_tags_json,
+    unknown_action,
 )
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -145,10 +145,7 @@ class KmsResponses:
     def handle(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         handler = _ACTIONS.get(action)
         if handler is None:
-            raise KmsError(
-                "InvalidAction.NotFound",
-                f"Specified api {action!r} is not found, please check your url and method.",
-            )
+            raise unknown_action(action)
         body = handler(self, params)
         return {"RequestId": str(uuid.uuid4()), **body}
 
