@@ -10,8 +10,9 @@ import functools
 import hashlib
 import json
 import os
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from alibabacloud_kms20160120.client import Client
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from Tea.exceptions import TeaException
 
 from provisioner.backend.base import QUOTA_GROUPS
 from provisioner.cli import main
@@ -120,32 +122,45 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, stdin: st
 
 
 class SdkView:
-    """The emulator's state as the official SDK reports it."""
+    """The emulator's state as the official SDK reports it (retrying throttling and injected faults)."""
+
+    RETRYABLE = frozenset({"Rejected.Throttling", "ServiceUnavailableTemporary"})
 
     def __init__(self, client: Client) -> None:
         self.client = client
 
+    def _call(self, method: Callable[[Any], Any], request: Any) -> Any:
+        for attempt in range(50):
+            try:
+                return method(request).body
+            except TeaException as e:
+                if e.code not in self.RETRYABLE or attempt == 49:
+                    raise
+                time.sleep(0.05 + 0.01 * attempt)
+        raise AssertionError("unreachable")
+
     def key_ids(self) -> list[str]:
-        body = self.client.list_keys(kms.ListKeysRequest(page_size=100)).body
+        body = self._call(self.client.list_keys, kms.ListKeysRequest(page_size=100))
         assert body.total_count is None or body.total_count <= 100
         return sorted(k.key_id for k in body.keys.key)
 
     def describe(self, key_id: str) -> Any:
-        return self.client.describe_key(kms.DescribeKeyRequest(key_id=key_id)).body.key_metadata
+        return self._call(self.client.describe_key, kms.DescribeKeyRequest(key_id=key_id)).key_metadata
 
     def tags(self, key_id: str) -> dict[str, str]:
-        body = self.client.list_resource_tags(kms.ListResourceTagsRequest(key_id=key_id)).body
+        body = self._call(self.client.list_resource_tags, kms.ListResourceTagsRequest(key_id=key_id))
         return {t.tag_key: t.tag_value for t in body.tags.tag}
 
     def aliases(self) -> dict[str, str]:
-        body = self.client.list_aliases(kms.ListAliasesRequest(page_size=100)).body
+        body = self._call(self.client.list_aliases, kms.ListAliasesRequest(page_size=100))
         return {a.alias_name: a.key_id for a in body.aliases.alias}
 
     def public_key_der(self, key_id: str) -> bytes:
         meta = self.describe(key_id)
-        pem = self.client.get_public_key(
-            kms.GetPublicKeyRequest(key_id=key_id, key_version_id=meta.primary_key_version)
-        ).body.public_key
+        pem = self._call(
+            self.client.get_public_key,
+            kms.GetPublicKeyRequest(key_id=key_id, key_version_id=meta.primary_key_version),
+        ).public_key
         return serialization.load_pem_public_key(pem.encode()).public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -1,0 +1,183 @@
+"""Apply killed with SIGKILL at five moments, then run once more: it must finish the job.
+
+`provision apply` runs as a real subprocess against the emulator (with latency, so one apply takes
+a while); the test watches the emulator's write-call counts and kills the process after the n-th
+write of each run. The last apply runs in-process; the SDK then checks for duplicates and orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alibabacloud_kms20160120 import models as kms
+from apply_support import (
+    SOFTWARE,
+    STACK,
+    WRITE_ACTIONS,
+    SdkView,
+    clean_env,
+    fingerprint,
+    key_entry,
+    private_pem,
+    run_cli,
+    spki_der,
+    write_key,
+    write_manifest,
+)
+from conftest import REGION, RunningEmulator
+
+pytestmark = pytest.mark.slow
+
+NAMES = ("k1", "k2", "k3", "k4", "k5", "k6")
+PROVISION = Path(sys.executable).parent / "provision"
+
+
+def write_count(emulator: RunningEmulator) -> int:
+    return sum(n for action, n in emulator.stats()["calls"].items() if action in WRITE_ACTIONS)
+
+
+def wait_quiet(emulator: RunningEmulator, quiet: float = 0.3) -> None:
+    """Until the emulator's counts stop moving: requests a killed client left in flight have landed."""
+    last = emulator.stats()["calls"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = emulator.stats()["calls"]
+        if now == last:
+            return
+        last = now
+
+
+def kill_after_writes(cmd: list[str], env: dict[str, str], emulator: RunningEmulator, n: int) -> str:
+    """Start `cmd`, SIGKILL it once the emulator has seen `n` more write calls; what happened."""
+    base = write_count(emulator)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if write_count(emulator) - base >= n:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                return f"killed after {n} write(s)"
+            if proc.poll() is not None:
+                return f"finished first with exit {proc.returncode}"
+            time.sleep(0.005)
+        raise AssertionError("apply neither wrote nor finished in 40 s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_apply_killed_five_times_then_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    emulator = emulator_factory(latency_ms=40)
+    keys = {name: key_entry(name) for name in NAMES}
+    keys["k1"]["aliases"] = ["alias/e2e/k1", "alias/e2e/k1-v2"]
+    keys["k2"]["deletion_protection"] = True
+    keys["k3"]["expiry"] = "2099-01-01T00:00:00Z"
+    for i, name in enumerate(NAMES):
+        write_key(tmp_path, name, private_pem("EC_P256", 20 + i))
+    write_manifest(tmp_path, keys)
+    backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+    env = clean_env(emulator.credential_env())
+    cmd = [str(PROVISION), "apply", "manifests", "--auto-approve", *backend]
+
+    sdk = SdkView(emulator.sdk_client())
+    moments = []
+    for n in (1, 2, 3, 4, 5):
+        moments.append(kill_after_writes(cmd, env, emulator, n))
+        wait_quiet(emulator)
+        states = sorted(sdk.describe(k).key_state for k in sdk.key_ids())
+        moments[-1] += f": {states}"
+    print("\n".join(moments))  # what each kill left behind, for `pytest -s`
+    # Every run was killed mid-way: the stack was not finished before the last apply.
+    assert all(m.startswith("killed") for m in moments), moments
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=emulator.credential_env())
+    assert r.code == 2, r.stdout + r.stderr
+
+    r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=emulator.credential_env())
+    assert r.code == 0, "\n".join(moments) + r.stdout + r.stderr
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=emulator.credential_env())
+    assert r.code == 0, "\n".join(moments) + r.stdout + r.stderr
+
+    # No duplicate identity and no orphan left live: each name has one live key, the rest pend deletion.
+    found = sdk.stack_keys()
+    assert sorted(found) == sorted(NAMES)
+    for i, name in enumerate(NAMES):
+        live = [k for k in found[name] if sdk.describe(k).key_state != "PendingDeletion"]
+        assert len(live) == 1, (name, found[name], moments)
+        assert sdk.describe(live[0]).key_state == "Enabled"
+        assert sdk.public_key_der(live[0]) == spki_der(private_pem("EC_P256", 20 + i))
+    assert set(sdk.key_ids()) == {k for ids in found.values() for k in ids}  # nothing untagged
+    aliases = sdk.aliases()
+    assert sorted(aliases) == sorted(a for e in keys.values() for a in e["aliases"])
+    for alias, key_id in aliases.items():
+        assert sdk.describe(key_id).key_state == "Enabled", (alias, key_id)
+    (protected,) = [k for k in found["k2"] if sdk.describe(k).key_state == "Enabled"]
+    assert sdk.describe(protected).deletion_protection == "Enabled"
+
+
+def sdk_create(sdk: SdkView, name: str) -> str:
+    """A key of this identity made behind apply's back, as a crashed or concurrent run leaves it."""
+    tags = [
+        {"TagKey": "byok-provisioner:stack", "TagValue": STACK},
+        {"TagKey": "byok-provisioner:name", "TagValue": name},
+        {"TagKey": "byok-provisioner:fingerprint", "TagValue": fingerprint(private_pem("EC_P256", 30))},
+    ]
+    body = sdk.client.create_key(
+        kms.CreateKeyRequest(
+            origin="EXTERNAL", key_spec="EC_P256", key_usage="SIGN/VERIFY", protection_level="SOFTWARE",
+            dkmsinstance_id=SOFTWARE, tags=json.dumps(tags),
+        )
+    ).body
+    return str(body.key_metadata.key_id)
+
+
+def test_duplicates_of_one_identity_are_scheduled_for_deletion_and_the_holder_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    emulator = emulator_factory()
+    write_key(tmp_path, "dup", private_pem("EC_P256", 30))
+    write_manifest(tmp_path, {"dup": key_entry("dup")})
+    backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+    env = emulator.credential_env()
+    sdk = SdkView(emulator.sdk_client())
+    # Two runs each created the key and died before importing: two empty keys of one identity.
+    made = [sdk_create(sdk, "dup"), sdk_create(sdk, "dup")]
+    # The oldest is kept (creation time, then key id: both may share a second).
+    first, second = sorted(made, key=lambda k: (sdk.describe(k).creation_date, k))
+
+    r = run_cli(["plan", "manifests", "--format", "json", *backend], env=env)
+    assert r.code == 0, r.stderr
+    (change,) = json.loads(r.stdout)["changes"]
+    assert (change["key_id"], change["actions"], change["duplicates"]) == (
+        first, ["update", "reimport"], [second]
+    )
+    r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=env)
+    assert r.code == 0, r.stdout + r.stderr
+    assert f"duplicate {second} scheduled for deletion" in r.stderr
+    assert sdk.describe(first).key_state == "Enabled"
+    assert sdk.public_key_der(first) == spki_der(private_pem("EC_P256", 30))
+    assert sdk.describe(second).key_state == "PendingDeletion"
+    assert sdk.aliases() == {"alias/e2e/dup": first}
+
+    # A third empty twin appears after the import (a concurrent run): the holder is kept, it goes.
+    third = sdk_create(sdk, "dup")
+    r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=env)
+    assert r.code == 0, r.stdout + r.stderr
+    assert f"duplicate {third} scheduled for deletion" in r.stderr
+    assert sdk.describe(third).key_state == "PendingDeletion"
+    assert sdk.describe(first).key_state == "Enabled"
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=env)
+    assert r.code == 0, r.stdout + r.stderr
