@@ -33,6 +33,25 @@ from provisioner.errors import BackendError, KmsApiError, UsageError
 for _name in ("credentials", "darabonba-core", "alibabacloud-tea"):
     logging.getLogger(_name).disabled = True
 
+_URL_QUERY = re.compile(r"\?\S*")
+
+
+class _DropQueryStrings(logging.Filter):
+    """urllib3 logs every request line at DEBUG, and the SDK sends every parameter (import tokens,
+    wrapped material) in the query string: keep the line for whoever debugs, drop the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _URL_QUERY.sub("?<query omitted>", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = _URL_QUERY.sub("?<query omitted>", record.msg)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_DropQueryStrings())
+
 #: Codes by which the service says it does not accept who signed the request.
 CREDENTIAL_CODES = frozenset(
     {
