@@ -197,11 +197,11 @@ class _Applier:
                 outcome.done.append("material deleted")
             elif action is Action.SCHEDULE_DELETION:
                 assert key_id is not None and change.pending_window_days is not None
-                self.kms.schedule_key_deletion(key_id, change.pending_window_days)
+                self._schedule_deletion(key_id, change.pending_window_days)
                 self._expect_state(change, key_id, KeyState.PENDING_DELETION)
                 outcome.done.append(f"deletion scheduled in {change.pending_window_days} days")
         for dup in change.duplicates:
-            self.kms.schedule_key_deletion(dup, DUPLICATE_WINDOW_DAYS)
+            self._schedule_deletion(dup, DUPLICATE_WINDOW_DAYS)
             outcome.done.append(f"duplicate {dup} scheduled for deletion")
 
     # -- actions
@@ -245,6 +245,17 @@ class _Applier:
             raise ApplyError(
                 f"read-back: key {key_id} reports public key {live} after import, planned {planned}"
             )
+
+    def _schedule_deletion(self, key_id: str, days: int) -> None:
+        try:
+            self.kms.schedule_key_deletion(key_id, days)
+        except KmsApiError as e:
+            # A retried call whose first attempt landed (its answer was lost): the key is already
+            # pending deletion, which is the goal. The plan never schedules a key that already was.
+            if e.code != "Rejected.StateModifiedFailed":
+                raise
+            if self.kms.describe_key(key_id).key_state is not KeyState.PENDING_DELETION:
+                raise
 
     def _aliases(self, change: Change, key_id: str) -> None:
         for alias in change.aliases_to_create:

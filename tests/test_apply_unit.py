@@ -1,0 +1,325 @@
+"""apply.py on the local backend (the embedded engine) and on fakes: call counts, ordering, per-key
+failure isolation, read-back verification, saved-plan checks, and calls whose answer was lost after
+they landed (a retry must not turn a done job into a failure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apply_support import key_entry, private_pem, write_key, write_manifest
+
+from provisioner import apply as applying
+from provisioner.apply import ApplyResult, check_saved_plan, load_plan_materials, source_from_reference
+from provisioner.backend.base import Kms
+from provisioner.backend.local import LocalTransport
+from provisioner.backend.resilience import ResilientTransport
+from provisioner.errors import ApplyError, KmsApiError, StalePlan
+from provisioner.manifest import validate_manifests
+from provisioner.model import TAG_NAME, TAG_STACK, KeySpec, KeyState, KeyUsage, LiveState, ProtectionLevel
+from provisioner.plan import DUPLICATE_WINDOW_DAYS, Plan, make_plan
+from provisioner.refresh import refresh
+
+STACK = "e2e"
+
+
+class LossyTransport:
+    """Carries out every call, but answers the first `action` (after it landed) with a retryable 503."""
+
+    def __init__(self, inner: LocalTransport) -> None:
+        self.inner = inner
+        self.lose: set[str] = set()
+
+    def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        body = self.inner.call(action, params)
+        if action in self.lose:
+            self.lose.discard(action)
+            raise KmsApiError(action, "ServiceUnavailableTemporary", "lost answer", "req", 503)
+        return body
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Env:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lossy = LossyTransport(LocalTransport(folder / "kms.db"))
+        self.transport = ResilientTransport(self.lossy, qps={}, sleep=lambda _s: None)
+        self.kms = Kms(self.transport, info={"type": "local"})
+        self.keys: dict[str, dict[str, Any]] = {}
+
+    def declare(self, name: str, n: int, **fields: Any) -> None:
+        write_key(self.folder, name, private_pem("EC_P256", n))
+        self.keys[name] = key_entry(name, **fields)
+
+    def plan(self) -> Plan:
+        write_manifest(self.folder, self.keys)
+        ms, fps, _ = validate_manifests([self.folder / "manifests"], variables={})
+        now = datetime.now(UTC).replace(microsecond=0)
+        live = refresh(self.kms, STACK, now=now, managed_names=[k.name for k in ms.keys])
+        return make_plan(ms, live, now=now, fingerprints=fps, backend=self.kms.info)
+
+    def live(self) -> LiveState:
+        return refresh(self.kms, STACK, now=datetime.now(UTC), managed_names=list(self.keys))
+
+    def apply(self, plan: Plan | None = None, **kwargs: Any) -> ApplyResult:
+        plan = plan or self.plan()
+        materials = load_plan_materials(plan)
+        try:
+            return applying.apply_plan(plan, self.kms, materials, **kwargs)
+        finally:
+            applying.wipe_all(materials)
+
+    def counting(self) -> tuple[ApplyResult, Counter[str]]:
+        """Apply a fresh plan, counting the calls of the apply stage only."""
+        plan = self.plan()
+        before = Counter(self.transport.calls)
+        result = self.apply(plan)
+        return result, Counter(self.transport.calls) - before
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.kms.close()
+
+
+def key_id(env: Env, name: str) -> str:
+    (key,) = env.live().keys[name]
+    return key.key_id
+
+
+# ------------------------------------------------------------------------------------ calls
+
+
+def test_a_new_key_with_one_alias_takes_five_calls(env: Env) -> None:
+    env.declare("a", 50)
+    result, calls = env.counting()
+    assert result.ok, result.to_dict()
+    assert calls == Counter(
+        CreateKey=1, GetParametersForImport=1, ImportKeyMaterial=1, CreateAlias=1, GetPublicKey=1
+    )
+    assert result.outcomes[0].done[1:] == ["imported", "aliases"]
+    assert not env.plan().has_changes
+
+
+def test_extra_alias_and_protection_cost_one_call_each(env: Env) -> None:
+    env.declare("a", 50, aliases=["alias/e2e/a", "alias/e2e/b"], deletion_protection=True)
+    result, calls = env.counting()
+    assert result.ok
+    assert calls["CreateAlias"] == 2 and calls["SetDeletionProtection"] == 1
+    assert sum(calls.values()) == 7
+
+
+def test_tag_edit_is_tag_resource_then_read_back(env: Env) -> None:
+    env.declare("a", 50)
+    env.apply()
+    env.keys["a"]["tags"] = {"team": "new"}
+    result, calls = env.counting()
+    assert result.ok
+    assert calls == Counter(TagResource=1, ListResourceTags=1)
+
+
+# ------------------------------------------------------------------------------------ failures
+
+
+def test_one_key_failing_stops_only_that_key(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.declare("a", 50)
+    env.declare("b", 51)
+    original = Kms.create_alias
+
+    def create_alias(self: Kms, alias: str, key: str) -> None:
+        if alias == "alias/e2e/b":
+            raise KmsApiError("CreateAlias", "Forbidden.NoPermission", "planted refusal", "r", 403)
+        original(self, alias, key)
+
+    monkeypatch.setattr(Kms, "create_alias", create_alias)
+    lines: list[str] = []
+    result = env.apply(progress=lines.append)
+    by_key = {o.key: o for o in result.outcomes}
+    assert by_key["a"].ok
+    assert not by_key["b"].ok
+    assert by_key["b"].error == "CreateAlias: Forbidden.NoPermission: planted refusal (request id r)"
+    assert by_key["b"].done == [f"created {by_key['b'].key_id}", "imported"]
+    assert any(line.startswith("b: FAILED after [created ") for line in lines)
+    assert result.to_dict()["summary"] == {"changed": 1, "failed": 1}
+    monkeypatch.undo()
+    # The next plan picks up where b stopped: only the alias is missing.
+    plan = env.plan()
+    assert [(c.key, c.actions, c.aliases_to_create) for c in plan.changes] == [
+        ("b", ("update",), ("alias/e2e/b",))
+    ]
+    assert env.apply(plan).ok
+
+
+def test_read_back_catches_a_wrong_public_key(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.declare("a", 50)
+    other_env = Env(env.folder / "other")
+    other_env.declare("z", 52)
+    other_env.apply()
+    foreign_pem = other_env.kms.get_public_key(
+        key_id(other_env, "z"), other_env.kms.describe_key(key_id(other_env, "z")).primary_key_version
+    )
+    other_env.kms.close()
+    monkeypatch.setattr(Kms, "get_public_key", lambda self, k, v: foreign_pem)
+    result = env.apply()
+    (outcome,) = result.outcomes
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"read-back: key {outcome.key_id} reports public key sha256:")
+    assert "after import, planned sha256:" in outcome.error
+
+
+def test_a_blocked_plan_is_refused(env: Env) -> None:
+    env.declare("a", 50)
+    plan = env.plan()
+    from provisioner.plan import Violation, ViolationCode
+
+    blocked = dataclasses.replace(plan, violations=(Violation("a", ViolationCode.ALIAS_CONFLICT, "x"),))
+    with pytest.raises(ApplyError, match="^the plan has violations and cannot be applied$"):
+        applying.apply_plan(blocked, env.kms, {})
+    assert env.live().keys["a"] == ()
+
+
+# ------------------------------------------------------------------------------------ lost answers
+
+
+@pytest.mark.parametrize(
+    ("action", "edit"),
+    [
+        ("CreateAlias", lambda keys: keys["a"].update(aliases=["alias/e2e/a", "alias/e2e/a2"])),
+        ("DeleteAlias", lambda keys: keys["a"].update(aliases=[])),
+        (
+            "UpdateAlias",
+            lambda keys: (keys["a"].update(aliases=[]), keys["b"].update(aliases=["alias/e2e/a"])),
+        ),
+        ("TagResource", lambda keys: keys["a"].update(tags={"team": "x"})),
+        ("UntagResource", lambda keys: keys["a"].update(tags={})),
+        ("UpdateKeyDescription", lambda keys: keys["a"].update(description="new")),
+        ("SetDeletionProtection", lambda keys: keys["a"].update(deletion_protection=True)),
+        ("ImportKeyMaterial", lambda keys: keys["a"].update(expiry="2098-01-01T00:00:00Z")),
+        ("DeleteKeyMaterial", lambda keys: keys["a"].update(state="material-deleted")),
+        ("ScheduleKeyDeletion", lambda keys: keys["a"].update(state="absent")),
+    ],
+)
+def test_a_call_whose_answer_was_lost_after_it_landed_still_converges(
+    env: Env, action: str, edit: Callable[[dict[str, dict[str, Any]]], object]
+) -> None:
+    env.declare("a", 50)
+    env.declare("b", 51)
+    assert env.apply().ok
+    edit(env.keys)
+    env.lossy.lose = {action}
+    before = env.transport.calls[action]
+    result = env.apply()
+    assert env.transport.calls[action] - before == 2  # landed, answer lost, retried
+    assert result.ok, result.to_dict()
+    assert not env.plan().has_changes
+
+
+def test_create_key_whose_answer_was_lost_leaves_a_duplicate_the_next_apply_removes(env: Env) -> None:
+    env.declare("a", 50)
+    env.lossy.lose = {"CreateKey"}
+    assert env.apply().ok
+    live = env.live().keys["a"]
+    assert len(live) == 2  # the retry made a second key; the first never gets material
+    plan = env.plan()
+    (change,) = plan.changes
+    assert change.actions == () and len(change.duplicates) == 1
+    result = env.apply(plan)
+    assert result.ok
+    assert f"duplicate {change.duplicates[0]} scheduled for deletion" in result.outcomes[0].done
+    dup = env.kms.describe_key(change.duplicates[0])
+    assert dup.key_state is KeyState.PENDING_DELETION
+    assert not env.plan().has_changes
+
+
+def test_duplicates_are_scheduled_with_the_short_window(env: Env) -> None:
+    env.declare("a", 50)
+    assert env.apply().ok
+    holder = key_id(env, "a")
+    # An empty twin of the imported key (a concurrent run's CreateKey): it goes, the holder stays.
+    extra = env.kms.create_key(
+        spec=KeySpec.EC_P256,
+        usage=KeyUsage.SIGN_VERIFY,
+        protection=ProtectionLevel.SOFTWARE,
+        instance="kst-local-software",
+        description="",
+        tags={TAG_STACK: STACK, TAG_NAME: "a"},
+    )
+    assert env.apply().ok
+    assert env.kms.describe_key(holder).key_state is KeyState.ENABLED
+    meta = env.kms.describe_key(extra.key_id)
+    assert meta.key_state is KeyState.PENDING_DELETION
+    assert meta.delete_date is not None
+    days = (meta.delete_date - datetime.now(UTC)).total_seconds() / 86400
+    assert DUPLICATE_WINDOW_DAYS - 1 < days <= DUPLICATE_WINDOW_DAYS
+
+
+# ------------------------------------------------------------------------------------ saved plans
+
+
+def test_check_saved_plan_refusals(env: Env) -> None:
+    env.declare("a", 50)
+    env.declare("b", 51)
+    create_plan = env.plan()
+    env.apply()
+    live = env.live()
+    with pytest.raises(StalePlan, match=r"^key 'a' was to be created, but key-\w+ now carries that identity"):
+        check_saved_plan(create_plan, live)
+    wrong_stack = dataclasses.replace(live, stack="other")
+    with pytest.raises(StalePlan, match=r"^the plan is for stack 'e2e', not 'other'$"):
+        check_saved_plan(create_plan, wrong_stack)
+
+    env.keys["a"]["tags"] = {"team": "x"}
+    update_plan = env.plan()
+    check_saved_plan(update_plan, env.live())  # unchanged: accepted
+    a_id = key_id(env, "a")
+    env.kms.update_key_description(a_id, "edited by hand")
+    stale = rf"^key 'a' \({a_id}\) changed since the plan was made: make a new plan$"
+    with pytest.raises(StalePlan, match=stale):
+        check_saved_plan(update_plan, env.live())
+    env.kms.schedule_key_deletion(a_id, 7)
+    gone = dataclasses.replace(env.live(), keys={"a": (), "b": env.live().keys["b"]})
+    with pytest.raises(StalePlan, match=rf"^key 'a' \({a_id}\) no longer exists: make a new plan$"):
+        check_saved_plan(update_plan, gone)
+
+
+def test_load_plan_materials_refuses_changed_material(env: Env) -> None:
+    env.declare("a", 50)
+    plan = env.plan()
+    write_key(env.folder, "a", private_pem("EC_P256", 53))
+    with pytest.raises(StalePlan, match=r"^key 'a': material no longer matches the plan: "):
+        load_plan_materials(plan)
+    (env.folder / "keys" / "a.pem").unlink()
+    with pytest.raises(StalePlan, match=r"^key 'a': material no longer matches the plan: .*a\.pem"):
+        load_plan_materials(plan)
+
+
+def test_source_from_reference_unknown_kind() -> None:
+    with pytest.raises(StalePlan, match=r"^plan names a material source of unknown kind: 'vault'$"):
+        source_from_reference({"kind": "vault"})
+
+
+def test_apply_result_document() -> None:
+    outcomes = [applying.KeyOutcome("a", "k1", ["created k1"]), applying.KeyOutcome("b", None)]
+    result = ApplyResult("s", outcomes)
+    result.outcomes[1].error = "boom"
+    assert result.to_dict() == {
+        "format_version": 1,
+        "stack": "s",
+        "ok": False,
+        "keys": [
+            {"key": "a", "key_id": "k1", "done": ["created k1"], "error": None},
+            {"key": "b", "key_id": None, "done": [], "error": "boom"},
+        ],
+        "summary": {"changed": 1, "failed": 1},
+    }
