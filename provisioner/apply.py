@@ -123,6 +123,20 @@ def wipe_all(materials: Mapping[str, PrivateMaterial]) -> None:
         m.wipe()
 
 
+def check_plan_backend(plan: Plan, backend: Mapping[str, str]) -> None:
+    """Refuse a saved plan made against another KMS than the one apply is pointed at: its digests
+    say nothing about that one, and a plan of creates would be carried out there unchecked."""
+    if dict(plan.backend) != dict(backend):
+
+        def where(b: Mapping[str, str]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in sorted(b.items())) or "an unnamed backend"
+
+        raise StalePlan(
+            f"the plan was made against {where(plan.backend)}, but apply is pointed at {where(backend)}: "
+            f"apply it against the backend it was made for, or make a new plan"
+        )
+
+
 def check_saved_plan(plan: Plan, live: LiveState) -> None:
     """Refuse a saved plan whose keys changed since it was made (StalePlan names the first such key)."""
     if plan.stack != live.stack:

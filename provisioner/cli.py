@@ -529,6 +529,7 @@ def apply(
         kms = _open_stage(ms.backend, backend, endpoint, region, qps)
     try:
         if plan_file is not None:
+            applying.check_plan_backend(the_plan, kms.info)
             live = refresh(kms, the_plan.stack, now=_now(), managed_names=[c.key for c in the_plan.changes])
             applying.check_saved_plan(the_plan, live)
         else:

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -109,10 +110,17 @@ class Run:
         return json.loads(self.stdout)
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, stdin: str | None = None) -> Run:
-    """`provision ARGS` in this process, in the current directory, as the console script runs it."""
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str] | None = None, stdin: str | None = None, tty: bool = False
+) -> Run:
+    """`provision ARGS` in this process, in the current directory, as the console script runs it.
+
+    `tty=True` makes standard input claim to be a terminal (for the confirmation prompt).
+    """
     runner = CliRunner()
     with runner.isolation(input=stdin, env=dict(env or {})) as (out, err, _):
+        if tty:
+            sys.stdin.isatty = lambda: True  # type: ignore[method-assign]
         try:
             main(list(args))
             code = 0

@@ -402,3 +402,65 @@ def test_saved_plan_for_a_key_created_since_is_refused(stack: Stack) -> None:
     assert "was to be created, but" in r.stderr and "make a new plan" in r.stderr
     assert writes(before, stack.emulator.stats()) == Counter()
     assert len(stack.sdk.key_ids()) == 3
+
+
+def test_saved_plan_for_another_backend_is_refused(
+    stack: Stack, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    assert stack.cli("plan", "manifests", "--out", "saved.json").code == 0
+    elsewhere = emulator_factory()
+    r = run_cli(
+        ["apply", "--plan", "saved.json", "--backend", "alibaba", "--endpoint", elsewhere.url,
+         "--region", REGION],
+        env=stack.env,
+    )
+    assert r.code == 1
+    assert f"error: the plan was made against endpoint={stack.emulator.url}" in r.stderr
+    assert f"but apply is pointed at endpoint={elsewhere.url}" in r.stderr
+    assert writes({"calls": {}}, elsewhere.stats()) == Counter()
+    assert SdkView(elsewhere.sdk_client()).key_ids() == []
+
+
+def test_apply_json_result_for_pipelines(stack: Stack) -> None:
+    r = stack.cli("apply", "manifests", "--auto-approve", "--format", "json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["ok"], doc["summary"]) == (True, {"changed": 3, "failed": 0})
+    assert {k["key"]: k["done"][1:] for k in doc["keys"]} == {
+        "signer": ["imported", "aliases"],
+        "tokens": ["imported", "aliases"],
+        "vault": ["imported", "aliases", "deletion protection on"],
+    }
+    r = stack.cli("apply", "manifests", "--auto-approve", "--format", "json")
+    assert r.code == 0
+    assert json.loads(r.stdout)["keys"] == []
+
+
+@pytest.mark.parametrize(("answer", "code"), [("no\n", 1), ("yes\n", 0)])
+def test_apply_on_a_terminal_asks_first(stack: Stack, answer: str, code: int) -> None:
+    r = run_cli(["apply", "manifests", *stack.backend], env=stack.env, stdin=answer, tty=True)
+    assert r.code == code, r.stdout + r.stderr
+    assert "Apply these changes? Only 'yes' is accepted" in r.stdout
+    if code:
+        assert "apply cancelled: nothing changed" in r.stderr
+        assert stack.sdk.key_ids() == []
+    else:
+        assert "Apply complete: 3 key(s) changed, 0 failed." in r.stdout
+        assert len(stack.sdk.key_ids()) == 3
+
+
+def test_the_shipped_example_on_the_local_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's first run: apply the example stack on the embedded KMS, then plan shows nothing."""
+    shutil.copytree(Path(__file__).resolve().parent.parent / "manifests", tmp_path / "manifests")
+    for pem in (tmp_path / "manifests" / "keys").glob("*.pem"):
+        pem.chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(["apply", "manifests/", "--auto-approve"])
+    assert r.code == 0, r.stdout + r.stderr
+    assert "Apply complete: 3 key(s) changed, 0 failed." in r.stdout
+    assert (tmp_path / ".provision" / "kms.db").is_file()
+    r = run_cli(["plan", "manifests/", "--detailed-exitcode"])
+    assert r.code == 0, r.stdout + r.stderr
+    assert "No changes." in r.stdout
+    r = run_cli(["drift", "manifests/"])
+    assert r.code == 0, r.stdout + r.stderr
