@@ -302,9 +302,17 @@ class Kms:
         tags: Mapping[str, str] | None = None,
     ) -> list[TagRow]:
         """Tag rows of the given keys (at most 50 ids a call), or of the keys carrying `tags`."""
+        return [row for page in self.tag_resource_pages(resource_ids=resource_ids, tags=tags) for row in page]
+
+    def tag_resource_pages(
+        self,
+        *,
+        resource_ids: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[list[TagRow]]:
+        """list_tag_resources one page at a time, so a caller can act on a page while the next is read."""
         if len(resource_ids) > 50:
             raise ValueError("ListTagResources takes at most 50 resource ids")
-        rows: list[TagRow] = []
         token: str | None = None
         while True:
             body = self._call(
@@ -314,13 +322,13 @@ class Kms:
                 Tag=[{"Key": k, "Value": v} for k, v in (tags or {}).items()] or None,
                 NextToken=token,
             )
-            rows.extend(
+            yield [
                 TagRow(r["ResourceId"], r["TagKey"], r["TagValue"])
                 for r in body.get("TagResources", {}).get("TagResource", [])
-            )
+            ]
             token = body.get("NextToken") or None
             if not token:
-                return rows
+                return
 
     def _pages(self, action: str, **params: Any) -> Iterator[dict[str, Any]]:
         page_number = 1
