@@ -473,7 +473,12 @@ def plan(
         click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)
         return 1
     if out is not None:
-        _write_owner_only(out, save_plan(the_plan))
+        from provisioner.errors import UsageError
+
+        try:
+            _write_owner_only(out, save_plan(the_plan))
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write the plan: {e.strerror}") from None
         click.echo(f"saved the plan to {out}; apply it with: provision apply --plan {out}", err=True)
     return 2 if detailed_exitcode and the_plan.has_changes else 0
 

@@ -251,3 +251,48 @@ def test_expiring_material_orphans_missing_keys_and_unmanaged_aliases(account: A
     assert items[1]["detail"] == (
         f"alias alias/e2e/kept points at key {foreign}, which stack '{STACK}' does not manage"
     )
+
+
+def test_drift_touches_no_material_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset variables, a command that would leave a mark, a missing encrypted file: drift reads none."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("E2E_UNSET_MATERIAL", raising=False)
+    monkeypatch.delenv("E2E_UNSET_PASS", raising=False)
+    mark = tmp_path / "command-ran"
+    manifest = tmp_path / "m.yaml"
+    entries = {
+        "from-env": "env: E2E_UNSET_MATERIAL",
+        "from-command": f"command: [sh, -c, 'touch {mark}']",
+        "from-file": "file: nowhere.pem\n      passphrase_env: E2E_UNSET_PASS",
+    }
+    manifest.write_text(
+        "version: 1\nstack: e2e\ndefaults: {instance: kst-local-software, protection: SOFTWARE}\nkeys:\n"
+        + "".join(
+            f"  {name}:\n    spec: EC_P256\n    usage: SIGN/VERIFY\n    material:\n      {source}\n"
+            for name, source in entries.items()
+        )
+    )
+    run = run_cli(["drift", str(manifest), "--format", "json", "--backend", "local"])
+    assert run.code == 2, run.stderr
+    assert [(i["key"], i["kind"]) for i in json.loads(run.stdout)["drift"]] == [
+        ("from-command", "missing"), ("from-env", "missing"), ("from-file", "missing")
+    ]
+    assert not mark.exists()
+    # The control: plan does read material, and these sources fail it.
+    planned = run_cli(["plan", str(manifest), "--backend", "local"])
+    assert planned.code == 1
+    assert planned.stderr.splitlines()[-1] == "3 error(s)"
+    assert mark.exists()
+
+
+def test_refused_credentials_are_an_error_not_drift(account: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "m", [Entry("a", aliases=("alias/e2e/a",))])
+    stack.write()
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "wrong")
+    code, out, err, calls = drift(stack, account, "--format", "json")
+    assert code == 1
+    assert out == ""
+    assert err.splitlines()[-1].startswith("error: ListTagResources: ")
+    assert "the credentials were refused" in err
+    assert_read_only(calls)

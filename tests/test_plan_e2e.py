@@ -295,3 +295,14 @@ def test_colour_on_a_terminal_and_off_with_no_color(stack: Stack, tmp_path: Path
         assert code == 0
         assert "Plan: 3 to create" in shown
         assert "\x1b" not in shown
+
+
+def test_out_in_a_missing_folder_is_one_clear_error(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "no-such-folder" / "plan.json"
+    run = run_cli(["plan", str(stack.folder), "--backend", "local", "--out", str(out)])
+    assert run.code == 1
+    assert run.stderr.splitlines()[-1] == (
+        f"error: --out {out}: cannot write the plan: No such file or directory"
+    )
+    assert "Plan: 3 to create" in run.stdout  # the plan itself was shown
+    assert not out.parent.exists()
