@@ -1,13 +1,17 @@
 """A no-change `provision plan` at scale: API calls per managed key and wall time against the quota floor.
 
-For each N, N keys (EC_P256, one alias each, imported material, the tags apply would set) are written
-straight into an emulator database through our `Kms` facade over the embedded engine (no latency, no
+For each N, N keys (EC_P256 by default, one alias each, imported material, the tags apply would set) are
+written straight into an emulator database through our `Kms` facade over the embedded engine (no latency, no
 HTTP); then `provision emulator serve --latency-ms 20 --qps read=20` runs in its own process on that
 database and `provision plan` runs in this process through the official SDK, so the ResilientTransport's
 call counts can be read next to the emulator's. The quota floor is read calls / 20 per second: the
 fastest any client can go without being throttled. Targets: <= 1.1 calls per key, wall <= 1.3x floor.
 
     .venv/bin/python benchmarks/plan_scale.py [--n 50 --n 150] [--quick] [--latency-ms 20] [--read-qps 20]
+                                              [--spec RSA_2048]
+
+With --spec RSA_2048 the material comes from a pool of 8 keys reused round robin (generating 500 RSA
+keys would take minutes); each key file is still parsed on its own, which is what that run shows.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from click.testing import CliRunner  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
 import provisioner.backend as backend_module  # noqa: E402
 import provisioner.refresh as refresh_module  # noqa: E402
@@ -75,8 +79,12 @@ for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PRO
 # ------------------------------------------------------------------------------------------ the stack
 
 
-def write_stack(folder: Path, n: int) -> list[tuple[str, PrivateMaterial]]:
+RSA_POOL = 8
+
+
+def write_stack(folder: Path, n: int, spec: KeySpec = KeySpec.EC_P256) -> list[tuple[str, PrivateMaterial]]:
     """A manifest of `n` keys and their material files; returns (name, material) per key."""
+    pool = [rsa.generate_private_key(65537, 2048) for _ in range(RSA_POOL)] if spec.is_rsa else []
     (folder / "keys").mkdir(parents=True)
     lines = [
         "version: 1",
@@ -90,7 +98,9 @@ def write_stack(folder: Path, n: int) -> list[tuple[str, PrivateMaterial]]:
     out = []
     for i in range(n):
         name = f"key-{i:04d}"
-        private = ec.generate_private_key(ec.SECP256R1())
+        private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+            pool[i % RSA_POOL] if pool else ec.generate_private_key(ec.SECP256R1())
+        )
         pem = folder / "keys" / f"{name}.pem"
         pem.write_bytes(
             private.private_bytes(
@@ -100,14 +110,14 @@ def write_stack(folder: Path, n: int) -> list[tuple[str, PrivateMaterial]]:
         pem.chmod(0o600)
         lines += [
             f"  {name}:",
-            "    spec: EC_P256",
+            f"    spec: {spec.value}",
             "    usage: SIGN/VERIFY",
             f"    aliases: [alias/{STACK}/{name}]",
             f"    description: 'benchmark key {i}'",
             "    material:",
             f"      file: keys/{name}.pem",
         ]
-        out.append((name, PrivateMaterial(private, KeySpec.EC_P256)))
+        out.append((name, PrivateMaterial(private, spec)))
     (folder / "stack.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
 
@@ -123,11 +133,11 @@ def seed(db: Path, keys: list[tuple[str, PrivateMaterial]]) -> None:
     keyops.new_wrapping_key = functools.cache(original)  # type: ignore[assignment]
     kms = Kms(ResilientTransport(LocalTransport(db), qps={}))
     try:
-        algorithm = WrappingAlgorithm.for_spec(KeySpec.EC_P256)
         for i, (name, material) in enumerate(keys):
+            algorithm = WrappingAlgorithm.for_spec(material.spec)
             tags = {**USER_TAGS, TAG_STACK: STACK, TAG_NAME: name, TAG_FINGERPRINT: material.fingerprint}
             meta = kms.create_key(
-                spec=KeySpec.EC_P256,
+                spec=material.spec,
                 usage=KeyUsage.SIGN_VERIFY,
                 protection=ProtectionLevel.SOFTWARE,
                 instance=INSTANCE,
@@ -268,11 +278,11 @@ def row(n: int, m: Measured, read_qps: float, *, max_per_key: float, max_ratio: 
     return line, ok
 
 
-def prepare(work: Path, n: int) -> tuple[Path, Path]:
+def prepare(work: Path, n: int, spec: KeySpec = KeySpec.EC_P256) -> tuple[Path, Path]:
     folder = work / f"n{n}"
     db = work / f"n{n}.db"
     started = time.perf_counter()
-    keys = write_stack(folder, n)
+    keys = write_stack(folder, n, spec)
     seed(db, keys)
     print(f"# N={n}: seeded {n} keys in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return folder, db
@@ -286,17 +296,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N=50 only")
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--read-qps", type=float, default=20.0)
+    parser.add_argument("--spec", choices=["EC_P256", "RSA_2048"], default="EC_P256", help="key spec")
     args = parser.parse_args()
+    spec = KeySpec(args.spec)
     sizes = args.n or ([50] if args.quick else list(DEFAULT_SIZES))
 
-    print(f"no-change plan, emulator --latency-ms {args.latency_ms:g} --qps read={args.read_qps:g}")
+    print(
+        f"no-change plan of {spec} keys, "
+        f"emulator --latency-ms {args.latency_ms:g} --qps read={args.read_qps:g}"
+    )
     print("calls: client requests (retries included); server: requests the emulator saw;")
     print("floor: read calls / read qps; refresh: the KMS stage alone; plan: the whole command")
     print(HEADER)
     failures = 0
     with tempfile.TemporaryDirectory(prefix="plan-scale-") as tmp:
         for n in sizes:
-            folder, db = prepare(Path(tmp), n)
+            folder, db = prepare(Path(tmp), n, spec)
             with emulator(db, args.latency_ms, args.read_qps) as url:
                 m = run_command(["plan", str(folder), "--detailed-exitcode", "--format", "json"], url)
             if m.code != 0:
