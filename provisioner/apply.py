@@ -159,6 +159,24 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
                 f"key {change.key!r} ({change.key_id}) changed since the plan was made: make a new plan"
             )
 
+    # Aliases are not in the digests. One the plan creates that someone took since would fail
+    # halfway through; one it moves must still be held by this stack, or UpdateAlias would take it
+    # from a key the stack does not own.
+    ours = {k.key_id for keys in live.keys.values() for k in keys}
+    for change in plan.changes:
+        for alias in change.aliases_to_create:
+            owner = live.alias_owners.get(alias)
+            if owner is not None and owner != change.key_id:
+                raise StalePlan(
+                    f"key {change.key!r}: alias {alias} was free when the plan was made and now points at "
+                    f"key {owner}: make a new plan"
+                )
+        for alias in change.aliases_to_move:
+            owner = live.alias_owners.get(alias)
+            if owner is None or owner not in ours:
+                now = "no longer exists" if owner is None else f"now points at key {owner}, not of this stack"
+                raise StalePlan(f"key {change.key!r}: alias {alias} {now}: make a new plan")
+
 
 class _Applier:
     def __init__(self, kms: Kms, materials: Mapping[str, PrivateMaterial], progress: Progress) -> None:

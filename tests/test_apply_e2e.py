@@ -464,3 +464,54 @@ def test_the_shipped_example_on_the_local_backend(tmp_path: Path, monkeypatch: p
     assert "No changes." in r.stdout
     r = run_cli(["drift", "manifests/"])
     assert r.code == 0, r.stdout + r.stderr
+
+
+def foreign_key(sdk: SdkView) -> str:
+    """A key of nobody's stack, made by hand."""
+    body = sdk.client.create_key(
+        kms.CreateKeyRequest(
+            origin="EXTERNAL", key_spec="EC_P256", key_usage="SIGN/VERIFY", protection_level="SOFTWARE",
+            dkmsinstance_id=SOFTWARE,
+        )
+    ).body
+    return str(body.key_metadata.key_id)
+
+
+def test_saved_plan_whose_new_alias_was_taken_since_is_refused(applied: Stack) -> None:
+    applied.keys["signer"]["aliases"] = ["alias/e2e/signer", "alias/e2e/wanted"]
+    applied.save()
+    assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
+    other = foreign_key(applied.sdk)
+    applied.sdk.client.create_alias(kms.CreateAliasRequest(alias_name="alias/e2e/wanted", key_id=other))
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 1
+    assert (
+        f"error: key 'signer': alias alias/e2e/wanted was free when the plan was made and now points at "
+        f"key {other}: make a new plan"
+    ) in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+
+
+def test_saved_plan_never_moves_an_alias_off_a_foreign_key(applied: Stack) -> None:
+    # The plan moves alias/e2e/tokens-v1 from tokens to signer (both of this stack).
+    applied.keys["tokens"]["aliases"] = ["alias/e2e/tokens"]
+    applied.keys["signer"]["aliases"] = ["alias/e2e/signer", "alias/e2e/tokens-v1"]
+    applied.save()
+    r = applied.cli("plan", "manifests", "--format", "json", "--out", "saved.json")
+    assert r.code == 0
+    assert {c["key"]: c["aliases_to_move"] for c in json.loads(r.stdout)["changes"]} == {
+        "signer": ["alias/e2e/tokens-v1"]
+    }
+    # Meanwhile someone points that alias at a key outside the stack.
+    other = foreign_key(applied.sdk)
+    applied.sdk.client.update_alias(kms.UpdateAliasRequest(alias_name="alias/e2e/tokens-v1", key_id=other))
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 1
+    assert (
+        f"error: key 'signer': alias alias/e2e/tokens-v1 now points at key {other}, not of this stack: "
+        f"make a new plan"
+    ) in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.aliases()["alias/e2e/tokens-v1"] == other

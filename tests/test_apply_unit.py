@@ -6,6 +6,7 @@ they landed (a retry must not turn a done job into a failure).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -323,3 +324,72 @@ def test_apply_result_document() -> None:
         ],
         "summary": {"changed": 1, "failed": 1},
     }
+
+
+def test_cli_reports_each_failure_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed key shows in the progress lines and the summary; the rest is applied; exit 1."""
+    from apply_support import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    for i, name in enumerate(("a", "b", "c")):
+        write_key(tmp_path, name, private_pem("EC_P256", 50 + i))
+    write_manifest(tmp_path, {name: key_entry(name) for name in ("a", "b", "c")})
+    original = Kms.create_alias
+
+    def create_alias(self: Kms, alias: str, key: str) -> None:
+        if alias == "alias/e2e/b":
+            raise KmsApiError("CreateAlias", "Forbidden.NoPermission", "planted refusal", "r1", 403)
+        original(self, alias, key)
+
+    monkeypatch.setattr(Kms, "create_alias", create_alias)
+    r = run_cli(["apply", "manifests", "--auto-approve"])
+    assert r.code == 1
+    assert "Apply complete: 2 key(s) changed, 1 failed." in r.stdout
+    assert "  b: CreateAlias: Forbidden.NoPermission: planted refusal (request id r1)" in r.stdout
+    assert "b: FAILED after [created key-" in r.stderr
+    r = run_cli(["apply", "manifests", "--auto-approve", "--format", "json"])
+    assert r.code == 1
+    doc = json.loads(r.stdout)
+    assert (doc["ok"], doc["summary"]) == (False, {"changed": 0, "failed": 1})
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(["apply", "manifests", "--auto-approve"])
+    assert r.code == 0, r.stdout + r.stderr
+    assert "Apply complete: 1 key(s) changed, 0 failed." in r.stdout
+
+
+def test_check_saved_plan_alias_refusals(env: Env) -> None:
+    env.declare("a", 50)
+    env.declare("b", 51)
+    env.apply()
+    env.keys["a"]["aliases"] = ["alias/e2e/a", "alias/e2e/new"]
+    env.keys["b"]["aliases"] = []
+    env.keys["a"]["aliases"].append("alias/e2e/b")  # moves from b to a
+    plan = env.plan()
+    (change,) = [c for c in plan.changes if c.key == "a"]
+    assert (change.aliases_to_create, change.aliases_to_move) == (("alias/e2e/new",), ("alias/e2e/b",))
+    live = env.live()
+    check_saved_plan(plan, live)
+    taken = dataclasses.replace(live, alias_owners={**live.alias_owners, "alias/e2e/new": "key-foreign"})
+    with pytest.raises(StalePlan, match="^key 'a': alias alias/e2e/new was free when the plan was made and "
+                       "now points at key key-foreign: make a new plan$"):
+        check_saved_plan(plan, taken)
+    stolen = dataclasses.replace(live, alias_owners={**live.alias_owners, "alias/e2e/b": "key-foreign"})
+    with pytest.raises(StalePlan, match="^key 'a': alias alias/e2e/b now points at key key-foreign, not of "
+                       "this stack: make a new plan$"):
+        check_saved_plan(plan, stolen)
+    owners = {k: v for k, v in live.alias_owners.items() if k != "alias/e2e/b"}
+    with pytest.raises(StalePlan, match="^key 'a': alias alias/e2e/b no longer exists: make a new plan$"):
+        check_saved_plan(plan, dataclasses.replace(live, alias_owners=owners))
+
+
+def test_check_plan_backend(env: Env) -> None:
+    env.declare("a", 50)
+    plan = env.plan()
+    applying.check_plan_backend(plan, {"type": "local"})
+    with pytest.raises(StalePlan, match=r"^the plan was made against type=local, but apply is pointed at "
+                       r"endpoint=http://h:1, region=r, type=alibaba: apply it against the backend it was "
+                       r"made for, or make a new plan$"):
+        applying.check_plan_backend(plan, {"type": "alibaba", "endpoint": "http://h:1", "region": "r"})
