@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -296,3 +297,27 @@ def test_refused_credentials_are_an_error_not_drift(account: Any, monkeypatch: p
     assert err.splitlines()[-1].startswith("error: ListTagResources: ")
     assert "the credentials were refused" in err
     assert_read_only(calls)
+
+
+def test_material_that_ran_out_is_material_expired(account: Any, tmp_path: Path) -> None:
+    expiry = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
+    stack = Stack(
+        tmp_path / "m",
+        [Entry("brief", aliases=("alias/e2e/brief",), expiry=expiry.strftime("%Y-%m-%dT%H:%M:%SZ"))],
+    )
+    stack.write()
+    apply(stack, account)
+    hide_material(stack)
+    time.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 1.1)
+    code, out, err, calls = drift(stack, account, "--format", "json", "--verify-material")
+    assert code == 2, err
+    assert_read_only(calls)
+    assert "GetPublicKey" not in calls  # no material to confirm
+    items = json.loads(out)["drift"]
+    brief_id = key_id(account.sdk_client(), "alias/e2e/brief")
+    assert [(i["key"], i["kind"], i["found"]) for i in items] == [
+        ("brief", "material-expired", expiry.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ]
+    assert items[0]["detail"] == (
+        f"material of key {brief_id} expired at {expiry.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    )
