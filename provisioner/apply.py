@@ -369,6 +369,26 @@ def apply_plan(
                 progress(line)
 
     applier = _Applier(kms, materials, report)
-    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
-        outcomes = list(pool.map(applier.run, plan.changes))
+    stop = threading.Event()
+
+    def run(change: Change) -> KeyOutcome:
+        if stop.is_set():
+            return KeyOutcome(change.key, change.key_id, error="not started: apply was interrupted")
+        try:
+            return applier.run(change)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply")
+    try:
+        futures = [pool.submit(run, change) for change in plan.changes]
+        outcomes = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C (or a bug): start no further key, but let the keys under way finish their actions,
+        # so that none is left between two calls that belong together. The next plan sees the rest.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return ApplyResult(plan.stack, outcomes)

@@ -23,7 +23,16 @@ from provisioner.backend.local import LocalTransport
 from provisioner.backend.resilience import ResilientTransport
 from provisioner.errors import ApplyError, KmsApiError, StalePlan
 from provisioner.manifest import validate_manifests
-from provisioner.model import TAG_NAME, TAG_STACK, KeySpec, KeyState, KeyUsage, LiveState, ProtectionLevel
+from provisioner.model import (
+    TAG_NAME,
+    TAG_STACK,
+    KeySpec,
+    KeyState,
+    KeyStatus,
+    KeyUsage,
+    LiveState,
+    ProtectionLevel,
+)
 from provisioner.plan import DUPLICATE_WINDOW_DAYS, Plan, make_plan
 from provisioner.refresh import refresh
 
@@ -393,3 +402,19 @@ def test_check_plan_backend(env: Env) -> None:
                        r"endpoint=http://h:1, region=r, type=alibaba: apply it against the backend it was "
                        r"made for, or make a new plan$"):
         applying.check_plan_backend(plan, {"type": "alibaba", "endpoint": "http://h:1", "region": "r"})
+
+
+def test_an_interrupt_starts_no_further_key(env: Env) -> None:
+    for i, name in enumerate(("a", "b", "c", "d")):
+        env.declare(name, 50 + i)
+    plan = env.plan()
+
+    def progress(line: str) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the first key reports
+
+    with pytest.raises(KeyboardInterrupt):
+        env.apply(plan, parallelism=1, progress=progress)
+    live = env.live()
+    assert sum(len(keys) for keys in live.keys.values()) == 1  # the key under way finished; no other began
+    (done,) = [keys[0] for keys in live.keys.values() if keys]
+    assert done.status is KeyStatus.ENABLED and done.aliases
