@@ -181,3 +181,52 @@ def test_duplicates_of_one_identity_are_scheduled_for_deletion_and_the_holder_ke
     assert sdk.describe(first).key_state == "Enabled"
     r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=env)
     assert r.code == 0, r.stdout + r.stderr
+
+
+def test_apply_of_edits_killed_twice_then_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    """Updates, a reimport, a material deletion, a protected key's retirement and an alias move, killed
+    mid-way twice: the next apply finishes every one of them."""
+    monkeypatch.chdir(tmp_path)
+    emulator = emulator_factory(latency_ms=40)
+    keys = {name: key_entry(name) for name in NAMES}
+    keys["k2"]["deletion_protection"] = True
+    for i, name in enumerate(NAMES):
+        write_key(tmp_path, name, private_pem("EC_P256", 20 + i))
+    write_manifest(tmp_path, keys)
+    backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+    creds = emulator.credential_env()
+    assert run_cli(["apply", "manifests", "--auto-approve", *backend], env=creds).code == 0
+    sdk = SdkView(emulator.sdk_client())
+    ids = {name: found[0] for name, found in sdk.stack_keys().items()}
+
+    keys["k1"].update(tags={"team": "edited"}, aliases=["alias/e2e/k1", "alias/e2e/k1-new"])
+    keys["k2"].update(deletion_protection=False, state="absent")
+    keys["k3"]["expiry"] = "2098-06-30T00:00:00Z"
+    keys["k4"]["state"] = "material-deleted"
+    keys["k5"]["aliases"] = []
+    keys["k6"]["aliases"] = ["alias/e2e/k6", "alias/e2e/k5"]
+    write_manifest(tmp_path, keys)
+    cmd = [str(PROVISION), "apply", "manifests", "--auto-approve", *backend]
+    env = clean_env(creds)
+    moments = []
+    for n in (1, 3):
+        moments.append(kill_after_writes(cmd, env, emulator, n))
+        wait_quiet(emulator)
+    assert all(m.startswith("killed") for m in moments), moments
+
+    r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=creds)
+    assert r.code == 0, r.stdout + r.stderr
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=creds)
+    assert r.code == 0, r.stdout + r.stderr
+    assert sdk.stack_keys() == {n: [i] for n, i in ids.items()}  # no key made or lost
+    assert sdk.tags(ids["k1"])["team"] == "edited"
+    meta = {name: sdk.describe(key_id) for name, key_id in ids.items()}
+    assert (meta["k2"].key_state, meta["k2"].deletion_protection) == ("PendingDeletion", "Disabled")
+    assert (meta["k3"].key_state, meta["k3"].material_expire_time) == ("Enabled", "2098-06-30T00:00:00Z")
+    assert meta["k4"].key_state == "PendingImport"
+    assert sdk.public_key_der(ids["k3"]) == spki_der(private_pem("EC_P256", 22))
+    aliases = sdk.aliases()
+    assert aliases["alias/e2e/k1-new"] == ids["k1"]
+    assert aliases["alias/e2e/k5"] == ids["k6"]
