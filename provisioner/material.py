@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 import re
 import stat
@@ -123,6 +124,29 @@ class PrivateMaterial:
 # --- parsing -----------------------------------------------------------------------------------
 
 
+def _load_der(der: bytes, passphrase: bytes | None) -> object:
+    """cryptography's DER loader without OpenSSL's full RSA check (primality tests: 60-600 ms a key,
+    holding the GIL); `_check_rsa_numbers` keeps the consistency part of it at big-int speed."""
+    return serialization.load_der_private_key(der, passphrase, unsafe_skip_rsa_key_validation=True)
+
+
+def _check_rsa_numbers(key: rsa.RSAPrivateKey) -> None:
+    """The numbers of an RSA key must fit together, or it signs garbage and KMS refuses it."""
+    n = key.private_numbers()
+    p, q, d, e = n.p, n.q, n.d, n.public_numbers.e
+    fits = (
+        p > 1
+        and q > 1
+        and p * q == n.public_numbers.n
+        and (d * e) % math.lcm(p - 1, q - 1) == 1
+        and n.dmp1 == d % (p - 1)
+        and n.dmq1 == d % (q - 1)
+        and (n.iqmp * q) % p == 1
+    )
+    if not fits:
+        raise MaterialError("the RSA private key is inconsistent: its numbers do not fit together")
+
+
 def _classify(key: object) -> PrivateMaterial:
     if isinstance(key, rsa.RSAPrivateKey):
         spec = _RSA_SPECS.get(key.key_size)
@@ -130,6 +154,7 @@ def _classify(key: object) -> PrivateMaterial:
             raise MaterialError(
                 f"RSA key of {key.key_size} bits is not a supported spec (RSA_2048, RSA_3072, RSA_4096)"
             )
+        _check_rsa_numbers(key)
         return PrivateMaterial(key, spec)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         spec = _EC_SPECS.get(key.curve.name)
@@ -184,7 +209,7 @@ def _parse_der(der: bytes, passphrase: bytes | None) -> PrivateMaterial:
         if passphrase is None:
             raise MaterialError(_NEEDS_PASSPHRASE)
         try:
-            return _classify(serialization.load_der_private_key(der, passphrase))
+            return _classify(_load_der(der, passphrase))
         except UnsupportedAlgorithm:
             # cryptography decrypted it but does not know the curve (SM2): decrypt it ourselves.
             plain = _decrypt_pbes2(der, passphrase)
@@ -192,7 +217,7 @@ def _parse_der(der: bytes, passphrase: bytes | None) -> PrivateMaterial:
         except ValueError:
             raise MaterialError(_BAD_PASSPHRASE) from None
     try:
-        key = serialization.load_der_private_key(der, None)
+        key = _load_der(der, None)
     except UnsupportedAlgorithm as e:
         raise MaterialError(f"unsupported key type: {e}") from None
     except (ValueError, TypeError):
@@ -237,7 +262,8 @@ def _parse_legacy_encrypted_pem(
             # Wrong passphrases sometimes leave valid-looking padding over garbage.
             raise MaterialError(_BAD_PASSPHRASE) from None
     try:
-        return _classify(serialization.load_pem_private_key(pem, passphrase))
+        key = serialization.load_pem_private_key(pem, passphrase, unsafe_skip_rsa_key_validation=True)
+        return _classify(key)
     except UnsupportedAlgorithm as e:
         raise MaterialError(f"unsupported encrypted key: {e}") from None
     except (ValueError, TypeError):

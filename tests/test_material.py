@@ -456,3 +456,21 @@ def test_no_plaintext_in_reprs_errors_or_output(
     assert "EC_P256K" in blob and "fingerprint" in blob  # the scan saw real messages
     for needle in _needles(secrets_):
         assert needle not in blob
+
+
+def test_inconsistent_rsa_key_is_refused() -> None:
+    """OpenSSL's slow primality check is skipped; the cheap consistency check must catch a bad CRT value."""
+    from cryptography.hazmat.primitives.asymmetric import rsa as _rsa
+
+    from provisioner.material import parse_private_key
+
+    good = _rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    bad = _rsa.RSAPrivateNumbers(
+        p=good.p, q=good.q, d=good.d, dmp1=good.dmp1 ^ 2, dmq1=good.dmq1, iqmp=good.iqmp,
+        public_numbers=good.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    from cryptography.hazmat.primitives import serialization as _ser
+
+    der = bad.private_bytes(_ser.Encoding.DER, _ser.PrivateFormat.PKCS8, _ser.NoEncryption())
+    with pytest.raises(MaterialError, match="the RSA private key is inconsistent: its numbers do not fit"):
+        parse_private_key(der)

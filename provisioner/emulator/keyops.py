@@ -102,7 +102,10 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
             except ValueError as e:
                 raise NotAPrivateKey("the unwrapped SM2 scalar is out of range") from e
         else:
-            wrapping_key = serialization.load_der_private_key(wrapping_private_der, password=None)
+            # The emulator made this key itself: OpenSSL's primality checks would only cost time.
+            wrapping_key = serialization.load_der_private_key(
+                wrapping_private_der, password=None, unsafe_skip_rsa_key_validation=True
+            )
             assert isinstance(wrapping_key, rsa.RSAPrivateKey)
             der = wrapping.unwrap_rsa_aes(wrapping_key, blob)
     except WrappingError as e:
@@ -125,7 +128,10 @@ def _load(key: ImportedKey) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | 
         if d is None:
             raise CryptoFailure("stored SM2 material does not parse")
         return d
-    loaded = serialization.load_der_private_key(key.pkcs8_der, password=None)
+    # Checked when it was imported (material.parse_private_key); no need to pay for it on every call.
+    loaded = serialization.load_der_private_key(
+        key.pkcs8_der, password=None, unsafe_skip_rsa_key_validation=True
+    )
     if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise CryptoFailure("stored material is not an RSA or EC key")
     return loaded
