@@ -337,7 +337,10 @@ def wrap(
     if out is None:
         click.echo(wrapped)
     else:
-        _write_owner_only(out, wrapped + "\n")
+        try:
+            _write_owner_only(out, wrapped + "\n")
+        except OSError as e:
+            raise WrappingError(f"--out {out}: cannot write: {e.strerror}") from None
         click.echo(f"wrote {chosen} wrapped material for {material.fingerprint} to {out}", err=True)
     return 0
 

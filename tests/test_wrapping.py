@@ -310,3 +310,15 @@ def test_rsa_wrap_round_trips_any_length(plaintext: bytes, esk: bytes) -> None:
 def test_sm2_wrap_round_trips_any_scalar(d: int) -> None:
     blob = base64.b64decode(wrap(sm2_material(d), sm2_wrapping_spki(), SM2PKE))
     assert unwrap_sm2_sm4(sm2_wrapping_scalar(), blob) == d.to_bytes(32, "big")
+
+
+def test_wrap_command_out_into_missing_folder_is_one_clear_error(tmp_path: Path) -> None:
+    material, public = _key_files(tmp_path)
+    out = tmp_path / "no-such-folder" / "wrapped.txt"
+    result = CliRunner().invoke(
+        cli, ["wrap", "--public-key", str(public), "--material", str(material), "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr == f"error: --out {out}: cannot write: No such file or directory\n"
+    assert "Traceback" not in result.output
+    assert not out.parent.exists()
