@@ -18,6 +18,8 @@ from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import ApplyError, KmsApiError, MaterialError, ProvisionerError, StalePlan
 from provisioner.material import PrivateMaterial, verify_material
 from provisioner.model import (
+    TAG_NAME,
+    TAG_STACK,
     KeySpec,
     KeyState,
     KeyUsage,
@@ -207,11 +209,13 @@ class _Applier:
                 outcome.done.append(f"created {key_id}")
             elif action in (Action.IMPORT, Action.REIMPORT):
                 assert key_id is not None
+                created = Action.CREATE in change.actions
+                claimed = self._claim(change, key_id, outcome) if created else None
                 self._import(change, key_id)
                 outcome.done.append(action.value + "ed")
-                if Action.CREATE in change.actions:
-                    # Aliases go on once the key is usable, then the import is read back.
-                    self._aliases(change, key_id)
+                if created:
+                    # The other aliases go on once the key is usable, then the import is read back.
+                    self._aliases(change, key_id, skip=claimed)
                     if change.aliases_to_create or change.aliases_to_move:
                         outcome.done.append("aliases")
                     if change.deletion_protection:
@@ -289,8 +293,39 @@ class _Applier:
             if self.kms.describe_key(key_id).key_state is not KeyState.PENDING_DELETION:
                 raise
 
-    def _aliases(self, change: Change, key_id: str) -> None:
+    def _claim(self, change: Change, key_id: str, outcome: KeyOutcome) -> str | None:
+        """Create a new key's first alias before importing into it. CreateAlias is atomic: of two
+        applies that created this identity at the same time, only the one holding the alias imports;
+        the other schedules its own key (which never held material) for deletion. Without this both
+        would import, and two keys holding material under one identity need a human to sort out."""
+        if not change.aliases_to_create:
+            return None
+        alias = change.aliases_to_create[0]
+        try:
+            self.kms.create_alias(alias, key_id)
+            return alias
+        except KmsApiError as e:
+            if e.code != "AliasAlreadyExists":
+                raise
+            holder = self.kms.describe_key(alias).key_id
+            if holder == key_id:  # a retried CreateAlias whose first attempt landed
+                return alias
+            tags = self.kms.list_resource_tags(holder)
+            identity = (TAG_STACK, TAG_NAME)
+            if any(tags.get(t) != change.tags_to_set.get(t) for t in identity):
+                raise  # someone else's alias: the next plan reports the conflict
+            self._schedule_deletion(key_id, DUPLICATE_WINDOW_DAYS)
+            outcome.done.append(f"duplicate {key_id} scheduled for deletion")
+            raise ApplyError(
+                f"another apply created key {holder} for {change.key!r} at the same time and holds "
+                f"{alias}; this run's key {key_id} (no material) is scheduled for deletion: "
+                f"run plan again"
+            ) from None
+
+    def _aliases(self, change: Change, key_id: str, skip: str | None = None) -> None:
         for alias in change.aliases_to_create:
+            if alias == skip:
+                continue
             try:
                 self.kms.create_alias(alias, key_id)
             except KmsApiError as e:

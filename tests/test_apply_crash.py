@@ -230,3 +230,37 @@ def test_apply_of_edits_killed_twice_then_converges(
     aliases = sdk.aliases()
     assert aliases["alias/e2e/k1-new"] == ids["k1"]
     assert aliases["alias/e2e/k5"] == ids["k6"]
+
+
+def test_two_applies_at_once_leave_one_key_per_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    """Two pipelines applying the same new stack at the same moment: no identity ends up with two
+    keys holding material (which would block every later plan); the next apply has nothing left."""
+    monkeypatch.chdir(tmp_path)
+    emulator = emulator_factory(latency_ms=30)
+    names = NAMES[:3]
+    for i, name in enumerate(names):
+        write_key(tmp_path, name, private_pem("EC_P256", 20 + i))
+    write_manifest(tmp_path, {name: key_entry(name) for name in names})
+    backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+    env = clean_env(emulator.credential_env())
+    cmd = [str(PROVISION), "apply", "manifests", "--auto-approve", *backend]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert 0 in [p.returncode for p in procs], outputs
+
+    r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=emulator.credential_env())
+    assert r.code == 0, outputs + [r.stdout, r.stderr]
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend], env=emulator.credential_env())
+    assert r.code == 0, outputs + [r.stdout, r.stderr]
+    sdk = SdkView(emulator.sdk_client())
+    aliases = sdk.aliases()
+    for i, (name, found) in enumerate(sorted(sdk.stack_keys().items())):
+        states = {k: sdk.describe(k) for k in found}
+        live = [k for k, m in states.items() if m.key_state != "PendingDeletion"]
+        assert len(live) == 1, (name, outputs)
+        assert all(m.material_expire_time in ("", None) for m in states.values())
+        assert sdk.public_key_der(live[0]) == spki_der(private_pem("EC_P256", 20 + i))
+        assert aliases[f"alias/e2e/{name}"] == live[0]

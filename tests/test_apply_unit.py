@@ -158,14 +158,15 @@ def test_one_key_failing_stops_only_that_key(env: Env, monkeypatch: pytest.Monke
     assert by_key["a"].ok
     assert not by_key["b"].ok
     assert by_key["b"].error == "CreateAlias: Forbidden.NoPermission: planted refusal (request id r)"
-    assert by_key["b"].done == [f"created {by_key['b'].key_id}", "imported"]
+    # The alias is claimed before the import (see the race test below), so b holds no material yet.
+    assert by_key["b"].done == [f"created {by_key['b'].key_id}"]
     assert any(line.startswith("b: FAILED after [created ") for line in lines)
     assert result.to_dict()["summary"] == {"changed": 1, "failed": 1}
     monkeypatch.undo()
-    # The next plan picks up where b stopped: only the alias is missing.
+    # The next plan picks up where b stopped: the alias and the material are missing.
     plan = env.plan()
     assert [(c.key, c.actions, c.aliases_to_create) for c in plan.changes] == [
-        ("b", ("update",), ("alias/e2e/b",))
+        ("b", ("update", "reimport"), ("alias/e2e/b",))
     ]
     assert env.apply(plan).ok
 
@@ -418,3 +419,49 @@ def test_an_interrupt_starts_no_further_key(env: Env) -> None:
     assert sum(len(keys) for keys in live.keys.values()) == 1  # the key under way finished; no other began
     (done,) = [keys[0] for keys in live.keys.values() if keys]
     assert done.status is KeyStatus.ENABLED and done.aliases
+
+
+def twin(env: Env, name: str, tags: dict[str, str] | None = None) -> str:
+    meta = env.kms.create_key(
+        spec=KeySpec.EC_P256, usage=KeyUsage.SIGN_VERIFY, protection=ProtectionLevel.SOFTWARE,
+        instance="kst-local-software", description="",
+        tags={TAG_STACK: STACK, TAG_NAME: name} if tags is None else tags,
+    )
+    return meta.key_id
+
+
+def test_of_two_applies_creating_one_key_only_the_alias_holder_imports(env: Env) -> None:
+    env.declare("a", 50, aliases=["alias/e2e/a", "alias/e2e/a2"])
+    plan = env.plan()  # made before the other run's CreateKey and CreateAlias landed
+    other = twin(env, "a")
+    env.kms.create_alias("alias/e2e/a", other)
+    result = env.apply(plan)
+    (outcome,) = result.outcomes
+    assert outcome.error == (
+        f"another apply created key {other} for 'a' at the same time and holds alias/e2e/a; this run's "
+        f"key {outcome.key_id} (no material) is scheduled for deletion: run plan again"
+    )
+    assert outcome.key_id is not None
+    assert outcome.done == [f"created {outcome.key_id}", f"duplicate {outcome.key_id} scheduled for deletion"]
+    mine = env.kms.describe_key(outcome.key_id)
+    assert mine.key_state is KeyState.PENDING_DELETION and mine.material_expire_time is None
+    # The other run died before importing: the next plan finishes its key.
+    plan = env.plan()
+    assert [(c.key_id, c.actions) for c in plan.changes] == [(other, ("update", "reimport"))]
+    assert env.apply(plan).ok
+    assert env.kms.describe_key(other).key_state is KeyState.ENABLED
+    assert not env.plan().has_changes
+
+
+def test_a_new_keys_alias_taken_by_a_foreign_key_leaves_it_without_material(env: Env) -> None:
+    env.declare("a", 50)
+    plan = env.plan()
+    foreign = twin(env, "a", tags={"owner": "someone-else"})
+    env.kms.create_alias("alias/e2e/a", foreign)
+    (outcome,) = env.apply(plan).outcomes
+    assert outcome.error is not None
+    assert outcome.error.startswith("CreateAlias: AliasAlreadyExists: ")
+    assert outcome.key_id is not None
+    assert env.kms.describe_key(outcome.key_id).key_state is KeyState.PENDING_IMPORT
+    plan = env.plan()
+    assert [(v.key, v.code.value) for v in plan.violations] == [("a", "alias-conflict")]
