@@ -6,7 +6,7 @@ A Plan is a value: it round-trips through JSON exactly and holds no private mate
 What `before` and `after` mean per action (Terraform's table, DESIGN section 5):
 
     action             before           after                 apply does, in this order
-    create, import     None             desired key           CreateKey(tags_to_set) -> import -> aliases
+    create, import     None             desired key           CreateKey(all tags), 1st alias, import, rest
     reimport           actual key       desired key           import the same material with expire_unix
     delete-material    actual key       desired key           DeleteKeyMaterial
     update             actual key       desired key           tags, aliases, description, protection
