@@ -106,6 +106,7 @@ def test_nothing_the_tool_prints_or_writes_holds_material_or_tokens(
     monkeypatch: pytest.MonkeyPatch,
     recorder: Recorder,
     caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
     emulator_factory: Callable[..., RunningEmulator],
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -184,6 +185,10 @@ def test_nothing_the_tool_prints_or_writes_holds_material_or_tokens(
     assert {"plan.json", "plan2.json", "wrapped.b64", ".provision/kms.db"} <= set(written)
     haystacks = {**rec.outputs, **{f"file {name}": data for name, data in written.items()}}
     haystacks["log records"] = caplog.text.encode()
+    # Whatever reached the process's own stdout/stderr (the in-process emulator, warnings).
+    captured = capfd.readouterr()
+    haystacks["process stdout"] = captured.out.encode()
+    haystacks["process stderr"] = captured.err.encode()
     assert "POST /?<query omitted>" in caplog.text  # urllib3's request lines were captured, and scrubbed
 
     needles: dict[str, bytes] = {}
