@@ -207,6 +207,9 @@ def serve(
     import sqlite3
     import threading
 
+    if not host.strip():
+        # An empty host would bind every interface, with public default credentials.
+        raise click.BadParameter("expected an address to listen on, got ''", param_hint="--host")
     try:
         config = emulator_server.EmulatorConfig(
             host=host,
@@ -231,6 +234,9 @@ def serve(
             _fail(f"error: cannot serve on {host}:{port} with db {db or ':memory:'}: {e.strerror or e}")
         except sqlite3.Error as e:
             _fail(f"error: cannot open emulator state {db}: {e}")
+        except ValueError:
+            # The store's schema check: another version's or another program's database.
+            _fail(f"error: cannot open emulator state {db}: not an emulator state file of this version")
         try:
             server.start()
             click.echo(f"listening on {server.url}")
@@ -523,6 +529,8 @@ def apply(
             text = plan_file.read_text(encoding="utf-8")
         except OSError as e:
             raise UsageError(f"--plan {plan_file}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--plan {plan_file}: not a plan file (not UTF-8 text)") from None
         the_plan = load_plan(text)
         saved = the_plan.backend
         manifest_backend = BackendConfig(

@@ -42,6 +42,10 @@ def open_kms(
         raise UsageError(f"unknown backend {kind!r} (expected {' or '.join(BACKEND_TYPES)})")
     if kind == "local" and endpoint and backend is None:
         raise UsageError("--endpoint needs --backend alibaba: the manifest's backend is local")
+    if kind == "local" and (endpoint or region):
+        # Silently ignoring them would plan against .provision/kms.db while the user meant a region.
+        flag = "--endpoint" if endpoint else "--region"
+        raise UsageError(f"{flag} applies to the alibaba backend only; the backend is local")
 
     inner: Transport
     if kind == "local":

@@ -82,6 +82,8 @@ def parse_endpoint(endpoint: str | None, region: str | None) -> tuple[str, str]:
     if not endpoint:
         if not region:
             raise UsageError("the alibaba backend needs a region (--region or ALIBABA_CLOUD_REGION_ID)")
+        if not _REGION.fullmatch(region):
+            raise UsageError(f"region: expected a region id such as cn-hangzhou, got {region!r}")
         return f"kms.{region}.aliyuncs.com", "https"
     text = endpoint.strip()
     protocol = "https"
@@ -91,9 +93,19 @@ def parse_endpoint(endpoint: str | None, region: str | None) -> tuple[str, str]:
             raise UsageError(f"--endpoint: unsupported scheme {scheme!r} in {endpoint!r} (http or https)")
         protocol, text = scheme.lower(), rest
     host = text.rstrip("/")
-    if not host or "/" in host or "?" in host or " " in host:
+    match = _HOST_PORT.fullmatch(host)
+    port = match.group("port") if match else None
+    if match is None or (port is not None and not 0 < int(port) <= 65535):
+        # Caught here, not after 30 seconds of retrying a connection that can never be made.
         raise UsageError(f"--endpoint: expected http://host:port, https://host or host, got {endpoint!r}")
     return host, protocol
+
+
+#: host (DNS name, IPv4 or bracketed IPv6) and an optional decimal port; no user info, path or query.
+_HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?"
+)
+_REGION = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def default_credentials() -> Any:

@@ -6,13 +6,14 @@ everything above the seam behaves the same on both backends. It adds no rule of 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner.errors import KmsApiError
+from provisioner.errors import BackendError, KmsApiError
 
 
 class LocalTransport:
@@ -23,12 +24,15 @@ class LocalTransport:
         from provisioner.emulator.models import KmsEngine, KmsError
         from provisioner.emulator.responses import KmsResponses, flatten_params
 
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db_path = db_path
         self._error_type: type[Exception] = KmsError
         self._flatten = flatten_params
-        # The local file holds no private material: the engine keeps only what KMS would show.
-        self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            # The local file holds no private material: the engine keeps only what KMS would show.
+            self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
+        except (OSError, sqlite3.Error, ValueError) as e:
+            raise BackendError(f"local backend {db_path}: {_open_failure(db_path, e)}") from None
         self._responses = KmsResponses(self._engine)
         # One SQLite connection under concurrent refresh threads: serialise, it is in-process anyway.
         self._lock = threading.Lock()
@@ -45,9 +49,28 @@ class LocalTransport:
                     "",
                     int(getattr(e, "status", 0) or 0),
                 ) from e
+            except sqlite3.Error as e:
+                # A locked, full or damaged state file: SQLite's text names no parameter, only the cause.
+                raise BackendError(f"{action}: local backend {self.db_path}: {e}") from None
         return dict(body)
 
     def close(self) -> None:
         close = getattr(self._engine, "close", None)
         if callable(close):
             close()
+
+
+def _open_failure(db_path: Path, e: Exception) -> str:
+    """Why the local state file cannot be used, in words, without SQLite's or the OS's internals."""
+    if isinstance(e, FileExistsError):
+        return f"{db_path.parent} exists and is not a folder"
+    if isinstance(e, OSError):
+        return f"cannot create its folder: {e.strerror or e}"
+    if db_path.is_dir():
+        return "is a folder, not a state file"
+    if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
+        return "cannot open or create it; check the path and its folder's permissions"
+    if isinstance(e, ValueError):
+        return "was written by another version of the provisioner or another program; move it aside"
+    # "file is not a database", "no such column": some other file, or another program's database.
+    return "is not a local backend state file; move it aside or fix backend.path"

@@ -88,6 +88,14 @@ class Store:
     def __init__(self, path: str | None) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
         self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
+        try:
+            self._setup(path)
+        except BaseException:
+            # A file that is not our database (or not a database at all) must not leak the connection.
+            self._conn.close()
+            raise
+
+    def _setup(self, path: str | None) -> None:
         self._conn.row_factory = sqlite3.Row
         # Deleted rows (material of a deleted or expired key) are overwritten, not left in free pages.
         self._conn.execute("PRAGMA secure_delete = ON")
@@ -106,7 +114,6 @@ class Store:
             )
             found = tx.one("SELECT value FROM meta WHERE name = 'schema_version'")
         if found is None or found["value"] != SCHEMA_VERSION:
-            self._conn.close()
             version = None if found is None else found["value"]
             raise ValueError(f"{path}: emulator schema version {version}, expected {SCHEMA_VERSION}")
 

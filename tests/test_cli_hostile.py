@@ -1,0 +1,236 @@
+"""User mistakes found by driving the CLI as a hostile user: each exits 1 with one located message.
+
+Every case asserts the exit code, the message and that no traceback reached the user; cases that
+touch state files also check that nothing was written or lost.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.backend.local import LocalTransport
+from provisioner.cli import main
+from provisioner.errors import BackendError
+
+REPO = Path(__file__).resolve().parent.parent
+NOT_STATE = "is not a local backend state file; move it aside or fix backend.path"
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    code = info.value.code
+    assert "Traceback" not in err
+    return (code if isinstance(code, int) else 1), out, err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shipped example manifests, as the current directory."""
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
+    for name in ("ALIBABA_CLOUD_REGION_ID", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def with_backend(workdir: Path, block: str) -> None:
+    manifest = workdir / "manifests" / "payments.yaml"
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_text(text.replace("\ndefaults:", f"\n{block}\ndefaults:", 1), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------- local backend state file
+
+
+def test_local_backend_path_that_cannot_be_created(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with_backend(workdir, "backend: {type: local, path: /proc/x.db}")
+
+    rc, out, err = run_main(["plan", "manifests"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err.endswith(
+        "error: local backend /proc/x.db: cannot open or create it; "
+        "check the path and its folder's permissions\n"
+    )
+
+
+def test_local_backend_path_that_is_a_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with_backend(workdir, "backend: {type: local, path: keys}")
+
+    rc, _, err = run_main(["plan", "manifests"], capsys)
+
+    assert rc == 1
+    folder = workdir / "manifests" / "keys"
+    assert err.endswith(f"error: local backend {folder}: is a folder, not a state file\n")
+
+
+@pytest.mark.parametrize("command", ["plan", "drift"])
+def test_corrupted_local_state_file_is_reported_and_left_alone(
+    workdir: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = workdir / ".provision" / "kms.db"
+    state.parent.mkdir()
+    garbage = os.urandom(4096)
+    state.write_bytes(garbage)
+
+    rc, _, err = run_main([command, "manifests"], capsys)
+
+    assert rc == 1
+    assert err.endswith(f"error: local backend {state}: {NOT_STATE}\n")
+    assert state.read_bytes() == garbage
+    assert sorted(p.name for p in state.parent.iterdir()) == ["kms.db"]
+
+
+def test_another_programs_sqlite_file_is_not_taken_for_state(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = workdir / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE keys (a)")
+    conn.commit()
+    conn.close()
+    with_backend(workdir, f"backend: {{type: local, path: {other}}}")
+
+    rc, _, err = run_main(["plan", "manifests"], capsys)
+
+    assert rc == 1
+    assert err.endswith(f"error: local backend {other}: {NOT_STATE}\n")
+
+
+def test_state_folder_that_is_a_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / ".provision").write_text("not a folder", encoding="utf-8")
+
+    rc, _, err = run_main(["plan", "manifests"], capsys)
+
+    assert rc == 1
+    assert err.endswith(
+        f"error: local backend {workdir / '.provision' / 'kms.db'}: {workdir / '.provision'} exists and is "
+        "not a folder\n"
+    )
+    assert (workdir / ".provision").read_text(encoding="utf-8") == "not a folder"
+
+
+def test_sqlite_failure_during_a_call_is_a_backend_error(tmp_path: Path) -> None:
+    db = tmp_path / "kms.db"
+    transport = LocalTransport(db)
+    try:
+        damage = sqlite3.connect(db)
+        damage.execute("DROP TABLE keys")
+        damage.commit()
+        damage.close()
+        with pytest.raises(BackendError) as info:
+            transport.call("DescribeKey", {"KeyId": "key-x"})
+    finally:
+        transport.close()
+    assert str(info.value) == f"DescribeKey: local backend {db}: no such table: keys"
+
+
+# ---------------------------------------------------------------------- backend flags
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["host:notaport", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://[::1", "http://user@host:1"],
+)
+def test_malformed_endpoint_is_refused_before_any_connection(
+    workdir: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["plan", "manifests", "--endpoint", endpoint], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == f"error: --endpoint: expected http://host:port, https://host or host, got {endpoint!r}\n"
+
+
+@pytest.mark.parametrize("region", ["cn hangzhou", "../../x", "CN_HANGZHOU"])
+def test_malformed_region_is_refused(workdir: Path, region: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["plan", "manifests", "--backend", "alibaba", "--region", region], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == f"error: region: expected a region id such as cn-hangzhou, got {region!r}\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--region", "cn-hangzhou"], "--region applies to the alibaba backend only; the backend is local"),
+        (["--endpoint", "h:1"], "--endpoint applies to the alibaba backend only; the backend is local"),
+    ],
+)
+def test_alibaba_flags_with_the_local_backend_are_refused(
+    workdir: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_main(["plan", "manifests", "--backend", "local", *flags], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == f"error: {message}\n"
+    assert not (workdir / ".provision").exists()
+
+
+# ---------------------------------------------------------------------- apply --plan, emulator serve
+
+
+def test_apply_of_a_binary_plan_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "plan.json").write_bytes(b"\x83\xff" + os.urandom(512))
+
+    rc, out, err = run_main(["apply", "--plan", "plan.json"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == "error: --plan plan.json: not a plan file (not UTF-8 text)\n"
+    assert not (workdir / ".provision").exists()
+
+
+def test_emulator_db_of_another_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '7')")
+    conn.commit()
+    conn.close()
+
+    rc, out, err = run_main(["emulator", "serve", "--port", "0", "--db", str(db)], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == f"error: cannot open emulator state {db}: not an emulator state file of this version\n"
+
+
+def test_emulator_empty_host_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(["emulator", "serve", "--host", "", "--port", "0"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert "Invalid value for --host: expected an address to listen on, got ''" in err
+
+
+@pytest.mark.slow
+def test_console_script_reports_a_corrupted_state_file(workdir: Path) -> None:
+    """The installed `provision` script, not main(): same exit code, same message, no traceback."""
+    script = Path(sys.executable).parent / "provision"
+    if not script.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    (workdir / ".provision").mkdir()
+    (workdir / ".provision" / "kms.db").write_bytes(os.urandom(2048))
+
+    done = subprocess.run(
+        [str(script), "drift", "manifests"], cwd=workdir, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.endswith(f"{NOT_STATE}\n")
