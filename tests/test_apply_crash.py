@@ -249,7 +249,11 @@ def test_two_applies_at_once_leave_one_key_per_identity(
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=60)[0] for p in procs]
-    assert 0 in [p.returncode for p in procs], outputs
+    # Each key goes to whichever run claims its alias first, so both runs may report a lost race.
+    assert all(p.returncode in (0, 1) for p in procs), outputs
+    assert not any("Traceback" in out for out in outputs), outputs
+    lost = sum(out.count("at the same time and holds") for out in outputs)
+    assert lost <= 2 * len(names)  # each line printed twice: progress, then summary
 
     r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=emulator.credential_env())
     assert r.code == 0, outputs + [r.stdout, r.stderr]
