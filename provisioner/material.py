@@ -560,8 +560,16 @@ def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:
         raise MaterialError(f"file {path}: cannot read: {e.strerror}") from None
     spki = _public_spki_of_bytes(data)
     if spki is not None:
-        spec_of_spki(spki)
+        try:
+            spec_of_spki(spki)
+        except MaterialError as e:
+            raise MaterialError(f"file {path}: {e}") from None
         return fingerprint_of_spki(spki)
+    if any(b.group(1) == b"CERTIFICATE" for b in _PEM_BLOCK.finditer(data)):
+        raise MaterialError(
+            f"file {path}: holds a certificate, not a key; "
+            f"give its public key (openssl x509 -pubkey -noout -in {path})"
+        )
     try:
         material = parse_private_key(data, passphrase)
     except MaterialError as e:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.backend.local import LocalTransport
 from provisioner.cli import main
@@ -178,6 +180,42 @@ def test_alibaba_flags_with_the_local_backend_are_refused(
     assert out == ""
     assert err == f"error: {message}\n"
     assert not (workdir / ".provision").exists()
+
+
+# ---------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_of_a_certificate_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"),
+         "-out", str(cert), "-subj", "/CN=x", "-days", "1"],
+        check=True, capture_output=True, timeout=60,
+    )
+
+    rc, out, err = run_main(["fingerprint", str(cert)], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == (
+        f"error: file {cert}: holds a certificate, not a key; "
+        f"give its public key (openssl x509 -pubkey -noout -in {cert})\n"
+    )
+
+
+def test_fingerprint_of_an_unsupported_public_key_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub = tmp_path / "p384.pem"
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pub.write_bytes(key.public_bytes(serialization.Encoding.PEM, spki))
+
+    rc, out, err = run_main(["fingerprint", str(pub)], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == f"error: file {pub}: public key is not of a supported spec\n"
 
 
 # ---------------------------------------------------------------------- apply --plan, emulator serve

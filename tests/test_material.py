@@ -371,7 +371,7 @@ def test_fingerprint_of_key_file_errors(tmp_path: Path) -> None:
     p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
     p384_pem = p384.public_bytes(Enc.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     pub = write_key(tmp_path / "p384.pem", p384_pem)
-    with pytest.raises(MaterialError, match="^public key is not of a supported spec$"):
+    with pytest.raises(MaterialError, match=f"^file {pub}: public key is not of a supported spec$"):
         fingerprint_of_key_file(pub)
 
 
