@@ -293,6 +293,16 @@ class Plan:
         r.no_extra()
         if summary is not None and summary != plan.summary:
             raise _malformed("plan.summary", "does not match the changes (was the file edited by hand?)")
+        # A key created under one stack's identity tags while apply checks another stack's live state
+        # would make a duplicate that the rightful stack's next plan schedules for deletion.
+        for i, c in enumerate(plan.changes):
+            expected = {TAG_STACK: plan.stack, TAG_NAME: c.key}
+            for tag, value in expected.items():
+                if tag in c.tags_to_set and c.tags_to_set[tag] != value:
+                    raise _malformed(
+                        f"changes[{i}].tags_to_set",
+                        f"{tag} is {c.tags_to_set[tag]!r}, not {value!r} (was the file edited by hand?)",
+                    )
         return plan
 
 

@@ -6,6 +6,7 @@ touch state files also check that nothing was written or lost.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -272,3 +273,28 @@ def test_console_script_reports_a_corrupted_state_file(workdir: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.endswith(f"{NOT_STATE}\n")
+
+
+def test_apply_of_a_plan_whose_stack_was_edited_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Applying it would create keys tagged for `payments` while checking `other`'s live state."""
+    rc, _, _ = run_main(["plan", "manifests", "--out", "plan.json"], capsys)
+    assert rc == 0
+    saved = json.loads((workdir / "plan.json").read_text(encoding="utf-8"))
+    saved["stack"] = "other"
+    (workdir / "plan.json").write_text(json.dumps(saved), encoding="utf-8")
+
+    rc, out, err = run_main(["apply", "--plan", "plan.json"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err == (
+        "error: plan file is malformed: changes[0].tags_to_set: byok-provisioner:stack is 'payments', "
+        "not 'other' (was the file edited by hand?)\n"
+    )
+    transport = LocalTransport(workdir / ".provision" / "kms.db")
+    try:
+        assert transport.call("ListKeys", {"PageNumber": 1, "PageSize": 100})["TotalCount"] == 0
+    finally:
+        transport.close()
