@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -641,7 +641,17 @@ def parse_expiry(value: str) -> datetime | None:
         return None
     if not RFC3339_RE.fullmatch(value):
         raise ValueError(value)
-    return datetime.fromisoformat(value.replace("z", "Z"))
+    parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    try:
+        # Plan and apply work in UTC: 9999-12-31T23:59:59-01:00 is past datetime's last day there.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ExpiryOutOfRange(value) from None
+    return parsed
+
+
+class ExpiryOutOfRange(ValueError):
+    """An RFC 3339 time that cannot be expressed in UTC (outside years 1..9999 once converted)."""
 
 
 @dataclass
@@ -843,6 +853,14 @@ def _check_key(
     if isinstance(raw_expiry, str):
         try:
             expiry = parse_expiry(raw_expiry)
+        except ExpiryOutOfRange:
+            diags.append(
+                Diagnostic(
+                    doc.loc((*base, "expiry")),
+                    f"expiry {_show(raw_expiry)} is not a time in UTC years 1..9999; "
+                    'use "never" for no expiry',
+                )
+            )
         except ValueError:
             diags.append(
                 Diagnostic(

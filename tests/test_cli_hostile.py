@@ -298,3 +298,21 @@ def test_apply_of_a_plan_whose_stack_was_edited_is_refused(
         assert transport.call("ListKeys", {"PageNumber": 1, "PageSize": 100})["TotalCount"] == 0
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize("expiry", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00"])
+def test_expiry_beyond_what_utc_can_hold_is_a_located_error(
+    workdir: Path, expiry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = workdir / "manifests" / "payments.yaml"
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_text(text.replace('"2099-12-31T23:59:59Z"', f'"{expiry}"', 1), encoding="utf-8")
+
+    rc, out, err = run_main(["plan", "manifests"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    where = "manifests/payments.yaml:39:13"
+    assert f'{where}: error: expiry "{expiry}" is not a time in UTC years 1..9999; ' in err
+    assert err.endswith('use "never" for no expiry\n1 error(s)\n')
+    assert not (workdir / ".provision").exists()
