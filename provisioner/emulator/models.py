@@ -534,8 +534,9 @@ class KmsEngine:
         tags: Sequence[tuple[str, str]] | None = None,
     ) -> Key:
         spec: KeySpec = _enum("KeySpec", KeySpec, require("KeySpec", key_spec))
-        # The vendor's default usage is ENCRYPT/DECRYPT.
-        usage: KeyUsage = _enum("KeyUsage", KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT.value)
+        # CreateKey's reference: SIGN/VERIFY by default for a spec that can sign (every RSA and EC spec
+        # here), ENCRYPT/DECRYPT only for one that cannot (symmetric specs, not modelled).
+        usage: KeyUsage = _enum("KeyUsage", KeyUsage, key_usage or KeyUsage.SIGN_VERIFY.value)
         key_origin: Origin = _enum("Origin", Origin, origin or Origin.ALIYUN_KMS.value)
         if key_origin is not Origin.EXTERNAL:
             # A deliberate narrowing: this emulator models BYOK only, so it never generates keys.
