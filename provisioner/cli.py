@@ -374,7 +374,13 @@ def _load_stage(
 
 
 def _open_stage(
-    manifest_backend: Any, backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...]
+    manifest_backend: Any,
+    backend: str | None,
+    endpoint: str | None,
+    region: str | None,
+    qps: tuple[str, ...],
+    *,
+    create: bool = True,
 ) -> Any:
     from provisioner.backend import open_kms
     from provisioner.backend.resilience import parse_qps
@@ -386,6 +392,7 @@ def _open_stage(
         manifest_backend=manifest_backend,
         qps=parse_qps(qps) if qps else None,
         max_elapsed=_retry_seconds(),
+        create=create,
     )
     click.echo(f"using {kms.description}", err=True)
     return kms
@@ -612,7 +619,8 @@ def drift(
     from provisioner.refresh import refresh
 
     ms, _ = _load_stage(paths, var, var_files, offline_material=True)
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    # drift never writes, not even an empty local state file where none was.
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
     try:
         live = refresh(

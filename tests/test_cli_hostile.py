@@ -316,3 +316,17 @@ def test_expiry_beyond_what_utc_can_hold_is_a_located_error(
     assert f'{where}: error: expiry "{expiry}" is not a time in UTC years 1..9999; ' in err
     assert err.endswith('use "never" for no expiry\n1 error(s)\n')
     assert not (workdir / ".provision").exists()
+
+
+def test_drift_creates_no_local_state_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DESIGN: drift never writes. Run where no state exists (a fresh checkout, the wrong folder),
+    it reports every key missing, says the state file is absent, and leaves no .provision/ behind."""
+    rc, out, err = run_main(["drift", "manifests", "--format", "json"], capsys)
+
+    assert rc == 2
+    assert err == "using local backend (.provision/kms.db), which does not exist yet: an empty KMS\n"
+    report = json.loads(out)
+    assert sorted((d["key"], d["kind"]) for d in report["drift"]) == [
+        ("api-tokens", "missing"), ("card-data", "missing"), ("receipts-signing", "missing")
+    ]
+    assert not (workdir / ".provision").exists()

@@ -28,12 +28,15 @@ def open_kms(
     qps: Mapping[str, float] | None = None,
     cwd: Path | None = None,
     max_elapsed: float = 30.0,
+    create: bool = True,
 ) -> Kms:
     """The KMS the user asked for. A flag beats the manifest; `--endpoint` alone means alibaba.
 
     With no backend anywhere, the local backend on `.provision/kms.db` under `cwd`. `qps` holds
     per-group overrides (`parse_qps`): alibaba fills the other groups from the vendor's quotas; the
-    local backend, in-process, is limited only in the groups given.
+    local backend, in-process, is limited only in the groups given. `create=False` (read-only
+    commands) leaves a missing local state file uncreated: the KMS is then empty and its
+    description says so.
     """
     cwd = cwd or Path.cwd()
     mb = manifest_backend
@@ -53,8 +56,11 @@ def open_kms(
 
         path = mb.path if mb is not None and mb.type == "local" and mb.path is not None else DEFAULT_LOCAL_DB
         db = path if path.is_absolute() else cwd / path
-        inner = LocalTransport(db)
+        local = LocalTransport(db, create=create)
+        inner = local
         description = f"local backend ({_shown(db, cwd)})"
+        if local.missing:
+            description += ", which does not exist yet: an empty KMS"
         info = {"type": "local", "path": _shown(db, cwd)}
         limits: Mapping[str, float] = dict(qps or {})
     else:

@@ -19,7 +19,11 @@ from provisioner.errors import BackendError, KmsApiError
 class LocalTransport:
     """Transport.call straight into `KmsResponses.handle`; KmsError becomes KmsApiError."""
 
-    def __init__(self, db_path: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, db_path: Path, *, clock: Callable[[], datetime] | None = None, create: bool = True
+    ) -> None:
+        """`create=False` (plan, drift): a state file that does not exist is not created; the calls
+        see an empty KMS in memory instead, and `missing` says so."""
         # Imported here so that the alibaba backend never loads the engine.
         from provisioner.emulator.models import KmsEngine, KmsError
         from provisioner.emulator.responses import KmsResponses, flatten_params
@@ -27,10 +31,14 @@ class LocalTransport:
         self.db_path = db_path
         self._error_type: type[Exception] = KmsError
         self._flatten = flatten_params
+        self.missing = not create and not db_path.exists() and not db_path.is_symlink()
         try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            # The local file holds no private material: the engine keeps only what KMS would show.
-            self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
+            if self.missing:
+                self._engine = KmsEngine(None, persist_private_keys=False, clock=clock)
+            else:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                # The local file holds no private material: the engine keeps only what KMS would show.
+                self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
         except (OSError, sqlite3.Error, ValueError) as e:
             raise BackendError(f"local backend {db_path}: {_open_failure(db_path, e)}") from None
         self._responses = KmsResponses(self._engine)
