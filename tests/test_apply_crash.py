@@ -268,3 +268,59 @@ def test_two_applies_at_once_leave_one_key_per_identity(
         assert all(m.material_expire_time in ("", None) for m in states.values())
         assert sdk.public_key_der(live[0]) == spki_der(private_pem("EC_P256", 20 + i))
         assert aliases[f"alias/e2e/{name}"] == live[0]
+
+
+def test_apply_on_the_local_backend_killed_three_times_then_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded backend's SQLite file survives SIGKILL mid-apply; the next apply finishes."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    for i, name in enumerate(NAMES):
+        write_key(tmp_path, name, private_pem("EC_P256", 20 + i))
+    write_manifest(tmp_path, {name: key_entry(name) for name in NAMES})
+    db = tmp_path / ".provision" / "kms.db"
+    cmd = [str(PROVISION), "apply", "manifests", "--auto-approve"]
+
+    def rows() -> int:
+        if not db.exists():
+            return 0
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            try:
+                return int(conn.execute("SELECT count(*) FROM keys").fetchone()[0]) + int(
+                    conn.execute("SELECT count(*) FROM aliases").fetchone()[0]
+                )
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # schema not there yet, or locked for a moment
+            return 0
+
+    moments = []
+    for n in (1, 3, 5):
+        base = rows()
+        proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 40
+        while proc.poll() is None and rows() - base < n and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            moments.append(f"killed after {rows() - base} new rows")
+        else:
+            moments.append(f"finished first with exit {proc.returncode}")
+        proc.wait(10)
+    print(moments)  # for `pytest -s`
+
+    r = run_cli(["apply", "manifests", "--auto-approve"])
+    assert r.code == 0, moments + [r.stdout, r.stderr]
+    r = run_cli(["plan", "manifests", "--detailed-exitcode"])
+    assert r.code == 0, moments + [r.stdout, r.stderr]
+    assert any(m.startswith("killed") for m in moments), moments
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        states = conn.execute("SELECT state, count(*) FROM keys GROUP BY state").fetchall()
+    finally:
+        conn.close()
+    # One Enabled key per name; nothing else was ever created (no write is lost or doubled by a kill).
+    assert dict(states) == {"Enabled": len(NAMES)}, moments
