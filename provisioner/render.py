@@ -7,6 +7,7 @@ A Plan holds no private material, so no rendering can show any.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,13 +51,24 @@ def _symbol(change: Change) -> tuple[str, str]:
     return "-", _RED  # a change with duplicates only: they are scheduled for deletion
 
 
+def _visible(text: str) -> str:
+    """`text` with format and control characters (bidi overrides, zero-width, escapes) written as
+    \\uXXXX: a description or a live value must not reorder or hide what a reviewer reads."""
+    return "".join(
+        f"\\u{ord(ch):04x}" if ch != "\n" and unicodedata.category(ch) in _HIDDEN else ch for ch in text
+    )
+
+
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+
+
 def _q(value: Any) -> str:
     """A value as the user would write it in a manifest."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return json.dumps(value, ensure_ascii=False)
+    return _visible(json.dumps(value, ensure_ascii=False))
 
 
 def _backend_words(backend: Mapping[str, str]) -> str:
@@ -280,8 +292,8 @@ def render_drift_text(report: DriftReport, *, color: bool) -> str:
     out = [f"Stack {report.stack!r}: drift found", ""]
     for item in report.items:
         out.append(
-            f"  {paint('!', _YELLOW)} {paint(item.key, _BOLD)}: "
-            f"{paint(item.kind.value, _YELLOW)}: {item.detail}"
+            f"  {paint('!', _YELLOW)} {paint(_visible(item.key), _BOLD)}: "
+            f"{paint(item.kind.value, _YELLOW)}: {_visible(item.detail)}"
         )
         out.append(paint(f"      {_found_words(item)}", _DIM))
     out.append("")

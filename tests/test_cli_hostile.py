@@ -330,3 +330,22 @@ def test_drift_creates_no_local_state_file(workdir: Path, capsys: pytest.Capture
         ("api-tokens", "missing"), ("card-data", "missing"), ("receipts-signing", "missing")
     ]
     assert not (workdir / ".provision").exists()
+
+
+def test_plan_text_shows_bidi_and_invisible_characters_escaped(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A description with a right-to-left override or zero-width space must not reorder or hide
+    text on the reviewer's terminal (plan output is what gets approved)."""
+    manifest = workdir / "manifests" / "payments.yaml"
+    text = manifest.read_text(encoding="utf-8")
+    old = "description: Signs API access tokens (ECDSA P-256, demo material)"
+    assert old in text
+    manifest.write_text(text.replace(old, 'description: "ok\\u202e lanigiro\\u200b 日本"'), encoding="utf-8")
+
+    rc, out, _ = run_main(["plan", "manifests", "--no-color"], capsys)
+
+    assert rc == 0
+    assert '+ description = "ok\\u202e lanigiro\\u200b 日本"' in out
+    assert "\u202e" not in out
+    assert "\u200b" not in out
