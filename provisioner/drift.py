@@ -18,8 +18,9 @@ from provisioner.model import (
     KeyStatus,
     LiveState,
     ManifestSet,
+    format_time,
 )
-from provisioner.plan import format_time, sort_identity
+from provisioner.plan import sort_identity
 
 FORMAT_VERSION = 1
 DEFAULT_EXPIRY_WARNING_DAYS = 30

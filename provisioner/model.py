@@ -8,9 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import overload
+
+#: How KMS writes times on the wire (`2021-05-20T06:34:21Z`); plan and drift documents use it too.
+WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@overload
+def format_time(value: datetime) -> str: ...
+@overload
+def format_time(value: None) -> None: ...
+def format_time(value: datetime | None) -> str | None:
+    """UTC, whole seconds, `Z` suffix."""
+    return None if value is None else value.astimezone(UTC).strftime(WIRE_TIME_FORMAT)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """The inverse of format_time. None or "" (KMS's "never") is None; anything else malformed: ValueError."""
+    if not value:
+        return None
+    return datetime.strptime(value, WIRE_TIME_FORMAT).replace(tzinfo=UTC)
 
 
 class KeySpec(StrEnum):

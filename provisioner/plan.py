@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -40,6 +40,8 @@ from provisioner.model import (
     KeyStatus,
     LiveState,
     ManifestSet,
+    format_time,
+    parse_time,
 )
 
 FORMAT_VERSION = 1
@@ -63,19 +65,6 @@ class ViolationCode(StrEnum):
     UNSUPPORTED = "unsupported"
     EXPIRY_IN_PAST = "expiry-in-past"
     DUPLICATE_IDENTITY = "duplicate-identity"
-
-
-def format_time(value: datetime | None) -> str | None:
-    """UTC, second precision, `Z` suffix: the form KMS uses and the form plan files hold."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def expire_unix(expiry: datetime | None) -> int:
@@ -272,10 +261,9 @@ class Plan:
         try:
             created_at = parse_time(created)
         except ValueError:
-            raise _malformed(
-                "plan.created_at", f"{created!r} is not a time like 2026-01-31T12:00:00Z"
-            ) from None
-        assert created_at is not None
+            created_at = None
+        if created_at is None:
+            raise _malformed("plan.created_at", f"{created!r} is not a time like 2026-01-31T12:00:00Z")
         plan = cls(
             stack=r.req("stack", str),
             created_at=created_at,

@@ -297,6 +297,11 @@ def test_digest_changes_with_what_apply_depends_on() -> None:
             ProvisionerError,
             "plan file is malformed: plan.created_at: 'yesterday' is not a time",
         ),
+        (
+            lambda d: d.update(created_at=""),
+            ProvisionerError,
+            "plan file is malformed: plan.created_at: '' is not a time",
+        ),
     ],
 )
 def test_malformed_plan_file(mutate: Any, error: type[Exception], message: str) -> None:

@@ -21,6 +21,7 @@ from provisioner.model import (
     Origin,
     ProtectionLevel,
     WrappingAlgorithm,
+    parse_time,
 )
 
 #: Quota group of each action (vendor quotas: create 10/s, read 20/s, write 10/s, crypto 200/s).
@@ -77,17 +78,6 @@ class Transport(Protocol):
     def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """KMS times are UTC `2021-05-20T06:34:21Z`; an empty string means none."""
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

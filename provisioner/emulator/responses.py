@@ -10,7 +10,7 @@ import base64
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from provisioner.emulator.models import (
@@ -28,8 +28,7 @@ from provisioner.emulator.models import (
     parse_tags_json,
     unknown_action,
 )
-
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+from provisioner.model import format_time
 
 Handler = Callable[["KmsResponses", Mapping[str, str]], dict[str, Any]]
 
@@ -60,7 +59,7 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _time(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime(TIME_FORMAT)
+    return "" if value is None else format_time(value)
 
 
 def _indexed(params: Mapping[str, str], name: str) -> list[str]:

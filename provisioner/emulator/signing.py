@@ -13,10 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from provisioner.model import WIRE_TIME_FORMAT
+
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
 V2_METHOD = "HMAC-SHA1"
 V2_VERSION = "1.0"
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+TIMESTAMP_FORMAT = WIRE_TIME_FORMAT
 
 
 def percent_encode(value: str) -> str:
