@@ -352,21 +352,12 @@ def desired_snapshot(key: DesiredKey, fingerprint: str | None) -> dict[str, Any]
 
 
 def digest_actual(key: ActualKey) -> str:
-    """`sha256:<hex>` of what apply depends on, so a saved plan can tell that a key changed since."""
-    facts = {
-        "key_id": key.key_id,
-        "status": key.status.value,
-        "spec": key.spec.value,
-        "usage": key.usage.value,
-        "protection": key.protection.value,
-        "instance": key.instance,
-        "description": key.description,
-        "tags": dict(sorted(key.tags.items())),
-        "aliases": sorted(key.aliases),
-        "material_expires_at": format_time(key.material_expires_at),
-        "deletion_date": format_time(key.deletion_date),
-        "deletion_protection": key.deletion_protection,
-    }
+    """`sha256:<hex>` of what apply depends on, so a saved plan can tell that a key changed since.
+
+    The snapshot less the confirmed public key, which only some reads fetch (the recorded
+    fingerprint is in the tags).
+    """
+    facts = {k: v for k, v in actual_snapshot(key).items() if k != "public_key_fingerprint"}
     canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
