@@ -492,7 +492,7 @@ def plan(
         from provisioner.errors import UsageError
 
         try:
-            _write_owner_only(out, save_plan(the_plan))
+            _write_owner_only(out, save_plan(the_plan, relative_to=Path.cwd()))
         except OSError as e:
             raise UsageError(f"--out {out}: cannot write the plan: {e.strerror}") from None
         click.echo(f"saved the plan to {out}; apply it with: provision apply --plan {out}", err=True)

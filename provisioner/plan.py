@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
@@ -294,9 +295,22 @@ class Plan:
         return plan
 
 
-def save_plan(plan: Plan) -> str:
-    """The plan file's text: stable, sorted JSON with a final newline."""
+def save_plan(plan: Plan, *, relative_to: Path | None = None) -> str:
+    """The plan file's text: stable, sorted JSON with a final newline.
+
+    With `relative_to` (the working folder), material files below it are recorded relative to it, so
+    `apply --plan` works from another checkout of the same repository (a CI job on another runner).
+    """
+    if relative_to is not None:
+        plan = replace(plan, changes=tuple(_relative_material(c, relative_to) for c in plan.changes))
     return json.dumps(plan.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _relative_material(change: Change, folder: Path) -> Change:
+    file = (change.material or {}).get("file")
+    if not file or not Path(file).is_absolute() or not Path(file).is_relative_to(folder):
+        return change
+    return replace(change, material={**(change.material or {}), "file": str(Path(file).relative_to(folder))})
 
 
 def load_plan(text: str) -> Plan:

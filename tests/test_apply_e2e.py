@@ -523,3 +523,25 @@ def test_saved_plan_never_moves_an_alias_off_a_foreign_key(applied: Stack) -> No
     ) in r.stderr
     assert writes(before, applied.emulator.stats()) == Counter()
     assert applied.sdk.aliases()["alias/e2e/tokens-v1"] == other
+
+
+def test_saved_plan_applies_from_another_checkout(
+    applied: Stack, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI plans on one runner and applies on another: material paths in the plan file are relative."""
+    key_id = applied.key_id("tokens")
+    applied.sdk.client.delete_key_material(kms.DeleteKeyMaterialRequest(key_id=key_id))
+    assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
+    saved = json.loads(Path("saved.json").read_text())
+    (change,) = saved["changes"]
+    assert change["actions"] == ["reimport"]
+    assert change["material"]["file"] == "keys/tokens.pem"
+    elsewhere = tmp_path_factory.mktemp("other-checkout")
+    shutil.copytree(applied.folder / "keys", elsewhere / "keys")
+    shutil.copyfile("saved.json", elsewhere / "saved.json")
+    shutil.rmtree(applied.folder / "keys")  # the first checkout is gone
+    monkeypatch.chdir(elsewhere)
+    r = applied.cli("apply", "--plan", "saved.json")
+    assert r.code == 0, r.stdout + r.stderr
+    assert applied.sdk.describe(key_id).key_state == "Enabled"
+    assert applied.sdk.public_key_der(key_id) == spki_der(applied.pems["tokens"])
