@@ -84,6 +84,17 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_DEPTH = 64
+#: Values one document may expand to. Aliases are references: nine nested lists of nine aliases
+#: ("billion laughs") would otherwise expand to 387 million values and tens of gigabytes.
+_MAX_NODES = 500_000
+
+
+class _TooManyNodes(Exception):
+    """Raised by _Converter past _MAX_NODES, at the node where the budget ran out."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__("too many nodes")
+        self.node = node
 
 _Path = tuple[str | int, ...]
 _Pos = tuple[int, int]
@@ -271,11 +282,15 @@ class _Converter:
         self.loader = loader
         self.doc = doc
         self.diags = diags
+        self.nodes = 0
 
     def error(self, node: yaml.Node, message: str) -> None:
         self.diags.append(Diagnostic(Location(self.doc.display, *_pos(node)), message))
 
     def convert(self, node: yaml.Node, path: _Path, depth: int = 0) -> Any:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            raise _TooManyNodes(node)
         key_pos = self.doc.keys.get(path)
         if key_pos is not None and isinstance(node, yaml.CollectionNode) and not node.flow_style:
             # A block mapping or list starts at its first child; its own key is where a reader looks.
@@ -345,6 +360,14 @@ def _parse_yaml(text: str, doc: _Doc, diags: list[Diagnostic]) -> bool:
             return False
         doc.data = _Converter(loader, doc, diags).convert(node, ())
         return True
+    except _TooManyNodes as e:
+        diags.append(
+            Diagnostic(
+                Location(doc.display, *_pos(e.node)),
+                f"the document expands to more than {_MAX_NODES:,} values (aliases repeated in aliases?)",
+            )
+        )
+        return False
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)

@@ -349,3 +349,22 @@ def test_plan_text_shows_bidi_and_invisible_characters_escaped(
     assert '+ description = "ok\\u202e lanigiro\\u200b 日本"' in out
     assert "\u202e" not in out
     assert "\u200b" not in out
+
+
+def test_alias_bomb_manifest_is_refused_quickly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nested YAML aliases ("billion laughs") in a pull request's manifest used to expand in memory
+    (minutes and tens of GB for nine levels); now validation stops at a fixed budget."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, 9):
+        refs = ",".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join([*lines, "stack: x"]) + "\n", encoding="utf-8")
+
+    rc, out, err = run_main(["validate", str(bomb), "--offline-material"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert err.startswith(f"{bomb}:")
+    assert ": error: the document expands to more than 500,000 values (aliases repeated in aliases?)\n" in err
+    assert err.endswith("1 error(s)\n")
