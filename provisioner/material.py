@@ -396,6 +396,10 @@ def _read_file(source: MaterialSource) -> tuple[bytes, int]:
     return data, stat.S_IMODE(info.st_mode)
 
 
+#: A PEM marker, or a long unbroken run of base64 or hex: what key material looks like on one line.
+_LOOKS_LIKE_KEY = re.compile(r"PRIVATE KEY|[A-Za-z0-9+/=_-]{32,}")
+
+
 def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes:
     argv = list(source.command)
     if not argv:
@@ -421,6 +425,9 @@ def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes
     if result.returncode != 0:
         lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
         last = lines[-1].strip()[:200] if lines else "(no stderr)"
+        if _LOOKS_LIKE_KEY.search(last):
+            # A tool that printed the key (or a base64/hex blob) to stderr must not have it echoed.
+            last = "(its last stderr line is withheld: it looks like key material)"
         raise MaterialError(f"{source.describe()}: exited with status {result.returncode}: {last}")
     return result.stdout
 

@@ -368,3 +368,28 @@ def test_alias_bomb_manifest_is_refused_quickly(tmp_path: Path, capsys: pytest.C
     assert err.startswith(f"{bomb}:")
     assert ": error: the document expands to more than 500,000 values (aliases repeated in aliases?)\n" in err
     assert err.endswith("1 error(s)\n")
+
+
+@pytest.mark.parametrize(
+    "stderr_line",
+    ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7", "-----END PRIVATE KEY-----"],
+)
+def test_failing_material_command_does_not_echo_key_material(
+    workdir: Path, stderr_line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last stderr line of a failed material command is shown (it usually says why), unless it
+    looks like key material: a tool that dumped the key to stderr must not have it printed."""
+    manifest = workdir / "manifests" / "payments.yaml"
+    text = manifest.read_text(encoding="utf-8")
+    old = "      file: keys/api-tokens.pem\n"
+    assert old in text
+    (workdir / "manifests" / "dump.sh").write_text(f"echo '{stderr_line}' >&2\nexit 3\n", encoding="utf-8")
+    command = f"      command: [sh, {workdir / 'manifests' / 'dump.sh'}]\n"
+    manifest.write_text(text.replace(old, command), encoding="utf-8")
+
+    rc, out, err = run_main(["validate", "manifests"], capsys)
+
+    assert rc == 1
+    assert out == ""
+    assert "exited with status 3: (its last stderr line is withheld: it looks like key material)\n" in err
+    assert stderr_line not in err
