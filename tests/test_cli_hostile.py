@@ -39,8 +39,6 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the shipped example manifests, as the current directory."""
     shutil.copytree(REPO / "manifests", tmp_path / "manifests")
-    for key in (tmp_path / "manifests" / "keys").glob("*.pem"):
-        key.chmod(0o600)  # whatever the checkout's modes, no loose-permission warning in stderr
     # git keeps no file modes: a fresh clone's demo keys are 0644 and would add a warning to stderr.
     for key in (tmp_path / "manifests" / "keys").glob("*.pem"):
         key.chmod(0o600)
