@@ -69,6 +69,9 @@ QUOTA_GROUPS: Mapping[str, str] = {
 
 DEFAULT_QPS: Mapping[str, float] = {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
 
+#: Tags one TagResource call may carry (vendor reference: "you can add up to 10 tags").
+TAG_RESOURCE_MAX = 10
+
 READ_ONLY_ACTIONS = frozenset(a for a, g in QUOTA_GROUPS.items() if g == "read")
 
 
@@ -276,7 +279,11 @@ class Kms:
 
     # tags
     def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None:
-        self._call("TagResource", KeyId=key_id, Tags=_tags_json(tags))
+        # The TagResource reference says "you can add up to 10 tags": send at most that many a call.
+        items = sorted(tags.items())
+        for start in range(0, len(items), TAG_RESOURCE_MAX):
+            batch = dict(items[start : start + TAG_RESOURCE_MAX])
+            self._call("TagResource", KeyId=key_id, Tags=_tags_json(batch))
 
     def untag_resource(self, key_id: str, tag_keys: Sequence[str]) -> None:
         self._call("UntagResource", KeyId=key_id, TagKeys=json.dumps(list(tag_keys)))
