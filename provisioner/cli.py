@@ -30,7 +30,11 @@ def _parse_vars(values: Sequence[str]) -> dict[str, str]:
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--var")
+            # The value is not echoed: a --var may carry a secret that was meant to follow a name.
+            raise click.BadParameter(
+                f"expected NAME=VALUE, got an argument of {len(item)} character(s) without a name",
+                param_hint="--var",
+            )
         out[name] = value
     return out
 

@@ -505,7 +505,8 @@ def test_cli_vars_and_var_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f'{f}:1:11: error: undefined template variable "stack"' in err
     assert f'{f}:2:25: error: undefined template variable "inst"' in err
     code, _, err = run_cli(["validate", str(f), "--var", "novalue"], capsys)
-    assert code == 1 and "expected NAME=VALUE, got 'novalue'" in err
+    assert code == 1 and "expected NAME=VALUE, got an argument of 7 character(s) without a name" in err
+    assert "novalue" not in err
 
 
 def test_offline_material_skips_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
