@@ -29,7 +29,7 @@ from provisioner.model import (
     SourceKind,
     WrappingAlgorithm,
 )
-from provisioner.plan import DUPLICATE_WINDOW_DAYS, Action, Change, Plan, digest_actual
+from provisioner.plan import DUPLICATE_WINDOW_DAYS, Action, Change, Plan, stale_reason
 from provisioner.refresh import fingerprint_of_pem
 from provisioner.wrapping import wrap
 
@@ -144,22 +144,9 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
     if plan.stack != live.stack:
         raise StalePlan(f"the plan is for stack {plan.stack!r}, not {live.stack!r}")
     for change in plan.changes:
-        found = live.keys.get(change.key, ())
-        if change.key_id is None:
-            if found:
-                ids = ", ".join(k.key_id for k in found)
-                raise StalePlan(
-                    f"key {change.key!r} was to be created, but {ids} now carries that identity: "
-                    f"make a new plan"
-                )
-            continue
-        actual = next((k for k in found if k.key_id == change.key_id), None)
-        if actual is None:
-            raise StalePlan(f"key {change.key!r} ({change.key_id}) no longer exists: make a new plan")
-        if change.state_digest is not None and digest_actual(actual) != change.state_digest:
-            raise StalePlan(
-                f"key {change.key!r} ({change.key_id}) changed since the plan was made: make a new plan"
-            )
+        reason = stale_reason(change, live.keys.get(change.key, ()))
+        if reason is not None:
+            raise StalePlan(reason)
 
     # Aliases are not in the digests. One the plan creates that someone took since would fail
     # halfway through; one it moves must still be held by this stack, or UpdateAlias would take it
