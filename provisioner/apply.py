@@ -216,12 +216,12 @@ class _Applier:
             elif action is Action.DELETE_MATERIAL:
                 assert key_id is not None
                 self.kms.delete_key_material(key_id)
-                self._expect_state(change, key_id, KeyState.PENDING_IMPORT)
+                self._expect_state(key_id, KeyState.PENDING_IMPORT)
                 outcome.done.append("material deleted")
             elif action is Action.SCHEDULE_DELETION:
                 assert key_id is not None and change.pending_window_days is not None
                 self._schedule_deletion(key_id, change.pending_window_days)
-                self._expect_state(change, key_id, KeyState.PENDING_DELETION)
+                self._expect_state(key_id, KeyState.PENDING_DELETION)
                 outcome.done.append(f"deletion scheduled in {change.pending_window_days} days")
         for dup in change.duplicates:
             self._schedule_deletion(dup, DUPLICATE_WINDOW_DAYS)
@@ -366,7 +366,7 @@ class _Applier:
         if problems:
             raise ApplyError(f"read-back of key {key_id} after update: " + "; ".join(problems))
 
-    def _expect_state(self, change: Change, key_id: str, state: KeyState) -> None:
+    def _expect_state(self, key_id: str, state: KeyState) -> None:
         meta = self.kms.describe_key(key_id)
         if meta.key_state is not state:
             raise ApplyError(f"read-back: key {key_id} is {meta.key_state.value}, expected {state.value}")
