@@ -20,7 +20,7 @@ import click
 
 from provisioner.emulator import server as emulator_server
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
-from provisioner.model import WrappingAlgorithm
+from provisioner.model import Diagnostic, WrappingAlgorithm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,12 +123,9 @@ def validate(
 
     Exit 0 when valid, 1 with every problem listed, each as FILE:LINE:COL: error: MESSAGE.
     """
-    from provisioner.manifest import load_variables, validate_manifests
-
     try:
-        variables = load_variables(_parse_vars(var), var_files)
-        ms, _, warnings = validate_manifests(
-            paths or (DEFAULT_MANIFEST_PATH,), variables=variables, offline_material=offline_material
+        ms, _, warnings = _load_stage(
+            paths, var, var_files, offline_material=offline_material, echo_warnings=fmt != "json"
         )
     except ManifestError as e:
         if fmt != "json":
@@ -140,8 +137,6 @@ def validate(
     if fmt == "json":
         click.echo(json.dumps([d.to_dict() for d in warnings], indent=2))
         return 0
-    for w in warnings:
-        click.echo(str(w), err=True)
     files = len(ms.files)
     material = "" if offline_material else ", material checked"
     click.echo(
@@ -358,14 +353,14 @@ def wrap(
 # ------------------------------------------------------------------------------- plan, apply, drift
 
 
-def _echo_warnings(warnings: Sequence[Any]) -> None:
-    for w in warnings:
-        click.echo(str(w), err=True)
-
-
 def _load_stage(
-    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], *, offline_material: bool
-) -> tuple[Any, dict[str, str]]:
+    paths: tuple[Path, ...],
+    var: tuple[str, ...],
+    var_files: tuple[Path, ...],
+    *,
+    offline_material: bool,
+    echo_warnings: bool = True,
+) -> tuple[Any, dict[str, str], list[Diagnostic]]:
     """validate: render, parse, check manifests and (unless offline) read material fingerprints."""
     from provisioner.manifest import load_variables, validate_manifests
 
@@ -373,8 +368,10 @@ def _load_stage(
     ms, fingerprints, warnings = validate_manifests(
         paths or (DEFAULT_MANIFEST_PATH,), variables=variables, offline_material=offline_material
     )
-    _echo_warnings(warnings)
-    return ms, fingerprints
+    if echo_warnings:
+        for w in warnings:
+            click.echo(str(w), err=True)
+    return ms, fingerprints, warnings
 
 
 def _open_stage(
@@ -482,7 +479,7 @@ def plan(
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
     from provisioner.plan import save_plan
 
-    ms, fingerprints = _load_stage(paths, var, var_files, offline_material=False)
+    ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False)
     kms = _open_stage(ms.backend, backend, endpoint, region, qps)
     try:
         the_plan = _make_plan_stage(ms, fingerprints, kms)
@@ -552,7 +549,7 @@ def apply(
         )
         kms = _open_stage(manifest_backend, backend, endpoint, region, qps)
     else:
-        ms, fingerprints = _load_stage(paths, var, var_files, offline_material=False)
+        ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False)
         kms = _open_stage(ms.backend, backend, endpoint, region, qps)
     try:
         if plan_file is not None:
@@ -622,7 +619,7 @@ def drift(
     from provisioner.drift import make_drift
     from provisioner.refresh import refresh
 
-    ms, _ = _load_stage(paths, var, var_files, offline_material=True)
+    ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
     # drift never writes, not even an empty local state file where none was.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
