@@ -360,13 +360,19 @@ def _load_stage(
     *,
     offline_material: bool,
     echo_warnings: bool = True,
+    keep: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, str], list[Diagnostic]]:
-    """validate: render, parse, check manifests and (unless offline) read material fingerprints."""
+    """validate: render, parse, check manifests and (unless offline) read material fingerprints.
+
+    `keep` receives the material itself, by key name, for an apply (see check_material)."""
     from provisioner.manifest import load_variables, validate_manifests
 
     variables = load_variables(_parse_vars(var), var_files)
     ms, fingerprints, warnings = validate_manifests(
-        paths or (DEFAULT_MANIFEST_PATH,), variables=variables, offline_material=offline_material
+        paths or (DEFAULT_MANIFEST_PATH,),
+        variables=variables,
+        offline_material=offline_material,
+        keep=keep,
     )
     if echo_warnings:
         for w in warnings:
@@ -520,10 +526,12 @@ def apply(
     """Carry out a fresh plan (after confirmation), or a saved one with --plan."""
     from provisioner import apply as applying
     from provisioner.errors import UsageError
+    from provisioner.material import PrivateMaterial
     from provisioner.model import BackendConfig
     from provisioner.plan import load_plan
     from provisioner.refresh import refresh
 
+    kept: dict[str, PrivateMaterial] = {}
     interactive = sys.stdin.isatty()
     if plan_file is None and not auto_approve and not interactive:
         raise UsageError(
@@ -549,8 +557,13 @@ def apply(
         )
         kms = _open_stage(manifest_backend, backend, endpoint, region, qps)
     else:
-        ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False)
-        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+        # The material read to plan is the material applied: each source is read once a run.
+        ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False, keep=kept)
+        try:
+            kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+        except BaseException:
+            applying.wipe_all(kept)
+            raise
     try:
         if plan_file is not None:
             applying.check_plan_backend(the_plan, kms.info)
@@ -574,7 +587,11 @@ def apply(
             if answer.strip() != "yes":
                 click.echo("apply cancelled: nothing changed", err=True)
                 return 1
-        materials = applying.load_plan_materials(the_plan, warn=_warn)
+        if plan_file is not None:
+            materials = applying.load_plan_materials(the_plan, warn=_warn)
+        else:
+            planned = {c.key for c in the_plan.changes if c.material is not None}
+            materials = {name: m for name, m in kept.items() if name in planned}
         try:
             result = applying.apply_plan(
                 the_plan,
@@ -586,6 +603,7 @@ def apply(
         finally:
             applying.wipe_all(materials)
     finally:
+        applying.wipe_all(kept)
         kms.close()
     failed = [o for o in result.outcomes if not o.ok]
     if fmt == "json":

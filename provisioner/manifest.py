@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import jinja2
 import jinja2.sandbox
@@ -43,6 +43,9 @@ from provisioner.model import (
     ProtectionLevel,
     SourceKind,
 )
+
+if TYPE_CHECKING:  # the crypto stack is imported only where material is read
+    from provisioner.material import PrivateMaterial
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "manifest.schema.json"
 
@@ -1103,12 +1106,17 @@ def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> di
 
 
 def check_material(
-    ms: ManifestSet, *, environ: Mapping[str, str] | None = None
+    ms: ManifestSet,
+    *,
+    environ: Mapping[str, str] | None = None,
+    keep: dict[str, PrivateMaterial] | None = None,
 ) -> tuple[dict[str, str], list[Diagnostic]]:
     """Read and verify each key's material: (fingerprint by key name, diagnostics incl. warnings).
 
     Keys without material (state absent) are skipped. Errors are located at the key's
     `material` block and prefixed with the key name; the material itself never appears.
+    Material is wiped once its fingerprint is known, unless `keep` is given: then it goes there
+    (by key name) for an apply to import, so a source (a command, say) is read only once a run.
     """
     # Imported here so that loading manifests never pulls in the crypto stack.
     from provisioner.material import verify_material
@@ -1129,7 +1137,10 @@ def check_material(
             diags.append(Diagnostic(source.location, f'key "{key.name}": {e}'))
             continue
         fingerprints[key.name] = material.fingerprint
-        material.wipe()  # validation only needs the fingerprint; apply re-reads the source
+        if keep is None:
+            material.wipe()
+        else:
+            keep[key.name] = material
     return fingerprints, diags
 
 
@@ -1139,18 +1150,22 @@ def validate_manifests(
     variables: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
     offline_material: bool = False,
+    keep: dict[str, PrivateMaterial] | None = None,
 ) -> tuple[ManifestSet, dict[str, str], list[Diagnostic]]:
     """The whole `validate` stage: load, then (unless offline) read every key's material.
 
     Returns the set, the fingerprint of each key whose material was read, and the warnings;
-    raises ManifestError carrying every error (and the warnings) otherwise.
+    raises ManifestError carrying every error (and the warnings) otherwise. `keep`: as for
+    check_material; on an error whatever was kept is wiped.
     """
     ms = load_manifests(paths, variables=variables, environ=environ)
     if offline_material:
         return ms, {}, []
-    fingerprints, diags = check_material(ms, environ=environ)
+    fingerprints, diags = check_material(ms, environ=environ, keep=keep)
     order = {display: i for i, display in enumerate(ms.files)}
     diags.sort(key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
     if any(d.severity == "error" for d in diags):
+        for material in (keep or {}).values():
+            material.wipe()
         raise ManifestError(diags)
     return ms, fingerprints, diags
