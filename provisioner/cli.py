@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from provisioner.emulator import server as emulator_server
+from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.model import Diagnostic, WrappingAlgorithm
 
@@ -151,9 +151,11 @@ def emulator() -> None:
 
 
 @emulator.command("serve")
-@click.option("--host", default=emulator_server.DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=emulator_server.DEFAULT_PORT, show_default=True,
+    "--host", default=emulator_defaults.DEFAULT_HOST, show_default=True, help="Address to listen on."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=emulator_defaults.DEFAULT_PORT, show_default=True,
     help="Port to listen on; 0 picks a free one.",
 )
 @click.option(
@@ -161,11 +163,11 @@ def emulator() -> None:
     help="SQLite state file that survives restarts (default: in memory).",
 )
 @click.option(
-    "--access-key-id", default=emulator_server.DEFAULT_ACCESS_KEY_ID, show_default=True,
+    "--access-key-id", default=emulator_defaults.DEFAULT_ACCESS_KEY_ID, show_default=True,
     help="The one AccessKeyId accepted.",
 )
 @click.option(
-    "--access-key-secret", default=emulator_server.DEFAULT_ACCESS_KEY_SECRET, show_default=True,
+    "--access-key-secret", default=emulator_defaults.DEFAULT_ACCESS_KEY_SECRET, show_default=True,
     help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256 or V2 HMAC-SHA1).",
 )
 @click.option(
@@ -205,6 +207,8 @@ def serve(
     import signal
     import sqlite3
     import threading
+
+    from provisioner.emulator import server as emulator_server
 
     if not host.strip():
         # An empty host would bind every interface, with public default credentials.

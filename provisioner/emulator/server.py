@@ -26,14 +26,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from provisioner.backend.base import QUOTA_GROUPS
 from provisioner.emulator import signing
+from provisioner.emulator.defaults import (
+    DEFAULT_ACCESS_KEY_ID,
+    DEFAULT_ACCESS_KEY_SECRET,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+)
 from provisioner.emulator.models import KmsEngine, KmsError
 from provisioner.emulator.responses import KmsResponses
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 0
-#: The one credential a server accepts unless told otherwise. Public on purpose: it guards nothing.
-DEFAULT_ACCESS_KEY_ID = "LTAI5tKmsEmulatorLocal"
-DEFAULT_ACCESS_KEY_SECRET = "kms-emulator-local-secret"
 API_VERSION = "2016-01-20"
 STATS_PATH = "/_emulator/stats"
 #: How far a request's timestamp may be from the server clock, either way (vendor: 15 minutes).
