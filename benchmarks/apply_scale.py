@@ -10,32 +10,28 @@ that group's quota): no client can finish faster without being throttled. Usage:
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import select
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import yaml  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from emulator_process import emulator_calls, emulator_process  # noqa: E402
 
 from provisioner import apply as applying  # noqa: E402
 from provisioner.backend import open_kms  # noqa: E402
 from provisioner.backend.base import DEFAULT_QPS, QUOTA_GROUPS  # noqa: E402
-from provisioner.emulator.server import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
+from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
 from provisioner.manifest import validate_manifests  # noqa: E402
 from provisioner.plan import make_plan  # noqa: E402
 from provisioner.refresh import refresh  # noqa: E402
@@ -46,38 +42,6 @@ os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"] = DEFAULT_ACCESS_KEY_ID
 os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = DEFAULT_ACCESS_KEY_SECRET
 
 QUOTAS = {"create": 10.0, "write": 10.0, "read": 20.0}
-
-
-@contextmanager
-def emulator(latency_ms: float) -> Iterator[str]:
-    """`provision emulator serve` with the vendor quotas in a subprocess; yields its URL."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    qps = [a for group, rate in QUOTAS.items() for a in ("--qps", f"{group}={rate:g}")]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from provisioner.cli import main; main()", "emulator", "serve",
-         "--latency-ms", str(latency_ms), *qps],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=path), cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("listening on http://"):
-            raise SystemExit(f"emulator did not start: {line!r}")
-        yield line.removeprefix("listening on ").strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def stats(url: str) -> Counter[str]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", "/_emulator/stats")
-        return Counter(json.loads(conn.getresponse().read())["calls"])
-    finally:
-        conn.close()
 
 
 def write_stack(folder: Path, stack: str, n: int, aliases: int) -> None:
@@ -115,11 +79,11 @@ def run(url: str, n: int, aliases: int, parallelism: int) -> dict[str, Any]:
             plan = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info)
             plan_s = time.monotonic() - t0
             materials = applying.load_plan_materials(plan)
-            before = stats(url)
+            before = emulator_calls(url)
             t1 = time.monotonic()
             result = applying.apply_plan(plan, kms, materials, parallelism=parallelism)
             apply_s = time.monotonic() - t1
-            after = stats(url)
+            after = emulator_calls(url)
             applying.wipe_all(materials)
         finally:
             kms.close()
@@ -147,7 +111,8 @@ def main() -> None:
     print(f"emulator: --latency-ms {args.latency_ms:g}, qps {QUOTAS}; client qps {dict(DEFAULT_QPS)}; "
           f"parallelism {args.parallelism}")
     rows = []
-    with emulator(args.latency_ms) as url:
+    qps = [a for group, rate in QUOTAS.items() for a in ("--qps", f"{group}={rate:g}")]
+    with emulator_process("--latency-ms", str(args.latency_ms), *qps) as url:
         for aliases in (1, 2):
             rows.append(run(url, args.n, aliases, args.parallelism))
     print()

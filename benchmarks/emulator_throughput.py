@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
-import subprocess
 import sys
 import threading
 import time
@@ -20,17 +18,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from alibabacloud_kms20160120 import models as kms  # noqa: E402
 from alibabacloud_kms20160120.client import Client  # noqa: E402
 from alibabacloud_tea_openapi.models import Config  # noqa: E402
+from emulator_process import emulator_process  # noqa: E402
 
-from provisioner.emulator.server import (  # noqa: E402
-    DEFAULT_ACCESS_KEY_ID,
-    DEFAULT_ACCESS_KEY_SECRET,
-    EmulatorConfig,
-    EmulatorServer,
-)
+from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
+from provisioner.emulator.server import EmulatorConfig, EmulatorServer  # noqa: E402
 
 # The SDK sends even loopback traffic through a proxy when these are set.
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -40,25 +36,8 @@ for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PRO
 @contextmanager
 def served_elsewhere() -> Iterator[str]:
     """`provision emulator serve` in a subprocess; yields its `host:port`."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from provisioner.cli import main; main()", "emulator", "serve"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("listening on http://"):
-            raise SystemExit(f"emulator did not start: {line!r}")
-        yield line.removeprefix("listening on http://").strip()
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    with emulator_process(start_timeout=30) as url:
+        yield url.removeprefix("http://")
 
 
 @contextmanager

@@ -21,25 +21,24 @@ import functools
 import importlib
 import json
 import os
-import select
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from click.testing import CliRunner  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from emulator_process import emulator_calls, emulator_process  # noqa: E402
 
 import provisioner.backend as backend_module  # noqa: E402
 import provisioner.refresh as refresh_module  # noqa: E402
@@ -49,7 +48,7 @@ from provisioner.backend.local import LocalTransport  # noqa: E402
 from provisioner.backend.resilience import ResilientTransport  # noqa: E402
 from provisioner.cli import cli  # noqa: E402
 from provisioner.emulator import keyops  # noqa: E402
-from provisioner.emulator.server import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
+from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
 from provisioner.material import PrivateMaterial  # noqa: E402
 from provisioner.model import (  # noqa: E402
     TAG_FINGERPRINT,
@@ -156,32 +155,9 @@ def seed(db: Path, keys: list[tuple[str, PrivateMaterial]]) -> None:
 # ------------------------------------------------------------------------------------------ emulator
 
 
-@contextmanager
-def emulator(db: Path, latency_ms: float, read_qps: float) -> Iterator[str]:
-    """`provision emulator serve` on `db` in its own process (no shared GIL); yields its URL."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-c", "from provisioner.cli import main; main()", "emulator", "serve",
-            "--db", str(db), "--latency-ms", f"{latency_ms:g}", "--qps", f"read={read_qps:g}",
-        ],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=path), cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("listening on http://"):
-            raise SystemExit(f"emulator did not start: {line!r}")
-        yield line.removeprefix("listening on ").strip()
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
-
-
-def server_calls(url: str) -> Counter[str]:
-    with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as response:  # noqa: S310
-        return Counter(json.load(response)["calls"])
+def emulator(db: Path, latency_ms: float, read_qps: float) -> AbstractContextManager[str]:
+    """The emulator on `db` in its own process, at `latency_ms` and `read_qps`; yields its URL."""
+    return emulator_process("--db", str(db), "--latency-ms", f"{latency_ms:g}", "--qps", f"read={read_qps:g}")
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -233,7 +209,7 @@ def run_command(args: list[str], url: str) -> Measured:
         "ALIBABA_CLOUD_ACCESS_KEY_ID": DEFAULT_ACCESS_KEY_ID,
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET": DEFAULT_ACCESS_KEY_SECRET,
     }
-    before = server_calls(url)
+    before = emulator_calls(url)
     with instrumented() as seen:
         started = time.perf_counter()
         result = CliRunner(env=env).invoke(
@@ -242,7 +218,7 @@ def run_command(args: list[str], url: str) -> Measured:
             standalone_mode=False,
         )
         wall = time.perf_counter() - started
-    after = server_calls(url)
+    after = emulator_calls(url)
     after.subtract(before)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
