@@ -111,7 +111,10 @@ class Run:
 
 
 def run_cli(
-    args: Sequence[str], env: Mapping[str, str] | None = None, stdin: str | None = None, tty: bool = False
+    args: Sequence[str],
+    env: Mapping[str, str | None] | None = None,
+    stdin: str | None = None,
+    tty: bool = False,
 ) -> Run:
     """`provision ARGS` in this process, in the current directory, as the console script runs it.
 

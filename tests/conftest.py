@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
+from emulator_support import FakeClock
 
+from provisioner.emulator.models import KmsEngine
 from provisioner.emulator.server import (
     DEFAULT_ACCESS_KEY_ID,
     DEFAULT_ACCESS_KEY_SECRET,
@@ -105,3 +107,17 @@ def emulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., 
 def emulator(emulator_factory: Callable[..., RunningEmulator]) -> RunningEmulator:
     """A default emulator (in-memory state, default credentials, no throttling or faults)."""
     return emulator_factory()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves (token and material expiry)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(clock: FakeClock) -> Iterator[KmsEngine]:
+    """The emulator engine in memory on `clock`, called directly (no RPC layer, no HTTP)."""
+    e = KmsEngine(clock=clock)
+    yield e
+    e.close()

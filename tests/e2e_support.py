@@ -12,13 +12,11 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from click.testing import CliRunner
+from apply_support import Run, run_cli  # noqa: F401  (re-exported: one CLI runner for every suite)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from provisioner.cli import cli
 from provisioner.material import fingerprint_of_key_file
 
 REGION = "cn-hangzhou"
@@ -107,30 +105,6 @@ def write_private_key(path: Path, spec: str) -> None:
     )
     path.write_bytes(data)
     path.chmod(0o600)
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        import json
-
-        return json.loads(self.stdout)
-
-
-def run_cli(args: list[str], env: Mapping[str, str | None] | None = None) -> Run:
-    """`provision ARGS` in-process with the exit code `main()` would give (click's standalone mode
-    drops a command's return value, so run it non-standalone as `main` does)."""
-    result = CliRunner(env=dict(env or {})).invoke(cli, args, standalone_mode=False)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"provision {' '.join(args)} raised {result.exception!r}\n{result.stderr}")
-    code = result.exit_code
-    if code == 0 and isinstance(result.return_value, int):
-        code = result.return_value
-    return Run(code, result.stdout, result.stderr)
 
 
 def alibaba_args(url: str) -> list[str]:

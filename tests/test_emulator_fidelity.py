@@ -5,18 +5,9 @@ Each test cites the documented behaviour it pins (Alibaba Cloud KMS API 2016-01-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from provisioner.emulator.models import KmsEngine
-
-
-@pytest.fixture
-def engine() -> Iterator[KmsEngine]:
-    engine = KmsEngine(None)
-    yield engine
-    engine.close()
 
 
 @pytest.mark.parametrize("spec", ["RSA_2048", "EC_P256", "EC_P256K"])

@@ -50,18 +50,6 @@ def kms_error(code: str, status: int, message: str) -> Iterator[None]:
     assert message in info.value.message, info.value.message
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(clock: FakeClock) -> Iterator[KmsEngine]:
-    e = KmsEngine(clock=clock)
-    yield e
-    e.close()
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -29,18 +29,6 @@ DIGEST_B64 = base64.b64encode(hashlib.sha256(b"m").digest()).decode()
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(clock: FakeClock) -> Iterator[KmsEngine]:
-    e = KmsEngine(clock=clock)
-    yield e
-    e.close()
-
-
-@pytest.fixture
 def rpc(engine: KmsEngine) -> KmsResponses:
     return KmsResponses(engine)
 
