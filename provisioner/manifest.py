@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -982,14 +983,19 @@ def _check_material_block(
 
 def manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple[str, Path]]:
     """Expand files and folders (their *.yaml / *.yml, sorted, not recursive) to (display, path)."""
-    out: list[tuple[str, Path]] = []
+    return [(display, path) for display, path, _ in _manifest_files(paths, diags)]
+
+
+def _manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple[str, Path, str]]:
+    """(display, path, path relative to the PATH it was found through) for each manifest file."""
+    out: list[tuple[str, Path, str]] = []
     seen: set[Path] = set()
 
     def add(display: str, path: Path) -> None:
         real = path.resolve()
         if real not in seen:
             seen.add(real)
-            out.append((display, path))
+            out.append((display, path, path.name))
 
     for given in paths:
         display = str(given)
@@ -1017,8 +1023,10 @@ def load_manifests(
     env = os.environ if environ is None else environ
     diags: list[Diagnostic] = []
     docs: list[_Doc] = []
-    files = manifest_files(paths, diags)
-    for display, path in files:
+    found = _manifest_files(paths, diags)
+    files = [(display, path) for display, path, _ in found]
+    digest = hashlib.sha256()
+    for display, path, relative in found:
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -1028,6 +1036,7 @@ def load_manifests(
         rendered = _render(source, display, variables, env, diags)
         if rendered is None:
             continue
+        digest.update(relative.encode("utf-8") + b"\0" + rendered.encode("utf-8") + b"\0")
         doc = _Doc(display=display, folder=path.parent)
         if not _parse_yaml(rendered, doc, diags):
             continue
@@ -1051,6 +1060,7 @@ def load_manifests(
         keys=tuple(sorted(keys, key=lambda k: k.name)),
         backend=state.backend[0] if state.backend else None,
         files=tuple(display for display, _ in files),
+        manifest_digest="sha256:" + digest.hexdigest(),
     )
 
 

@@ -242,6 +242,8 @@ class ManifestSet:
     keys: tuple[DesiredKey, ...]  # sorted by name
     backend: BackendConfig | None
     files: tuple[str, ...]
+    #: sha256 over each file in load order: its path relative to PATH, NUL, its rendered text, NUL.
+    manifest_digest: str = ""
 
 
 @dataclass(frozen=True)
