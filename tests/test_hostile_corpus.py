@@ -97,7 +97,7 @@ def secret_needles(values: dict[str, str]) -> dict[str, bytes]:
     assert isinstance(key, rsa.RSAPrivateKey)
     for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
         der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
-        needles.update(encodings(der, f"RECEIPTS_KEY_PEM DER {fmt.name}"))
+        needles.update(encodings(der, f"RECEIPTS_KEY_PEM DER {fmt}"))
     for line in _secret_pem().decode().splitlines():
         if not line.startswith("-----"):
             needles[f"RECEIPTS_KEY_PEM line {line[:6]}"] = line.encode()
