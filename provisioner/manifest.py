@@ -1429,13 +1429,16 @@ def _locate(
     doc: _Doc, found: Callable[[str], bool], what: str, diags: list[Diagnostic]
 ) -> None:
     """Report each string, else each group joined, else the file, that `found` says holds `what`."""
-    whole = "".join(t for _, _, t in _strings(doc.data, ()))
-    if not found(whole):
+    def joined_found(items: Iterable[tuple[_Path, bool, str]]) -> bool:
+        # Joined with and without the mapping keys: tag keys between two halves must not hide them.
+        items = list(items)
+        return found("".join(t for _, _, t in items)) or found("".join(t for _, k, t in items if not k))
+
+    if not joined_found(_strings(doc.data, ())):
         return
     located = False
     for at, where, group in _string_groups(doc):
-        joined = "".join(t for _, _, t in group)
-        if not found(joined):
+        if not joined_found(group):
             continue
         located = True
         single = [(p, is_key) for p, is_key, t in group if found(t)]

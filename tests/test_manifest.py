@@ -439,9 +439,8 @@ def test_variables_and_env_function(tmp_path: Path) -> None:
         "{% endif %}"
     )
     f = write(tmp_path, "a.yaml", text)
-    ms = load(
-        f, variables={"stack": "pay", "names": ["one", "two"]}, environ={"PROVISION_VAR_KMS_INSTANCE": "kst-9"}
-    )
+    environ = {"PROVISION_VAR_KMS_INSTANCE": "kst-9"}
+    ms = load(f, variables={"stack": "pay", "names": ["one", "two"]}, environ=environ)
     assert ms.stack == "pay"
     assert [(k.name, k.instance, k.protection) for k in ms.keys] == [
         ("one", "kst-9", ProtectionLevel.SOFTWARE),
@@ -616,7 +615,7 @@ def _plain_yaml_documents() -> list[tuple[str, Any]]:
     for path in [*sorted(CORPUS.rglob("*.yaml")), REPO / "manifests" / "payments.yaml"]:
         try:
             out.append((path.name, yaml.safe_load(path.read_text(encoding="utf-8"))))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: huge-number.yaml's 5,000 digits
             continue
     return out
 
