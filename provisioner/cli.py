@@ -39,8 +39,28 @@ def _parse_vars(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+#: Where template_options leaves the --allow-env globs for _load_stage (click's per-run context).
+ALLOW_ENV_META = "provision.allow_env"
+
+
 def template_options(f: F) -> F:
-    """--var / --var-file: Jinja2 variables for manifest rendering."""
+    """--var / --var-file: Jinja2 variables for manifest rendering; --allow-env: what env() may read.
+
+    --allow-env reaches _load_stage through the click context (allow_env_flags()), so that no
+    command's signature changes for it."""
+
+    command = f
+
+    @functools.wraps(command)
+    def with_allow_env(*args: Any, allow_env: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        click.get_current_context().meta[ALLOW_ENV_META] = allow_env
+        return command(*args, **kwargs)
+
+    f = click.option(
+        "--allow-env", "allow_env", multiple=True, metavar="GLOB",
+        help="Environment variables templates may read with env() (repeatable; adds to "
+        "PROVISION_ALLOW_ENV; default PROVISION_VAR_*).",
+    )(with_allow_env)  # type: ignore[assignment]
     f = click.option("--var", "var", multiple=True, metavar="NAME=VALUE", help="Template variable.")(f)
     f = click.option(
         "--var-file",
@@ -357,6 +377,12 @@ def wrap(
 # ------------------------------------------------------------------------------- plan, apply, drift
 
 
+def allow_env_flags() -> tuple[str, ...]:
+    """The --allow-env globs of the running command (empty outside one)."""
+    ctx = click.get_current_context(silent=True)
+    return tuple(ctx.meta.get(ALLOW_ENV_META, ())) if ctx is not None else ()
+
+
 def _load_stage(
     paths: tuple[Path, ...],
     var: tuple[str, ...],
@@ -377,6 +403,7 @@ def _load_stage(
         variables=variables,
         offline_material=offline_material,
         keep=keep,
+        allow_env=allow_env_flags(),
     )
     if echo_warnings:
         for w in warnings:

@@ -7,12 +7,15 @@ in `check_material`, through `provisioner.material`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import json
 import os
 import re
+import stat
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,11 +24,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import jinja2
-import jinja2.sandbox
 import yaml
+import yaml.reader
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from provisioner import leakscan, sandbox
 from provisioner.errors import ManifestError, MaterialError
 from provisioner.model import (
     DEFAULT_DELETION_WINDOW_DAYS,
@@ -44,6 +48,7 @@ from provisioner.model import (
     ProtectionLevel,
     SourceKind,
 )
+from provisioner.trust import EnvPolicy
 
 if TYPE_CHECKING:  # the crypto stack is imported only where material is read
     from provisioner.material import PrivateMaterial
@@ -258,6 +263,23 @@ class _Doc:
     data: Any = None
     values: dict[_Path, _Pos] = field(default_factory=dict)
     keys: dict[_Path, _Pos] = field(default_factory=dict)
+    #: The file before rendering, and what its env() calls returned (name -> non-empty value).
+    source: str = ""
+    env_values: dict[str, str] = field(default_factory=dict)
+    tainted: bool = False  # its rendering read the environment
+
+    def show(self, value: object, limit: int = 80) -> str:
+        """`value` quoted for a message; in a file that read env(), a value that holds an env()
+        value, or that the file does not spell out, is named instead of shown."""
+        if not self.tainted:
+            return _show(value, limit)
+        text = value if isinstance(value, str) else json.dumps(value) if _is_scalar(value) else None
+        if text is None:
+            return _show(value, limit)
+        for name, secret in self.env_values.items():
+            if secret in text:
+                return f'the value of env("{name}")'
+        return _show(value, limit) if text in self.source else "the value"
 
     def loc(self, path: _Path) -> Location:
         """Where the value at `path` was written, or its nearest written ancestor."""
@@ -316,7 +338,12 @@ class _Converter:
         try:
             return self.loader.construct_object(node)
         except yaml.YAMLError as e:
-            self.error(node, f"invalid YAML value {node.value!r}: {getattr(e, 'problem', e)}")
+            problem = _unquoted(str(getattr(e, "problem", "") or "not understood"))
+            self.error(node, f"invalid YAML value {self.doc.show(node.value)}: {problem}")
+            return None
+        except ValueError:
+            # int() past Python's digit limit (sys.get_int_max_str_digits): a 5,000-digit number.
+            self.error(node, "a number too long to read (more than 4,300 digits)")
             return None
 
     def _mapping(
@@ -348,13 +375,10 @@ class _Converter:
             out[key] = self.convert(vnode, (*path, key), depth + 1)
 
 
-def _line_text(text: str, line: int) -> str:
-    lines = text.splitlines()
-    return lines[line - 1].strip() if 0 < line <= len(lines) else ""
-
-
 def _parse_yaml(text: str, doc: _Doc, diags: list[Diagnostic]) -> bool:
-    """Parse `text` into `doc`; False (with a located diagnostic) on a YAML syntax error."""
+    """Parse `text` into `doc`; False (with a located diagnostic) on a YAML syntax error.
+
+    No message quotes the file: a file that is no manifest (a token, a key) must not be shown."""
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_cls(text)
     try:
@@ -375,51 +399,108 @@ def _parse_yaml(text: str, doc: _Doc, diags: list[Diagnostic]) -> bool:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-        what = e.problem or "invalid YAML"
+        what = _unquoted(e.problem or "invalid YAML")
         if e.context:
-            what = f"{what} ({e.context})"
-        near = _line_text(text, line)
-        suffix = f' near "{near}"' if near else ""
-        diags.append(Diagnostic(Location(doc.display, line, col), f"YAML syntax error: {what}{suffix}"))
+            what = f"{what} ({_unquoted(e.context)})"
+        diags.append(Diagnostic(Location(doc.display, line, col), f"YAML syntax error: {what}"))
         return False
     except yaml.YAMLError as e:
-        diags.append(Diagnostic(Location(doc.display), f"YAML error: {e}"))
+        # A reader error (a control character, say): its text quotes the input and its position.
+        line, col = _error_position(text, e)
+        diags.append(Diagnostic(Location(doc.display, line, col), f"YAML error: {_yaml_problem(e)}"))
         return False
     finally:
         loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.reader.ReaderError):
+        return "the file holds a character YAML does not allow (a control character or NUL)"
+    return "invalid YAML"
+
+
+def _error_position(text: str, e: yaml.YAMLError) -> _Pos:
+    position = getattr(e, "position", None)
+    if not isinstance(position, int) or position < 0:
+        return 1, 1
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
 # ---------------------------------------------------------------------------------------------
 # Jinja2 rendering
 
 
-# Sandboxed: a manifest is data; rendering it must not reach into Python internals.
-_JINJA = jinja2.sandbox.SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # YAML, not HTML
-)
+# Sandboxed: a manifest is data; rendering it must not reach into Python internals, the helpers'
+# state, a file, or unbounded time and memory (provisioner.sandbox).
+_JINJA = sandbox.ManifestSandbox()
 _TEMPLATE_FILENAME = "<template>"
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined$")
 _MAX_UNDEFINED_REPORTED = 50
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class _EnvFunction:
-    """The templates' `env(NAME[, default])`: reads the environment, remembers what is missing."""
+@dataclass
+class _EnvReads:
+    """What one file's env() calls asked for, each with its template line; values never leave here
+    except into the rendered text (and `values` serves only to keep them out of messages)."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.missing: list[str] = []
+    source: str
+    reads: list[tuple[str, int]] = field(default_factory=list)  # every allowed read: name, line
+    values: dict[str, str] = field(default_factory=dict)  # name -> non-empty value returned
+    refused: list[tuple[str, int, str]] = field(default_factory=list)  # name, line, rule
+    missing: list[tuple[str, int]] = field(default_factory=list)
+    bad_names: list[int] = field(default_factory=list)
+    template: jinja2.Template | None = None
 
-    def __call__(self, name: object, default: object = None) -> str:
-        key = str(name)
-        if key in self.environ:
-            return self.environ[key]
+    @property
+    def tainted(self) -> bool:
+        """Whether the rendered text may hold a value read from the environment."""
+        return bool(self.reads or self.refused)
+
+    def line(self) -> int:
+        """The template line of the innermost template frame calling env() right now."""
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename == _TEMPLATE_FILENAME and self.template is not None:
+                return self.template.get_corresponding_lineno(frame.f_lineno)
+            frame = frame.f_back  # type: ignore[assignment]
+        return 0
+
+    def shown_name(self, name: str) -> str:
+        # A name written in the file is shown; a computed one may be built from a value.
+        return f'"{name}"' if name in self.source else "(a computed name)"
+
+
+def _env_function(
+    reads: _EnvReads, policy: EnvPolicy, environ: Mapping[str, str]
+) -> Callable[..., str]:
+    """The templates' `env(NAME[, default])`: a plain function whose only state is in its closure,
+    which the sandbox keeps out of reach (no attribute of a callable is readable)."""
+
+    def env(name: object = None, default: object = None) -> str:
+        line = reads.line()
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            reads.bad_names.append(line)
+            return ""
+        # Refused whether or not a default is given, and whether or not it is set: else a default
+        # would tell whether a secret variable exists.
+        rule = policy.refusal(name, environ)
+        if rule is not None:
+            reads.refused.append((name, line, rule))
+            return ""
+        reads.reads.append((name, line))
+        if name in environ:
+            value = environ[name]
+            if value:
+                reads.values[name] = value
+            return value
         if default is not None:
             return str(default)
-        if key not in self.missing:
-            self.missing.append(key)
+        reads.missing.append((name, line))
         return ""
+
+    return env
 
 
 def _template_line(tb: TracebackType | None) -> int:
@@ -455,42 +536,99 @@ def _name_column(source: str, line: int, name: str) -> int:
     return 1
 
 
+def _env_location(display: str, source: str, line: int, name: str | None) -> Location:
+    """Where an env() call was written: its line, and the column of the name or of `env(`."""
+    if not line:
+        if name is not None:
+            line, col = _find_in_source(source, re.compile(rf"env\(\s*['\"]{re.escape(name)}['\"]"))
+            return Location(display, line, col)
+        return Location(display)
+    col = _name_column(source, line, name) if name is not None and name in source else 0
+    if col <= 1:
+        lines = source.splitlines()
+        text = lines[line - 1] if 0 < line <= len(lines) else ""
+        found = text.find("env(")
+        col = found + 1 if found >= 0 else 1
+    return Location(display, line, col)
+
+
+def _refusal_message(reads: _EnvReads, name: str, rule: str) -> str:
+    return f"env({reads.shown_name(name)}) is refused: {rule}"
+
+
 def _render(
     source: str, display: str, variables: Mapping[str, object], environ: Mapping[str, str],
-    diags: list[Diagnostic],
+    diags: list[Diagnostic], policy: EnvPolicy | None = None, reads: _EnvReads | None = None,
 ) -> str | None:
-    """Render one file; None (with located diagnostics) when it cannot be rendered."""
+    """Render one file; None (with located diagnostics) when it cannot be rendered.
+
+    Every env() call is recorded in `reads`, so that the caller can refuse, after the whole set is
+    parsed, a read of a variable the set names as material. The deadline and budgets of
+    provisioner.sandbox bound the work."""
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return source  # nothing to render: skip Jinja, which matters for 5,000-key sets
+    record = reads if reads is not None else _EnvReads(source)
+    try:
+        return sandbox.run_with_deadline(
+            lambda: _render_now(source, display, variables, environ, diags, policy, record)
+        )
+    except sandbox.TemplateTimeout as e:
+        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {e}"))
+        return None
+
+
+def _render_now(
+    source: str, display: str, variables: Mapping[str, object], environ: Mapping[str, str],
+    diags: list[Diagnostic], policy: EnvPolicy | None, record: _EnvReads,
+) -> str | None:
     try:
         template = _JINJA.from_string(source)
     except jinja2.TemplateSyntaxError as e:
-        near = _line_text(source, e.lineno)
-        suffix = f' near "{near}"' if near else ""
-        message = f"template syntax error: {e.message}{suffix}"
+        # The line's text is not quoted: a file that is no manifest (a token, a key) must not be shown.
+        message = f"template syntax error: {_unquoted(e.message or 'invalid template')}"
         diags.append(Diagnostic(Location(display, e.lineno, 1), message))
         return None
-    env_fn = _EnvFunction(environ)
+    except Exception as e:  # a deeply nested expression, say: report it, never crash
+        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {type(e).__name__}"))
+        return None
+    record.template = template
+    env_fn = _env_function(record, policy or EnvPolicy.from_sources((), environ), environ)
     context: dict[str, object] = {**variables, "env": env_fn}
     undefined: list[tuple[str, int]] = []  # (name, template line), in the order met
     rendered: str | None = None
+    failure: Diagnostic | None = None
     while rendered is None and len(undefined) < _MAX_UNDEFINED_REPORTED:
         try:
-            rendered = template.render(context)
+            rendered = sandbox.render_bounded(template, context)
         except Exception as e:  # a user's template can raise anything: report it, never crash
             line = _template_line(e.__traceback__)
             m = _UNDEFINED_NAME.match(str(e)) if isinstance(e, jinja2.UndefinedError) else None
-            if m is not None and m.group(1) not in context:
+            if m is not None and m.group(1) not in context and _ENV_NAME.fullmatch(m.group(1)) \
+                    and m.group(1) in source:
                 # Render on with a stand-in, so that one run reports every undefined name.
                 undefined.append((m.group(1), line))
                 context[m.group(1)] = ""
                 continue
             if not undefined:  # a later error is likely an effect of a stand-in: not reported
-                what = f"{type(e).__name__}: {e}"
-                if isinstance(e, jinja2.TemplateError) and e.message:
-                    what = e.message
-                diags.append(Diagnostic(Location(display, line, 1 if line else 0), f"template error: {what}"))
+                problem = _template_problem(e, record)
+                failure = Diagnostic(Location(display, line, 1 if line else 0), f"template error: {problem}")
             break
+    if record.refused or record.bad_names:
+        # A refused read ends the file: nothing else it caused is reported (a stand-in "" may cause
+        # errors of its own), and its rendered text is dropped.
+        for name, line, rule in record.refused:
+            at = _env_location(display, source, line, name)
+            diags.append(Diagnostic(at, _refusal_message(record, name, rule)))
+        for line in record.bad_names:
+            diags.append(
+                Diagnostic(
+                    _env_location(display, source, line, None),
+                    "env() takes the name of an environment variable (letters, digits and _)",
+                )
+            )
+        return None
+    if failure is not None:
+        diags.append(failure)
     if undefined:
         for name, line in undefined:
             col = _name_column(source, line, name) if line else 0
@@ -499,18 +637,54 @@ def _render(
         return None
     if rendered is None:
         return None
-    if env_fn.missing:
-        for name in env_fn.missing:
-            pattern = re.compile(rf"env\(\s*['\"]{re.escape(name)}['\"]")
-            line, col = _find_in_source(source, pattern)
-            message = f'environment variable "{name}" is not set (env("{name}"))'
-            diags.append(Diagnostic(Location(display, line, col), message))
+    if record.missing:
+        for name, line in record.missing:
+            shown = record.shown_name(name)
+            message = f"environment variable {shown} is not set (env({shown}))"
+            diags.append(Diagnostic(_env_location(display, source, line, name), message))
         return None
     return rendered
 
 
+def _template_problem(e: Exception, record: _EnvReads) -> str:
+    """A rendering error in words. In a file that read env(), the message of the error is withheld:
+    it may quote a value (a missing key, an attribute name) computed from an environment variable."""
+    if isinstance(e, sandbox.TemplateLimit):
+        return str(e)  # names the operation and the budget only
+    if record.tainted:
+        return f"{type(e).__name__} (details withheld: this file reads env(), and they could quote its value)"
+    if isinstance(e, jinja2.TemplateError) and e.message:
+        return e.message
+    return f"{type(e).__name__}: {e}"
+
+
+# What a parser quotes from its input; its own token names ('<stream end>') may stay.
+_QUOTED = re.compile(r"\s*'(?!<[a-z ]+>')[^']*'|\s*\"[^\"]*\"")
+
+
+def _unquoted(message: str) -> str:
+    """A parser's message without what it quotes from the input (a token, a character, a line)."""
+    return _QUOTED.sub("", message).strip()
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON Schema errors as located diagnostics
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "value"
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
 
 
 def _show(value: object, limit: int = 80) -> str:
@@ -570,7 +744,7 @@ def _schema_error(doc: _Doc, error: ValidationError) -> list[Diagnostic]:
     if "propertyNames" in error.schema_path:
         name = str(value)
         hint = _PATTERN_HINTS.get(str(expected), "invalid name")
-        message = f"key name {_show(name)} in {where} is invalid: {hint}"
+        message = f"key name {doc.show(name)} in {where} is invalid: {hint}"
         return [Diagnostic(doc.key_loc((*path, name)), message)]
     loc = doc.loc(path)
     if kind == "type":
@@ -578,28 +752,28 @@ def _schema_error(doc: _Doc, error: ValidationError) -> list[Diagnostic]:
         # "null" is allowed for some fields only to permit an empty block; it is no advice.
         names = [_TYPE_NAMES.get(str(t), str(t)) for t in types if t != "null"]
         quote = " (quote it)" if "a string" in names and isinstance(value, int | float | bool) else ""
-        return [Diagnostic(loc, f"{where}: {_show(value)} is not {' or '.join(names)}{quote}")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not {' or '.join(names)}{quote}")]
     if kind == "enum":
         choices = ", ".join(str(c) for c in expected)
-        return [Diagnostic(loc, f"{where}: {_show(value)} is not one of {choices}")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not one of {choices}")]
     if kind == "const":
-        return [Diagnostic(loc, f"{where}: {_show(value)} is not supported; expected {_show(expected)}")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not supported; expected {_show(expected)}")]
     if kind == "pattern":
         hint = _PATTERN_HINTS.get(str(expected), f"expected to match {expected}")
-        return [Diagnostic(loc, f"{where}: {_show(value)} is invalid: {hint}")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} is invalid: {hint}")]
     if kind in ("minimum", "maximum"):
         low, high = schema.get("minimum"), schema.get("maximum")
-        return [Diagnostic(loc, f"{where}: {_show(value)} is out of range {low}..{high}")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} is out of range {low}..{high}")]
     if kind == "maxLength" and isinstance(value, str):
         return [
             Diagnostic(
                 loc,
-                f"{where}: {_show(value, 40)} is {len(value)} characters long; "
+                f"{where}: {doc.show(value, 40)} is {len(value)} characters long; "
                 f"at most {expected} allowed",
             )
         ]
     if kind in ("minLength", "minItems"):
-        return [Diagnostic(loc, f"{where}: {_show(value)} must not be empty")]
+        return [Diagnostic(loc, f"{where}: {doc.show(value)} must not be empty")]
     return [Diagnostic(loc, f"{where}: {error.message}")]
 
 
@@ -607,50 +781,57 @@ def _schema_error(doc: _Doc, error: ValidationError) -> list[Diagnostic]:
 # Semantic rules (DESIGN section 3)
 
 
-def tag_key_problem(key: str) -> str | None:
+def tag_key_problem(key: str, show: Callable[..., str] | None = None) -> str | None:
     """Why `key` cannot be a user tag key, or None if it can."""
+    quote = show or _show
     if not key:
         return "tag key must not be empty"
     if len(key) > 128:
-        return f"tag key {_show(key, 40)} is {len(key)} characters long; at most 128 allowed"
+        return f"tag key {quote(key, 40)} is {len(key)} characters long; at most 128 allowed"
     if not TAG_RE.fullmatch(key):
-        bad = _first_bad_char(key)
-        return f"tag key {_show(key)} contains {bad}; allowed are {TAG_CHARS_HINT}"
+        bad = _first_bad_char(key) if show is None else "a character that is not allowed"
+        return f"tag key {quote(key)} contains {bad}; allowed are {TAG_CHARS_HINT}"
     lowered = key.lower()
     for prefix in FORBIDDEN_TAG_PREFIXES:
         if lowered.startswith(prefix):
-            return f'tag key {_show(key)} must not start with "{prefix}"'
+            return f'tag key {quote(key)} must not start with "{prefix}"'
     if key in RESERVED_TAGS or lowered.startswith(RESERVED_TAG_PREFIX):
-        return f'tag key {_show(key)} is reserved for the provisioner ("{RESERVED_TAG_PREFIX}...")'
+        return f'tag key {quote(key)} is reserved for the provisioner ("{RESERVED_TAG_PREFIX}...")'
     return None
 
 
-def tag_value_problem(key: str, value: str) -> str | None:
+def tag_value_problem(key: str, value: str, show: Callable[..., str] | None = None) -> str | None:
     """Why `value` cannot be the value of tag `key`, or None if it can."""
+    quote = show or _show
     if not value:
         return f'tag "{key}" has an empty value; values are 1..128 characters'
     if len(value) > 128:
-        return f'tag "{key}" value {_show(value, 40)} is {len(value)} characters long; at most 128 allowed'
+        return f'tag "{key}" value {quote(value, 40)} is {len(value)} characters long; at most 128 allowed'
     if not TAG_RE.fullmatch(value):
-        bad = _first_bad_char(value)
-        return f'tag "{key}" value {_show(value)} contains {bad}; allowed are {TAG_CHARS_HINT}'
+        bad = _first_bad_char(value) if show is None else "a character that is not allowed"
+        return f'tag "{key}" value {quote(value)} contains {bad}; allowed are {TAG_CHARS_HINT}'
     return None
 
 
-def alias_problem(alias: str) -> str | None:
+def alias_problem(alias: str, show: Callable[..., str] | None = None) -> str | None:
     """Why `alias` cannot be an alias name, or None if it can."""
+    quote = show or _show
     if not alias.startswith("alias/"):
-        return f'alias {_show(alias)} must start with "alias/"'
+        return f'alias {quote(alias)} must start with "alias/"'
     if alias.lower().startswith(FORBIDDEN_ALIAS_PREFIX):
-        return f'alias {_show(alias)} must not start with "{FORBIDDEN_ALIAS_PREFIX}"'
+        return f'alias {quote(alias)} must not start with "{FORBIDDEN_ALIAS_PREFIX}"'
     rest = alias.removeprefix("alias/")
     if not rest:
-        return f'alias {_show(alias)} needs a name after "alias/"'
+        return f'alias {quote(alias)} needs a name after "alias/"'
     if len(rest) > 255:
-        return f"alias {_show(alias, 40)} is too long: at most 255 characters after alias/"
+        return f"alias {quote(alias, 40)} is too long: at most 255 characters after alias/"
     if not ALIAS_RE.fullmatch(alias):
-        bad = _first_bad_char(rest, allowed=re.compile(r"[A-Za-z0-9_/-]"))
-        return f"alias {_show(alias)} contains {bad}; allowed after alias/ are letters, digits, _ - /"
+        bad = (
+            _first_bad_char(rest, allowed=re.compile(r"[A-Za-z0-9_/-]"))
+            if show is None
+            else "a character that is not allowed"
+        )
+        return f"alias {quote(alias)} contains {bad}; allowed after alias/ are letters, digits, _ - /"
     return None
 
 
@@ -699,13 +880,13 @@ def _check_tags(
     if not isinstance(tags, dict):
         return good
     for key, value in tags.items():
-        problem = tag_key_problem(key)
+        problem = tag_key_problem(key, doc.show if doc.tainted else None)
         if problem:
             diags.append(Diagnostic(doc.key_loc((*path, key)), problem))
             continue
         if not isinstance(value, str):
             continue  # the schema reported it
-        problem = tag_value_problem(key, value)
+        problem = tag_value_problem(key, value, doc.show if doc.tainted else None)
         if problem:
             diags.append(Diagnostic(doc.loc((*path, key)), problem))
             continue
@@ -779,7 +960,8 @@ def _check_backend(doc: _Doc, backend: Any, state: _SetState, diags: list[Diagno
     if kind == "alibaba" and path is not None:
         diags.append(
             Diagnostic(
-                doc.loc(("backend", "path")), f"backend.path {_show(path)} applies only to the local backend"
+                doc.loc(("backend", "path")),
+                f"backend.path {doc.show(path)} applies only to the local backend",
             )
         )
     if not isinstance(kind, str) or kind not in ("local", "alibaba"):
@@ -863,7 +1045,7 @@ def _check_key(
             if not isinstance(alias, str):
                 continue  # the schema reported it
             at = doc.loc((*base, "aliases", i))
-            problem = alias_problem(alias)
+            problem = alias_problem(alias, doc.show if doc.tainted else None)
             if problem:
                 diags.append(Diagnostic(at, problem))
                 continue
@@ -884,7 +1066,7 @@ def _check_key(
             diags.append(
                 Diagnostic(
                     doc.loc((*base, "expiry")),
-                    f"expiry {_show(raw_expiry)} is not a time in UTC years 1..9999; "
+                    f"expiry {doc.show(raw_expiry)} is not a time in UTC years 1..9999; "
                     'use "never" for no expiry',
                 )
             )
@@ -892,7 +1074,7 @@ def _check_key(
             diags.append(
                 Diagnostic(
                     doc.loc((*base, "expiry")),
-                    f'expiry {_show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
+                    f'expiry {doc.show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
                     'e.g. "2027-06-30T00:00:00Z"',
                 )
             )
@@ -907,11 +1089,20 @@ def _check_key(
             )
         )
 
+    window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
+    if isinstance(window, float):
+        # JSON Schema counts 7.0 as an integer; a planned window must be what was written.
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "deletion_window_days")),
+                "deletion_window_days: write a whole number of days (7..366), without a decimal point",
+            )
+        )
+
     material = _check_material_block(doc, name, body, base, desired_state, diags)
 
     if len(diags) > errors_before or spec is None or usage is None or desired_state is None:
         return None
-    window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
     description = body.get("description", "")
     return DesiredKey(
         stack=stack,
@@ -987,12 +1178,29 @@ def manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple
 
 
 def _manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple[str, Path, str]]:
-    """(display, path, path relative to the PATH it was found through) for each manifest file."""
+    """(display, path, path relative to the PATH it was found through) for each manifest file.
+
+    A file must be regular and its real path must lie under the PATH (a folder's real path; for a
+    file given directly, its folder's): a symlink out of the tree is refused, naming nothing of
+    where it leads."""
     out: list[tuple[str, Path, str]] = []
     seen: set[Path] = set()
 
-    def add(display: str, path: Path) -> None:
-        real = path.resolve()
+    def add(display: str, path: Path, tree: Path) -> None:
+        try:
+            real = path.resolve(strict=True)
+            info = real.stat()
+        except (OSError, RuntimeError):
+            diags.append(Diagnostic(Location(display), "a symbolic link that leads nowhere (or in a loop)"))
+            return
+        if path.is_symlink() and not real.is_relative_to(tree):
+            diags.append(
+                Diagnostic(Location(display), "a symbolic link out of the manifest folder: refused")
+            )
+            return
+        if not stat.S_ISREG(info.st_mode):
+            diags.append(Diagnostic(Location(display), "not a regular file"))
+            return
         if real not in seen:
             seen.add(real)
             out.append((display, path, path.name))
@@ -1000,15 +1208,14 @@ def _manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tupl
     for given in paths:
         display = str(given)
         if given.is_dir():
-            found = sorted(
-                p for p in given.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-            )
+            tree = given.resolve()
+            found = sorted(p for p in given.iterdir() if p.suffix in MANIFEST_SUFFIXES and not p.is_dir())
             if not found:
                 diags.append(Diagnostic(Location(display), "folder has no manifest files (*.yaml, *.yml)"))
             for p in found:
-                add(os.path.join(display, p.name), p)
-        elif given.is_file():
-            add(display, given)
+                add(os.path.join(display, p.name), p, tree)
+        elif given.is_symlink() or given.is_file():
+            add(display, given, given.parent.resolve())
         elif given.exists():
             diags.append(Diagnostic(Location(display), "not a regular file or folder"))
         else:
@@ -1016,37 +1223,102 @@ def _manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tupl
     return out
 
 
+#: A manifest file larger than this is refused unread (a 5,000-key set is about 2 MiB in all).
+MAX_MANIFEST_BYTES = 8 << 20
+
+
+class _Unreadable(Exception):
+    """A file that cannot be read as text; the message says why, never what it holds."""
+
+
+def _read_bytes(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit`: never blocks on a FIFO, never reads a device."""
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once (and fstat then refuses it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise _Unreadable("no such file") from None
+    except PermissionError:
+        raise _Unreadable("permission denied") from None
+    except OSError as e:
+        raise _Unreadable(e.strerror or "cannot open it") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unreadable("not a regular file")
+        if info.st_size > limit:
+            raise _Unreadable(f"{info.st_size:,} bytes is more than the {limit:,} allowed")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise _Unreadable(f"more than the {limit:,} bytes allowed")
+        return b"".join(chunks)
+    except OSError as e:
+        raise _Unreadable(e.strerror or "cannot read it") from None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: Path, limit: int = MAX_MANIFEST_BYTES) -> str:
+    data = _read_bytes(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Unreadable("not UTF-8 text") from None
+
+
 def load_manifests(
-    paths: Sequence[Path], *, variables: Mapping[str, object], environ: Mapping[str, str] | None = None
+    paths: Sequence[Path],
+    *,
+    variables: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+    allow_env: Sequence[str] = (),
 ) -> ManifestSet:
-    """Render, parse and check every manifest in `paths`; raise ManifestError with every problem."""
+    """Render, parse and check every manifest in `paths`; raise ManifestError with every problem.
+
+    `allow_env`: the --allow-env globs (PROVISION_ALLOW_ENV in `environ` adds to them)."""
     env = os.environ if environ is None else environ
+    policy = EnvPolicy.from_sources(allow_env, env)
     diags: list[Diagnostic] = []
     docs: list[_Doc] = []
+    records: list[tuple[str, _EnvReads]] = []
     found = _manifest_files(paths, diags)
     files = [(display, path) for display, path, _ in found]
     digest = hashlib.sha256()
     for display, path, relative in found:
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            diags.append(Diagnostic(Location(display), f"cannot read the file: {reason}"))
+            source = _read_text(path.resolve())
+        except _Unreadable as e:
+            diags.append(Diagnostic(Location(display), f"cannot read the file: {e}"))
             continue
-        rendered = _render(source, display, variables, env, diags)
+        reads = _EnvReads(source)
+        records.append((display, reads))
+        rendered = _render(source, display, variables, env, diags, policy, reads)
         if rendered is None:
             continue
         digest.update(relative.encode("utf-8") + b"\0" + rendered.encode("utf-8") + b"\0")
-        doc = _Doc(display=display, folder=path.parent)
+        doc = _Doc(
+            display=display, folder=path.parent, source=source, env_values=dict(reads.values),
+            tainted=reads.tainted,
+        )
         if not _parse_yaml(rendered, doc, diags):
             continue
         diags.extend(_schema_diagnostics(doc))
+        _check_strings(doc, diags)
         docs.append(doc)
 
     state = _SetState()
     keys: list[DesiredKey] = []
     for doc in docs:
         keys.extend(_check_doc(doc, state, diags))
+    diags = _refuse_material_reads(records, docs, diags)
+    diags = _scrub(docs, diags)
     if not files and not diags:
         diags.append(Diagnostic(Location("<command line>"), "no manifest files given"))
     order = {display: i for i, (display, _) in enumerate(files)}
@@ -1061,7 +1333,144 @@ def load_manifests(
         backend=state.backend[0] if state.backend else None,
         files=tuple(display for display, _ in files),
         manifest_digest="sha256:" + digest.hexdigest(),
+        material_scan=lambda index: _scan_for_material(docs, index),
     )
+
+
+def _material_names(docs: Iterable[_Doc]) -> set[str]:
+    """Every variable the set names as a material `env:` source or `passphrase_env`."""
+    names: set[str] = set()
+    for doc in docs:
+        keys = doc.data.get("keys") if isinstance(doc.data, dict) else None
+        for body in keys.values() if isinstance(keys, dict) else ():
+            block = body.get("material") if isinstance(body, dict) else None
+            if isinstance(block, dict):
+                names.update(v for k in ("env", "passphrase_env") if isinstance(v := block.get(k), str))
+    return names
+
+
+def _refuse_material_reads(
+    records: list[tuple[str, _EnvReads]], docs: list[_Doc], diags: list[Diagnostic]
+) -> list[Diagnostic]:
+    """A template's env() of a variable the set names as material, known once every file is parsed:
+    the file's other diagnostics are dropped (they were made from the rendered value)."""
+    names = _material_names(docs)
+    if not names:
+        return diags
+    for display, reads in records:
+        late = list(dict.fromkeys((n, line) for n, line in reads.reads if n in names))
+        if not late:
+            continue
+        diags = [d for d in diags if d.location.file != display]
+        rule = "it is named as a material source (env or passphrase_env) in the manifests"
+        diags.extend(
+            Diagnostic(_env_location(display, reads.source, line, name), _refusal_message(reads, name, rule))
+            for name, line in late
+        )
+    return diags
+
+
+def _scrub(docs: list[_Doc], diags: list[Diagnostic]) -> list[Diagnostic]:
+    """In a file that read env(), a quoted name (a key, a tag key, a field) that the file does not
+    spell out, or that holds an env() value, is replaced by words: rule messages quote names."""
+    tainted = {doc.display: doc for doc in docs if doc.tainted}
+    if not tainted:
+        return diags
+    out: list[Diagnostic] = []
+    computed: dict[str, set[str]] = {}
+    for d in diags:
+        doc = tainted.get(d.location.file)
+        if doc is not None:
+            message = d.message
+            for name, value in doc.env_values.items():
+                if len(value) >= 3:  # shorter ones would match words of the message itself
+                    message = message.replace(value, f'the value of env("{name}")')
+            for text in computed.setdefault(doc.display, _computed_strings(doc)):
+                message = message.replace(json.dumps(text, ensure_ascii=False), "the value")
+                message = message.replace(f'"{text}"', "the value")
+            d = Diagnostic(d.location, message, d.severity)
+        out.append(d)
+    return out
+
+
+def _computed_strings(doc: _Doc) -> set[str]:
+    return {t for _, _, t in _strings(doc.data, ()) if t and t not in doc.source}
+
+
+def _strings(data: Any, path: _Path) -> Iterable[tuple[_Path, bool, str]]:
+    """Every string of a document in document order: (path, is a mapping key, text)."""
+    if isinstance(data, str):
+        yield path, False, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield (*path, k), True, k
+            yield from _strings(v, (*path, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _strings(v, (*path, i))
+
+
+def _string_groups(doc: _Doc) -> Iterable[tuple[Location, str, list[tuple[_Path, bool, str]]]]:
+    """The strings to scan together: each key's strings (DESIGN: one key's strings joined), and
+    every other string on its own; with the location and words for a message."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    for field_name, value in data.items():
+        if field_name == "keys" and isinstance(value, dict):
+            for name, body in value.items():
+                where = f'key "{name}"' if not doc.tainted or name in doc.source else "a key"
+                group = [(("keys", name), True, name), *_strings(body, ("keys", name))]
+                yield doc.key_loc(("keys", name)), where, group
+        else:
+            for item in [((field_name,), True, field_name), *_strings(value, (field_name,))]:
+                yield doc.loc(item[0]), _where(item[0]), [item]
+
+
+def _locate(
+    doc: _Doc, found: Callable[[str], bool], what: str, diags: list[Diagnostic]
+) -> None:
+    """Report each string, else each group joined, else the file, that `found` says holds `what`."""
+    def joined_found(items: Iterable[tuple[_Path, bool, str]]) -> bool:
+        # Joined with and without the mapping keys: tag keys between two halves must not hide them.
+        items = list(items)
+        return found("".join(t for _, _, t in items)) or found("".join(t for _, k, t in items if not k))
+
+    if not joined_found(_strings(doc.data, ())):
+        return
+    located = False
+    for at, where, group in _string_groups(doc):
+        if not joined_found(group):
+            continue
+        located = True
+        single = [(p, is_key) for p, is_key, t in group if found(t)]
+        if not single:
+            diags.append(Diagnostic(at, f"{where}: its strings joined hold {what}; they are not shown"))
+        for p, is_key in single:
+            loc = doc.key_loc(p) if is_key else doc.loc(p)
+            diags.append(Diagnostic(loc, f"{_where(p)}: the value holds {what}; it is not shown"))
+    if not located:
+        diags.append(
+            Diagnostic(Location(doc.display, 1, 1), f"the file's strings joined hold {what}; not shown")
+        )
+
+
+_PEM_WORDS = "a PEM BEGIN line (-----BEGIN): key material and certificates never belong in a manifest"
+
+
+def _check_strings(doc: _Doc, diags: list[Diagnostic]) -> None:
+    """Rules on every rendered string: no NUL character, no PEM BEGIN line (alone or joined)."""
+    for p, is_key, text in _strings(doc.data, ()):
+        if "\0" in text:
+            loc = doc.key_loc(p) if is_key else doc.loc(p)
+            diags.append(Diagnostic(loc, f"{_where(p)}: a NUL character is not allowed in a manifest"))
+    _locate(doc, leakscan.holds_pem_begin, _PEM_WORDS, diags)
+
+
+def _scan_for_material(docs: list[_Doc], index: leakscan.MaterialIndex) -> list[Diagnostic]:
+    diags: list[Diagnostic] = []
+    if index:
+        for doc in docs:
+            _locate(doc, index.found_in, "16 or more bytes of private material the manifests read", diags)
+    return diags
 
 
 def _unique(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
@@ -1075,24 +1484,30 @@ def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> di
     for path in var_files:
         display = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            diags.append(Diagnostic(Location(display), "variable file: no such file"))
-            continue
-        except (OSError, UnicodeDecodeError) as e:
-            diags.append(Diagnostic(Location(display), f"cannot read the variable file: {e}"))
+            text = _read_text(path)
+        except _Unreadable as e:
+            missing = str(e) == "no such file"
+            message = "variable file: no such file" if missing else f"cannot read the variable file: {e}"
+            diags.append(Diagnostic(Location(display), message))
             continue
         try:
             # JSON is YAML, so one parser reads both formats.
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as e:
+            # Neither the line nor what the parser quotes of it is shown: the file may be a secret.
             mark = e.problem_mark or e.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-            message = f"variable file: syntax error: {e.problem}"
+            message = f"variable file: syntax error: {_unquoted(e.problem or 'invalid YAML')}"
             diags.append(Diagnostic(Location(display, line, col), message))
             continue
         except yaml.YAMLError as e:
-            diags.append(Diagnostic(Location(display), f"variable file: {e}"))
+            line, col = _error_position(text, e)
+            diags.append(Diagnostic(Location(display, line, col), f"variable file: {_yaml_problem(e)}"))
+            continue
+        except ValueError:
+            diags.append(
+                Diagnostic(Location(display), "variable file: a number too long to read (over 4,300 digits)")
+            )
             continue
         if data is None:
             continue
@@ -1100,7 +1515,8 @@ def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> di
             diags.append(
                 Diagnostic(
                     Location(display, 1, 1),
-                    f"variable file must be a mapping of names to values, not {_show(data)}",
+                    "variable file must be a mapping of names to values, not "
+                    + _TYPE_NAMES.get(_json_kind(data), "that"),
                 )
             )
             continue
@@ -1133,6 +1549,8 @@ def check_material(
 
     fingerprints: dict[str, str] = {}
     diags: list[Diagnostic] = []
+    index = leakscan.MaterialIndex()  # every form of every material read, for the 16-byte rule
+    env: Mapping[str, str] = os.environ if environ is None else environ
     for key in ms.keys:
         source = key.material
         if source is None:
@@ -1147,11 +1565,54 @@ def check_material(
             diags.append(Diagnostic(source.location, f'key "{key.name}": {e}'))
             continue
         fingerprints[key.name] = material.fingerprint
+        for form in _material_forms(source, material, env):
+            index.add(form)
         if keep is None:
             material.wipe()
         else:
             keep[key.name] = material
+    if ms.material_scan is not None and index:
+        diags.extend(ms.material_scan(index))
+    del index  # the only copy of the material's bytes outside the key objects
     return fingerprints, diags
+
+
+def _material_forms(
+    source: MaterialSource, material: PrivateMaterial, environ: Mapping[str, str]
+) -> list[bytes]:
+    """The byte strings a manifest must not carry 16 bytes of: the source's raw bytes as read (a
+    command's output is not read twice: its key's forms below cover it), the key's PKCS#8 and
+    traditional (PKCS#1 / SEC1) DER, and its secret numbers."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from provisioner.material import MAX_KEY_FILE_BYTES
+
+    forms: list[bytes] = []
+    if source.kind is SourceKind.ENV and source.env is not None:
+        forms.append(environ.get(source.env, "").encode("utf-8", "surrogatepass"))
+    elif source.kind is SourceKind.FILE and source.file is not None:
+        with contextlib.suppress(_Unreadable):  # it was just read; its parsed forms still count
+            forms.append(_read_bytes(source.file, MAX_KEY_FILE_BYTES))
+    forms.append(material.pkcs8_der())
+    key = material.private_key()
+    if isinstance(key, int):
+        forms.append(material.sm2_scalar())
+        return forms
+    forms.append(
+        key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    numbers: list[int] = []
+    if isinstance(key, rsa.RSAPrivateKey):
+        n = key.private_numbers()
+        numbers = [n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp]
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        numbers = [key.private_numbers().private_value]
+    forms.extend(x.to_bytes((x.bit_length() + 7) // 8, "big") for x in numbers)
+    return forms
 
 
 def validate_manifests(
@@ -1161,14 +1622,15 @@ def validate_manifests(
     environ: Mapping[str, str] | None = None,
     offline_material: bool = False,
     keep: dict[str, PrivateMaterial] | None = None,
+    allow_env: Sequence[str] = (),
 ) -> tuple[ManifestSet, dict[str, str], list[Diagnostic]]:
     """The whole `validate` stage: load, then (unless offline) read every key's material.
 
     Returns the set, the fingerprint of each key whose material was read, and the warnings;
     raises ManifestError carrying every error (and the warnings) otherwise. `keep`: as for
-    check_material; on an error whatever was kept is wiped.
+    check_material; on an error whatever was kept is wiped. `allow_env`: as for load_manifests.
     """
-    ms = load_manifests(paths, variables=variables, environ=environ)
+    ms = load_manifests(paths, variables=variables, environ=environ, allow_env=allow_env)
     if offline_material:
         return ms, {}, []
     fingerprints, diags = check_material(ms, environ=environ, keep=keep)

@@ -6,12 +6,12 @@ enum values are the exact strings the KMS API uses, so they go on the wire uncha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 #: How KMS writes times on the wire (`2021-05-20T06:34:21Z`); plan and drift documents use it too.
 WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -244,6 +244,9 @@ class ManifestSet:
     files: tuple[str, ...]
     #: sha256 over each file in load order: its path relative to PATH, NUL, its rendered text, NUL.
     manifest_digest: str = ""
+    #: Scans every rendered string for the material given (a leakscan.MaterialIndex): the located
+    #: errors, which never show the string. Set by manifest.load_manifests; check_material calls it.
+    material_scan: Callable[[Any], list[Diagnostic]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,278 @@
+"""The manifests' Jinja2 sandbox: no attribute of any helper, no files, bounded size and time.
+
+A manifest comes from a pull request, so rendering it must not reach Python internals or the
+helpers' state, and must end quickly whatever it asks for. This module reads no environment
+variable (env() is built in manifest.py over trust.EnvPolicy) and no message it raises quotes a
+value the template computed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import jinja2
+import jinja2.compiler
+import jinja2.nodes
+import jinja2.runtime
+import jinja2.sandbox
+import jinja2.utils
+
+#: Wall-clock seconds one file may take to compile and render. Tests lower it; nothing else may.
+RENDER_SECONDS = 10.0
+#: Characters (or items) any one operation may produce, and how big a number argument may be.
+MAX_VALUE = 1 << 20
+#: Characters one file may render to (the size a manifest file may have).
+MAX_OUTPUT = 8 << 20
+#: Bits an integer result may have.
+MAX_INT_BITS = 1 << 16
+
+T = TypeVar("T")
+
+# str methods a template may call: those whose result is no bigger than their inputs, and the
+# width-taking ones (whose width is checked). format, translate, expandtabs and the rest are not.
+_STR_METHODS = frozenset(
+    {
+        "capitalize", "casefold", "center", "count", "endswith", "find", "index", "isalnum", "isalpha",
+        "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable",
+        "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "partition",
+        "removeprefix", "removesuffix", "replace", "rfind", "rindex", "rjust", "rpartition", "rsplit",
+        "rstrip", "split", "splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill",
+    }
+)
+_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+class TemplateLimit(Exception):
+    """A template asked for more than the budget allows; the message names the operation only."""
+
+
+class TemplateTimeout(Exception):
+    """A template ran past RENDER_SECONDS."""
+
+
+class _Deadline(BaseException):
+    # Raised asynchronously in the rendering thread; BaseException so that no `except Exception`
+    # inside Jinja swallows it.
+    pass
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, str | bytes | list | tuple | dict) else 0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _too_big(what: str) -> TemplateLimit:
+    return TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters or items")
+
+
+def _too_many_bits(what: str) -> TemplateLimit:
+    return TemplateLimit(f"{what} would produce a number of more than {MAX_INT_BITS:,} bits")
+
+
+def _check_result(what: str, value: T) -> T:
+    if _size(value) > MAX_VALUE:
+        raise _too_big(what)
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _too_many_bits(what)
+    return value
+
+
+def _check_numbers(what: str, values: Iterable[object]) -> None:
+    for value in values:
+        if _is_int(value) and abs(value) > MAX_VALUE:  # type: ignore[arg-type]
+            raise TemplateLimit(f"{what}: a number argument larger than {MAX_VALUE:,}")
+
+
+def _check_printf(what: str, fmt: str) -> None:
+    for m in _PRINTF_SPEC.finditer(fmt):
+        for part in m.groups():
+            if part == "*":
+                raise TemplateLimit(f"{what}: a * width or precision is not available in manifests")
+            if part is not None and int(part) > MAX_VALUE:
+                raise TemplateLimit(f"{what}: a width or precision larger than {MAX_VALUE:,}")
+
+
+def _check_replace(what: str, text: object, new: object) -> None:
+    if isinstance(text, str) and isinstance(new, str) and len(text) + (len(text) + 1) * len(new) > MAX_VALUE:
+            raise TemplateLimit(f"{what} could produce more than {MAX_VALUE:,} characters")
+
+
+def _check_join(what: str, items: object) -> None:
+    if isinstance(items, list | tuple) and sum(_size(x) or 8 for x in items) > MAX_VALUE:
+        raise TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters")
+
+
+def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    passes = getattr(func, "jinja_pass_arg", None) is not None
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        what = f"the {name} filter"
+        values = args[1:] if passes else args
+        _check_numbers(what, (*values[1:], *kwargs.values()))
+        if values:
+            value = values[0]
+            if name == "format" and isinstance(value, str):
+                _check_printf(what, value)
+            elif name == "replace" and len(values) >= 3:
+                _check_replace(what, value, values[2])
+            elif name == "join":
+                _check_join(what, value)
+            elif name == "indent" and isinstance(value, str):
+                width = values[1] if len(values) > 1 else kwargs.get("width", 4)
+                width = len(width) if isinstance(width, str) else width
+                if _is_int(width) and len(value) + width * (value.count("\n") + 1) > MAX_VALUE:
+                    raise TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters")
+        return _check_result(what, func(*args, **kwargs))
+
+    return bounded
+
+
+def _bounded_test(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_numbers(f"the {name} test", (*args, *kwargs.values()))
+        return func(*args, **kwargs)
+
+    return bounded
+
+
+class _BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
+    """Routes `~` (string concatenation) through the environment, which checks its size."""
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2 for manifests: strict undefined, no loader, no helper attributes, bounded work."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,  # YAML, not HTML
+            loader=None,  # no include, import or extends can reach a file
+        )
+        for name in ("lipsum", "cycler", "joiner"):
+            self.globals.pop(name, None)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        tests = self.tests.items()
+        self.tests = {name: _bounded_test(name, cast(Callable[..., Any], f)) for name, f in tests}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # No attribute of any callable: env, range, dict, namespace, macros, methods. A loop
+        # variable is callable (recursive loops) but its attributes are the loop's data.
+        if callable(obj) and not isinstance(obj, jinja2.runtime.LoopContext):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        if super().wrap_str_format(value) is None:
+            return None
+
+        def refused(*_args: Any, **_kwargs: Any) -> str:
+            raise TemplateLimit("str.format is not available in manifests; use ~ or the format filter")
+
+        return refused
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        what = f"the {operator} operator"
+        if operator == "*":
+            for count, other in ((left, right), (right, left)):
+                if _is_int(count) and _size(other) * max(count, 0) > MAX_VALUE:
+                    raise _too_big(what)
+            if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise _too_many_bits(what)
+        elif operator == "**":
+            growing = _is_int(left) and _is_int(right) and abs(left) > 1
+            if growing and right * left.bit_length() > MAX_INT_BITS:
+                raise _too_many_bits(what)
+        elif operator == "+":
+            if _size(left) + _size(right) > MAX_VALUE:
+                raise _too_big(what)
+        elif operator == "%" and isinstance(left, str):
+            _check_printf(what, left)
+        return _check_result(what, super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            what = f"str.{name}"
+            if name not in _STR_METHODS:
+                raise TemplateLimit(f"{what} is not available in manifests")
+            _check_numbers(what, (*args, *kwargs.values()))
+            if name == "replace" and len(args) >= 2:
+                _check_replace(what, owner, args[1])
+            if name == "join" and args:
+                _check_join(what, args[0])
+        return _check_result("a call", super().call(__context, __obj, *args, **kwargs))
+
+    def bounded_concat(self, parts: Iterable[Any]) -> str:
+        items = list(parts)
+        if sum(_size(x) for x in items) > MAX_VALUE:
+            raise TemplateLimit(f"the ~ operator would produce more than {MAX_VALUE:,} characters")
+        return _check_result("the ~ operator", jinja2.runtime.str_join(items))
+
+
+def render_bounded(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """Render with the output budget: at most MAX_OUTPUT characters."""
+    out: list[str] = []
+    total = 0
+    for piece in template.generate(context):
+        total += len(piece)
+        if total > MAX_OUTPUT:
+            raise TemplateLimit(f"the file renders to more than {MAX_OUTPUT:,} characters")
+        out.append(piece)
+    return "".join(out)
+
+
+def run_with_deadline(work: Callable[[], T], seconds: float | None = None) -> T:
+    """`work()` in this thread, interrupted (TemplateTimeout) after `seconds` (RENDER_SECONDS).
+
+    A watchdog thread raises an exception in this thread at the deadline, so even an empty loop
+    ends; every size-changing operation is bounded separately, so no single step runs long in C.
+    """
+    limit = RENDER_SECONDS if seconds is None else seconds
+    target = threading.get_ident()
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                raise_in = ctypes.pythonapi.PyThreadState_SetAsyncExc
+                raise_in(ctypes.c_ulong(target), ctypes.py_object(_Deadline))
+
+    timer = threading.Timer(limit, fire)
+    timer.daemon = True
+    try:
+        timer.start()
+        try:
+            return work()
+        finally:
+            timer.cancel()
+            with lock:
+                state["done"] = True
+                if state["fired"]:
+                    # Cancel the exception if it is still pending (a NULL exception clears it).
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
+    except _Deadline:
+        raise TemplateTimeout(f"rendering took longer than {limit:g} seconds") from None
