@@ -6,6 +6,7 @@ chooses whether private material is written at all.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -63,6 +64,20 @@ CREATE INDEX IF NOT EXISTS import_tokens_expires ON import_tokens (expires);
 """
 
 
+def create_owner_only(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite would create it 0644 less the
+    umask, and gives its journal the database's mode). An existing file is left as it is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only narrow the mode; this makes it exact
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Transaction:
     """An open transaction; `after_commit` callbacks run only once the commit succeeded (in-memory
@@ -86,6 +101,8 @@ class Store:
     """One SQLite connection behind one lock: every operation is one serialised transaction."""
 
     def __init__(self, path: str | None) -> None:
+        if path:
+            create_owner_only(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
         self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
         try:
@@ -100,10 +117,11 @@ class Store:
         # Deleted rows (material of a deleted or expired key) are overwritten, not left in free pages.
         self._conn.execute("PRAGMA secure_delete = ON")
         if path:
-            # WAL with synchronous=NORMAL keeps every transaction atomic across a crash (a power cut
-            # may lose the last few, never half of one) and spares an fsync per write.
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # A rollback journal that is truncated at every commit: old pages (material a
+            # DeleteKeyMaterial removed) live only for the one transaction, where a WAL keeps them
+            # until a checkpoint and beyond. SQLite creates the journal with the database's mode.
+            self._conn.execute("PRAGMA journal_mode = TRUNCATE")
+            self._conn.execute("PRAGMA synchronous = FULL")
         self._lock = threading.Lock()
         with self.transaction() as tx:
             for statement in _SCHEMA.split(";"):
