@@ -70,8 +70,8 @@ def create_owner_only(path: str) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return
+    except OSError:
+        return  # it exists, or cannot be created: SQLite opens it or says why, as it would have
     try:
         os.fchmod(fd, 0o600)  # the umask can only narrow the mode; this makes it exact
     finally:
