@@ -959,6 +959,13 @@ def _check_material_block(
         return None
     kind = SourceKind(given[0])
     value = block[given[0]]
+    pass_env = block.get("pass_env")
+    if pass_env is not None and kind is not SourceKind.COMMAND:
+        diags.append(
+            Diagnostic(doc.key_loc((*base, "material", "pass_env")),
+                       f'key "{name}": material.pass_env is for command sources only')
+        )
+        return None
     if kind is SourceKind.FILE and isinstance(value, str):
         return MaterialSource(
             kind=kind, file=_resolve(doc.folder, value), passphrase_env=block.get("passphrase_env"),
@@ -969,13 +976,6 @@ def _check_material_block(
             kind=kind, env=value, passphrase_env=block.get("passphrase_env"),
             fingerprint=block.get("fingerprint"), location=at,
         )
-    pass_env = block.get("pass_env")
-    if pass_env is not None and kind is not SourceKind.COMMAND:
-        diags.append(
-            Diagnostic(doc.key_loc((*base, "material", "pass_env")),
-                       f'key "{name}": material.pass_env is for command sources only')
-        )
-        return None
     if kind is SourceKind.COMMAND and isinstance(value, list) and all(isinstance(v, str) for v in value):
         from provisioner.trust import never_readable_rule
 
