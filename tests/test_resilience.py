@@ -264,7 +264,7 @@ QPS_RANGE = "--qps: expected GROUP=N with N a number from 0.01 to 10000 (calls a
         ("read=-3", QPS_RANGE + " 'read=-3'"),
         ("=3", QPS_RANGE + " '=3'"),
         *(
-            (v, fQPS_RANGE + " {v!r}")
+            (v, QPS_RANGE + f" {v!r}")
             for v in ("read=1e-300", "read=1e-9", "read=0.009", "read=nan", "read=inf", "read=-inf",
                       "read=10001", "read=1e400", "read=" + "9" * 5000)
         ),

@@ -157,7 +157,8 @@ def test_pass_env_of_a_never_readable_name_is_a_located_error_even_offline(stack
         assert r.code == 1
         assert r.stderr == (
             'manifests/cmd.yaml:10:30: error: key "signer": '
-            "material.pass_env ALIBABA_CLOUD_ACCESS_KEY_SECRET: variables matching ALIBABA_CLOUD_* are never readable by a manifest\n1 error(s)\n"
+            "material.pass_env ALIBABA_CLOUD_ACCESS_KEY_SECRET: "
+            "variables matching ALIBABA_CLOUD_* are never readable by a manifest\n1 error(s)\n"
         )
         assert SECRET not in r.stdout + r.stderr
     assert not (stack / "ran").exists()
