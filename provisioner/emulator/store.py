@@ -7,6 +7,7 @@ chooses whether private material is written at all.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -78,6 +79,12 @@ def create_owner_only(path: str) -> None:
         os.close(fd)
 
 
+#: Statements that can leave old copies of private material behind (delete, replace, update).
+_TOUCHES_MATERIAL = re.compile(
+    r"\s*(DELETE\s+FROM|INSERT\s+OR\s+REPLACE\s+INTO|REPLACE\s+INTO|UPDATE)\s+private_material\b", re.I
+)
+
+
 @dataclass
 class Transaction:
     """An open transaction; `after_commit` callbacks run only once the commit succeeded (in-memory
@@ -85,9 +92,14 @@ class Transaction:
 
     conn: sqlite3.Connection
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: Set when a statement removed or replaced private material: its old pages must not linger.
+    removed_material: bool = False
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        cursor = self.conn.execute(sql, params)
+        if cursor.rowcount > 0 and _TOUCHES_MATERIAL.match(sql):
+            self.removed_material = True
+        return cursor
 
     def one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
@@ -116,12 +128,14 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         # Deleted rows (material of a deleted or expired key) are overwritten, not left in free pages.
         self._conn.execute("PRAGMA secure_delete = ON")
+        self._wal = bool(path)
         if path:
-            # A rollback journal that is truncated at every commit: old pages (material a
-            # DeleteKeyMaterial removed) live only for the one transaction, where a WAL keeps them
-            # until a checkpoint and beyond. SQLite creates the journal with the database's mode.
-            self._conn.execute("PRAGMA journal_mode = TRUNCATE")
-            self._conn.execute("PRAGMA synchronous = FULL")
+            # WAL with synchronous=NORMAL keeps every transaction atomic across a crash (a power cut
+            # may lose the last few, never half of one) and spares an fsync per write. The log keeps
+            # old pages until a checkpoint: a transaction that removed material is checkpointed and
+            # the log truncated at once (see `transaction`). SQLite gives the log the database's mode.
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.Lock()
         with self.transaction() as tx:
             for statement in _SCHEMA.split(";"):
@@ -148,6 +162,10 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if tx.removed_material and self._wal:
+                # secure_delete zeroes the rows in the database; the log still holds the pages as
+                # they were until it is checkpointed and truncated.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for callback in tx.after_commit:
                 callback()
 
