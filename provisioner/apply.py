@@ -94,7 +94,11 @@ def source_from_reference(ref: Mapping[str, Any]) -> MaterialSource:
 
 
 def load_plan_materials(
-    plan: Plan, *, environ: Mapping[str, str] | None = None, warn: Progress | None = None
+    plan: Plan,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Progress | None = None,
+    allow_commands: bool | None = None,
 ) -> dict[str, PrivateMaterial]:
     """Read the material of every change that imports, checking spec and planned fingerprint.
 
@@ -108,7 +112,8 @@ def load_plan_materials(
             source = source_from_reference(change.material)
             try:
                 materials[change.key] = verify_material(
-                    source, KeySpec(change.after["spec"]), environ=environ, warn=warn
+                    source, KeySpec(change.after["spec"]), environ=environ, warn=warn,
+                    allow_commands=allow_commands,
                 )
             except MaterialError as e:
                 raise StalePlan(

@@ -20,6 +20,7 @@ import click
 
 from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
+from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
 from provisioner.model import Diagnostic, WrappingAlgorithm
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,6 +88,14 @@ def backend_options(f: F) -> F:
     return f
 
 
+def allow_commands_option(f: F) -> F:
+    """--allow-commands: material `command:` sources may run (else only PROVISION_ALLOW_COMMANDS=1)."""
+    return click.option(
+        "--allow-commands", is_flag=True, default=False,
+        help="Run material command sources (a manifest cannot allow them; also PROVISION_ALLOW_COMMANDS=1).",
+    )(f)
+
+
 def color_option(f: F) -> F:
     return click.option("--no-color", is_flag=True, default=False, help="Plain text output.")(f)
 
@@ -134,10 +143,11 @@ DEFAULT_MANIFEST_PATH = Path("manifests")
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="json: the diagnostics as a JSON list on standard output.",
 )
+@allow_commands_option
 @handle_errors
 def validate(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], offline_material: bool,
-    fmt: str,
+    fmt: str, allow_commands: bool,
 ) -> int:
     """Render, parse and check manifests (PATH: files or folders, default manifests/); no KMS call.
 
@@ -145,7 +155,8 @@ def validate(
     """
     try:
         ms, _, warnings = _load_stage(
-            paths, var, var_files, offline_material=offline_material, echo_warnings=fmt != "json"
+            paths, var, var_files, offline_material=offline_material, echo_warnings=fmt != "json",
+            allow_commands=allow_commands,
         )
     except ManifestError as e:
         if fmt != "json":
@@ -229,6 +240,7 @@ def serve(
     import threading
 
     from provisioner.emulator import server as emulator_server
+    from provisioner.errors import UsageError
 
     if not host.strip():
         # An empty host would bind every interface, with public default credentials.
@@ -246,6 +258,8 @@ def serve(
             fault_rate=fault_rate,
             seed=seed,
         )
+    except emulator_server.PublicCredentialsExposed as e:
+        raise UsageError(str(e)) from None
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     stop = threading.Event()
@@ -279,9 +293,11 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _write_owner_only(path: Path, text: str) -> None:
+def _write_owner_only(path: Path, text: str, what: str = "--out") -> None:
     """Write `text` to `path` with mode 0600 from the first byte: a fresh file in the same folder
-    (O_EXCL, mode 0600, umask can only narrow it), then renamed over the target."""
+    (O_EXCL, mode 0600, umask can only narrow it), then renamed over the target. A target that is a
+    symlink, FIFO, device or folder is refused (InputFileError naming `what`), nothing written."""
+    refuse_special_target(path, what)
     folder = path.parent if str(path.parent) else Path(".")
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -340,16 +356,13 @@ def wrap(
 ) -> int:
     """Offline step 3 of the vendor guide: print base64 Cipher(ESK) || Cipher(TAKpriv)."""
     from provisioner import wrapping
-    from provisioner.errors import WrappingError
-    from provisioner.material import load_material
+    from provisioner.errors import MaterialError, WrappingError
+    from provisioner.material import MAX_KEY_FILE_BYTES, load_material
     from provisioner.model import MaterialSource, SourceKind
 
-    try:
-        wrapping_key = public_key.read_bytes()
-    except FileNotFoundError:
-        raise WrappingError(f"--public-key {public_key}: no such file") from None
-    except OSError as e:
-        raise WrappingError(f"--public-key {public_key}: cannot read: {e.strerror}") from None
+    if out is not None:
+        refuse_special_target(out, "--out")
+    wrapping_key = read_regular_file(public_key, "--public-key", MAX_KEY_FILE_BYTES)
     try:
         wrapping_der = wrapping.load_wrapping_public_key(wrapping_key)
     except WrappingError as e:
@@ -357,7 +370,10 @@ def wrap(
     source = MaterialSource(
         kind=SourceKind.FILE, file=material_file.absolute(), passphrase_env=passphrase_env
     )
-    material = load_material(source, warn=_warn)
+    try:
+        material = load_material(source, warn=_warn)
+    except MaterialError as e:
+        raise MaterialError(f"--material: {e}") from None
     try:
         chosen = WrappingAlgorithm(algorithm) if algorithm else WrappingAlgorithm.for_spec(material.spec)
         wrapped = wrapping.wrap(material, wrapping_der, chosen)
@@ -391,6 +407,7 @@ def _load_stage(
     offline_material: bool,
     echo_warnings: bool = True,
     keep: dict[str, Any] | None = None,
+    allow_commands: bool = False,
 ) -> tuple[Any, dict[str, str], list[Diagnostic]]:
     """validate: render, parse, check manifests and (unless offline) read material fingerprints.
 
@@ -404,6 +421,7 @@ def _load_stage(
         offline_material=offline_material,
         keep=keep,
         allow_env=allow_env_flags(),
+        allow_commands=allow_commands,
     )
     if echo_warnings:
         for w in warnings:
@@ -507,16 +525,21 @@ def _format_option(*choices: str) -> Callable[[F], F]:
 @_format_option("text", "json", "markdown")
 @click.option("--detailed-exitcode", is_flag=True, default=False,
               help="Exit 2 when the plan has changes, 0 when it has none.")
+@allow_commands_option
 @handle_errors
 def plan(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, out: Path | None,
-    fmt: str, detailed_exitcode: bool,
+    fmt: str, detailed_exitcode: bool, allow_commands: bool,
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
     from provisioner.plan import save_plan
 
-    ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False)
+    if out is not None:
+        refuse_special_target(out, "--out")
+    ms, fingerprints, _ = _load_stage(
+        paths, var, var_files, offline_material=False, allow_commands=allow_commands
+    )
     kms = _open_stage(ms.backend, backend, endpoint, region, qps)
     try:
         the_plan = _make_plan_stage(ms, fingerprints, kms)
@@ -548,11 +571,12 @@ def plan(
 @click.option("--parallelism", type=click.IntRange(1, 64), default=None,
               help="Keys worked on at once (the client-side rate limit still applies).")
 @_format_option("text", "json")
+@allow_commands_option
 @handle_errors
 def apply(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
-    auto_approve: bool, parallelism: int | None, fmt: str,
+    auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool,
 ) -> int:
     """Carry out a fresh plan (after confirmation), or a saved one with --plan."""
     from provisioner import apply as applying
@@ -573,11 +597,11 @@ def apply(
         raise UsageError("--plan FILE applies the saved plan; give no manifest PATH with it")
     if plan_file is not None:
         try:
-            text = plan_file.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"--plan {plan_file}: cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"--plan {plan_file}: not a plan file (not UTF-8 text)") from None
+            text = read_regular_text(plan_file, "--plan")
+        except InputFileError as e:
+            if e.reason == "is not UTF-8 text":
+                raise UsageError(f"--plan {plan_file}: not a plan file (not UTF-8 text)") from None
+            raise
         the_plan = load_plan(text)
         saved = the_plan.backend
         manifest_backend = BackendConfig(
@@ -589,7 +613,9 @@ def apply(
         kms = _open_stage(manifest_backend, backend, endpoint, region, qps)
     else:
         # The material read to plan is the material applied: each source is read once a run.
-        ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False, keep=kept)
+        ms, fingerprints, _ = _load_stage(
+            paths, var, var_files, offline_material=False, keep=kept, allow_commands=allow_commands
+        )
         try:
             kms = _open_stage(ms.backend, backend, endpoint, region, qps)
         except BaseException:
@@ -619,7 +645,7 @@ def apply(
                 click.echo("apply cancelled: nothing changed", err=True)
                 return 1
         if plan_file is not None:
-            materials = applying.load_plan_materials(the_plan, warn=_warn)
+            materials = applying.load_plan_materials(the_plan, warn=_warn, allow_commands=allow_commands)
         else:
             planned = {c.key for c in the_plan.changes if c.material is not None}
             materials = {name: m for name, m in kept.items() if name in planned}

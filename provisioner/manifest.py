@@ -1150,6 +1150,13 @@ def _check_material_block(
         return None
     kind = SourceKind(given[0])
     value = block[given[0]]
+    pass_env = block.get("pass_env")
+    if pass_env is not None and kind is not SourceKind.COMMAND:
+        diags.append(
+            Diagnostic(doc.key_loc((*base, "material", "pass_env")),
+                       f'key "{name}": material.pass_env is for command sources only')
+        )
+        return None
     if kind is SourceKind.FILE and isinstance(value, str):
         return MaterialSource(
             kind=kind, file=_resolve(doc.folder, value), passphrase_env=block.get("passphrase_env"),
@@ -1161,9 +1168,18 @@ def _check_material_block(
             fingerprint=block.get("fingerprint"), location=at,
         )
     if kind is SourceKind.COMMAND and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        from provisioner.trust import never_readable_rule
+
+        names = tuple(v for v in pass_env or () if isinstance(v, str))
+        for i, variable in enumerate(names):
+            # The name rule here, also for --offline-material; the value rule when material is read.
+            rule = never_readable_rule(variable, {})
+            if rule is not None:
+                where = doc.loc((*base, "material", "pass_env", i))
+                diags.append(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))
         return MaterialSource(
             kind=kind, command=tuple(value), passphrase_env=block.get("passphrase_env"),
-            fingerprint=block.get("fingerprint"), location=at,
+            fingerprint=block.get("fingerprint"), location=at, pass_env=names,
         )
     return None  # ill-typed: the schema reported it
 
@@ -1479,16 +1495,16 @@ def _unique(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
 
 def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> dict[str, object]:
     """Template variables: each var file (YAML or JSON mapping) in order, then --var on top."""
+    from provisioner.files import InputFileError, read_regular_text
+
     out: dict[str, object] = {}
     diags: list[Diagnostic] = []
     for path in var_files:
         display = str(path)
         try:
-            text = _read_text(path)
-        except _Unreadable as e:
-            missing = str(e) == "no such file"
-            message = "variable file: no such file" if missing else f"cannot read the variable file: {e}"
-            diags.append(Diagnostic(Location(display), message))
+            text = read_regular_text(path, "--var-file")
+        except InputFileError as e:
+            diags.append(Diagnostic(Location(display), f"variable file (--var-file): {e.reason}"))
             continue
         try:
             # JSON is YAML, so one parser reads both formats.
@@ -1536,6 +1552,7 @@ def check_material(
     *,
     environ: Mapping[str, str] | None = None,
     keep: dict[str, PrivateMaterial] | None = None,
+    allow_commands: bool | None = None,
 ) -> tuple[dict[str, str], list[Diagnostic]]:
     """Read and verify each key's material: (fingerprint by key name, diagnostics incl. warnings).
 
@@ -1545,22 +1562,38 @@ def check_material(
     (by key name) for an apply to import, so a source (a command, say) is read only once a run.
     """
     # Imported here so that loading manifests never pulls in the crypto stack.
-    from provisioner.material import verify_material
+    from provisioner.material import pass_env_refusal, verify_material
 
     fingerprints: dict[str, str] = {}
     diags: list[Diagnostic] = []
     index = leakscan.MaterialIndex()  # every form of every material read, for the 16-byte rule
     env: Mapping[str, str] = os.environ if environ is None else environ
+    material_names = frozenset(
+        n for k in ms.keys if k.material is not None
+        for n in (k.material.env, k.material.passphrase_env) if n is not None
+    )
     for key in ms.keys:
         source = key.material
         if source is None:
+            continue
+        refused = [
+            (v, r) for v in source.pass_env if (r := pass_env_refusal(v, env, material_names)) is not None
+        ]
+        if refused:
+            # The command does not run: it would be handed a variable no manifest may reach.
+            diags.extend(
+                Diagnostic(source.location, f'key "{key.name}": material.pass_env {v}: {r}')
+                for v, r in refused
+            )
             continue
 
         def warn(message: str, _at: Location = source.location, _name: str = key.name) -> None:
             diags.append(Diagnostic(_at, f'key "{_name}": {message}', severity="warning"))
 
         try:
-            material = verify_material(source, key.spec, environ=environ, warn=warn)
+            material = verify_material(
+                source, key.spec, environ=environ, warn=warn, allow_commands=allow_commands
+            )
         except MaterialError as e:
             diags.append(Diagnostic(source.location, f'key "{key.name}": {e}'))
             continue
@@ -1623,6 +1656,7 @@ def validate_manifests(
     offline_material: bool = False,
     keep: dict[str, PrivateMaterial] | None = None,
     allow_env: Sequence[str] = (),
+    allow_commands: bool | None = None,
 ) -> tuple[ManifestSet, dict[str, str], list[Diagnostic]]:
     """The whole `validate` stage: load, then (unless offline) read every key's material.
 
@@ -1633,7 +1667,7 @@ def validate_manifests(
     ms = load_manifests(paths, variables=variables, environ=environ, allow_env=allow_env)
     if offline_material:
         return ms, {}, []
-    fingerprints, diags = check_material(ms, environ=environ, keep=keep)
+    fingerprints, diags = check_material(ms, environ=environ, keep=keep, allow_commands=allow_commands)
     order = {display: i for i, display in enumerate(ms.files)}
     diags.sort(key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
     if any(d.severity == "error" for d in diags):

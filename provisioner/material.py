@@ -13,8 +13,11 @@ import hashlib
 import math
 import os
 import re
+import selectors
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -27,10 +30,14 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from provisioner import _der, sm2
 from provisioner.errors import MaterialError
+from provisioner.files import InputFileError, read_regular_file
+from provisioner.hardening import disable_core_dumps
 from provisioner.model import KeySpec, MaterialSource, SourceKind
+from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
 COMMAND_TIMEOUT_SECONDS = 30.0
 MAX_KEY_FILE_BYTES = 1 << 20  # an RSA_4096 PEM is about 3 KiB: anything this big is a wrong path
+MAX_COMMAND_OUTPUT_BYTES = MAX_KEY_FILE_BYTES
 FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 Warn = Callable[[str], None]
@@ -379,61 +386,140 @@ def _passphrase(source: MaterialSource, env: Mapping[str, str]) -> bytes | None:
 def _read_file(source: MaterialSource) -> tuple[bytes, int]:
     """The file's bytes and its permission bits."""
     assert source.file is not None
-    path = source.file
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise MaterialError(f"{source.describe()}: not a regular file")
-        if info.st_size > MAX_KEY_FILE_BYTES:
-            raise MaterialError(f"{source.describe()}: {info.st_size} bytes is too large for a key file")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MaterialError(f"{source.describe()}: no such file") from None
-    except PermissionError:
-        raise MaterialError(f"{source.describe()}: permission denied") from None
+        data = read_regular_file(source.file, "file", MAX_KEY_FILE_BYTES)
+        mode = stat.S_IMODE(source.file.stat().st_mode)
+    except InputFileError as e:
+        raise MaterialError(f"{source.describe()}: {e.reason}") from None
     except OSError as e:
         raise MaterialError(f"{source.describe()}: cannot read: {e.strerror}") from None
-    return data, stat.S_IMODE(info.st_mode)
+    return data, mode
 
 
-#: A PEM marker, or a long unbroken run of base64 or hex: what key material looks like on one line.
-_LOOKS_LIKE_KEY = re.compile(r"PRIVATE KEY|[A-Za-z0-9+/=_-]{32,}")
+def _commands_refusal(env: Mapping[str, str]) -> str:
+    hint = ""
+    if ALLOW_COMMANDS_VARIABLE in env:
+        # Its value is not shown: it is a value read from the environment.
+        hint = f" ({ALLOW_COMMANDS_VARIABLE} is set, but only the exact value 1 allows commands)"
+    return (
+        "command sources run a program and are refused unless allowed from outside the manifests: "
+        f"pass --allow-commands or set {ALLOW_COMMANDS_VARIABLE}=1{hint}"
+    )
 
 
-def _run_command(source: MaterialSource, env: Mapping[str, str] | None) -> bytes:
+def pass_env_refusal(
+    name: str, env: Mapping[str, str], material_names: frozenset[str] = frozenset()
+) -> str | None:
+    """Why `material.pass_env` may not hand `name` to a command (None: it may). Never the value."""
+    rule = never_readable_rule(name, env)
+    if rule is not None:
+        return rule
+    if name in material_names:
+        return "it is named as a material source (env or passphrase_env) in the manifests"
+    return None
+
+
+def command_environment(source: MaterialSource, env: Mapping[str, str]) -> dict[str, str]:
+    """PATH, HOME, LANG and the source's `pass_env` names, those that are set; nothing else."""
+    out = {name: env[name] for name in COMMAND_BASE_ENV if name in env}
+    for name in source.pass_env:
+        refusal = pass_env_refusal(name, env)
+        if refusal is not None:
+            raise MaterialError(f"{source.describe()}: pass_env {name}: {refusal}")
+        if name in env:
+            out[name] = env[name]
+    return out
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    # The command runs in a session of its own: kill what it started as well, which may hold the pipe.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    except AttributeError:  # pragma: no cover - no process groups (Windows)
+        process.kill()
+    process.wait()
+
+
+def _exit_words(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def _run_command(source: MaterialSource, env: Mapping[str, str]) -> bytes:
+    """The command's standard output, at most MAX_COMMAND_OUTPUT_BYTES, within the timeout.
+
+    Its standard error goes nowhere: a tool may print the key or a token there, and a CI log keeps
+    everything; a failure reports its exit status (or signal) only."""
     argv = list(source.command)
     if not argv:
         raise MaterialError("material command is empty")
+    for i, arg in enumerate(argv):
+        if "\0" in arg:
+            # Checked here: subprocess raises ValueError, and a NUL cannot reach a program anyway.
+            raise MaterialError(
+                f"material command: argument {i + 1} holds a NUL character, which no program can take"
+            )
+    environment = command_environment(source, env)
     try:
         # No shell: the argv is run as written, so nothing in it is interpreted.
-        result = subprocess.run(
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-            env=dict(env) if env is not None else None,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=environment,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise MaterialError(f"{source.describe()}: program {argv[0]} not found") from None
     except PermissionError:
         raise MaterialError(f"{source.describe()}: program {argv[0]} is not executable") from None
+    except OSError as e:
+        raise MaterialError(f"{source.describe()}: cannot run {argv[0]}: {e.strerror or e}") from None
+    deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+    timed_out = f"{source.describe()}: timed out after {COMMAND_TIMEOUT_SECONDS:g} seconds"
+    assert process.stdout is not None
+    chunks: list[bytes] = []
+    size = 0
+    with process.stdout, selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                _kill_group(process)
+                raise MaterialError(timed_out)
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_COMMAND_OUTPUT_BYTES:
+                _kill_group(process)
+                raise MaterialError(
+                    f"{source.describe()}: printed more than {MAX_COMMAND_OUTPUT_BYTES} bytes; "
+                    "a private key is a few KiB"
+                )
+            chunks.append(chunk)
+    try:
+        returncode = process.wait(timeout=max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise MaterialError(timed_out) from None
+    if returncode != 0:
         raise MaterialError(
-            f"{source.describe()}: timed out after {COMMAND_TIMEOUT_SECONDS:g} seconds"
-        ) from None
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        last = lines[-1].strip()[:200] if lines else "(no stderr)"
-        if _LOOKS_LIKE_KEY.search(last):
-            # A tool that printed the key (or a base64/hex blob) to stderr must not have it echoed.
-            last = "(its last stderr line is withheld: it looks like key material)"
-        raise MaterialError(f"{source.describe()}: exited with status {result.returncode}: {last}")
-    return result.stdout
+            f"{source.describe()}: {_exit_words(returncode)} (its standard error is not shown)"
+        )
+    return b"".join(chunks)
 
 
 def _read_source(
-    source: MaterialSource, env: Mapping[str, str], command_env: Mapping[str, str] | None
+    source: MaterialSource, env: Mapping[str, str], allow_commands: bool
 ) -> tuple[bytes, int]:
     """The source's bytes, and the file mode for a file source (0 otherwise)."""
     if source.kind is SourceKind.FILE:
@@ -446,17 +532,26 @@ def _read_source(
         if not value.strip():
             raise MaterialError(f"{source.describe()}: is empty")
         return value.encode(), 0
-    return _run_command(source, command_env), 0
+    if not allow_commands:
+        raise MaterialError(f"{source.describe()}: {_commands_refusal(env)}")
+    return _run_command(source, env), 0
 
 
 def load_material(
-    source: MaterialSource, *, environ: Mapping[str, str] | None = None, warn: Warn | None = None
+    source: MaterialSource,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Warn | None = None,
+    allow_commands: bool | None = None,
 ) -> PrivateMaterial:
-    """Read and parse a source's private key. `environ` defaults to os.environ (and is the
-    command's environment when given); `warn` receives non-fatal findings."""
+    """Read and parse a source's private key. `environ` defaults to os.environ (a command gets
+    only PATH, HOME, LANG and its pass_env names from it); `warn` receives non-fatal findings.
+    `allow_commands`: the --allow-commands flag; None leaves it to PROVISION_ALLOW_COMMANDS=1."""
+    disable_core_dumps()
     env: Mapping[str, str] = os.environ if environ is None else environ
     passphrase = _passphrase(source, env)
-    data, mode = _read_source(source, env, environ)
+    allowed = commands_allowed(bool(allow_commands), env)
+    data, mode = _read_source(source, env, allowed)
     try:
         material = parse_private_key(data, passphrase)
     except MaterialError as e:
@@ -476,9 +571,10 @@ def verify_material(
     *,
     environ: Mapping[str, str] | None = None,
     warn: Warn | None = None,
+    allow_commands: bool | None = None,
 ) -> PrivateMaterial:
     """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint."""
-    material = load_material(source, environ=environ, warn=warn)
+    material = load_material(source, environ=environ, warn=warn, allow_commands=allow_commands)
     if material.spec is not spec:
         found = describe_spec(material.spec)
         material.wipe()
@@ -559,12 +655,11 @@ def fingerprint_of_public_key(data: bytes) -> str:
 
 def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:
     """The fingerprint of the public key of a private or public key file (PEM or DER)."""
+    disable_core_dumps()
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MaterialError(f"file {path}: no such file") from None
-    except OSError as e:
-        raise MaterialError(f"file {path}: cannot read: {e.strerror}") from None
+        data = read_regular_file(path, "file", MAX_KEY_FILE_BYTES)
+    except InputFileError as e:
+        raise MaterialError(str(e)) from None
     spki = _public_spki_of_bytes(data)
     if spki is not None:
         try:

@@ -179,6 +179,7 @@ class MaterialSource:
     passphrase_env: str | None = None
     fingerprint: str | None = None  # pinned "sha256:<64 hex>"
     location: Location = field(default_factory=lambda: Location("<unknown>"))
+    pass_env: tuple[str, ...] = ()  # command only: variables the command gets besides PATH, HOME, LANG
 
     def describe(self) -> str:
         """The source in the user's words, for messages: never the material itself."""
@@ -200,6 +201,8 @@ class MaterialSource:
             out["passphrase_env"] = self.passphrase_env
         if self.fingerprint is not None:
             out["fingerprint"] = self.fingerprint
+        if self.pass_env:
+            out["pass_env"] = list(self.pass_env)
         return out
 
 

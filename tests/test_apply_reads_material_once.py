@@ -46,10 +46,10 @@ def test_command_source_runs_once_per_apply(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "manifests" / "once.yaml").write_text(
         MANIFEST.format(python=sys.executable, script=tmp_path / "emit.py")
     )
-    r = run_cli(["apply", "manifests", "--auto-approve"])
+    r = run_cli(["apply", "manifests", "--auto-approve", "--allow-commands"])
     assert r.code == 0, r.stdout + r.stderr
     assert "signer: created key-" in r.stderr
     assert (tmp_path / "runs.log").read_text() == "run\n"  # planned and imported from one read
-    r = run_cli(["plan", "manifests", "--detailed-exitcode"])
+    r = run_cli(["plan", "manifests", "--detailed-exitcode", "--allow-commands"])
     assert r.code == 0, r.stdout + r.stderr
     assert (tmp_path / "runs.log").read_text() == "run\nrun\n"

@@ -279,8 +279,8 @@ def test_drift_touches_no_material_source(tmp_path: Path, monkeypatch: pytest.Mo
         ("from-command", "missing"), ("from-env", "missing"), ("from-file", "missing")
     ]
     assert not mark.exists()
-    # The control: plan does read material, and these sources fail it.
-    planned = run_cli(["plan", str(manifest), "--backend", "local"])
+    # The control: plan does read material (commands allowed), and these sources fail it.
+    planned = run_cli(["plan", str(manifest), "--backend", "local", "--allow-commands"])
     assert planned.code == 1
     assert planned.stderr.splitlines()[-1] == "3 error(s)"
     assert mark.exists()

@@ -156,7 +156,16 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--qps", "bogus=3"], "expected GROUP=N with GROUP one of create, crypto, read, write and N > 0"),
+        (
+            ["--qps", "bogus=3"],
+            "--qps: expected GROUP=N with GROUP one of create, crypto, read, write "
+            "and N a number from 0.01 to 10000, got 'bogus=3'",
+        ),
+        (["--qps", "read=1e-300"], "and N a number from 0.01 to 10000, got 'read=1e-300'"),
+        (["--qps", "read=1e-9"], "and N a number from 0.01 to 10000, got 'read=1e-9'"),
+        (["--qps", "read=nan"], "and N a number from 0.01 to 10000, got 'read=nan'"),
+        (["--qps", "read=inf"], "and N a number from 0.01 to 10000, got 'read=inf'"),
+        (["--qps", "read=-1"], "and N a number from 0.01 to 10000, got 'read=-1'"),
         (["--qps", "read=0"], "got 'read=0'"),
         (["--qps", "read"], "got 'read'"),
         (["--instance", "kst-x=cloud"], "expected ID=software|hardware, got 'kst-x=cloud'"),

@@ -484,7 +484,7 @@ def test_load_variables_errors_are_located(tmp_path: Path) -> None:
     assert [str(d) for d in exc.value.diagnostics] == [
         f"{bad}:3:1: error: variable file: syntax error: expected the node content, but found '<stream end>'",
         f"{lst}:1:1: error: variable file must be a mapping of names to values, not a list",
-        f"{tmp_path / 'missing.yaml'}: error: variable file: no such file",
+        f"{tmp_path / 'missing.yaml'}: error: variable file (--var-file): no such file",
     ]
 
 

@@ -247,18 +247,27 @@ def test_close_closes_inner() -> None:
 
 def test_parse_qps_gives_the_groups_named() -> None:
     assert parse_qps(["read=5", "write=2.5", "read=7"]) == {"read": 7.0, "write": 2.5}
+    assert parse_qps(["read=0.01", "write=10000"]) == {"read": 0.01, "write": 10000.0}
     assert parse_qps([]) == {}
+
+
+QPS_RANGE = "--qps: expected GROUP=N with N a number from 0.01 to 10000 (calls a second), got"
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("read", "--qps: expected GROUP=N with N a positive number, got 'read'"),
-        ("read=", "--qps: expected GROUP=N with N a positive number, got 'read='"),
-        ("read=fast", "--qps: expected GROUP=N with N a positive number, got 'read=fast'"),
-        ("read=0", "--qps: expected GROUP=N with N a positive number, got 'read=0'"),
-        ("read=-3", "--qps: expected GROUP=N with N a positive number, got 'read=-3'"),
-        ("=3", "--qps: expected GROUP=N with N a positive number, got '=3'"),
+        ("read", QPS_RANGE + " 'read'"),
+        ("read=", QPS_RANGE + " 'read='"),
+        ("read=fast", QPS_RANGE + " 'read=fast'"),
+        ("read=0", QPS_RANGE + " 'read=0'"),
+        ("read=-3", QPS_RANGE + " 'read=-3'"),
+        ("=3", QPS_RANGE + " '=3'"),
+        *(
+            (v, QPS_RANGE + f" {v!r}")
+            for v in ("read=1e-300", "read=1e-9", "read=0.009", "read=nan", "read=inf", "read=-inf",
+                      "read=10001", "read=1e400", "read=" + "9" * 5000)
+        ),
         ("reads=3", "--qps: unknown group 'reads' (expected one of create, crypto, read, write)"),
     ],
 )

@@ -230,7 +230,8 @@ def test_wrap_command_out_file_is_owner_only_from_the_start(
 
     def spy_open(path: str, flags: int, mode: int = 0o777, *args: object, **kw: object) -> int:
         fd = real_open(path, flags, mode, *args, **kw)  # type: ignore[arg-type]
-        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        if flags & os.O_CREAT:  # files the command creates, not the inputs it reads
+            modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
         return fd
 
     monkeypatch.setattr(os, "open", spy_open)
@@ -264,9 +265,9 @@ def test_wrap_command_out_file_is_owner_only_from_the_start(
          "error: --public-key {material}: wrapping public key: expected a PUBLIC KEY PEM block, "
          "found PRIVATE KEY\n"),
         (["--public-key", "{public}", "--material", "{tmp}/none.pem"],
-         "error: file {tmp}/none.pem: no such file\n"),
+         "error: --material: file {tmp}/none.pem: no such file\n"),
         (["--public-key", "{public}", "--material", "{public}"],
-         "error: file {public}: holds a public key; a private key is needed\n"),
+         "error: --material: file {public}: holds a public key; a private key is needed\n"),
         (["--public-key", "{public}", "--material", "{material}", "--algorithm", "SM2PKE_SM4_ECB"],
          "error: EC_P256K material is wrapped with RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD, "
          "not SM2PKE_SM4_ECB\n"),

@@ -68,6 +68,9 @@ QUOTA_GROUPS: Mapping[str, str] = {
 }
 
 DEFAULT_QPS: Mapping[str, float] = {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
+#: The rates a --qps may set: below, one call would wait hours (1e-300: for ever, and 1/rate overflows);
+#: above, no KMS quota is near and the limiter's interval underflows into no limit at all.
+QPS_MIN, QPS_MAX = 0.01, 10000.0
 
 #: Tags one TagResource call may carry (vendor reference: "you can add up to 10 tags").
 TAG_RESOURCE_MAX = 10

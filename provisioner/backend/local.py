@@ -36,7 +36,8 @@ class LocalTransport:
             if self.missing:
                 self._engine = KmsEngine(None, persist_private_keys=False, clock=clock)
             else:
-                db_path.parent.mkdir(parents=True, exist_ok=True)
+                # Owner only, as the file itself (created 0600 by the store): the folder lists key state.
+                db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 # The local file holds no private material: the engine keeps only what KMS would show.
                 self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
         except (OSError, sqlite3.Error, ValueError) as e:

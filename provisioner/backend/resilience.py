@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from provisioner.backend.base import DEFAULT_QPS, QUOTA_GROUPS, Transport
+from provisioner.backend.base import DEFAULT_QPS, QPS_MAX, QPS_MIN, QUOTA_GROUPS, Transport
 from provisioner.errors import BackendError, KmsApiError, KmsUnreachable, UsageError
 
 #: Actions where a request that may have reached the service must not be sent again: a second
@@ -163,8 +163,11 @@ def parse_qps(values: Sequence[str]) -> dict[str, float]:
             rate = float(number)
         except ValueError:
             rate = float("nan")
-        if not sep or not group or not rate > 0 or rate == float("inf"):
-            raise UsageError(f"--qps: expected GROUP=N with N a positive number, got {item!r}")
+        if not sep or not group or not QPS_MIN <= rate <= QPS_MAX:
+            raise UsageError(
+                f"--qps: expected GROUP=N with N a number from {QPS_MIN:g} to {QPS_MAX:g} (calls a second), "
+                f"got {item!r}"
+            )
         if group not in groups:
             raise UsageError(f"--qps: unknown group {group!r} (expected one of {', '.join(groups)})")
         out[group] = rate

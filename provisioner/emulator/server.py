@@ -8,6 +8,7 @@ never logs request parameters or bodies: they carry import tokens and wrapped ma
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import random
 import socket
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from provisioner.backend.base import QUOTA_GROUPS
+from provisioner.backend.base import QPS_MAX, QPS_MIN, QUOTA_GROUPS
 from provisioner.emulator import signing
 from provisioner.emulator.defaults import (
     DEFAULT_ACCESS_KEY_ID,
@@ -81,6 +82,25 @@ class WireError(Exception):
         self.message = message
 
 
+class PublicCredentialsExposed(ValueError):
+    """A non-loopback --host with the default (published) access key id or secret."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, or a literal address in 127.0.0.0/8 or ::1 (brackets allowed). A name other
+    than localhost is not resolved: what it points at may change after the check."""
+    bare = host.strip().removeprefix("[").removesuffix("]")
+    if bare.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 @dataclass
 class EmulatorConfig:
     """Everything `provision emulator serve` can be told. Validated on creation (ValueError)."""
@@ -101,6 +121,15 @@ class EmulatorConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if not self.access_key_id or not self.access_key_secret:
             raise ValueError("access key id and secret must not be empty")
+        default_credentials = (
+            self.access_key_id == DEFAULT_ACCESS_KEY_ID or self.access_key_secret == DEFAULT_ACCESS_KEY_SECRET
+        )
+        if default_credentials and not is_loopback_host(self.host):
+            raise PublicCredentialsExposed(
+                f"--host {self.host} is not a loopback address (127.0.0.0/8, ::1, localhost), and the "
+                "default access key id and secret are public: to serve beyond this machine, pass "
+                "--access-key-id and --access-key-secret of your own"
+            )
         if self.latency_ms < 0:
             raise ValueError(f"latency must be >= 0 ms, got {self.latency_ms:g}")
         if not 0.0 <= self.fault_rate <= 1.0:
@@ -109,8 +138,8 @@ class EmulatorConfig:
             if group not in QUOTA_GROUP_NAMES:
                 known = ", ".join(sorted(QUOTA_GROUP_NAMES))
                 raise ValueError(f"unknown quota group {group!r} (one of {known})")
-            if rate <= 0:
-                raise ValueError(f"qps for {group} must be > 0, got {rate:g}")
+            if not QPS_MIN <= rate <= QPS_MAX:
+                raise ValueError(f"qps for {group} must be from {QPS_MIN:g} to {QPS_MAX:g}, got {rate:g}")
         for instance_id, kind in (self.instances or {}).items():
             if not instance_id or kind not in INSTANCE_KINDS:
                 raise ValueError(f"instance must be ID=software|hardware, got {instance_id}={kind}")
@@ -125,10 +154,10 @@ def parse_qps(items: list[str] | tuple[str, ...]) -> dict[str, float]:
             rate = float(value)
         except ValueError:
             rate = float("nan")
-        if not sep or group not in QUOTA_GROUP_NAMES or not rate > 0:
+        if not sep or group not in QUOTA_GROUP_NAMES or not QPS_MIN <= rate <= QPS_MAX:
             raise ValueError(
-                f"expected GROUP=N with GROUP one of {', '.join(sorted(QUOTA_GROUP_NAMES))} and N > 0, "
-                f"got {item!r}"
+                f"--qps: expected GROUP=N with GROUP one of {', '.join(sorted(QUOTA_GROUP_NAMES))} "
+                f"and N a number from {QPS_MIN:g} to {QPS_MAX:g}, got {item!r}"
             )
         out[group] = rate
     return out

@@ -6,6 +6,8 @@ chooses whether private material is written at all.
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -63,6 +65,26 @@ CREATE INDEX IF NOT EXISTS import_tokens_expires ON import_tokens (expires);
 """
 
 
+def create_owner_only(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite would create it 0644 less the
+    umask, and gives its journal the database's mode). An existing file is left as it is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        return  # it exists, or cannot be created: SQLite opens it or says why, as it would have
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only narrow the mode; this makes it exact
+    finally:
+        os.close(fd)
+
+
+#: Statements that can leave old copies of private material behind (delete, replace, update).
+_TOUCHES_MATERIAL = re.compile(
+    r"\s*(DELETE\s+FROM|INSERT\s+OR\s+REPLACE\s+INTO|REPLACE\s+INTO|UPDATE)\s+private_material\b", re.I
+)
+
+
 @dataclass
 class Transaction:
     """An open transaction; `after_commit` callbacks run only once the commit succeeded (in-memory
@@ -70,9 +92,14 @@ class Transaction:
 
     conn: sqlite3.Connection
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: Set when a statement removed or replaced private material: its old pages must not linger.
+    removed_material: bool = False
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        cursor = self.conn.execute(sql, params)
+        if cursor.rowcount > 0 and _TOUCHES_MATERIAL.match(sql):
+            self.removed_material = True
+        return cursor
 
     def one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
@@ -86,6 +113,8 @@ class Store:
     """One SQLite connection behind one lock: every operation is one serialised transaction."""
 
     def __init__(self, path: str | None) -> None:
+        if path:
+            create_owner_only(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
         self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
         try:
@@ -99,9 +128,12 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         # Deleted rows (material of a deleted or expired key) are overwritten, not left in free pages.
         self._conn.execute("PRAGMA secure_delete = ON")
+        self._wal = bool(path)
         if path:
             # WAL with synchronous=NORMAL keeps every transaction atomic across a crash (a power cut
-            # may lose the last few, never half of one) and spares an fsync per write.
+            # may lose the last few, never half of one) and spares an fsync per write. The log keeps
+            # old pages until a checkpoint: a transaction that removed material is checkpointed and
+            # the log truncated at once (see `transaction`). SQLite gives the log the database's mode.
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.Lock()
@@ -130,6 +162,10 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if tx.removed_material and self._wal:
+                # secure_delete zeroes the rows in the database; the log still holds the pages as
+                # they were until it is checkpointed and truncated.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for callback in tx.after_commit:
                 callback()
 
