@@ -490,7 +490,8 @@ def plan(
     from provisioner.plan import save_plan
 
     ms, fingerprints, _ = _load_stage(paths, var, var_files, offline_material=False)
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
         the_plan = _make_plan_stage(ms, fingerprints, kms)
     finally:
@@ -642,7 +643,7 @@ def drift(
     from provisioner.refresh import refresh
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
-    # drift never writes, not even an empty local state file where none was.
+    # drift never writes, not even an empty local state file where none was; it reads it read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
     try:
@@ -655,7 +656,7 @@ def drift(
         )
     finally:
         kms.close()
-    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning)
+    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info)
     if fmt == "json":
         click.echo(render.render_drift_json(report), nl=False)
     elif fmt == "markdown":
