@@ -75,22 +75,27 @@ def _q(value: Any) -> str:
 def _backend_words(backend: Mapping[str, str]) -> str:
     kind = backend.get("type", "?")
     shown = sorted((k, v) for k, v in backend.items() if k not in ("type", "endpoint"))
-    rest = ", ".join(f"{k} {_visible(v)}" for k, v in shown)
+    rest = ", ".join(f"{k} {_one_line(v)}" for k, v in shown)
     return f"{kind} ({rest})" if rest else kind
+
+
+def _one_line(text: str) -> str:
+    """A header value (a path from a manifest, say) that cannot start a line of its own."""
+    return _visible(text).replace("\n", "\\u000a")
 
 
 def _endpoint_lines(backend: Mapping[str, str]) -> list[str]:
     """The header line that says where a document was read from, so a reviewer sees whose answers
     it shows (DESIGN section 9); none when the document does not know."""
     endpoint = backend.get("endpoint")
-    return [f"Endpoint: {_visible(endpoint)}"] if endpoint else []
+    return [f"Endpoint: {_one_line(endpoint)}"] if endpoint else []
 
 
 def _md_endpoint_lines(backend: Mapping[str, str]) -> list[str]:
     endpoint = backend.get("endpoint")
     if not endpoint:
         return []
-    text = _visible(endpoint).replace("\n", " ")
+    text = _one_line(endpoint)
     # A code span no backtick inside can close.
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""

@@ -76,6 +76,10 @@ class LocalTransport:
             close()
 
 
+#: Check access with the effective ids: the ones the reads and writes are made with.
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
 class _Unwritable(PermissionError):
     """The state file, or the folder it must be written in, is read-only to this user."""
 
@@ -92,9 +96,9 @@ def _refuse_impossible(db_path: Path) -> None:
 def _refuse_unwritable(db_path: Path) -> None:
     """Say "permission denied" up front: SQLite would open a read-only file read-only and fail at
     the first write with words that read like a damaged file. SQLite also writes beside the file."""
-    if db_path.exists() and not os.access(db_path, os.W_OK):
+    if db_path.exists() and not os.access(db_path, os.W_OK, effective_ids=_EFFECTIVE):
         raise _Unwritable("the state file is read-only")
-    if not os.access(db_path.parent, os.W_OK | os.X_OK):
+    if not os.access(db_path.parent, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
         raise _Unwritable(f"its folder {db_path.parent} is read-only")
 
 
@@ -111,7 +115,7 @@ def _open_failure(db_path: Path, e: Exception) -> str:
     if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
         return "permission denied: the state file or its folder is read-only; plan and drift can read it"
     if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
-        if db_path.exists() and not os.access(db_path, os.R_OK):
+        if db_path.exists() and not os.access(db_path, os.R_OK, effective_ids=_EFFECTIVE):
             return "permission denied: cannot read the state file"
         return "cannot open or create it; check the path and its folder's permissions"
     if isinstance(e, NotAStateFile):
