@@ -55,12 +55,17 @@ def template_options(f: F) -> F:
 def backend_options(f: F) -> F:
     """--backend / --endpoint / --region / --qps: where the KMS is and how fast to call it."""
     f = click.option(
-        "--backend", type=click.Choice(["local", "alibaba"]), default=None, help="KMS backend."
+        "--backend", type=click.Choice(["local", "alibaba"]), default=None,
+        help="KMS backend (else PROVISION_BACKEND, else the manifest's).",
     )(f)
     f = click.option(
-        "--endpoint", default=None, help="KMS endpoint: http://host:port, https://host or host."
+        "--endpoint", default=None,
+        help="KMS endpoint: http://host:port, https://host or host (else PROVISION_ENDPOINT).",
     )(f)
-    f = click.option("--region", default=None, help="Alibaba Cloud region id, e.g. cn-hangzhou.")(f)
+    f = click.option(
+        "--region", default=None,
+        help="Alibaba Cloud region id, e.g. cn-hangzhou (else ALIBABA_CLOUD_REGION_ID).",
+    )(f)
     f = click.option(
         "--qps", multiple=True, metavar="GROUP=N", help="Client-side rate limit per quota group."
     )(f)
