@@ -76,12 +76,17 @@ def template_options(f: F) -> F:
 def backend_options(f: F) -> F:
     """--backend / --endpoint / --region / --qps: where the KMS is and how fast to call it."""
     f = click.option(
-        "--backend", type=click.Choice(["local", "alibaba"]), default=None, help="KMS backend."
+        "--backend", type=click.Choice(["local", "alibaba"]), default=None,
+        help="KMS backend (else PROVISION_BACKEND, else the manifest's).",
     )(f)
     f = click.option(
-        "--endpoint", default=None, help="KMS endpoint: http://host:port, https://host or host."
+        "--endpoint", default=None,
+        help="KMS endpoint: http://host:port, https://host or host (else PROVISION_ENDPOINT).",
     )(f)
-    f = click.option("--region", default=None, help="Alibaba Cloud region id, e.g. cn-hangzhou.")(f)
+    f = click.option(
+        "--region", default=None,
+        help="Alibaba Cloud region id, e.g. cn-hangzhou (else ALIBABA_CLOUD_REGION_ID).",
+    )(f)
     f = click.option(
         "--qps", multiple=True, metavar="GROUP=N", help="Client-side rate limit per quota group."
     )(f)
@@ -540,7 +545,8 @@ def plan(
     ms, fingerprints, _ = _load_stage(
         paths, var, var_files, offline_material=False, allow_commands=allow_commands
     )
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
         the_plan = _make_plan_stage(ms, fingerprints, kms)
     finally:
@@ -695,7 +701,7 @@ def drift(
     from provisioner.refresh import refresh
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
-    # drift never writes, not even an empty local state file where none was.
+    # drift never writes, not even an empty local state file where none was; it reads it read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
     try:
@@ -708,7 +714,7 @@ def drift(
         )
     finally:
         kms.close()
-    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning)
+    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info)
     if fmt == "json":
         click.echo(render.render_drift_json(report), nl=False)
     elif fmt == "markdown":

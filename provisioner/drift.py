@@ -6,7 +6,8 @@ read-only calls. Each item says the key, the kind, what the manifest expects and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -69,6 +70,8 @@ class DriftReport:
     items: tuple[DriftItem, ...]
     checked_at: datetime
     format_version: int = FORMAT_VERSION
+    #: The backend it was read from (type, endpoint, ...), as a plan's `backend`; empty when unknown.
+    backend: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def in_sync(self) -> bool:
@@ -90,6 +93,7 @@ class DriftReport:
             "stack": self.stack,
             "checked_at": format_time(self.checked_at),
             "in_sync": self.in_sync,
+            **({"backend": dict(self.backend)} if self.backend else {}),
             "drift": [i.to_dict() for i in self.items],
         }
 
@@ -325,9 +329,16 @@ def make_drift(
     *,
     now: datetime,
     expiry_warning_days: int = DEFAULT_EXPIRY_WARNING_DAYS,
+    backend: Mapping[str, str] | None = None,
 ) -> DriftReport:
-    """Compare the manifests with the live state and list every difference. Pure."""
+    """Compare the manifests with the live state and list every difference. Pure. `backend` is
+    what the report says it was read from."""
     drift = _Drift(desired, live, now, expiry_warning_days)
     drift.run()
     items = sorted(drift.items, key=lambda i: (i.key, list(DriftKind).index(i.kind), i.detail))
-    return DriftReport(stack=desired.stack, items=tuple(items), checked_at=now.replace(microsecond=0))
+    return DriftReport(
+        stack=desired.stack,
+        items=tuple(items),
+        checked_at=now.replace(microsecond=0),
+        backend={k: str(v) for k, v in (backend or {}).items() if v is not None},
+    )

@@ -971,6 +971,8 @@ def _check_backend(doc: _Doc, backend: Any, state: _SetState, diags: list[Diagno
         path=_resolve(doc.folder, path) if isinstance(path, str) and kind == "local" else None,
         region=backend.get("region") if isinstance(backend.get("region"), str) else None,
         endpoint=backend.get("endpoint") if isinstance(backend.get("endpoint"), str) else None,
+        region_at=doc.loc(("backend", "region")),
+        endpoint_at=doc.loc(("backend", "endpoint")),
     )
     here = doc.loc(("backend",))
     if state.backend is None:

@@ -235,6 +235,9 @@ class BackendConfig:
     path: Path | None = None  # local: SQLite file
     region: str | None = None
     endpoint: str | None = None
+    #: Where the manifest wrote `region` and `endpoint`, for located errors; not part of equality.
+    region_at: Location | None = field(default=None, compare=False)
+    endpoint_at: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

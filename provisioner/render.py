@@ -7,6 +7,7 @@ A Plan holds no private material, so no rendering can show any.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,8 +74,32 @@ def _q(value: Any) -> str:
 
 def _backend_words(backend: Mapping[str, str]) -> str:
     kind = backend.get("type", "?")
-    rest = ", ".join(f"{k} {v}" for k, v in sorted(backend.items()) if k != "type")
+    shown = sorted((k, v) for k, v in backend.items() if k not in ("type", "endpoint"))
+    rest = ", ".join(f"{k} {_one_line(v)}" for k, v in shown)
     return f"{kind} ({rest})" if rest else kind
+
+
+def _one_line(text: str) -> str:
+    """A header value (a path from a manifest, say) that cannot start a line of its own."""
+    return _visible(text).replace("\n", "\\u000a")
+
+
+def _endpoint_lines(backend: Mapping[str, str]) -> list[str]:
+    """The header line that says where a document was read from, so a reviewer sees whose answers
+    it shows (DESIGN section 9); none when the document does not know."""
+    endpoint = backend.get("endpoint")
+    return [f"Endpoint: {_one_line(endpoint)}"] if endpoint else []
+
+
+def _md_endpoint_lines(backend: Mapping[str, str]) -> list[str]:
+    endpoint = backend.get("endpoint")
+    if not endpoint:
+        return []
+    text = _one_line(endpoint)
+    # A code span no backtick inside can close.
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return [f"Endpoint: {fence}{pad}{text}{pad}{fence}", ""]
 
 
 def _detail_lines(change: Change) -> list[tuple[str, str]]:
@@ -155,7 +180,8 @@ def _summary_line(plan: Plan) -> str:
 
 def render_plan_text(plan: Plan, *, color: bool) -> str:
     paint = _painter(color)
-    out = [f"Stack {plan.stack!r}, backend {_backend_words(plan.backend)}", ""]
+    out = [f"Stack {plan.stack!r}, backend {_backend_words(plan.backend)}", *_endpoint_lines(plan.backend)]
+    out.append("")
     if plan.changes:
         out.append(paint(f"Symbols: {_LEGEND}", _DIM))
         out.append("")
@@ -248,7 +274,7 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
 
 def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     """A pull-request comment: status, summary table, violations first, then each key's changes."""
-    head = [f"## Plan for stack `{plan.stack}`", ""]
+    head = [f"## Plan for stack `{plan.stack}`", "", *_md_endpoint_lines(plan.backend)]
     if plan.violations:
         head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
     elif not plan.has_changes:
@@ -288,8 +314,9 @@ def _found_words(item: DriftItem) -> str:
 def render_drift_text(report: DriftReport, *, color: bool) -> str:
     paint = _painter(color)
     if report.in_sync:
-        return f"Stack {report.stack!r}: in sync, no drift.\n"
-    out = [f"Stack {report.stack!r}: drift found", ""]
+        head = [f"Stack {report.stack!r}: in sync, no drift.", *_endpoint_lines(report.backend)]
+        return "\n".join(head) + "\n"
+    out = [f"Stack {report.stack!r}: drift found", *_endpoint_lines(report.backend), ""]
     for item in report.items:
         out.append(
             f"  {paint('!', _YELLOW)} {paint(_visible(item.key), _BOLD)}: "
@@ -307,7 +334,7 @@ def render_drift_json(report: DriftReport) -> str:
 
 
 def render_drift_markdown(report: DriftReport) -> str:
-    out = [f"## Drift for stack `{report.stack}`", ""]
+    out = [f"## Drift for stack `{report.stack}`", "", *_md_endpoint_lines(report.backend)]
     if report.in_sync:
         out += [f"In sync at {report.to_dict()['checked_at']}: no drift.", ""]
         return "\n".join(out)

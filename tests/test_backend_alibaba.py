@@ -648,7 +648,7 @@ def test_open_kms_local_path_from_the_manifest(tmp_path: Path) -> None:
     kms = open_kms(backend=None, endpoint=None, region=None, manifest_backend=manifest, cwd=tmp_path)
     kms.close()
     assert kms.description == "local backend (state/kms.db)"
-    assert kms.info == {"type": "local", "path": "state/kms.db"}
+    assert kms.info == {"type": "local", "path": "state/kms.db", "endpoint": "local:state/kms.db"}
     assert (tmp_path / "state" / "kms.db").exists()
     elsewhere = tmp_path.parent / f"{tmp_path.name}-abs" / "k.db"
     kms = open_kms(

@@ -88,7 +88,7 @@ def test_in_sync_after_apply_then_every_hand_edit_reported_by_kind(account: Any,
     pems = hide_material(stack)
 
     code, out, err, calls = drift(stack, account)
-    assert (code, out) == (0, f"Stack '{STACK}': in sync, no drift.\n"), err
+    assert (code, out) == (0, f"Stack '{STACK}': in sync, no drift.\nEndpoint: {account.url}\n"), err
     assert err == f"using alibaba cn-hangzhou at {account.url}\n"
     assert calls == {"ListTagResources": 1, "DescribeKey": 6, "ListAliases": 1}
 

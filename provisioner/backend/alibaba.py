@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,6 +107,56 @@ _HOST_PORT = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?"
 )
 _REGION = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+#: The endpoints a manifest may name: the vendor's public and VPC KMS hosts, or the emulator on a
+#: literal loopback address. Written exactly so (lowercase, no port on the vendor's hosts).
+_VENDOR_HOST = re.compile(r"kms(?:-vpc)?\.(?P<region>[a-z0-9]+(?:-[a-z0-9]+)*)\.aliyuncs\.com")
+_LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|\[::1\]):(?P<port>[1-9][0-9]{0,4})")
+
+
+def is_region(text: str) -> bool:
+    """Whether `text` has the form of a region id (cn-hangzhou, ap-southeast-1)."""
+    return _REGION.fullmatch(text) is not None
+
+
+def manifest_endpoint(text: str, region: str | None) -> tuple[str, str | None]:
+    """The endpoint a manifest's `backend.endpoint` names, if the trust rule allows it, and the region
+    its host names (None for the emulator). Raises ValueError(reason) for any other endpoint.
+
+    A pull request controls the manifests, so a manifest alone may send the signed calls only to the
+    KMS of the run's region or to a loopback emulator. A bare host means https. The rule is checked
+    on the parsed URL and on the text as written, so that nothing urllib forgives (tabs, newlines,
+    case, a default port) makes a different text pass.
+    """
+    written = text if "://" in text else "https://" + text
+    scheme = written.partition("://")[0]
+    try:
+        parts = urllib.parse.urlsplit(written)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("it is not a URL with a valid host and port") from None
+    if parts.username is not None or parts.password is not None or "@" in written:
+        raise ValueError("it carries user info (user@host)")
+    if parts.path not in ("", "/"):
+        raise ValueError("it has a path")
+    if parts.query or parts.fragment or "?" in written or "#" in written:
+        raise ValueError("it has a query or a fragment")
+    host = parts.netloc
+    vendor = _VENDOR_HOST.fullmatch(host)
+    loopback = _LOOPBACK_HOST.fullmatch(host)
+    exact = written in (f"{scheme}://{host}", f"{scheme}://{host}/")
+    if not exact or scheme not in ("http", "https") or (vendor is None and loopback is None):
+        raise ValueError("it is neither of these, written exactly so")
+    if vendor is not None:
+        if scheme != "https":
+            raise ValueError("the vendor's endpoints are reached over https only")
+        if region is not None and vendor.group("region") != region:
+            raise ValueError(f"it is the endpoint of region {vendor.group('region')}, not of {region}")
+        return f"https://{host}", vendor.group("region")
+    assert loopback is not None
+    if scheme != "http" or int(loopback.group("port")) > 65535:
+        raise ValueError("the emulator is reached over http on a port from 1 to 65535")
+    return f"http://{host}", None
 
 
 def default_credentials() -> Any:

@@ -6,6 +6,7 @@ everything above the seam behaves the same on both backends. It adds no rule of 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from provisioner.emulator.store import NotAStateFile
 from provisioner.errors import BackendError, KmsApiError
 
 
@@ -22,8 +24,9 @@ class LocalTransport:
     def __init__(
         self, db_path: Path, *, clock: Callable[[], datetime] | None = None, create: bool = True
     ) -> None:
-        """`create=False` (plan, drift): a state file that does not exist is not created; the calls
-        see an empty KMS in memory instead, and `missing` says so."""
+        """`create=False` (plan, drift): nothing is written. A state file that does not exist is not
+        created: the calls see an empty KMS in memory, and `missing` says so. One that exists is
+        read into memory without a write to it or its folder (a read-only one works)."""
         # Imported here so that the alibaba backend never loads the engine.
         from provisioner.emulator.models import KmsEngine, KmsError
         from provisioner.emulator.responses import KmsResponses, flatten_params
@@ -34,12 +37,17 @@ class LocalTransport:
         self.missing = not create and not db_path.exists() and not db_path.is_symlink()
         try:
             if self.missing:
+                _refuse_impossible(db_path)
                 self._engine = KmsEngine(None, persist_private_keys=False, clock=clock)
             else:
-                # Owner only, as the file itself (created 0600 by the store): the folder lists key state.
-                db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if create:
+                    # Owner only, as the file itself (created 0600 by the store): the folder lists key state.
+                    db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    _refuse_unwritable(db_path)
                 # The local file holds no private material: the engine keeps only what KMS would show.
-                self._engine = KmsEngine(str(db_path), persist_private_keys=False, clock=clock)
+                self._engine = KmsEngine(
+                    str(db_path), persist_private_keys=False, clock=clock, read_only=not create
+                )
         except (OSError, sqlite3.Error, ValueError) as e:
             raise BackendError(f"local backend {db_path}: {_open_failure(db_path, e)}") from None
         self._responses = KmsResponses(self._engine)
@@ -69,16 +77,51 @@ class LocalTransport:
             close()
 
 
+#: Check access with the effective ids: the ones the reads and writes are made with.
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+class _Unwritable(PermissionError):
+    """The state file, or the folder it must be written in, is read-only to this user."""
+
+
+def _refuse_impossible(db_path: Path) -> None:
+    """A missing state file reads as an empty KMS only where one could be created later."""
+    for folder in db_path.parents:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise FileExistsError(str(folder))
+            return
+
+
+def _refuse_unwritable(db_path: Path) -> None:
+    """Say "permission denied" up front: SQLite would open a read-only file read-only and fail at
+    the first write with words that read like a damaged file. SQLite also writes beside the file."""
+    if db_path.exists() and not os.access(db_path, os.W_OK, effective_ids=_EFFECTIVE):
+        raise _Unwritable("the state file is read-only")
+    if not os.access(db_path.parent, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+        raise _Unwritable(f"its folder {db_path.parent} is read-only")
+
+
 def _open_failure(db_path: Path, e: Exception) -> str:
     """Why the local state file cannot be used, in words, without SQLite's or the OS's internals."""
     if isinstance(e, FileExistsError):
-        return f"{db_path.parent} exists and is not a folder"
+        return f"{e.args[0] if e.args and not e.strerror else db_path.parent} exists and is not a folder"
+    if isinstance(e, _Unwritable):
+        return f"permission denied: {e}; plan and drift can read it"
     if isinstance(e, OSError):
         return f"cannot create its folder: {e.strerror or e}"
     if db_path.is_dir():
         return "is a folder, not a state file"
+    if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+        return "permission denied: the state file or its folder is read-only; plan and drift can read it"
     if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
+        if db_path.exists() and not os.access(db_path, os.R_OK, effective_ids=_EFFECTIVE):
+            return "permission denied: cannot read the state file"
         return "cannot open or create it; check the path and its folder's permissions"
+    if isinstance(e, NotAStateFile):
+        # Another program's database: refused before a table was added to it.
+        return "is not a local backend state file; move it aside or fix backend.path"
     if isinstance(e, ValueError):
         return "was written by another version of the provisioner or another program; move it aside"
     # "file is not a database", "no such column": some other file, or another program's database.

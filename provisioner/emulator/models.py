@@ -340,7 +340,9 @@ class KmsEngine:
         region: str = "cn-hangzhou",
         account_id: str = "1234567890123456",
         persist_private_keys: bool = True,
+        read_only: bool = False,
     ) -> None:
+        """`read_only`: work on an in-memory copy of `db_path` and never write the file."""
         chosen = dict(DEFAULT_INSTANCES if instances is None else instances)
         for instance_id, kind in chosen.items():
             if kind not in ("software", "hardware"):
@@ -350,7 +352,7 @@ class KmsEngine:
         self.account_id = account_id
         self.persist_private_keys = persist_private_keys
         self._clock = clock or _utcnow
-        self._store = Store(db_path)
+        self._store = Store(db_path, read_only=read_only)
         # Private material held only in process memory (persist_private_keys=False), by key id.
         self._memory_material: dict[str, ImportedKey] = {}
 

@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,6 +86,41 @@ _TOUCHES_MATERIAL = re.compile(
 )
 
 
+class NotAStateFile(ValueError):
+    """An SQLite database of another program: refused before anything is written to it."""
+
+
+def check_ours(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database that has tables but no schema version of ours, or another version; an
+    empty one (a new or zero-byte file) is ours to set up. Reads only."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return
+    if "meta" not in tables:
+        raise NotAStateFile(f"{path}: not an emulator state file")
+    found = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+    if found is None:
+        raise NotAStateFile(f"{path}: not an emulator state file")
+    if found[0] != SCHEMA_VERSION:
+        raise ValueError(f"{path}: emulator schema version {found[0]}, expected {SCHEMA_VERSION}")
+
+
+def _read_only_copy(path: str) -> sqlite3.Connection:
+    """An in-memory copy of the database at `path`, read with `mode=ro`, and `immutable=1` unless a
+    journal holds transactions not yet in the file: then SQLite must read it, through its -shm file."""
+    journals = (path + "-wal", path + "-journal")
+    pending = any(os.path.exists(j) and os.path.getsize(j) > 0 for j in journals)
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" + ("" if pending else "&immutable=1")
+    source = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        check_ours(source, path)
+        copy = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        source.backup(copy)
+        return copy
+    finally:
+        source.close()
+
+
 @dataclass
 class Transaction:
     """An open transaction; `after_commit` callbacks run only once the commit succeeded (in-memory
@@ -112,12 +148,21 @@ class Transaction:
 class Store:
     """One SQLite connection behind one lock: every operation is one serialised transaction."""
 
-    def __init__(self, path: str | None) -> None:
-        if path:
-            create_owner_only(path)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one operation.
-        self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
+    def __init__(self, path: str | None, *, read_only: bool = False) -> None:
+        """`read_only`: copy the file into memory without writing a byte to it or beside it; the
+        engine may then change the copy (time's lazy effects), which is dropped on close."""
+        if read_only and path:
+            self._conn = _read_only_copy(path)
+            path = None
+        else:
+            if path:
+                create_owner_only(path)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is one operation.
+            self._conn = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
         try:
+            if path:
+                # Before any PRAGMA or CREATE: those would change another program's database.
+                check_ours(self._conn, path)
             self._setup(path)
         except BaseException:
             # A file that is not our database (or not a database at all) must not leak the connection.
