@@ -45,8 +45,10 @@ def _plan_case(case: dict[str, Any]) -> Plan:
         desired,
         live,
         now=now,
-        fingerprints=default_fingerprints(desired, case.get("fingerprints")),
+        # offline: `plan --offline-material`, no material read; fingerprints are the pins only.
+        fingerprints={} if case.get("offline") else default_fingerprints(desired, case.get("fingerprints")),
         backend=BACKEND,
+        offline_material=bool(case.get("offline")),
     )
 
 
@@ -80,7 +82,12 @@ def test_plan_case(path: Path) -> None:
         for fragment in want["message"]:
             assert fragment in v.message, f"{path.name}: {v.message!r} lacks {fragment!r}"
     assert plan.blocked == bool(want_violations)
-    assert [n.key for n in plan.notes] == (expect.get("notes") or [])
+    # A note is expected as its key, or as {key: code} when it carries a code.
+    want_notes = [n if isinstance(n, str) else next(iter(n)) for n in expect.get("notes") or []]
+    assert [n.key for n in plan.notes] == want_notes, path.name
+    for note, want in zip(plan.notes, expect.get("notes") or [], strict=True):
+        code = None if isinstance(want, str) else want[note.key]
+        assert (note.code.value if note.code else None) == code, f"{path.name}: note of {note.key}"
     assert plan.has_changes == bool(want_changes)
 
 
@@ -101,6 +108,7 @@ def test_every_rule_has_a_case() -> None:
         "unsupported",
         "expiry-in-past",
         "duplicate-identity",
+        "deletion-protected",
         "duplicates",
     }
     assert wanted <= seen, f"no case for {sorted(wanted - seen)}"
@@ -139,6 +147,7 @@ def test_plan_document_golden() -> None:
         "stack": "payments",
         "created_at": "2026-06-01T12:00:00Z",
         "backend": {"type": "local", "path": ".provision/kms.db"},
+        "manifest_digest": "",
         "changes": [
             {
                 "key": "old",
