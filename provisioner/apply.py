@@ -3,6 +3,8 @@
 Apply decides nothing new: every call comes from a Change's fields. It re-checks before (a saved plan
 against the live state, material against the planned fingerprint) and verifies after (Terraform's
 AssertObjectCompatible). A failure stops that key only; the next plan picks up where it stopped.
+A saved plan is checked against the manifests rendered now, the material read from their sources (never
+from the plan file) and a plan made afresh, all before the first write.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from provisioner.backend.base import KeyMetadata, Kms
-from provisioner.errors import ApplyError, KmsApiError, MaterialError, ProvisionerError, StalePlan
-from provisioner.material import PrivateMaterial, verify_material
+from provisioner.errors import ApplyError, KmsApiError, ProvisionerError, StalePlan
+from provisioner.material import PrivateMaterial
 from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
@@ -24,12 +25,18 @@ from provisioner.model import (
     KeyState,
     KeyUsage,
     LiveState,
-    MaterialSource,
+    ManifestSet,
     ProtectionLevel,
-    SourceKind,
     WrappingAlgorithm,
 )
-from provisioner.plan import DUPLICATE_WINDOW_DAYS, Action, Change, Plan, stale_reason
+from provisioner.plan import (
+    DUPLICATE_WINDOW_DAYS,
+    UNKNOWN_FINGERPRINT,
+    Action,
+    Change,
+    Plan,
+    stale_reason,
+)
 from provisioner.refresh import fingerprint_of_pem
 from provisioner.wrapping import wrap
 
@@ -77,52 +84,51 @@ class ApplyResult:
         }
 
 
-def source_from_reference(ref: Mapping[str, Any]) -> MaterialSource:
-    """The MaterialSource a plan's `material` reference names (the inverse of MaterialSource.to_dict)."""
-    try:
-        kind = SourceKind(ref["kind"])
-    except (KeyError, ValueError):
-        raise StalePlan(f"plan names a material source of unknown kind: {ref.get('kind')!r}") from None
-    return MaterialSource(
-        kind=kind,
-        file=Path(ref["file"]) if ref.get("file") else None,
-        env=ref.get("env"),
-        command=tuple(ref.get("command") or ()),
-        passphrase_env=ref.get("passphrase_env"),
-        fingerprint=ref.get("fingerprint"),
-    )
+def check_manifest_digest(plan: Plan, manifests: ManifestSet) -> None:
+    """Refuse a saved plan made from other manifests (or other variables) than those rendered now."""
+    if plan.manifest_digest != manifests.manifest_digest:
+        files = ", ".join(manifests.files) or "none"
+        raise StalePlan(
+            f"the manifests no longer match the plan: rendered now ({files}) they have manifest_digest "
+            f"{manifests.manifest_digest}, the plan was made from {plan.manifest_digest or 'none'}; a file, "
+            f"--var or --var-file value changed since: give the PATH and variables the plan was made with, "
+            f"or make a new plan"
+        )
 
 
-def load_plan_materials(
-    plan: Plan,
-    *,
-    environ: Mapping[str, str] | None = None,
-    warn: Progress | None = None,
-    allow_commands: bool | None = None,
-) -> dict[str, PrivateMaterial]:
-    """Read the material of every change that imports, checking spec and planned fingerprint.
-
-    Done before any call, so a material file changed since the plan stops the whole apply.
-    """
-    materials: dict[str, PrivateMaterial] = {}
-    try:
-        for change in plan.changes:
-            if change.material is None or change.after is None:
-                continue
-            source = source_from_reference(change.material)
-            try:
-                materials[change.key] = verify_material(
-                    source, KeySpec(change.after["spec"]), environ=environ, warn=warn,
-                    allow_commands=allow_commands,
-                )
-            except MaterialError as e:
+def check_plan_material(plan: Plan, fingerprints: Mapping[str, str]) -> None:
+    """Refuse a saved plan whose known material fingerprints are not those of the material read now
+    (from the manifests' sources, never the plan's); an offline plan's `unknown` is resolved later."""
+    for change in plan.changes:
+        named = ((change.material or {}).get("fingerprint"), (change.after or {}).get("fingerprint"))
+        planned = {str(fp) for fp in named if fp not in (None, UNKNOWN_FINGERPRINT)}
+        if change.material is not None and change.key not in fingerprints:
+            raise StalePlan(f"key {change.key!r}: the plan imports material but the manifests give none")
+        have = fingerprints.get(change.key)
+        for fp in sorted(planned):
+            if have is not None and fp != have:
                 raise StalePlan(
-                    f"key {change.key!r}: material no longer matches the plan: {e}"
-                ) from None
-    except BaseException:
-        wipe_all(materials)
-        raise
-    return materials
+                    f"key {change.key!r}: material no longer matches the plan: the plan has {fp}, the "
+                    f"material read now is {have}: make a new plan"
+                )
+
+
+def check_same_plan(saved: Plan, fresh: Plan) -> None:
+    """Refuse a saved plan (its fingerprints resolved) that is not the plan made now from the same
+    manifests, the material and the live keys: apply carries out only what was reviewed."""
+    old = {c.key: c.to_dict() for c in saved.changes}
+    new = {c.key: c.to_dict() for c in fresh.changes}
+    for key in sorted(set(old) | set(new)):
+        if key not in new:
+            raise StalePlan(f"key {key!r}: the plan changes it, but it needs no change now: make a new plan")
+        if key not in old:
+            raise StalePlan(f"key {key!r}: it needs a change the plan does not have: make a new plan")
+        differ = [f for f in new[key] if old[key].get(f) != new[key][f]]
+        if differ:
+            raise StalePlan(
+                f"key {key!r}: the plan's {', '.join(differ)} differ from what the manifests, the material "
+                f"and the live keys give now (was the file edited by hand?): make a new plan"
+            )
 
 
 def wipe_all(materials: Mapping[str, PrivateMaterial]) -> None:

@@ -487,20 +487,44 @@ def _now() -> Any:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _make_plan_stage(ms: Any, fingerprints: dict[str, str], kms: Any) -> Any:
-    """refresh -> plan. GetPublicKey only for keys that carry no recorded fingerprint."""
-    from provisioner.plan import make_plan
+def _refresh_stage(ms: Any, kms: Any, now: Any) -> Any:
+    """refresh for a plan. GetPublicKey only for keys that carry no recorded fingerprint."""
     from provisioner.refresh import refresh
 
-    now = _now()
-    live = refresh(
+    return refresh(
         kms,
         ms.stack,
         now=now,
         managed_names=[k.name for k in ms.keys],
         confirm=lambda key: key.recorded_fingerprint is None,
     )
-    return make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info)
+
+
+def _make_plan_stage(
+    ms: Any, fingerprints: dict[str, str], kms: Any, *, offline_material: bool = False
+) -> Any:
+    """refresh -> plan."""
+    from provisioner.plan import make_plan
+
+    now = _now()
+    live = _refresh_stage(ms, kms, now)
+    return make_plan(
+        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material
+    )
+
+
+def _read_plan_file(path: Path) -> Any:
+    """The saved plan in `path`: a regular file of bounded size (never /dev/zero, a FIFO or 50 MB)."""
+    from provisioner.errors import UsageError
+    from provisioner.plan import MAX_PLAN_BYTES, load_plan
+
+    try:
+        text = read_regular_text(path, "--plan", MAX_PLAN_BYTES)
+    except InputFileError as e:
+        if e.reason == "is not UTF-8 text":
+            raise UsageError(f"--plan {path}: not a plan file (not UTF-8 text)") from None
+        raise
+    return load_plan(text)
 
 
 def _render_plan(plan: Any, fmt: str, no_color: bool) -> str:
@@ -531,11 +555,13 @@ def _format_option(*choices: str) -> Callable[[F], F]:
 @click.option("--detailed-exitcode", is_flag=True, default=False,
               help="Exit 2 when the plan has changes, 0 when it has none.")
 @allow_commands_option
+@click.option("--offline-material", is_flag=True, default=False,
+              help="Read no private material and run no command; fingerprints from material.fingerprint.")
 @handle_errors
 def plan(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, out: Path | None,
-    fmt: str, detailed_exitcode: bool, allow_commands: bool,
+    fmt: str, detailed_exitcode: bool, allow_commands: bool, offline_material: bool,
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
     from provisioner.plan import save_plan
@@ -543,12 +569,12 @@ def plan(
     if out is not None:
         refuse_special_target(out, "--out")
     ms, fingerprints, _ = _load_stage(
-        paths, var, var_files, offline_material=False, allow_commands=allow_commands
+        paths, var, var_files, offline_material=offline_material, allow_commands=allow_commands
     )
     # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
-        the_plan = _make_plan_stage(ms, fingerprints, kms)
+        the_plan = _make_plan_stage(ms, fingerprints, kms, offline_material=offline_material)
     finally:
         kms.close()
     click.echo(_render_plan(the_plan, fmt, no_color), nl=False)
@@ -584,13 +610,17 @@ def apply(
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
     auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool,
 ) -> int:
-    """Carry out a fresh plan (after confirmation), or a saved one with --plan."""
+    """Carry out a fresh plan (after confirmation), or a saved one with --plan.
+
+    A saved plan is applied only as reviewed: the manifests (PATH, default manifests/, and the same
+    variables) must render to its manifest_digest, each change must be what its before/after give, and
+    the plan made now with the material must be the same plan. Backend and material sources come from
+    the command line, the environment and the manifests, never from the plan file.
+    """
     from provisioner import apply as applying
     from provisioner.errors import UsageError
     from provisioner.material import PrivateMaterial
-    from provisioner.model import BackendConfig
-    from provisioner.plan import load_plan
-    from provisioner.refresh import refresh
+    from provisioner.plan import check_instructions, make_plan, relative_materials, resolve_fingerprints
 
     kept: dict[str, PrivateMaterial] = {}
     interactive = sys.stdin.isatty()
@@ -599,39 +629,43 @@ def apply(
             "apply needs confirmation and there is no terminal to ask on: "
             "pass --auto-approve, or apply a saved plan with --plan FILE"
         )
-    if plan_file is not None and paths:
-        raise UsageError("--plan FILE applies the saved plan; give no manifest PATH with it")
+    saved = None
     if plan_file is not None:
-        try:
-            text = read_regular_text(plan_file, "--plan")
-        except InputFileError as e:
-            if e.reason == "is not UTF-8 text":
-                raise UsageError(f"--plan {plan_file}: not a plan file (not UTF-8 text)") from None
-            raise
-        the_plan = load_plan(text)
-        saved = the_plan.backend
-        manifest_backend = BackendConfig(
-            type=saved.get("type", "local"),
-            path=Path(saved["path"]) if saved.get("path") else None,
-            region=saved.get("region"),
-            endpoint=saved.get("endpoint"),
-        )
-        kms = _open_stage(manifest_backend, backend, endpoint, region, qps)
-    else:
-        # The material read to plan is the material applied: each source is read once a run.
-        ms, fingerprints, _ = _load_stage(
-            paths, var, var_files, offline_material=False, keep=kept, allow_commands=allow_commands
-        )
-        try:
-            kms = _open_stage(ms.backend, backend, endpoint, region, qps)
-        except BaseException:
-            applying.wipe_all(kept)
-            raise
+        saved = _read_plan_file(plan_file)
+        if saved.blocked:
+            raise PlanBlocked(f"the plan is blocked by {len(saved.violations)} violation(s); nothing applied")
+        # The manifests as reviewed, checked before any material source is read or command run.
+        reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+        applying.check_manifest_digest(saved, reviewed)
+        check_instructions(saved)
+    # The material read to plan is the material applied: each source is read once a run.
+    ms, fingerprints, _ = _load_stage(
+        paths, var, var_files, offline_material=False, keep=kept, allow_commands=allow_commands
+    )
     try:
-        if plan_file is not None:
-            applying.check_plan_backend(the_plan, kms.info)
-            live = refresh(kms, the_plan.stack, now=_now(), managed_names=[c.key for c in the_plan.changes])
-            applying.check_saved_plan(the_plan, live)
+        if saved is not None:
+            applying.check_manifest_digest(saved, ms)  # unchanged while the material was read
+            applying.check_plan_material(saved, fingerprints)
+        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    except BaseException:
+        applying.wipe_all(kept)
+        raise
+    try:
+        if saved is not None:
+            applying.check_plan_backend(saved, kms.info)
+            now = _now()
+            live = _refresh_stage(ms, kms, now)
+            applying.check_saved_plan(saved, live)
+            # Every material rule the plan may have skipped (--offline-material), on the live keys.
+            fresh = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info)
+            if fresh.blocked:
+                found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
+                raise PlanBlocked(
+                    f"the plan is blocked by {len(fresh.violations)} violation(s) found with the material "
+                    f"read now; nothing applied: {found}"
+                )
+            the_plan = resolve_fingerprints(saved, fingerprints)
+            applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
         else:
             the_plan = _make_plan_stage(ms, fingerprints, kms)
         if fmt == "text":
@@ -650,11 +684,8 @@ def apply(
             if answer.strip() != "yes":
                 click.echo("apply cancelled: nothing changed", err=True)
                 return 1
-        if plan_file is not None:
-            materials = applying.load_plan_materials(the_plan, warn=_warn, allow_commands=allow_commands)
-        else:
-            planned = {c.key for c in the_plan.changes if c.material is not None}
-            materials = {name: m for name, m in kept.items() if name in planned}
+        planned = {c.key for c in the_plan.changes if c.material is not None}
+        materials = {name: m for name, m in kept.items() if name in planned}
         try:
             result = applying.apply_plan(
                 the_plan,

@@ -12,8 +12,9 @@ What `before` and `after` mean per action (Terraform's table, DESIGN section 5):
     update             actual key       desired key           tags, aliases, description, protection
     schedule-deletion  actual key       None                  ScheduleKeyDeletion(pending_window_days)
 
-`actions` lists what a key needs in execution order: an `update` always comes first, so the deletion
-protection it lifts is gone before `schedule-deletion`. `duplicates` are extra keys of the same identity
+`actions` lists what a key needs in execution order, an `update` first. A key whose live deletion
+protection is on is never scheduled for deletion (violation `deletion-protected`): the protection is
+lifted by an earlier apply. `duplicates` are extra keys of the same identity
 (they never held material): apply schedules each of them for deletion with DUPLICATE_WINDOW_DAYS, on top of
 whatever `actions` says for `key_id`; a change may carry duplicates and no action.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -66,6 +67,17 @@ class ViolationCode(StrEnum):
     UNSUPPORTED = "unsupported"
     EXPIRY_IN_PAST = "expiry-in-past"
     DUPLICATE_IDENTITY = "duplicate-identity"
+    DELETION_PROTECTED = "deletion-protected"
+
+
+class NoteCode(StrEnum):
+    FINGERPRINT_UNKNOWN = "fingerprint-unknown"
+
+
+#: The fingerprint an offline plan shows for material it did not read and no pin names.
+UNKNOWN_FINGERPRINT = "unknown"
+#: A plan file larger than this is refused before parsing (a 5,000-key plan is a few MB).
+MAX_PLAN_BYTES = 32 * 1024 * 1024
 
 
 def expire_unix(expiry: datetime | None) -> int:
@@ -190,14 +202,21 @@ class Note:
 
     key: str
     message: str
+    code: NoteCode | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"key": self.key, "message": self.message}
+    def to_dict(self) -> dict[str, str | None]:
+        code = None if self.code is None else self.code.value
+        return {"key": self.key, "code": code, "message": self.message}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "note") -> Note:
         r = _Reader(data, where)
-        n = cls(key=r.req("key", str), message=r.req("message", str))
+        code = r.opt("code", str)
+        try:
+            ncode = None if code is None else NoteCode(code)
+        except ValueError:
+            raise _malformed(f"{where}.code", f"{code!r} is not a note code") from None
+        n = cls(key=r.req("key", str), message=r.req("message", str), code=ncode)
         r.no_extra()
         return n
 
@@ -213,6 +232,8 @@ class Plan:
     violations: tuple[Violation, ...] = ()
     notes: tuple[Note, ...] = ()
     format_version: int = FORMAT_VERSION
+    #: ManifestSet.manifest_digest of the manifests planned: `apply --plan` refuses others.
+    manifest_digest: str = ""
 
     @property
     def summary(self) -> dict[str, int]:
@@ -241,6 +262,7 @@ class Plan:
             "stack": self.stack,
             "created_at": format_time(self.created_at),
             "backend": dict(self.backend),
+            "manifest_digest": self.manifest_digest,
             "changes": [c.to_dict() for c in self.changes],
             "violations": [v.to_dict() for v in self.violations],
             "notes": [n.to_dict() for n in self.notes],
@@ -256,6 +278,11 @@ class Plan:
             raise StalePlan(
                 f"plan file has format_version {version!r}; this provisioner reads format_version "
                 f"{FORMAT_VERSION}: run `provision plan --out FILE` again"
+            )
+        if "manifest_digest" not in data:
+            raise StalePlan(
+                "plan file has no manifest_digest: it was made by an earlier version of the provisioner, "
+                "which did not record the manifests it planned: run `provision plan --out FILE` again"
             )
         r = _Reader(data, "plan")
         created = r.req("created_at", str)
@@ -277,6 +304,7 @@ class Plan:
             ),
             notes=tuple(Note.from_dict(n, f"notes[{i}]") for i, n in enumerate(r.list("notes", dict))),
             format_version=r.req("format_version", int),
+            manifest_digest=r.req("manifest_digest", str),
         )
         summary = r.opt("summary", dict)
         r.no_extra()
@@ -302,8 +330,13 @@ def save_plan(plan: Plan, *, relative_to: Path | None = None) -> str:
     `apply --plan` works from another checkout of the same repository (a CI job on another runner).
     """
     if relative_to is not None:
-        plan = replace(plan, changes=tuple(_relative_material(c, relative_to) for c in plan.changes))
+        plan = relative_materials(plan, relative_to)
     return json.dumps(plan.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def relative_materials(plan: Plan, folder: Path) -> Plan:
+    """The plan with material files below `folder` named relative to it, as save_plan records them."""
+    return replace(plan, changes=tuple(_relative_material(c, folder) for c in plan.changes))
 
 
 def _relative_material(change: Change, folder: Path) -> Change:
@@ -314,13 +347,17 @@ def _relative_material(change: Change, folder: Path) -> Change:
 
 
 def load_plan(text: str) -> Plan:
+    if len(text) > MAX_PLAN_BYTES:
+        raise ProvisionerError(f"plan file is larger than {MAX_PLAN_BYTES >> 20} MiB: not a plan file")
     try:
         data = json.loads(text)
+        return Plan.from_dict(data)
     except json.JSONDecodeError as e:
         raise ProvisionerError(
             f"plan file is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
-    return Plan.from_dict(data)
+    except RecursionError:
+        raise ProvisionerError("plan file is malformed: its JSON is nested too deeply") from None
 
 
 # ----------------------------------------------------------------------------------------- snapshots
@@ -371,7 +408,12 @@ def digest_actual(key: ActualKey) -> str:
     The snapshot less the confirmed public key, which only some reads fetch (the recorded
     fingerprint is in the tags).
     """
-    facts = {k: v for k, v in actual_snapshot(key).items() if k != "public_key_fingerprint"}
+    return digest_snapshot(actual_snapshot(key))
+
+
+def digest_snapshot(before: Mapping[str, Any]) -> str:
+    """digest_actual() of the key an actual_snapshot() (a change's `before`) describes."""
+    facts = {k: v for k, v in before.items() if k != "public_key_fingerprint"}
     canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -416,6 +458,7 @@ class _Planner:
         live: LiveState,
         now: datetime,
         fingerprints: Mapping[str, str],
+        offline: bool = False,
     ) -> None:
         if desired.stack != live.stack:
             raise ProvisionerError(
@@ -426,6 +469,7 @@ class _Planner:
         self.live = live
         self.now = now
         self.fingerprints = fingerprints
+        self.offline = offline
         self.changes: list[Change] = []
         self.violations: list[Violation] = []
         self.notes: list[Note] = []
@@ -453,6 +497,16 @@ class _Planner:
         desired_names = {d.name for d in self.desired.keys}
         for d in self.desired.keys:
             self.plan_key(d)
+            if self.offline and d.material is not None and d.material.fingerprint is None:
+                self.notes.append(
+                    Note(
+                        d.name,
+                        "fingerprint unknown: the plan read no material (--offline-material) and "
+                        "`material.fingerprint` pins none; apply reads the material and checks it before "
+                        "its first write (pin the fingerprint to review it here)",
+                        NoteCode.FINGERPRINT_UNKNOWN,
+                    )
+                )
         for name in sorted(set(self.live.keys) - desired_names):
             ids = ", ".join(k.key_id for k in self.live.keys[name])
             self.notes.append(
@@ -485,6 +539,8 @@ class _Planner:
         fp = self.fingerprints.get(d.name)
         if fp is None and d.material is not None:
             fp = d.material.fingerprint
+            if fp is None and self.offline:
+                fp = UNKNOWN_FINGERPRINT
         return fp
 
     def check_expiry(self, d: DesiredKey) -> bool:
@@ -591,33 +647,42 @@ class _Planner:
             return
         dup_ids = tuple(k.key_id for k in duplicates)
         if key.status is KeyStatus.PENDING_DELETION:
-            if dup_ids:
+            if dup_ids and self.unprotected(d, duplicates):
                 self.changes.append(self.duplicates_only(d, key, duplicates))
             return
-        actions: list[Action] = []
-        protection: bool | None = None
-        if key.deletion_protection:
-            actions.append(Action.UPDATE)
-            protection = False
-        actions.append(Action.SCHEDULE_DELETION)
-        reason = f"state is absent: deletion in {d.deletion_window_days} days"
-        if protection is False:
-            reason += " after lifting deletion protection"
+        if not self.unprotected(d, (key, *duplicates)):
+            return
         self.changes.append(
             Change(
                 key=d.name,
                 key_id=key.key_id,
-                actions=tuple(actions),
-                reason=reason,
+                actions=(Action.SCHEDULE_DELETION,),
+                reason=f"state is absent: deletion in {d.deletion_window_days} days",
                 before=actual_snapshot(key),
                 after=None,
-                deletion_protection=protection,
                 pending_window_days=d.deletion_window_days,
                 state_digest=digest_actual(key),
                 duplicates=dup_ids,
                 duplicate_digests=tuple(digest_actual(k) for k in duplicates),
             )
         )
+
+    def unprotected(self, d: DesiredKey, doomed: Iterable[ActualKey]) -> bool:
+        """True when none of the keys to schedule for deletion has live deletion protection on.
+
+        Lifting protection and deleting in one apply would let one reviewed change do both; the
+        protection is there so that deleting takes two.
+        """
+        protected = [k.key_id for k in doomed if k.deletion_protection]
+        if protected:
+            self.violate(
+                d.name,
+                ViolationCode.DELETION_PROTECTED,
+                f"key {', '.join(protected)} has deletion protection on, so it cannot be scheduled for "
+                f"deletion: first apply the manifest with state: present and deletion_protection: false, "
+                f"then set state: absent",
+            )
+        return not protected
 
     def duplicates_only(self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...]) -> Change:
         dup_ids = tuple(k.key_id for k in duplicates)
@@ -645,6 +710,7 @@ class _Planner:
             )
             return
         self.check_immutable(d, key)
+        self.unprotected(d, duplicates)
         if d.state is DesiredState.PRESENT:
             self.check_expiry(d)
             self.check_material(d, key)
@@ -774,9 +840,14 @@ def make_plan(
     fingerprints: Mapping[str, str],
     backend: Mapping[str, str],
     created_at: datetime | None = None,
+    offline_material: bool = False,
 ) -> Plan:
-    """Compare the manifests with the live state. Pure: `now` and the material fingerprints are inputs."""
-    planner = _Planner(desired, live, now, fingerprints)
+    """Compare the manifests with the live state. Pure: `now` and the material fingerprints are inputs.
+
+    `offline_material`: no material was read (`plan --offline-material`); a key's fingerprint is its pin,
+    or UNKNOWN_FINGERPRINT with a `fingerprint-unknown` note; apply resolves it (resolve_fingerprints).
+    """
+    planner = _Planner(desired, live, now, fingerprints, offline_material)
     planner.run()
     return Plan(
         stack=desired.stack,
@@ -785,6 +856,7 @@ def make_plan(
         changes=tuple(sorted(planner.changes, key=lambda c: (c.key, c.key_id or ""))),
         violations=tuple(sorted(set(planner.violations), key=lambda v: (v.key, v.code.value, v.message))),
         notes=tuple(sorted(planner.notes, key=lambda n: (n.key, n.message))),
+        manifest_digest=desired.manifest_digest,
     )
 
 
@@ -816,6 +888,173 @@ def stale_reason(change: Change, found: Iterable[ActualKey]) -> str | None:
                 f"(it may hold material now): make a new plan"
             )
     return None
+
+
+# ----------------------------------------------------------------------------------------- saved plans
+
+
+def derive_change(change: Change, stack: str) -> Change:
+    """`change` with every instruction re-derived from its own `before`/`after`, as the planner derives it.
+
+    Pure. What the planner takes from elsewhere is kept as it is: the material source and the deletion
+    window (from the manifests), which aliases other keys claim (create or move, kept or deleted) and the
+    reason; `apply --plan` compares those with a plan made afresh. Raises KeyError, TypeError or
+    ValueError when before/after are not snapshots the planner makes.
+    """
+    before, after = change.before, change.after
+    if before is None:
+        if after is None:
+            raise ValueError("neither before nor after")
+        fp = after["fingerprint"]
+        tags = {k: v for k, v in after["tags"].items() if k not in RESERVED_TAGS}
+        tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: fp})
+        create, move = _alias_split(change, sorted(after["aliases"]))
+        return replace(
+            change,
+            key_id=None,
+            actions=(Action.CREATE, Action.IMPORT),
+            tags_to_set=dict(sorted(tags.items())),
+            tags_to_remove=(),
+            aliases_to_create=create,
+            aliases_to_move=move,
+            aliases_to_delete=(),
+            description=after["description"],
+            deletion_protection=True if after["deletion_protection"] else None,
+            expire_unix=expire_unix(parse_time(after["expiry"])),
+            pending_window_days=None,
+            material={**(change.material or {}), "fingerprint": fp},
+            state_digest=None,
+            duplicates=(),
+            duplicate_digests=(),
+        )
+    if len(change.duplicates) != len(change.duplicate_digests):
+        raise ValueError("duplicates and duplicate_digests differ in length")
+    status = KeyStatus(before["status"])
+    if after is None:
+        deleting = status is not KeyStatus.PENDING_DELETION
+        return replace(
+            change,
+            key_id=before["key_id"],
+            actions=(Action.SCHEDULE_DELETION,) if deleting else (),
+            tags_to_set={},
+            tags_to_remove=(),
+            aliases_to_create=(),
+            aliases_to_move=(),
+            aliases_to_delete=(),
+            description=None,
+            deletion_protection=None,
+            expire_unix=None,
+            pending_window_days=change.pending_window_days if deleting else None,
+            material=None,
+            state_digest=digest_snapshot(before),
+        )
+    have_tags: Mapping[str, str] = before["tags"]
+    want_tags: Mapping[str, str] = after["tags"]
+    tags_set = {k: v for k, v in want_tags.items() if k not in RESERVED_TAGS and have_tags.get(k) != v}
+    tags_remove = tuple(sorted(k for k in have_tags if k not in RESERVED_TAGS and k not in want_tags))
+    create, move = _alias_split(change, sorted(set(after["aliases"]) - set(before["aliases"])))
+    removed = set(before["aliases"]) - set(after["aliases"])
+    delete = change.aliases_to_delete
+    if not set(delete) <= removed or list(delete) != sorted(set(delete)):
+        delete = tuple(sorted(removed))
+    description = after["description"] if after["description"] != before["description"] else None
+    protection = after["deletion_protection"]
+    protection = protection if protection != before["deletion_protection"] else None
+    actions: list[Action] = []
+    if tags_set or tags_remove or create or move or delete or (description, protection) != (None, None):
+        actions.append(Action.UPDATE)
+    material: Mapping[str, Any] | None = None
+    expire: int | None = None
+    state = DesiredState(after["state"])
+    want_expiry = expire_unix(parse_time(after["expiry"]))
+    if state is DesiredState.PRESENT and (
+        status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED)
+        or expire_unix(parse_time(before["material_expires_at"])) != want_expiry
+    ):
+        actions.append(Action.REIMPORT)
+        material = {**(change.material or {}), "fingerprint": after["fingerprint"]}
+        expire = want_expiry
+    elif state is not DesiredState.PRESENT and status in _HOLDS_MATERIAL:
+        actions.append(Action.DELETE_MATERIAL)
+    return replace(
+        change,
+        key_id=before["key_id"],
+        actions=tuple(actions),
+        tags_to_set=dict(sorted(tags_set.items())),
+        tags_to_remove=tags_remove,
+        aliases_to_create=create,
+        aliases_to_move=move,
+        aliases_to_delete=delete,
+        description=description,
+        deletion_protection=protection,
+        expire_unix=expire,
+        pending_window_days=None,
+        material=material,
+        state_digest=digest_snapshot(before),
+    )
+
+
+def _alias_split(change: Change, wanted: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The change's own split of `wanted` into (create, move) if it is one, else all of them created."""
+    create, move = change.aliases_to_create, change.aliases_to_move
+    if (
+        sorted(set(create) | set(move)) == wanted
+        and not set(create) & set(move)
+        and list(create) == sorted(set(create))
+        and list(move) == sorted(set(move))
+    ):
+        return create, move
+    return tuple(wanted), ()
+
+
+def check_instructions(plan: Plan) -> None:
+    """Refuse (StalePlan) a saved plan any of whose changes is not what its own before/after give."""
+    for i, change in enumerate(plan.changes):
+        where = f"plan file: changes[{i}] (key {change.key!r})"
+        doomed = Action.SCHEDULE_DELETION in change.actions
+        if doomed and change.before is not None and change.before.get("deletion_protection") is not False:
+            raise StalePlan(
+                f"{where}: schedules key {change.key_id} for deletion while its deletion protection is on "
+                f"(deletion-protected; was the file edited by hand?): make a new plan"
+            )
+        try:
+            expected = derive_change(change, plan.stack)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise StalePlan(
+                f"{where}: before/after are not what the planner records (was the file edited by hand?): "
+                f"make a new plan"
+            ) from None
+        if expected != change:
+            differ = [
+                f.name for f in fields(Change) if getattr(expected, f.name) != getattr(change, f.name)
+            ]
+            raise StalePlan(
+                f"{where}: {', '.join(differ)} differ from what the planner derives from its before/after "
+                f"(was the file edited by hand?): make a new plan"
+            )
+
+
+def resolve_fingerprints(plan: Plan, fingerprints: Mapping[str, str]) -> Plan:
+    """The plan with every UNKNOWN_FINGERPRINT (an offline plan's) replaced by the key's material fingerprint,
+    read by apply; the `fingerprint-unknown` notes of resolved keys go. Pure."""
+    changes: list[Change] = []
+    for c in plan.changes:
+        fp = fingerprints.get(c.key)
+        after, material, tags = c.after, c.material, c.tags_to_set
+        if fp is not None:
+            if after is not None and after.get("fingerprint") == UNKNOWN_FINGERPRINT:
+                after = {**after, "fingerprint": fp}
+            if material is not None and material.get("fingerprint") == UNKNOWN_FINGERPRINT:
+                material = {**material, "fingerprint": fp}
+            if tags.get(TAG_FINGERPRINT) == UNKNOWN_FINGERPRINT:
+                tags = {**tags, TAG_FINGERPRINT: fp}
+        if (after, material, tags) != (c.after, c.material, c.tags_to_set):
+            c = replace(c, after=after, material=material, tags_to_set=tags)
+        changes.append(c)
+    notes = tuple(
+        n for n in plan.notes if not (n.code is NoteCode.FINGERPRINT_UNKNOWN and n.key in fingerprints)
+    )
+    return replace(plan, changes=tuple(changes), notes=notes)
 
 
 # ----------------------------------------------------------------------------------------- plan files

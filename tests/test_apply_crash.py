@@ -186,8 +186,9 @@ def test_duplicates_of_one_identity_are_scheduled_for_deletion_and_the_holder_ke
 def test_apply_of_edits_killed_twice_then_converges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
 ) -> None:
-    """Updates, a reimport, a material deletion, a protected key's retirement and an alias move, killed
-    mid-way twice: the next apply finishes every one of them."""
+    """Updates, a reimport, a material deletion, lifting a key's deletion protection and an alias move,
+    killed mid-way twice: the next apply finishes every one of them. (Retiring the key takes a later
+    apply: a plan never schedules the deletion of a key whose live protection is on.)"""
     monkeypatch.chdir(tmp_path)
     emulator = emulator_factory(latency_ms=40)
     keys = {name: key_entry(name) for name in NAMES}
@@ -202,7 +203,7 @@ def test_apply_of_edits_killed_twice_then_converges(
     ids = {name: found[0] for name, found in sdk.stack_keys().items()}
 
     keys["k1"].update(tags={"team": "edited"}, aliases=["alias/e2e/k1", "alias/e2e/k1-new"])
-    keys["k2"].update(deletion_protection=False, state="absent")
+    keys["k2"].update(deletion_protection=False)
     keys["k3"]["expiry"] = "2098-06-30T00:00:00Z"
     keys["k4"]["state"] = "material-deleted"
     keys["k5"]["aliases"] = []
@@ -223,7 +224,7 @@ def test_apply_of_edits_killed_twice_then_converges(
     assert sdk.stack_keys() == {n: [i] for n, i in ids.items()}  # no key made or lost
     assert sdk.tags(ids["k1"])["team"] == "edited"
     meta = {name: sdk.describe(key_id) for name, key_id in ids.items()}
-    assert (meta["k2"].key_state, meta["k2"].deletion_protection) == ("PendingDeletion", "Disabled")
+    assert (meta["k2"].key_state, meta["k2"].deletion_protection) == ("Enabled", "Disabled")
     assert (meta["k3"].key_state, meta["k3"].material_expire_time) == ("Enabled", "2098-06-30T00:00:00Z")
     assert meta["k4"].key_state == "PendingImport"
     assert sdk.public_key_der(ids["k3"]) == spki_der(private_pem("EC_P256", 22))

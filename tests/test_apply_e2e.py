@@ -305,11 +305,34 @@ def test_absent_with_deletion_protection_is_refused(applied: Stack) -> None:
 
 
 def test_lifting_protection_then_absent(applied: Stack) -> None:
+    """DESIGN section 9: protection is lifted in an earlier apply, never in the one that deletes."""
+    vault = applied.key_id("vault")
     applied.keys["vault"].update(state="absent", deletion_protection=False)
     applied.save()
-    assert applied.actions() == {"vault": ["update", "schedule-deletion"]}
-    assert applied.apply_counting() == Counter(SetDeletionProtection=1, ScheduleKeyDeletion=1)
-    assert applied.sdk.describe(applied.key_id("vault")).key_state == "PendingDeletion"
+    code, doc = applied.plan_json()
+    assert code == 1
+    assert doc["changes"] == []
+    assert [(v["key"], v["code"]) for v in doc["violations"]] == [("vault", "deletion-protected")]
+    assert doc["violations"][0]["message"] == (
+        f"key {vault} has deletion protection on, so it cannot be scheduled for deletion: first apply the "
+        f"manifest with state: present and deletion_protection: false, then set state: absent"
+    )
+    before = applied.emulator.stats()
+    r = applied.cli("apply", "manifests", "--auto-approve")
+    assert r.code == 1
+    assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
+    assert writes(before, applied.emulator.stats()) == Counter()
+    assert applied.sdk.describe(vault).deletion_protection == "Enabled"
+
+    applied.keys["vault"].update(state="present")
+    applied.save()
+    assert applied.actions() == {"vault": ["update"]}
+    assert applied.apply_counting() == Counter(SetDeletionProtection=1)
+    applied.keys["vault"].update(state="absent")
+    applied.save()
+    assert applied.actions() == {"vault": ["schedule-deletion"]}
+    assert applied.apply_counting() == Counter(ScheduleKeyDeletion=1)
+    assert applied.sdk.describe(vault).key_state == "PendingDeletion"
     applied.assert_converged()
 
 
@@ -528,7 +551,8 @@ def test_saved_plan_never_moves_an_alias_off_a_foreign_key(applied: Stack) -> No
 def test_saved_plan_applies_from_another_checkout(
     applied: Stack, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CI plans on one runner and applies on another: material paths in the plan file are relative."""
+    """CI plans on one runner and applies on another checkout of the same repository: material paths in
+    the plan file are relative, and the manifests (re-rendered by apply --plan) come with the checkout."""
     key_id = applied.key_id("tokens")
     applied.sdk.client.delete_key_material(kms.DeleteKeyMaterialRequest(key_id=key_id))
     assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
@@ -538,6 +562,7 @@ def test_saved_plan_applies_from_another_checkout(
     assert change["material"]["file"] == "keys/tokens.pem"
     elsewhere = tmp_path_factory.mktemp("other-checkout")
     shutil.copytree(applied.folder / "keys", elsewhere / "keys")
+    shutil.copytree(applied.folder / "manifests", elsewhere / "manifests")
     shutil.copyfile("saved.json", elsewhere / "saved.json")
     shutil.rmtree(applied.folder / "keys")  # the first checkout is gone
     monkeypatch.chdir(elsewhere)

@@ -17,12 +17,13 @@ import pytest
 from apply_support import key_entry, private_pem, write_key, write_manifest
 
 from provisioner import apply as applying
-from provisioner.apply import ApplyResult, check_saved_plan, load_plan_materials, source_from_reference
+from provisioner.apply import ApplyResult, check_plan_material, check_saved_plan
 from provisioner.backend.base import Kms
 from provisioner.backend.local import LocalTransport
 from provisioner.backend.resilience import ResilientTransport
 from provisioner.errors import ApplyError, KmsApiError, StalePlan
 from provisioner.manifest import validate_manifests
+from provisioner.material import PrivateMaterial
 from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
@@ -76,12 +77,18 @@ class Env:
         live = refresh(self.kms, STACK, now=now, managed_names=[k.name for k in ms.keys])
         return make_plan(ms, live, now=now, fingerprints=fps, backend=self.kms.info)
 
+    def materials(self) -> dict[str, PrivateMaterial]:
+        """Every key's material, read from the manifests' sources (as apply does, never from a plan)."""
+        kept: dict[str, PrivateMaterial] = {}
+        validate_manifests([self.folder / "manifests"], variables={}, keep=kept)
+        return kept
+
     def live(self) -> LiveState:
         return refresh(self.kms, STACK, now=datetime.now(UTC), managed_names=list(self.keys))
 
     def apply(self, plan: Plan | None = None, **kwargs: Any) -> ApplyResult:
         plan = plan or self.plan()
-        materials = load_plan_materials(plan)
+        materials = self.materials()
         try:
             return applying.apply_plan(plan, self.kms, materials, **kwargs)
         finally:
@@ -304,20 +311,22 @@ def test_check_saved_plan_refusals(env: Env) -> None:
         check_saved_plan(update_plan, gone)
 
 
-def test_load_plan_materials_refuses_changed_material(env: Env) -> None:
+def test_check_plan_material_refuses_changed_material(env: Env) -> None:
     env.declare("a", 50)
     plan = env.plan()
+    (change,) = plan.changes
+    planned = change.after["fingerprint"] if change.after else None
+    check_plan_material(plan, {"a": str(planned)})  # the same material: accepted
     write_key(env.folder, "a", private_pem("EC_P256", 53))
-    with pytest.raises(StalePlan, match=r"^key 'a': material no longer matches the plan: "):
-        load_plan_materials(plan)
-    (env.folder / "keys" / "a.pem").unlink()
-    with pytest.raises(StalePlan, match=r"^key 'a': material no longer matches the plan: .*a\.pem"):
-        load_plan_materials(plan)
-
-
-def test_source_from_reference_unknown_kind() -> None:
-    with pytest.raises(StalePlan, match=r"^plan names a material source of unknown kind: 'vault'$"):
-        source_from_reference({"kind": "vault"})
+    _, now, _ = validate_manifests([env.folder / "manifests"], variables={})
+    with pytest.raises(
+        StalePlan,
+        match=rf"^key 'a': material no longer matches the plan: the plan has {planned}, the material read "
+        rf"now is {now['a']}: make a new plan$",
+    ):
+        check_plan_material(plan, now)
+    with pytest.raises(StalePlan, match=r"^key 'a': the plan imports material but the manifests give none$"):
+        check_plan_material(plan, {})
 
 
 def test_apply_result_document() -> None:

@@ -22,7 +22,21 @@ from plan_builders import (
 )
 
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
-from provisioner.plan import Action, Plan, digest_actual, load_plan, make_plan, save_plan, stale_reason
+from provisioner.plan import (
+    MAX_PLAN_BYTES,
+    UNKNOWN_FINGERPRINT,
+    Action,
+    NoteCode,
+    Plan,
+    check_instructions,
+    derive_change,
+    digest_actual,
+    load_plan,
+    make_plan,
+    resolve_fingerprints,
+    save_plan,
+    stale_reason,
+)
 
 CASES = Path(__file__).parent / "plan_cases"
 BACKEND = {"type": "local", "path": ".provision/kms.db"}
@@ -45,8 +59,10 @@ def _plan_case(case: dict[str, Any]) -> Plan:
         desired,
         live,
         now=now,
-        fingerprints=default_fingerprints(desired, case.get("fingerprints")),
+        # offline: `plan --offline-material`, no material read; fingerprints are the pins only.
+        fingerprints={} if case.get("offline") else default_fingerprints(desired, case.get("fingerprints")),
         backend=BACKEND,
+        offline_material=bool(case.get("offline")),
     )
 
 
@@ -80,7 +96,12 @@ def test_plan_case(path: Path) -> None:
         for fragment in want["message"]:
             assert fragment in v.message, f"{path.name}: {v.message!r} lacks {fragment!r}"
     assert plan.blocked == bool(want_violations)
-    assert [n.key for n in plan.notes] == (expect.get("notes") or [])
+    # A note is expected as its key, or as {key: code} when it carries a code.
+    want_notes = [n if isinstance(n, str) else next(iter(n)) for n in expect.get("notes") or []]
+    assert [n.key for n in plan.notes] == want_notes, path.name
+    for note, want in zip(plan.notes, expect.get("notes") or [], strict=True):
+        code = None if isinstance(want, str) else want[note.key]
+        assert (note.code.value if note.code else None) == code, f"{path.name}: note of {note.key}"
     assert plan.has_changes == bool(want_changes)
 
 
@@ -101,6 +122,7 @@ def test_every_rule_has_a_case() -> None:
         "unsupported",
         "expiry-in-past",
         "duplicate-identity",
+        "deletion-protected",
         "duplicates",
     }
     assert wanted <= seen, f"no case for {sorted(wanted - seen)}"
@@ -139,6 +161,7 @@ def test_plan_document_golden() -> None:
         "stack": "payments",
         "created_at": "2026-06-01T12:00:00Z",
         "backend": {"type": "local", "path": ".provision/kms.db"},
+        "manifest_digest": "",
         "changes": [
             {
                 "key": "old",
@@ -385,3 +408,167 @@ def test_backend_values_are_strings() -> None:
     )
     assert plan.backend == {"type": "alibaba"}
     assert load_plan(save_plan(plan)) == plan
+
+
+# ----------------------------------------------------------------------------------------- saved plans
+
+
+@pytest.mark.parametrize("path", _case_files(), ids=lambda p: p.stem)
+def test_every_planned_change_re_derives_from_its_before_and_after(path: Path) -> None:
+    plan = _plan_case(yaml.safe_load(path.read_text()))
+    for change in plan.changes:
+        assert derive_change(change, plan.stack) == change, f"{path.name}: {change.key}"
+    check_instructions(plan)
+
+
+def _edit_plan() -> Plan:
+    """A plan of every kind of change: create, update, reimport, schedule-deletion."""
+    desired = manifest(
+        [
+            desired_key("new", {"aliases": ["alias/new"], "tags": {"team": "t"}}),
+            desired_key("upd", {"description": "new words", "tags": {"team": "u"}, "aliases": ["alias/u2"]}),
+            desired_key("re", {"expiry": "2027-01-01T00:00:00Z"}),
+            desired_key("old", {"state": "absent", "deletion_window_days": 9}),
+        ]
+    )
+    live = live_state(
+        [
+            actual_key({"name": "upd", "tags": {"gone": "x"}, "aliases": ["alias/u1"]}),
+            actual_key({"name": "re"}),
+            actual_key({"name": "old"}),
+        ]
+    )
+    return make_plan(desired, live, now=NOW, fingerprints=default_fingerprints(desired), backend=BACKEND)
+
+
+def test_edit_plan_has_every_kind_of_change() -> None:
+    plan = _edit_plan()
+    assert {c.key: [a.value for a in c.actions] for c in plan.changes} == {
+        "new": ["create", "import"],
+        "old": ["schedule-deletion"],
+        "re": ["reimport"],
+        "upd": ["update"],
+    }
+    check_instructions(plan)
+
+
+def _index(plan: Plan, key: str) -> int:
+    return next(i for i, c in enumerate(plan.changes) if c.key == key)
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value"),
+    [
+        ("upd", "tags_to_set", {"team": "u", "admin": "me"}),
+        ("upd", "tags_to_remove", []),
+        ("upd", "description", "other words"),
+        ("upd", "deletion_protection", True),
+        ("upd", "aliases_to_create", ["alias/u2", "alias/stolen"]),
+        ("upd", "aliases_to_delete", ["alias/u1", "alias/other"]),
+        ("upd", "actions", ["update", "delete-material"]),
+        ("upd", "key_id", "key-someone-else"),
+        ("upd", "state_digest", "sha256:" + "0" * 64),
+        ("new", "tags_to_set", {"byok-provisioner:stack": "payments", "byok-provisioner:name": "new"}),
+        ("new", "description", "planted"),
+        ("new", "deletion_protection", True),
+        ("new", "expire_unix", 1),
+        ("new", "aliases_to_move", ["alias/new"]),
+        ("re", "material", {"kind": "file", "file": "/manifests/keys/re.pem", "fingerprint": fp("other")}),
+        ("re", "expire_unix", 0),
+        ("re", "actions", []),
+        ("old", "actions", ["update", "schedule-deletion"]),
+        ("old", "deletion_protection", False),
+        ("old", "tags_to_set", {"a": "b"}),
+    ],
+)
+def test_hand_edited_instruction_is_refused(key: str, field: str, value: Any) -> None:
+    plan = _edit_plan()
+    i = _index(plan, key)
+    doc = plan.to_dict()
+    doc["changes"][i][field] = value
+    doc.pop("summary")
+    edited = load_plan(json.dumps(doc))
+    with pytest.raises(StalePlan) as info:
+        check_instructions(edited)
+    assert str(info.value) == (
+        f"plan file: changes[{i}] (key {key!r}): {field} differ from what the planner derives from its "
+        f"before/after (was the file edited by hand?): make a new plan"
+    )
+
+
+def test_hand_edited_snapshot_is_refused() -> None:
+    plan = _edit_plan()
+    i = _index(plan, "upd")
+    doc = plan.to_dict()
+    doc["changes"][i]["before"]["status"] = "sleeping"
+    edited = load_plan(json.dumps(doc))
+    with pytest.raises(StalePlan) as info:
+        check_instructions(edited)
+    assert str(info.value) == (
+        f"plan file: changes[{i}] (key 'upd'): before/after are not what the planner records (was the file "
+        f"edited by hand?): make a new plan"
+    )
+    # `before` edited consistently with an instruction still breaks the digest of what was seen.
+    doc = plan.to_dict()
+    doc["changes"][i]["before"]["description"] = "new words"
+    doc["changes"][i]["description"] = None
+    with pytest.raises(StalePlan, match=r"\(key 'upd'\): state_digest differ from what the planner derives"):
+        check_instructions(load_plan(json.dumps(doc)))
+
+
+def test_deletion_of_a_protected_key_in_a_saved_plan_is_refused() -> None:
+    plan = _edit_plan()
+    i = _index(plan, "old")
+    doc = plan.to_dict()
+    doc["changes"][i]["before"]["deletion_protection"] = True
+    with pytest.raises(StalePlan) as info:
+        check_instructions(load_plan(json.dumps(doc)))
+    assert str(info.value) == (
+        f"plan file: changes[{i}] (key 'old'): schedules key key-old for deletion while its deletion "
+        f"protection is on (deletion-protected; was the file edited by hand?): make a new plan"
+    )
+
+
+def test_offline_plan_resolves_to_the_online_plan() -> None:
+    desired = manifest([desired_key("a", {"description": "d"}), desired_key("b", {"state": "absent"})])
+    live = live_state([actual_key({"name": "b"})])
+    offline = make_plan(desired, live, now=NOW, fingerprints={}, backend=BACKEND, offline_material=True)
+    (a, _) = offline.changes
+    assert a.after is not None and a.after["fingerprint"] == UNKNOWN_FINGERPRINT
+    assert offline.notes[0].message.startswith("fingerprint unknown: the plan read no material")
+    check_instructions(offline)
+    online = make_plan(desired, live, now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND)
+    assert [(n.key, n.code) for n in offline.notes] == [
+        ("a", NoteCode.FINGERPRINT_UNKNOWN),
+        ("b", NoteCode.FINGERPRINT_UNKNOWN),  # every unpinned key, also one to delete
+    ]
+    resolved = resolve_fingerprints(offline, {"a": fp("a"), "b": fp("b")})
+    assert resolved.changes == online.changes
+    assert resolved.notes == online.notes == ()
+    assert load_plan(save_plan(offline)) == offline
+
+
+def test_plan_file_of_the_previous_format_is_refused() -> None:
+    doc = _golden_plan().to_dict()
+    doc.pop("manifest_digest")
+    with pytest.raises(StalePlan) as info:
+        load_plan(json.dumps(doc))
+    assert str(info.value) == (
+        "plan file has no manifest_digest: it was made by an earlier version of the provisioner, which did "
+        "not record the manifests it planned: run `provision plan --out FILE` again"
+    )
+
+
+def test_deep_or_huge_plan_file_is_a_clear_error() -> None:
+    with pytest.raises(ProvisionerError) as info:
+        load_plan("[" * 100_000 + "]" * 100_000)
+    assert str(info.value) == "plan file is malformed: its JSON is nested too deeply"
+    doc = _golden_plan().to_dict()
+    doc["changes"][0]["before"]["tags"] = "DEEP"
+    text = json.dumps(doc).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ProvisionerError) as info:
+        load_plan(text)
+    assert str(info.value) == "plan file is malformed: its JSON is nested too deeply"
+    with pytest.raises(ProvisionerError) as info:
+        load_plan(" " * (MAX_PLAN_BYTES + 1))
+    assert str(info.value) == "plan file is larger than 32 MiB: not a plan file"

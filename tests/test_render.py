@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -52,7 +53,17 @@ LIVE = live_state(
 
 
 def _plan() -> Plan:
-    return make_plan(DESIRED, LIVE, now=NOW, fingerprints=default_fingerprints(DESIRED), backend=BACKEND)
+    # A plan never deletes a key whose live protection is on (deletion-protected): here "upd" lifts it.
+    protected = {"upd": True, "gone": False}
+    live = dataclasses.replace(
+        LIVE,
+        keys={
+            name: tuple(dataclasses.replace(k, deletion_protection=protected.get(name, k.deletion_protection))
+                        for k in keys)
+            for name, keys in LIVE.keys.items()
+        },
+    )
+    return make_plan(DESIRED, live, now=NOW, fingerprints=default_fingerprints(DESIRED), backend=BACKEND)
 
 
 def _blocked_plan() -> Plan:
@@ -74,7 +85,7 @@ def test_plan_text_symbols_and_no_colour() -> None:
     assert "  + new: create, import" in lines
     assert "  ↻ upd (key-upd): update, reimport" in lines
     assert "  x md (key-md): delete-material" in lines
-    assert "  - gone (key-gone): update, schedule-deletion" in lines
+    assert "  - gone (key-gone): schedule-deletion" in lines
     # Attribute differences, Terraform style.
     assert '      ~ tag team: "q" -> "p"' in lines
     assert '      - tag old = "1"' in lines
@@ -85,7 +96,7 @@ def test_plan_text_symbols_and_no_colour() -> None:
     assert "      - key, after a pending window of 30 days" in lines
     assert "  # orph: key key-orph of stack 'payments' is not in the manifests; it is left alone" in lines
     assert lines[-1] == (
-        "Plan: 1 to create, 1 to import, 1 to reimport, 1 to delete material, 2 to update, "
+        "Plan: 1 to create, 1 to import, 1 to reimport, 1 to delete material, 1 to update, "
         "1 to schedule for deletion."
     )
 
@@ -122,7 +133,7 @@ def test_plan_markdown() -> None:
         "| create | import | reimport | delete-material | update | schedule-deletion |\n"
         "|---|---|---|---|---|---|\n" in md
     )
-    assert "| 1 | 1 | 1 | 1 | 2 | 1 |" in md
+    assert "| 1 | 1 | 1 | 1 | 1 | 1 |" in md
     assert "#### `+` `new`: create, import" in md
     assert '```diff\n+ spec = "RSA_2048"' in md
     assert "- alias alias/old" in md
