@@ -101,9 +101,15 @@ def _silence(stream: Any) -> None:
         pass  # not a real file (a test's capture): nothing is left to flush into a full disk
 
 
+_output_lost: list[OSError] = []  # set once the failure is reported: the final flush fails again
+
+
 def _output_failed(e: OSError) -> NoReturn:
     """Standard output (or error) is full or closed: say so in one line on standard error when it can
     take it, and exit 1, never a traceback."""
+    if _output_lost:
+        sys.exit(1)
+    _output_lost.append(e)
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
@@ -730,6 +736,7 @@ def _run(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: click's usage errors exit 1, like every other user mistake, and so
     does output that cannot be written (`> /dev/full`, a closed pipe), with one line and no traceback."""
+    _output_lost.clear()
     try:
         try:
             code: Any = _run(argv)
