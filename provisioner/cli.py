@@ -7,7 +7,9 @@ gives interspersed options, typed flags and help text for free.
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import json
 import os
 import secrets
@@ -20,6 +22,7 @@ import click
 
 from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
+from provisioner.escape import json_safe, visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
 from provisioner.model import Diagnostic, WrappingAlgorithm
 
@@ -110,7 +113,45 @@ def use_color(no_color: bool) -> bool:
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(message, err=True)
+    # Messages quote paths, names and values: one line, no control or bidi character reaches the terminal.
+    click.echo(visible(message), err=True)
+    sys.exit(1)
+
+
+#: errno values that mean standard output or error cannot take what is printed (full disk, closed pipe).
+_OUTPUT_ERRNOS = frozenset(
+    {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF}
+)
+
+
+def _silence(stream: Any) -> None:
+    """Point a stream's file descriptor at /dev/null, so what it still buffers goes nowhere and the
+    interpreter's exit reports no second error."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing is left to flush into a full disk
+
+
+_output_lost: list[OSError] = []  # set once the failure is reported: the final flush fails again
+
+
+def _output_failed(e: OSError) -> NoReturn:
+    """Standard output (or error) is full or closed: say so in one line on standard error when it can
+    take it, and exit 1, never a traceback."""
+    if _output_lost:
+        sys.exit(1)
+    _output_lost.append(e)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _silence(sys.stdout)
+    try:
+        click.echo(f"error: cannot write the output: {e.strerror or e}", err=True)
+    except (OSError, ValueError):
+        _silence(sys.stderr)
     sys.exit(1)
 
 
@@ -127,6 +168,10 @@ def handle_errors(f: F) -> F:
             _fail(f"{sum(1 for d in e.diagnostics if d.severity == 'error')} error(s)")
         except ProvisionerError as e:
             _fail(f"error: {e}")
+        except OSError as e:
+            if e.errno not in _OUTPUT_ERRNOS:
+                raise
+            _output_failed(e)
 
     return wrapper  # type: ignore[return-value]
 
@@ -166,18 +211,18 @@ def validate(
     except ManifestError as e:
         if fmt != "json":
             raise
-        click.echo(json.dumps([d.to_dict() for d in e.diagnostics], indent=2))
+        click.echo(json.dumps(json_safe([d.to_dict() for d in e.diagnostics]), indent=2))
         errors = sum(1 for d in e.diagnostics if d.severity == "error")
         click.echo(f"{errors} error(s)", err=True)
         return 1
     if fmt == "json":
-        click.echo(json.dumps([d.to_dict() for d in warnings], indent=2))
+        click.echo(json.dumps(json_safe([d.to_dict() for d in warnings]), indent=2))
         return 0
     files = len(ms.files)
     material = "" if offline_material else ", material checked"
-    click.echo(
+    click.echo(visible(
         f"valid: {len(ms.keys)} key(s) in {files} file{'s' if files != 1 else ''}, stack {ms.stack}{material}"
-    )
+    ))
     return 0
 
 
@@ -295,7 +340,7 @@ def serve(
 
 
 def _warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(visible(f"warning: {message}"), err=True)
 
 
 def _write_owner_only(path: Path, text: str, what: str = "--out") -> None:
@@ -391,7 +436,7 @@ def wrap(
             _write_owner_only(out, wrapped + "\n")
         except OSError as e:
             raise WrappingError(f"--out {out}: cannot write: {e.strerror}") from None
-        click.echo(f"wrote {chosen} wrapped material for {material.fingerprint} to {out}", err=True)
+        click.echo(visible(f"wrote {chosen} wrapped material for {material.fingerprint} to {out}"), err=True)
     return 0
 
 
@@ -455,7 +500,7 @@ def _open_stage(
         max_elapsed=_retry_seconds(),
         create=create,
     )
-    click.echo(f"using {kms.description}", err=True)
+    click.echo(visible(f"using {kms.description}"), err=True)
     return kms
 
 
@@ -588,7 +633,7 @@ def plan(
             _write_owner_only(out, save_plan(the_plan, relative_to=Path.cwd()))
         except OSError as e:
             raise UsageError(f"--out {out}: cannot write the plan: {e.strerror}") from None
-        click.echo(f"saved the plan to {out}; apply it with: provision apply --plan {out}", err=True)
+        click.echo(visible(f"saved the plan to {out}; apply it with: provision apply --plan {out}"), err=True)
     return 2 if detailed_exitcode and the_plan.has_changes else 0
 
 
@@ -675,7 +720,8 @@ def apply(
             raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
         if not the_plan.has_changes:
             if fmt == "json":
-                click.echo(json.dumps(applying.ApplyResult(the_plan.stack, []).to_dict(), indent=2))
+                nothing = applying.ApplyResult(the_plan.stack, []).to_dict()
+                click.echo(json.dumps(json_safe(nothing), indent=2))
             return 0
         if plan_file is None and not auto_approve:
             answer = click.prompt(
@@ -692,7 +738,7 @@ def apply(
                 kms,
                 materials,
                 parallelism=parallelism or applying.DEFAULT_PARALLELISM,
-                progress=lambda line: click.echo(line, err=True),
+                progress=lambda line: click.echo(visible(line), err=True),
             )
         finally:
             applying.wipe_all(materials)
@@ -701,12 +747,12 @@ def apply(
         kms.close()
     failed = [o for o in result.outcomes if not o.ok]
     if fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(json_safe(result.to_dict()), indent=2))
     else:
         changed = len(result.outcomes) - len(failed)
         click.echo(f"Apply complete: {changed} key(s) changed, {len(failed)} failed.")
         for o in failed:
-            click.echo(f"  {o.key}: {o.error}")
+            click.echo(visible(f"  {o.key}: {o.error}"))
     return 1 if failed else 0
 
 
@@ -755,15 +801,40 @@ def drift(
     return 0 if report.in_sync else 2
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: click's usage errors exit 1, like every other user mistake."""
+def _show_click_error(e: click.ClickException) -> None:
+    """click's own message, with the user's argument (echoed in it) on one line and escaped."""
+    text = io.StringIO()
+    e.show(file=text)
+    message = e.format_message()
+    shown = text.getvalue().replace(message, visible(message)) if message else text.getvalue()
+    click.echo(visible(shown, keep="\n"), err=True, nl=False)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.Abort:
         _fail("aborted")
     except click.ClickException as e:
-        e.show()
-        sys.exit(1)
+        _show_click_error(e)
+        return 1
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: click's usage errors exit 1, like every other user mistake, and so
+    does output that cannot be written (`> /dev/full`, a closed pipe), with one line and no traceback."""
+    _output_lost.clear()
+    try:
+        try:
+            code: Any = _run(argv)
+        except SystemExit as e:
+            code = e.code
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a full disk is a traceback
+    except OSError as e:
+        if e.errno not in _OUTPUT_ERRNOS:
+            raise
+        _output_failed(e)
+    sys.exit(code)

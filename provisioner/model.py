@@ -13,6 +13,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, overload
 
+from provisioner.escape import visible
+
 #: How KMS writes times on the wire (`2021-05-20T06:34:21Z`); plan and drift documents use it too.
 WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -156,7 +158,8 @@ class Diagnostic:
     severity: str = "error"  # "error" | "warning"
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.severity}: {self.message}"
+        # A message may quote a manifest's value and a path may be anything: one line, no escapes.
+        return f"{visible(str(self.location))}: {self.severity}: {visible(self.message)}"
 
     def to_dict(self) -> dict[str, object]:
         return {

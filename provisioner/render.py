@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from provisioner.drift import DriftItem, DriftReport
+from provisioner.escape import json_safe, visible
 from provisioner.plan import Action, Change, Plan
 
 # ANSI SGR codes; used only when the caller asks for colour.
@@ -52,15 +52,10 @@ def _symbol(change: Change) -> tuple[str, str]:
     return "-", _RED  # a change with duplicates only: they are scheduled for deletion
 
 
-def _visible(text: str) -> str:
-    """`text` with format and control characters (bidi overrides, zero-width, escapes) written as
-    \\uXXXX: a description or a live value must not reorder or hide what a reviewer reads."""
-    return "".join(
-        f"\\u{ord(ch):04x}" if ch != "\n" and unicodedata.category(ch) in _HIDDEN else ch for ch in text
-    )
-
-
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+def _visible(text: Any) -> str:
+    """`text` with control, format and invisible characters (escapes, bidi overrides, zero-width,
+    newlines) written as \\uXXXX: a value must not drive, reorder or hide what a reviewer reads."""
+    return visible(str(text))
 
 
 def _q(value: Any) -> str:
@@ -73,33 +68,24 @@ def _q(value: Any) -> str:
 
 
 def _backend_words(backend: Mapping[str, str]) -> str:
-    kind = backend.get("type", "?")
+    kind = _visible(backend.get("type", "?"))
     shown = sorted((k, v) for k, v in backend.items() if k not in ("type", "endpoint"))
-    rest = ", ".join(f"{k} {_one_line(v)}" for k, v in shown)
+    rest = ", ".join(f"{_visible(k)} {_visible(v)}" for k, v in shown)
     return f"{kind} ({rest})" if rest else kind
-
-
-def _one_line(text: str) -> str:
-    """A header value (a path from a manifest, say) that cannot start a line of its own."""
-    return _visible(text).replace("\n", "\\u000a")
 
 
 def _endpoint_lines(backend: Mapping[str, str]) -> list[str]:
     """The header line that says where a document was read from, so a reviewer sees whose answers
     it shows (DESIGN section 9); none when the document does not know."""
     endpoint = backend.get("endpoint")
-    return [f"Endpoint: {_one_line(endpoint)}"] if endpoint else []
+    return [f"Endpoint: {_visible(endpoint)}"] if endpoint else []
 
 
 def _md_endpoint_lines(backend: Mapping[str, str]) -> list[str]:
     endpoint = backend.get("endpoint")
     if not endpoint:
         return []
-    text = _one_line(endpoint)
-    # A code span no backtick inside can close.
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return [f"Endpoint: {fence}{pad}{text}{pad}{fence}", ""]
+    return [f"Endpoint: {md_code(endpoint)}", ""]
 
 
 def _detail_lines(change: Change) -> list[tuple[str, str]]:
@@ -159,7 +145,8 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
         lines.append((" ", f"material from {src}, fingerprint {change.material.get('fingerprint')}"))
     for dup in change.duplicates:
         lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
-    return lines
+    # Aliases, tag keys, paths and argv are interpolated as they are: one escape for the whole line.
+    return [(sign, _visible(text)) for sign, text in lines]
 
 
 def _material_words(material: Mapping[str, Any]) -> str:
@@ -180,29 +167,31 @@ def _summary_line(plan: Plan) -> str:
 
 def render_plan_text(plan: Plan, *, color: bool) -> str:
     paint = _painter(color)
-    out = [f"Stack {plan.stack!r}, backend {_backend_words(plan.backend)}", *_endpoint_lines(plan.backend)]
-    out.append("")
+    out = [f"Stack {_visible(repr(plan.stack))}, backend {_backend_words(plan.backend)}"]
+    out += [*_endpoint_lines(plan.backend), ""]
     if plan.changes:
         out.append(paint(f"Symbols: {_LEGEND}", _DIM))
         out.append("")
     for change in plan.changes:
         sym, code = _symbol(change)
-        ident = f" ({change.key_id})" if change.key_id else ""
+        ident = f" ({_visible(change.key_id)})" if change.key_id else ""
         words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
-        out.append(f"  {paint(sym, code)} {paint(change.key, _BOLD)}{ident}: {words}")
-        out.append(f"      # {change.reason}")
+        out.append(f"  {paint(sym, code)} {paint(_visible(change.key), _BOLD)}{ident}: {words}")
+        out.append(f"      # {_visible(change.reason)}")
         for sign, text in _detail_lines(change):
             sign_code = {"+": _GREEN, "-": _RED, "~": _YELLOW, "↻": _CYAN, "x": _RED}.get(sign, _DIM)
             out.append(f"      {paint(sign, sign_code)} {text}")
         out.append("")
     if plan.notes:
         for note in plan.notes:
-            out.append(paint(f"  # {note.key}: {note.message}", _DIM))
+            out.append(paint(f"  # {_visible(note.key)}: {_visible(note.message)}", _DIM))
         out.append("")
     if plan.violations:
         out.append(paint("Violations:", _RED + ";" + _BOLD))
         for v in plan.violations:
-            out.append(f"  {paint('!', _RED + ';' + _BOLD)} {v.key}: {v.code.value}: {v.message}")
+            out.append(
+                f"  {paint('!', _RED + ';' + _BOLD)} {_visible(v.key)}: {v.code.value}: {_visible(v.message)}"
+            )
         out.append("")
     if plan.has_changes:
         out.append(_summary_line(plan))
@@ -219,15 +208,65 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
 
 
 def render_plan_json(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    """The plan document; every string escaped as in text, so `jq -r` prints no raw control character."""
+    return json.dumps(json_safe(plan.to_dict()), indent=2, ensure_ascii=False) + "\n"
 
 
 _DIFF_SIGNS = {"+": "+", "-": "-", "x": "-"}
 
 
+#: Backslash-escaped in markdown text: everything that can open emphasis, code, a link, an image, HTML,
+#: an entity, a table cell, strikethrough, math, an emoji (`:x:`) or an autolink (`https:`, `www.`).
+_MD_ESCAPED = frozenset("\\`*_[]<>&!|~$:.")
+#: Written as code so GitHub makes no mention (`@team`) or issue reference (`#1`) of them.
+_MD_AS_CODE = frozenset("@#")
+
+
+def md_text(value: Any) -> str:
+    """`value` as inert markdown text that renders as the text view shows it: on one line, no markup,
+    no HTML, no link; also safe inside a table cell (a `|` is escaped)."""
+    out = []
+    for ch in _visible(value):
+        if ch in _MD_ESCAPED:
+            out.append("\\" + ch)
+        elif ch in _MD_AS_CODE:
+            out.append(f"`{ch}`")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_BACKTICKS = re.compile("`+")
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(m) for m in _BACKTICKS.findall(text)), default=0)
+
+
+def md_code(value: Any, *, cell: bool = False) -> str:
+    """`value` as a markdown code span that holds it whole: the delimiter is one backtick longer than
+    any run inside (CommonMark). `cell=True` in a table row, where a `|` must be escaped even in code."""
+    text = _visible(value)
+    if cell:
+        # A backslash right before a pipe would escape the pipe's own escape: show it as \u005c.
+        text = text.replace("\\|", "\\u005c|").replace("|", "\\|")
+    if not text:
+        return "` `"
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = text[0] == "`" or text[-1] == "`" or (text[0] == " " and text[-1] == " " and text.strip(" "))
+    return f"{fence} {text} {fence}" if pad else f"{fence}{text}{fence}"
+
+
+def md_fenced(lines: list[str], info: str = "") -> list[str]:
+    """A fenced code block that no line can close: the fence is longer than any backtick run inside
+    (a `~~~` line cannot close a backtick fence). Each line must be one line, already escaped."""
+    fence = "`" * max(3, _longest_backtick_run("\n".join(lines)) + 1)
+    return [fence + info, *lines, fence]
+
+
 def _md(text: Any) -> str:
-    """Text safe inside a markdown table cell."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a markdown table cell or paragraph."""
+    return md_text(text)
 
 
 #: GitHub refuses comments over 65,536 characters; stay under it with room for a pipeline's own words.
@@ -236,20 +275,21 @@ MARKDOWN_LIMIT = 60_000
 
 def _change_heading(change: Change) -> str:
     sym, _ = _symbol(change)
-    ident = f" (`{change.key_id}`)" if change.key_id else ""
+    ident = f" ({md_code(change.key_id)})" if change.key_id else ""
     words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
-    return f"`{sym}` `{change.key}`{ident}: {words}"
+    return f"`{sym}` {md_code(change.key)}{ident}: {words}"
 
 
 def _markdown_changes(plan: Plan) -> list[str]:
     out = ["### Changes", ""]
     for change in plan.changes:
-        out += [f"#### {_change_heading(change)}", "", f"_{_md(change.reason)}_", "", "```diff"]
+        out += [f"#### {_change_heading(change)}", "", f"_{_md(change.reason)}_", ""]
+        diff: list[str] = []
         for sign, text in _detail_lines(change):
             # diff highlighting knows only + and -; a change or reimport reads as context.
             mark = _DIFF_SIGNS.get(sign)
-            out.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
-        out += ["```", ""]
+            diff.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
+        out += [*md_fenced(diff, "diff"), ""]
     return out
 
 
@@ -274,7 +314,7 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
 
 def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     """A pull-request comment: status, summary table, violations first, then each key's changes."""
-    head = [f"## Plan for stack `{plan.stack}`", "", *_md_endpoint_lines(plan.backend)]
+    head = [f"## Plan for stack {md_code(plan.stack)}", "", *_md_endpoint_lines(plan.backend)]
     if plan.violations:
         head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
     elif not plan.has_changes:
@@ -288,12 +328,12 @@ def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     if plan.violations:
         tail += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
         for v in plan.violations:
-            tail.append(f"| `{_md(v.key)}` | `{v.code.value}` | {_md(v.message)} |")
+            tail.append(f"| {md_code(v.key, cell=True)} | `{v.code.value}` | {_md(v.message)} |")
         tail.append("")
     notes: list[str] = []
     if plan.notes:
         notes += ["### Notes", ""]
-        notes += [f"- `{n.key}`: {_md(n.message)}" for n in plan.notes]
+        notes += [f"- {md_code(n.key)}: {_md(n.message)}" for n in plan.notes]
         notes.append("")
     changes = _markdown_changes(plan) if plan.changes else []
     text = "\n".join(head + tail + changes + notes)
@@ -313,16 +353,17 @@ def _found_words(item: DriftItem) -> str:
 
 def render_drift_text(report: DriftReport, *, color: bool) -> str:
     paint = _painter(color)
+    stack = _visible(repr(report.stack))
     if report.in_sync:
-        head = [f"Stack {report.stack!r}: in sync, no drift.", *_endpoint_lines(report.backend)]
+        head = [f"Stack {stack}: in sync, no drift.", *_endpoint_lines(report.backend)]
         return "\n".join(head) + "\n"
-    out = [f"Stack {report.stack!r}: drift found", *_endpoint_lines(report.backend), ""]
+    out = [f"Stack {stack}: drift found", *_endpoint_lines(report.backend), ""]
     for item in report.items:
         out.append(
             f"  {paint('!', _YELLOW)} {paint(_visible(item.key), _BOLD)}: "
             f"{paint(item.kind.value, _YELLOW)}: {_visible(item.detail)}"
         )
-        out.append(paint(f"      {_found_words(item)}", _DIM))
+        out.append(paint(f"      {_visible(_found_words(item))}", _DIM))
     out.append("")
     counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
     out.append(f"Drift: {len(report.items)} item(s) ({counts}).")
@@ -330,11 +371,12 @@ def render_drift_text(report: DriftReport, *, color: bool) -> str:
 
 
 def render_drift_json(report: DriftReport) -> str:
-    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    """The drift document, escaped as render_plan_json is."""
+    return json.dumps(json_safe(report.to_dict()), indent=2, ensure_ascii=False) + "\n"
 
 
 def render_drift_markdown(report: DriftReport) -> str:
-    out = [f"## Drift for stack `{report.stack}`", "", *_md_endpoint_lines(report.backend)]
+    out = [f"## Drift for stack {md_code(report.stack)}", "", *_md_endpoint_lines(report.backend)]
     if report.in_sync:
         out += [f"In sync at {report.to_dict()['checked_at']}: no drift.", ""]
         return "\n".join(out)
@@ -344,7 +386,7 @@ def render_drift_markdown(report: DriftReport) -> str:
     out += ["", "| key | kind | detail | expected | found |", "|---|---|---|---|---|"]
     for item in report.items:
         out.append(
-            f"| `{_md(item.key)}` | `{item.kind.value}` | {_md(item.detail)} | "
+            f"| {md_code(item.key, cell=True)} | `{item.kind.value}` | {_md(item.detail)} | "
             f"{_md(_q(item.expected))} | {_md(_q(item.found))} |"
         )
     out.append("")
