@@ -66,7 +66,7 @@ def test_validate_json_escapes_the_diagnostics(workdir: Path) -> None:
 def test_an_error_quoting_a_bad_path_is_one_escaped_line(workdir: Path) -> None:
     run = run_cli(["apply", "--plan", H])
     assert run.code == 1
-    assert run.stderr == f"error: --plan {H_TEXT}: cannot read: No such file or directory\n"
+    assert run.stderr == f"error: --plan {H_TEXT}: no such file\n"
 
 
 def test_a_click_usage_error_echoing_the_argument_is_escaped(workdir: Path) -> None:
