@@ -413,10 +413,10 @@ def test_validate_plan_and_drift_write_nothing_then_apply_works(
     assert listing(workdir) == before
 
 
-def foreign_database(path: Path, *, wal: bool = False) -> bytes:
+def foreign_database(path: Path, *, wal: bool) -> bytes:
     conn = sqlite3.connect(path)
     if wal:
-        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("CREATE TABLE users (name TEXT, password_hash TEXT)")
     conn.execute("INSERT INTO users VALUES ('alice', 'x')")
     conn.commit()
@@ -424,12 +424,13 @@ def foreign_database(path: Path, *, wal: bool = False) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
 @pytest.mark.parametrize("command", [["plan"], ["drift"], ["apply", "--auto-approve"]])
 def test_another_programs_database_is_refused_and_unchanged(
-    workdir: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+    workdir: Path, command: list[str], wal: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = workdir / "app.db"
-    original = foreign_database(other)
+    original = foreign_database(other, wal=wal)
     with_backend(workdir, ["type: local", f"path: {other}"])
 
     rc, out, err = run_main([*command, "manifests"], capsys)
