@@ -290,7 +290,7 @@ REFUSED_BY_THE_RULE = [
 ]
 
 
-@pytest.mark.parametrize("command", ["plan", "drift"])
+@pytest.mark.parametrize("command", ["plan", "drift", "apply"])
 @pytest.mark.parametrize(("template", "host", "reason"), REFUSED_BY_THE_RULE)
 def test_a_manifest_endpoint_outside_the_rule_is_a_located_error_and_no_byte_is_sent(
     workdir: Path, command: str, template: str, host: str, reason: str, capsys: pytest.CaptureFixture[str],
@@ -300,7 +300,10 @@ def test_a_manifest_endpoint_outside_the_rule_is_a_located_error_and_no_byte_is_
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "secret-of-the-pipeline")
     with listening(host) as (sock, port):
         line, column = with_backend(workdir, ["type: alibaba", f'endpoint: "{template.format(port=port)}"'])
-        rc, out, err = run_main([command, "manifests", "--backend", "alibaba", "--region", REGION], capsys)
+        approve = ["--auto-approve"] if command == "apply" else []
+        rc, out, err = run_main(
+            [command, "manifests", *approve, "--backend", "alibaba", "--region", REGION], capsys
+        )
         assert_nothing_reached(sock)
     assert rc == 1
     assert out == ""
@@ -413,10 +416,10 @@ def test_validate_plan_and_drift_write_nothing_then_apply_works(
     assert listing(workdir) == before
 
 
-def foreign_database(path: Path, *, wal: bool = False) -> bytes:
+def foreign_database(path: Path, *, wal: bool) -> bytes:
     conn = sqlite3.connect(path)
     if wal:
-        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("CREATE TABLE users (name TEXT, password_hash TEXT)")
     conn.execute("INSERT INTO users VALUES ('alice', 'x')")
     conn.commit()
@@ -424,12 +427,13 @@ def foreign_database(path: Path, *, wal: bool = False) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
 @pytest.mark.parametrize("command", [["plan"], ["drift"], ["apply", "--auto-approve"]])
 def test_another_programs_database_is_refused_and_unchanged(
-    workdir: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+    workdir: Path, command: list[str], wal: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = workdir / "app.db"
-    original = foreign_database(other)
+    original = foreign_database(other, wal=wal)
     with_backend(workdir, ["type: local", f"path: {other}"])
 
     rc, out, err = run_main([*command, "manifests"], capsys)
@@ -614,3 +618,32 @@ def test_a_local_endpoint_cannot_break_its_header() -> None:
     md = render_plan_markdown(plan).splitlines()
     assert md[2] == "Endpoint: ```local:st`ate\\u202e/\\u001b[31m``\\u000a# pwned/kms.db```"
     assert not any(line.startswith("# pwned") for line in md)
+
+
+def test_a_read_sees_transactions_still_in_the_write_ahead_log(tmp_path: Path) -> None:
+    """A writer that has not checkpointed (running, or killed): the read-only copy includes its work."""
+    from provisioner.backend.local import LocalTransport
+
+    live = tmp_path / "live"
+    live.mkdir()
+    writer = LocalTransport(live / "kms.db")
+    try:
+        made = writer.call(
+            "CreateKey",
+            {"KeySpec": "EC_P256", "KeyUsage": "SIGN/VERIFY", "Origin": "EXTERNAL",
+             "DKMSInstanceId": "kst-local-software"},
+        )["KeyMetadata"]["KeyId"]
+        snapshot = tmp_path / "snapshot"
+        snapshot.mkdir()
+        for name in ("kms.db", "kms.db-wal", "kms.db-shm"):
+            shutil.copy(live / name, snapshot / name)
+    finally:
+        writer.close()
+    assert (snapshot / "kms.db-wal").stat().st_size > 0
+
+    reader = LocalTransport(snapshot / "kms.db", create=False)
+    try:
+        keys = reader.call("ListKeys", {"PageSize": 100})["Keys"]["Key"]
+    finally:
+        reader.close()
+    assert [k["KeyId"] for k in keys] == [made]

@@ -131,7 +131,7 @@ def _run_region(flag: str | None, from_env: str | None, manifest: BackendConfig 
         raise ManifestError(
             [
                 Diagnostic(
-                    manifest.region_at or Location("backend.region"),
+                    manifest.region_at or Location("backend"),
                     "backend.region: expected a region id such as cn-hangzhou "
                     "(lowercase letters and digits in words joined by '-')",
                 )
@@ -153,7 +153,7 @@ def _checked_manifest_endpoint(manifest: BackendConfig, region: str | None) -> t
             f"https://kms-vpc.{r}.aliyuncs.com or the emulator at http://127.0.0.1:PORT or "
             f"http://[::1]:PORT ({e}); give any other endpoint with --endpoint or {ENDPOINT_ENV}"
         )
-        where = manifest.endpoint_at or Location("backend.endpoint")
+        where = manifest.endpoint_at or Location("backend")
         raise ManifestError([Diagnostic(where, message)]) from None
 
 

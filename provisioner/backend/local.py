@@ -85,12 +85,20 @@ class _Unwritable(PermissionError):
     """The state file, or the folder it must be written in, is read-only to this user."""
 
 
+class _NotAFolder(FileExistsError):
+    """A path on the way to the state file exists and is not a folder: no state file can be made."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self.folder = folder
+
+
 def _refuse_impossible(db_path: Path) -> None:
     """A missing state file reads as an empty KMS only where one could be created later."""
     for folder in db_path.parents:
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
-                raise FileExistsError(str(folder))
+                raise _NotAFolder(folder)
             return
 
 
@@ -105,8 +113,10 @@ def _refuse_unwritable(db_path: Path) -> None:
 
 def _open_failure(db_path: Path, e: Exception) -> str:
     """Why the local state file cannot be used, in words, without SQLite's or the OS's internals."""
+    if isinstance(e, _NotAFolder):
+        return f"{e.folder} exists and is not a folder"
     if isinstance(e, FileExistsError):
-        return f"{e.args[0] if e.args and not e.strerror else db_path.parent} exists and is not a folder"
+        return f"{db_path.parent} exists and is not a folder"
     if isinstance(e, _Unwritable):
         return f"permission denied: {e}; plan and drift can read it"
     if isinstance(e, OSError):
