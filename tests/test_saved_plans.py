@@ -271,7 +271,7 @@ def test_saved_plan_backend_never_comes_from_the_plan(work: Path) -> None:
     assert r.code == 1
     assert r.stderr.endswith(
         "error: the plan was made against path=elsewhere/kms.db, type=local, but apply is pointed at "
-        "path=.provision/kms.db, type=local: apply it against the backend it was made for, or make a new "
+        "endpoint=local:.provision/kms.db, path=.provision/kms.db, type=local: apply it against the backend it was made for, or make a new "
         "plan\n"
     ), r.stderr
     assert not Path("elsewhere").exists()
@@ -295,12 +295,12 @@ def test_hostile_plan_files_are_clear_errors(work: Path) -> None:
     with open("big.json", "wb") as f:
         f.truncate(50 * 1024 * 1024)
     r = run_cli(["apply", "--plan", "big.json"])
-    assert (r.code, r.stderr) == (1, "error: --plan big.json: larger than 32 MiB: not a plan file\n")
+    assert (r.code, r.stderr) == (1, "error: --plan big.json: 52428800 bytes is too large (at most 33554432)\n")
     os.mkfifo("fifo.json")
     r = run_cli(["apply", "--plan", "fifo.json"])
-    assert (r.code, r.stderr) == (1, "error: --plan fifo.json: not a regular file\n")
+    assert (r.code, r.stderr) == (1, "error: --plan fifo.json: is a FIFO (named pipe), not a regular file\n")
     r = run_cli(["apply", "--plan", "/dev/zero"])
-    assert (r.code, r.stderr) == (1, "error: --plan /dev/zero: not a regular file\n")
+    assert (r.code, r.stderr) == (1, "error: --plan /dev/zero: is a character device, not a regular file\n")
     assert not STATE.exists()
 
 

@@ -507,6 +507,7 @@ def test_a_read_only_state_is_read_by_plan_and_drift_and_apply_says_permission_d
     assert run_main(["drift", "manifests"], capsys)[0] == 0
     state = folder / ".provision" / "kms.db"
     hand_to_nobody(folder)
+    state.parent.chmod(0o755)  # the tool makes .provision/ 0700; here another user may enter it
     state.chmod(0o444)
     if read_only == "folder":
         if os.geteuid() == 0:
@@ -647,3 +648,22 @@ def test_a_read_sees_transactions_still_in_the_write_ahead_log(tmp_path: Path) -
     finally:
         reader.close()
     assert [k["KeyId"] for k in keys] == [made]
+
+
+def test_a_state_folder_this_user_cannot_enter_is_permission_denied(
+    shared_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Path.exists() raises on a folder without search permission: a clear error, not a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the state folder to another user")
+    assert run_main(["apply", "manifests", "--auto-approve"], capsys)[0] == 0
+    assert run_main(["plan", "manifests"], capsys)[0] == 0
+    state = shared_workdir / ".provision" / "kms.db"
+    hand_to_nobody(shared_workdir)
+    state.parent.chmod(0o700)  # root's, as the tool leaves it
+    with as_unprivileged():
+        rc, out, err = run_main(["plan", "manifests"], capsys)
+    assert (rc, out) == (1, "")
+    assert err.endswith(
+        f"error: local backend {state}: permission denied: this user cannot enter its folder or read it\n"
+    )

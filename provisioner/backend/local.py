@@ -34,8 +34,9 @@ class LocalTransport:
         self.db_path = db_path
         self._error_type: type[Exception] = KmsError
         self._flatten = flatten_params
-        self.missing = not create and not db_path.exists() and not db_path.is_symlink()
         try:
+            # Inside the try: a folder this user may not enter makes even exists() raise.
+            self.missing = not create and not db_path.exists() and not db_path.is_symlink()
             if self.missing:
                 _refuse_impossible(db_path)
                 self._engine = KmsEngine(None, persist_private_keys=False, clock=clock)
@@ -119,6 +120,8 @@ def _open_failure(db_path: Path, e: Exception) -> str:
         return f"{db_path.parent} exists and is not a folder"
     if isinstance(e, _Unwritable):
         return f"permission denied: {e}; plan and drift can read it"
+    if isinstance(e, PermissionError):
+        return "permission denied: this user cannot enter its folder or read it"
     if isinstance(e, OSError):
         return f"cannot create its folder: {e.strerror or e}"
     if db_path.is_dir():
