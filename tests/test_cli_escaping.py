@@ -87,7 +87,8 @@ def test_a_bad_option_value_with_a_newline_stays_on_one_line(workdir: Path) -> N
     assert run.code == 1
     assert run.stdout == ""
     assert run.stderr == (
-        r"error: --qps: expected GROUP=N with N a number from 0.01 to 10000 (calls a second), got 'p\x1b[2J\u202e\n# h'" + "\n"
+        "error: --qps: expected GROUP=N with N a number from 0.01 to 10000 (calls a second), got "
+        r"'p\x1b[2J\u202e\n# h'" + "\n"
     )
 
 

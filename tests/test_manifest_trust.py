@@ -397,7 +397,9 @@ def test_var_file_corner_cases(tmp_path: Path, what: str) -> None:
         manifest.load_variables({}, [path])
     (got,) = [str(d) for d in exc.value.diagnostics]
     expected = {
-        "/dev/zero": "/dev/zero: error: variable file (--var-file): is a character device, not a regular file",
+        "/dev/zero": (
+            "/dev/zero: error: variable file (--var-file): is a character device, not a regular file"
+        ),
         "fifo": f"{path}: error: variable file (--var-file): is a FIFO (named pipe), not a regular file",
         "huge-number": f"{path}: error: variable file: a number too long to read (over 4,300 digits)",
         "not-a-mapping": f"{path}:1:1: error: variable file must be a mapping of names to values, "

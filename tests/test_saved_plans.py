@@ -271,7 +271,8 @@ def test_saved_plan_backend_never_comes_from_the_plan(work: Path) -> None:
     assert r.code == 1
     assert r.stderr.endswith(
         "error: the plan was made against path=elsewhere/kms.db, type=local, but apply is pointed at "
-        "endpoint=local:.provision/kms.db, path=.provision/kms.db, type=local: apply it against the backend it was made for, or make a new "
+        "endpoint=local:.provision/kms.db, path=.provision/kms.db, type=local: "
+        "apply it against the backend it was made for, or make a new "
         "plan\n"
     ), r.stderr
     assert not Path("elsewhere").exists()
@@ -295,7 +296,8 @@ def test_hostile_plan_files_are_clear_errors(work: Path) -> None:
     with open("big.json", "wb") as f:
         f.truncate(50 * 1024 * 1024)
     r = run_cli(["apply", "--plan", "big.json"])
-    assert (r.code, r.stderr) == (1, "error: --plan big.json: 52428800 bytes is too large (at most 33554432)\n")
+    too_large = "error: --plan big.json: 52428800 bytes is too large (at most 33554432)\n"
+    assert (r.code, r.stderr) == (1, too_large)
     os.mkfifo("fifo.json")
     r = run_cli(["apply", "--plan", "fifo.json"])
     assert (r.code, r.stderr) == (1, "error: --plan fifo.json: is a FIFO (named pipe), not a regular file\n")
