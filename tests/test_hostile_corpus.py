@@ -127,6 +127,21 @@ def find_leaks(outputs: dict[str, bytes], needles: dict[str, bytes]) -> list[str
     ][:20]
 
 
+def markdown_prose(text: str) -> str:
+    """The markdown outside fenced blocks and code spans: what GitHub renders as structure."""
+    out: list[str] = []
+    fence: str | None = None
+    for line in text.splitlines():
+        m = re.match(r"^ {0,3}(`{3,}|~{3,})", line)
+        if fence is None and m:
+            fence = m.group(1)
+        elif fence is not None and m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+            fence = None
+        elif fence is None:
+            out.append(re.sub(r"(`+)(.+?)\1", "", line))
+    return "\n".join(out)
+
+
 def _case(path: Path) -> dict[str, Any]:
     case = yaml.safe_load(path.read_text(encoding="utf-8"))
     allowed = {"why", "manifest", "files", "env", "expect", "commands", "per_command", "absent"}
@@ -176,7 +191,10 @@ def test_hostile_manifest(path: Path, pipeline: dict[str, str], tmp_path: Path) 
         else:
             target.write_text(str(spec), encoding="utf-8")
     extra_env = {str(k): str(v) for k, v in (case.get("env") or {}).items()}
-    secrets_of_run = {**pipeline, **{k: v for k, v in extra_env.items() if len(v) >= 12}}
+    switches = ("PROVISION_ALLOW_ENV", "PROVISION_ALLOW_COMMANDS")
+    secrets_of_run = {
+        **pipeline, **{k: v for k, v in extra_env.items() if len(v) >= 12 and k not in switches}
+    }
     outputs: dict[str, bytes] = {}
     for command in case.get("commands") or list(COMMANDS):
         expect = {**case["expect"], **(case.get("per_command") or {}).get(command, {})}
@@ -191,6 +209,9 @@ def test_hostile_manifest(path: Path, pipeline: dict[str, str], tmp_path: Path) 
             assert fragment in r.stdout, (command, fragment, r.stdout)
         for fragment in expect.get("not_stdout") or []:
             assert fragment not in r.stdout, (command, fragment, r.stdout)
+        prose = markdown_prose(r.stdout)
+        for fragment in expect.get("not_in_markdown_prose") or []:
+            assert fragment not in prose, (command, fragment, prose)
     outputs.update(_written(tmp_path))
     assert find_leaks(outputs, secret_needles(secrets_of_run)) == []
     for name in case.get("absent") or []:
