@@ -24,48 +24,8 @@ from provisioner.model import (
     parse_time,
 )
 
-#: Quota group of each action (vendor quotas: create 10/s, read 20/s, write 10/s, crypto 200/s).
-QUOTA_GROUPS: Mapping[str, str] = {
-    "CreateKey": "create",
-    **{
-        a: "read"
-        for a in (
-            "DescribeKey",
-            "ListKeys",
-            "GetParametersForImport",
-            "GetPublicKey",
-            "ListKeyVersions",
-            "DescribeKeyVersion",
-            "ListAliases",
-            "ListAliasesByKeyId",
-            "ListResourceTags",
-            "ListTagResources",
-            "ListKmsInstances",
-            "GetKmsInstance",
-        )
-    },
-    **{
-        a: "write"
-        for a in (
-            "ImportKeyMaterial",
-            "DeleteKeyMaterial",
-            "CreateAlias",
-            "UpdateAlias",
-            "DeleteAlias",
-            "TagResource",
-            "UntagResource",
-            "TagResources",
-            "UntagResources",
-            "UpdateKeyDescription",
-            "EnableKey",
-            "DisableKey",
-            "ScheduleKeyDeletion",
-            "CancelKeyDeletion",
-            "SetDeletionProtection",
-        )
-    },
-    **{a: "crypto" for a in ("AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt")},
-}
+# Defined with the other wire facts, which the emulator shares; still importable from here.
+from provisioner.wire import QUOTA_GROUPS as QUOTA_GROUPS
 
 DEFAULT_QPS: Mapping[str, float] = {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
 

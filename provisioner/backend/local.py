@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import BackendError, KmsApiError
+from provisioner.wire import ErrorCode
 
 
 class LocalTransport:
@@ -52,7 +53,7 @@ class LocalTransport:
             except self._error_type as e:
                 raise KmsApiError(
                     action,
-                    str(getattr(e, "code", "InternalFailure")),
+                    str(getattr(e, "code", ErrorCode.INTERNAL_FAILURE)),
                     str(getattr(e, "message", "") or e),
                     "",
                     int(getattr(e, "status", 0) or 0),
