@@ -29,7 +29,7 @@ CLIENT_MODULES = (
     "provisioner.apply",
     "provisioner.cli",
     "provisioner.manifest",
-    # "provisioner.material",  (next commit)
+    "provisioner.material",
     "provisioner.trust",
 )
 
