@@ -38,6 +38,7 @@ from provisioner.plan import (
     stale_reason,
 )
 from provisioner.refresh import fingerprint_of_pem
+from provisioner.wire import ErrorCode
 from provisioner.wrapping import wrap
 
 DEFAULT_PARALLELISM = 4
@@ -286,7 +287,7 @@ class _Applier:
         except KmsApiError as e:
             # A retried call whose first attempt landed (its answer was lost): the key is already
             # pending deletion, which is the goal. The plan never schedules a key that already was.
-            if e.code != "Rejected.StateModifiedFailed":
+            if e.code != ErrorCode.REJECTED_STATE_MODIFIED_FAILED:
                 raise
             if self.kms.describe_key(key_id).key_state is not KeyState.PENDING_DELETION:
                 raise
@@ -303,7 +304,7 @@ class _Applier:
             self.kms.create_alias(alias, key_id)
             return alias
         except KmsApiError as e:
-            if e.code != "AliasAlreadyExists":
+            if e.code != ErrorCode.ALIAS_ALREADY_EXISTS:
                 raise
             holder = self.kms.describe_key(alias).key_id
             if holder == key_id:  # a retried CreateAlias whose first attempt landed
@@ -328,7 +329,10 @@ class _Applier:
                 self.kms.create_alias(alias, key_id)
             except KmsApiError as e:
                 # A retried CreateAlias whose first attempt landed: fine if the alias is already ours.
-                if e.code != "AliasAlreadyExists" or alias not in self.kms.list_aliases_by_key_id(key_id):
+                if (
+                    e.code != ErrorCode.ALIAS_ALREADY_EXISTS
+                    or alias not in self.kms.list_aliases_by_key_id(key_id)
+                ):
                     raise
         for alias in change.aliases_to_move:
             self.kms.update_alias(alias, key_id)
@@ -345,7 +349,7 @@ class _Applier:
             try:
                 kms.delete_alias(alias)
             except KmsApiError as e:
-                if e.code != "Forbidden.AliasNotFound":  # already gone: the goal is met
+                if e.code != ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND:  # already gone: the goal is met
                     raise
         self._aliases(change, key_id)
         if change.deletion_protection is not None:

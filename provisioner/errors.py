@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from provisioner.model import Diagnostic
+from provisioner.wire import ErrorCode
 
 
 class ProvisionerError(Exception):
@@ -67,7 +68,9 @@ class KmsApiError(BackendError):
         return self.code in RETRYABLE_CODES
 
 
-RETRYABLE_CODES = frozenset({"Rejected.Throttling", "ServiceUnavailableTemporary", "InternalFailure"})
+RETRYABLE_CODES = frozenset(
+    {ErrorCode.REJECTED_THROTTLING, ErrorCode.SERVICE_UNAVAILABLE_TEMPORARY, ErrorCode.INTERNAL_FAILURE}
+)
 
 
 class KmsUnreachable(BackendError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 import os
 import re
 import selectors
@@ -20,7 +19,6 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NoReturn
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +31,17 @@ from provisioner.errors import MaterialError
 from provisioner.files import InputFileError, read_regular_file
 from provisioner.hardening import disable_core_dumps
 from provisioner.model import KeySpec, MaterialSource, SourceKind
+from provisioner.private_key import (
+    EC_SPECS,
+    NOT_A_KEY_MESSAGE,
+    PUBLIC_KEY_MESSAGE,
+    RSA_SPECS,
+    classify,
+    load_der,
+    parse_der,
+)
+from provisioner.private_key import PrivateMaterial as PrivateMaterial
+from provisioner.private_key import fingerprint_of_spki as fingerprint_of_spki
 from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
 COMMAND_TIMEOUT_SECONDS = 30.0
@@ -41,24 +50,10 @@ MAX_COMMAND_OUTPUT_BYTES = MAX_KEY_FILE_BYTES
 FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 Warn = Callable[[str], None]
-KeyObject = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
-_RSA_SPECS = {2048: KeySpec.RSA_2048, 3072: KeySpec.RSA_3072, 4096: KeySpec.RSA_4096}
-_EC_SPECS = {"secp256r1": KeySpec.EC_P256, "secp256k1": KeySpec.EC_P256K}
 _CURVE_WORDS = {KeySpec.EC_P256: "P-256", KeySpec.EC_P256K: "secp256k1", KeySpec.EC_SM2: "SM2"}
-
-
-def fingerprint_of_spki(der: bytes) -> str:
-    """`sha256:` + hex SHA-256 of a DER SubjectPublicKeyInfo (as given: pass canonical DER)."""
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def _spki_of(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def describe_spec(spec: KeySpec) -> str:
@@ -67,122 +62,7 @@ def describe_spec(spec: KeySpec) -> str:
     return f"{spec} (curve {curve})" if curve else str(spec)
 
 
-class PrivateMaterial:
-    """One private key of a supported spec. Its repr and str are its spec and fingerprint only."""
-
-    __slots__ = ("spec", "fingerprint", "_key", "_spki")
-
-    def __init__(self, key: KeyObject, spec: KeySpec) -> None:
-        self._key: KeyObject | None = key
-        self.spec = spec
-        if isinstance(key, int):
-            self._spki = sm2.spki_der(sm2.public_key(key))
-        else:
-            self._spki = _spki_of(key)
-        self.fingerprint = fingerprint_of_spki(self._spki)
-
-    def __repr__(self) -> str:
-        return f"PrivateMaterial(spec={self.spec.value}, fingerprint={self.fingerprint})"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        # Pickling would write the plaintext key somewhere; a plan file must hold the fingerprint.
-        raise TypeError("PrivateMaterial cannot be pickled")
-
-    def _live(self) -> KeyObject:
-        if self._key is None:
-            raise MaterialError(f"material {self.fingerprint} was wiped after use")
-        return self._key
-
-    def private_key(self) -> KeyObject:
-        """The key for signing or decrypting: a cryptography key object, or the SM2 scalar."""
-        return self._live()
-
-    def public_key_der(self) -> bytes:
-        return self._spki
-
-    def public_key_pem(self) -> str:
-        body = base64.encodebytes(self._spki).decode("ascii").replace("\n", "")
-        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-        return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
-
-    def pkcs8_der(self) -> bytes:
-        """Unencrypted PKCS#8 DER (RSA: RFC 3447 inside; EC: RFC 5915 inside). Use and drop it."""
-        key = self._live()
-        if isinstance(key, int):
-            return sm2.private_key_pkcs8_der(key)
-        return key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    def sm2_scalar(self) -> bytes:
-        """D as exactly 32 big-endian bytes (left-padded), for SM2PKE_SM4_ECB."""
-        key = self._live()
-        if not isinstance(key, int):
-            raise MaterialError(f"{self.spec} material has no SM2 scalar")
-        return sm2.scalar_bytes(key)
-
-    def wipe(self) -> None:
-        """Drop the key. Python cannot overwrite an int or OpenSSL's copy; this ends our reference."""
-        self._key = None
-
-
 # --- parsing -----------------------------------------------------------------------------------
-
-
-def _load_der(der: bytes, passphrase: bytes | None) -> object:
-    """cryptography's DER loader without OpenSSL's full RSA check (primality tests: 60-600 ms a key,
-    holding the GIL); `_check_rsa_numbers` keeps the consistency part of it at big-int speed."""
-    return serialization.load_der_private_key(der, passphrase, unsafe_skip_rsa_key_validation=True)
-
-
-def _check_rsa_numbers(key: rsa.RSAPrivateKey) -> None:
-    """The numbers of an RSA key must fit together, or it signs garbage and KMS refuses it."""
-    n = key.private_numbers()
-    p, q, d, e = n.p, n.q, n.d, n.public_numbers.e
-    fits = (
-        p > 1
-        and q > 1
-        and p * q == n.public_numbers.n
-        and (d * e) % math.lcm(p - 1, q - 1) == 1
-        and n.dmp1 == d % (p - 1)
-        and n.dmq1 == d % (q - 1)
-        and (n.iqmp * q) % p == 1
-    )
-    if not fits:
-        raise MaterialError("the RSA private key is inconsistent: its numbers do not fit together")
-
-
-def _classify(key: object) -> PrivateMaterial:
-    if isinstance(key, rsa.RSAPrivateKey):
-        spec = _RSA_SPECS.get(key.key_size)
-        if spec is None:
-            raise MaterialError(
-                f"RSA key of {key.key_size} bits is not a supported spec (RSA_2048, RSA_3072, RSA_4096)"
-            )
-        _check_rsa_numbers(key)
-        return PrivateMaterial(key, spec)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        spec = _EC_SPECS.get(key.curve.name)
-        if spec is None:
-            raise MaterialError(
-                f"EC key on curve {key.curve.name} is not supported "
-                "(EC_P256: P-256, EC_P256K: secp256k1, EC_SM2: SM2)"
-            )
-        return PrivateMaterial(key, spec)
-    name = type(key).__name__.lstrip("_").removesuffix("PrivateKey") or "unknown"
-    raise MaterialError(f"{name} keys are not supported; expected an RSA or EC private key")
-
-
-def _is_public_key_der(der: bytes) -> bool:
-    if sm2.is_sm2_spki(der):
-        return True
-    try:
-        serialization.load_der_public_key(der)
-    except (ValueError, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def _is_encrypted_pkcs8(der: bytes) -> bool:
@@ -201,37 +81,24 @@ def _is_encrypted_pkcs8(der: bytes) -> bool:
 
 _NEEDS_PASSPHRASE = "the private key is encrypted and no passphrase was given (set passphrase_env)"
 _BAD_PASSPHRASE = "the private key does not decrypt with the given passphrase"
-_GARBAGE = "does not hold a private key in PEM or DER (PKCS#1, SEC1 or PKCS#8)"
-_PUBLIC = "holds a public key; a private key is needed"
+_GARBAGE = NOT_A_KEY_MESSAGE
+_PUBLIC = PUBLIC_KEY_MESSAGE
 
 
 def _parse_der(der: bytes, passphrase: bytes | None) -> PrivateMaterial:
-    try:
-        scalar = sm2.parse_private_key_der(der)
-    except ValueError as e:
-        raise MaterialError(f"malformed SM2 private key: {e}") from None
-    if scalar is not None:
-        return PrivateMaterial(scalar, KeySpec.EC_SM2)
+    # An EncryptedPrivateKeyInfo starts with a SEQUENCE, never with the INTEGER of an SM2 key.
     if _is_encrypted_pkcs8(der):
         if passphrase is None:
             raise MaterialError(_NEEDS_PASSPHRASE)
         try:
-            return _classify(_load_der(der, passphrase))
+            return classify(load_der(der, passphrase))
         except UnsupportedAlgorithm:
             # cryptography decrypted it but does not know the curve (SM2): decrypt it ourselves.
             plain = _decrypt_pbes2(der, passphrase)
             return _parse_der(plain, None)
         except ValueError:
             raise MaterialError(_BAD_PASSPHRASE) from None
-    try:
-        key = _load_der(der, None)
-    except UnsupportedAlgorithm as e:
-        raise MaterialError(f"unsupported key type: {e}") from None
-    except (ValueError, TypeError):
-        if _is_public_key_der(der):
-            raise MaterialError(_PUBLIC) from None
-        raise MaterialError(_GARBAGE) from None
-    return _classify(key)
+    return parse_der(der)
 
 
 def _parse_pem(data: bytes, passphrase: bytes | None) -> PrivateMaterial:
@@ -270,7 +137,7 @@ def _parse_legacy_encrypted_pem(
             raise MaterialError(_BAD_PASSPHRASE) from None
     try:
         key = serialization.load_pem_private_key(pem, passphrase, unsafe_skip_rsa_key_validation=True)
-        return _classify(key)
+        return classify(key)
     except UnsupportedAlgorithm as e:
         raise MaterialError(f"unsupported encrypted key: {e}") from None
     except (ValueError, TypeError):
@@ -601,10 +468,10 @@ def spec_of_spki(der: bytes) -> KeySpec:
         raise MaterialError(f"unsupported public key: {e}") from None
     except ValueError:
         raise MaterialError("not a DER SubjectPublicKeyInfo") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size in _RSA_SPECS:
-        return _RSA_SPECS[key.key_size]
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_SPECS:
-        return _EC_SPECS[key.curve.name]
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size in RSA_SPECS:
+        return RSA_SPECS[key.key_size]
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in EC_SPECS:
+        return EC_SPECS[key.curve.name]
     raise MaterialError("public key is not of a supported spec")
 
 

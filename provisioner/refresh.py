@@ -17,6 +17,7 @@ from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import KmsApiError
 from provisioner.material import fingerprint_of_spki
 from provisioner.model import TAG_NAME, TAG_STACK, ActualKey, KeyState, KeyStatus, LiveState
+from provisioner.wire import ErrorCode, is_rejection
 
 #: ListTagResources takes at most this many resource ids a call.
 TAG_CHUNK = 50
@@ -180,7 +181,7 @@ def _describe(kms: Kms, key_id: str) -> KeyMetadata | None:
     try:
         return kms.describe_key(key_id)
     except KmsApiError as e:
-        if e.code == "Forbidden.KeyNotFound":  # deleted between listing and describing
+        if e.code == ErrorCode.FORBIDDEN_KEY_NOT_FOUND:  # deleted between listing and describing
             return None
         raise
 
@@ -190,7 +191,7 @@ def _confirm(kms: Kms, key: ActualKey) -> str | None:
         return fingerprint_of_pem(kms.get_public_key(key.key_id, key.primary_key_version))
     except KmsApiError as e:
         # The key lost its material or vanished after DescribeKey: nothing to confirm.
-        if e.code == "Forbidden.KeyNotFound" or e.code.startswith("Rejected."):
+        if e.code == ErrorCode.FORBIDDEN_KEY_NOT_FOUND or is_rejection(e.code):
             return None
         raise
 

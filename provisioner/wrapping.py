@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provisioner import sm2
 from provisioner.errors import WrappingError
-from provisioner.material import PrivateMaterial
 from provisioner.model import KeySpec, WrappingAlgorithm
+from provisioner.private_key import PrivateMaterial
 
 AES_ESK_BYTES = 32
 SM4_ESK_BYTES = 16

@@ -37,6 +37,7 @@ from provisioner.emulator.server import (
 )
 from provisioner.errors import BackendError, KmsApiError, KmsUnreachable, UsageError
 from provisioner.model import BackendConfig
+from provisioner.wire import ErrorCode
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 SECRET_TOKEN = "IMPORT-TOKEN-must-never-show"
@@ -68,7 +69,7 @@ class ScriptedKms:
         self.seen.append((action, dict(params)))
         if action == "DescribeKey":
             if params.get("KeyId") != "key-1":
-                raise KmsError("Forbidden.KeyNotFound", "The specified Key is not found.")
+                raise KmsError(ErrorCode.FORBIDDEN_KEY_NOT_FOUND, "The specified Key is not found.")
             return {"RequestId": "r-1", "KeyMetadata": META}
         if action == "ListTagResources":
             return {
@@ -76,7 +77,7 @@ class ScriptedKms:
                 "TagResources": {"TagResource": [{"ResourceId": "key-1", "TagKey": "a", "TagValue": "b"}]},
             }
         if action == "ImportKeyMaterial":
-            raise KmsError("InvalidImportToken", "The import token is invalid.")
+            raise KmsError(ErrorCode.INVALID_IMPORT_TOKEN, "The import token is invalid.")
         return {"RequestId": "r-3"}
 
 

@@ -27,6 +27,7 @@ from Tea.exceptions import TeaException
 
 from provisioner.backend.resilience import KmsConnectionError
 from provisioner.errors import BackendError, KmsApiError, UsageError
+from provisioner.wire import ErrorCode
 
 # The SDK's loggers write to their own stderr handlers: the credential chain prints a traceback per
 # failed provider (we raise one clear BackendError instead), and DEBUG=sdk dumps whole requests,
@@ -56,15 +57,15 @@ logging.getLogger("urllib3.connectionpool").addFilter(_DropQueryStrings())
 #: Codes by which the service says it does not accept who signed the request.
 CREDENTIAL_CODES = frozenset(
     {
-        "InvalidAccessKeyId.NotFound",
-        "InvalidAccessKeyId",
-        "InvalidAccessKeyId.Inactive",
-        "IncompleteSignature",
-        "SignatureDoesNotMatch",
-        "InvalidSecurityToken.Expired",
-        "InvalidSecurityToken.Malformed",
-        "InvalidSecurityToken.MismatchWithAccessKey",
-        "InvalidCredentials",
+        ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND,
+        ErrorCode.INVALID_ACCESS_KEY_ID,
+        ErrorCode.INVALID_ACCESS_KEY_ID_INACTIVE,
+        ErrorCode.INCOMPLETE_SIGNATURE,
+        ErrorCode.SIGNATURE_DOES_NOT_MATCH,
+        ErrorCode.INVALID_SECURITY_TOKEN_EXPIRED,
+        ErrorCode.INVALID_SECURITY_TOKEN_MALFORMED,
+        ErrorCode.INVALID_SECURITY_TOKEN_MISMATCH_WITH_ACCESS_KEY,
+        ErrorCode.INVALID_CREDENTIALS,
     }
 )
 

@@ -24,53 +24,14 @@ from provisioner.model import (
     parse_time,
 )
 
-#: Quota group of each action (vendor quotas: create 10/s, read 20/s, write 10/s, crypto 200/s).
-QUOTA_GROUPS: Mapping[str, str] = {
-    "CreateKey": "create",
-    **{
-        a: "read"
-        for a in (
-            "DescribeKey",
-            "ListKeys",
-            "GetParametersForImport",
-            "GetPublicKey",
-            "ListKeyVersions",
-            "DescribeKeyVersion",
-            "ListAliases",
-            "ListAliasesByKeyId",
-            "ListResourceTags",
-            "ListTagResources",
-            "ListKmsInstances",
-            "GetKmsInstance",
-        )
-    },
-    **{
-        a: "write"
-        for a in (
-            "ImportKeyMaterial",
-            "DeleteKeyMaterial",
-            "CreateAlias",
-            "UpdateAlias",
-            "DeleteAlias",
-            "TagResource",
-            "UntagResource",
-            "TagResources",
-            "UntagResources",
-            "UpdateKeyDescription",
-            "EnableKey",
-            "DisableKey",
-            "ScheduleKeyDeletion",
-            "CancelKeyDeletion",
-            "SetDeletionProtection",
-        )
-    },
-    **{a: "crypto" for a in ("AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt")},
-}
+# Defined with the other wire facts, which the emulator shares; still importable from here.
+from provisioner.wire import QPS_MAX as QPS_MAX
+from provisioner.wire import QPS_MIN as QPS_MIN
+from provisioner.wire import QUOTA_GROUPS as QUOTA_GROUPS
 
 DEFAULT_QPS: Mapping[str, float] = {"create": 10.0, "read": 20.0, "write": 10.0, "crypto": 200.0}
 #: The rates a --qps may set: below, one call would wait hours (1e-300: for ever, and 1/rate overflows);
 #: above, no KMS quota is near and the limiter's interval underflows into no limit at all.
-QPS_MIN, QPS_MAX = 0.01, 10000.0
 
 #: Tags one TagResource call may carry (vendor reference: "you can add up to 10 tags").
 TAG_RESOURCE_MAX = 10

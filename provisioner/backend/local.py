@@ -16,6 +16,7 @@ from typing import Any
 
 from provisioner.emulator.store import NotAStateFile
 from provisioner.errors import BackendError, KmsApiError
+from provisioner.wire import ErrorCode
 
 
 class LocalTransport:
@@ -62,7 +63,7 @@ class LocalTransport:
             except self._error_type as e:
                 raise KmsApiError(
                     action,
-                    str(getattr(e, "code", "InternalFailure")),
+                    str(getattr(e, "code", ErrorCode.INTERNAL_FAILURE)),
                     str(getattr(e, "message", "") or e),
                     "",
                     int(getattr(e, "status", 0) or 0),

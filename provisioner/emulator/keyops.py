@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from provisioner import _der, material, sm2, wrapping
+from provisioner import _der, private_key, sm2, wrapping
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
 
@@ -41,7 +41,7 @@ class NotAPrivateKey(CryptoFailure):
 def _is_pkcs8(der: bytes) -> bool:
     """PrivateKeyInfo shape: SEQUENCE { INTEGER, SEQUENCE (algorithm), OCTET STRING, ... }.
 
-    The guide demands PKCS#8 DER; the material parser would also take PKCS#1, SEC1 or PEM."""
+    The guide demands PKCS#8 DER; private_key.parse_der would also take PKCS#1 or SEC1."""
     try:
         parts = _der.children(_der.read_single(der, _der.SEQUENCE).content)
     except ValueError:
@@ -113,7 +113,7 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
     if not _is_pkcs8(der):
         raise NotAPrivateKey("it is not a PKCS#8 DER private key")
     try:
-        parsed = material.parse_private_key(der)
+        parsed = private_key.parse_der(der)
     except (MaterialError, ValueError) as e:
         raise NotAPrivateKey(str(e)) from e
     return ImportedKey(parsed.spec, parsed.pkcs8_der(), parsed.public_key_der(), parsed.fingerprint)
@@ -128,7 +128,7 @@ def _load(key: ImportedKey) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | 
         if d is None:
             raise CryptoFailure("stored SM2 material does not parse")
         return d
-    # Checked when it was imported (material.parse_private_key); no need to pay for it on every call.
+    # Checked when it was imported (private_key.parse_der); no need to pay for it on every call.
     loaded = serialization.load_der_private_key(
         key.pkcs8_der, password=None, unsafe_skip_rsa_key_validation=True
     )

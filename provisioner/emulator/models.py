@@ -26,33 +26,37 @@ from provisioner.emulator import keyops
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey
 from provisioner.emulator.store import Store, Transaction
 from provisioner.model import KeySpec, KeyState, KeyUsage, Origin, ProtectionLevel, WrappingAlgorithm
+from provisioner.wire import ErrorCode
 
 DEFAULT_INSTANCES: Mapping[str, str] = {
     "kst-local-software": "software",
     "kst-local-hardware": "hardware",
 }
 
-#: HTTP status of every error code the emulator answers (kms-api-notes.md, "Error codes").
-STATUS: Mapping[str, int] = {
-    "MissingParameter": 400,
-    "InvalidParameter": 400,
-    "InvalidAction.NotFound": 400,
-    "Rejected.LimitExceeded": 400,
-    "AliasAlreadyExists": 400,
-    "InvalidKeyMaterial": 400,
-    "InvalidImportToken": 400,
-    "ExpiredImportToken": 400,
-    "Unsupported.Origin": 400,
-    "Unsupported.ProtectionLevel": 400,
-    "Rejected.UnsupportedOperation": 400,
-    "Forbidden.NoPermission": 403,
-    "Forbidden.KeyNotFound": 404,
-    "Forbidden.AliasNotFound": 404,
-    "Rejected.StateModifiedFailed": 409,
-    "Rejected.Disabled": 409,
-    "Rejected.PendingDeletion": 409,
-    "Rejected.PendingImport": 409,
-    "InternalFailure": 500,
+#: Every error code the engine answers, with its HTTP status (kms-api-notes.md, "Error codes").
+STATUS: Mapping[ErrorCode, int] = {
+    code: code.status
+    for code in (
+        ErrorCode.MISSING_PARAMETER,
+        ErrorCode.INVALID_PARAMETER,
+        ErrorCode.INVALID_ACTION_NOT_FOUND,
+        ErrorCode.REJECTED_LIMIT_EXCEEDED,
+        ErrorCode.ALIAS_ALREADY_EXISTS,
+        ErrorCode.INVALID_KEY_MATERIAL,
+        ErrorCode.INVALID_IMPORT_TOKEN,
+        ErrorCode.EXPIRED_IMPORT_TOKEN,
+        ErrorCode.UNSUPPORTED_ORIGIN,
+        ErrorCode.UNSUPPORTED_PROTECTION_LEVEL,
+        ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
+        ErrorCode.FORBIDDEN_NO_PERMISSION,
+        ErrorCode.FORBIDDEN_KEY_NOT_FOUND,
+        ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND,
+        ErrorCode.REJECTED_STATE_MODIFIED_FAILED,
+        ErrorCode.REJECTED_DISABLED,
+        ErrorCode.REJECTED_PENDING_DELETION,
+        ErrorCode.REJECTED_PENDING_IMPORT,
+        ErrorCode.INTERNAL_FAILURE,
+    )
 }
 
 TOKEN_LIFETIME = timedelta(hours=24)
@@ -113,10 +117,10 @@ _KEY_FILTERS: Mapping[str, str] = {
 class KmsError(Exception):
     """A KMS error answer: vendor code, message and HTTP status. The message names no secret."""
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
         self.code = code
         self.message = message
-        self.status = status if status is not None else STATUS.get(code, 400)
+        self.status = status if status is not None else code.status
         super().__init__(f"{code}: {message}")
 
 
@@ -202,13 +206,14 @@ class Page(Generic[T]):
 def unknown_action(action: str) -> KmsError:
     """An action the service does not know (inferred code: other Alibaba Cloud RPC services)."""
     return KmsError(
-        "InvalidAction.NotFound", f"Specified api {action!r} is not found, please check your url and method."
+        ErrorCode.INVALID_ACTION_NOT_FOUND,
+        f"Specified api {action!r} is not found, please check your url and method.",
     )
 
 
 def _missing(name: str) -> KmsError:
     return KmsError(
-        "MissingParameter",
+        ErrorCode.MISSING_PARAMETER,
         f"The input parameter {name} that is mandatory for processing this request is not supplied.",
     )
 
@@ -228,7 +233,7 @@ def parse_int(name: str, value: str | int | None) -> int | None:
     try:
         return int(value.strip())
     except ValueError:
-        raise KmsError("InvalidParameter", f"{name} must be an integer, got {value!r}") from None
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {value!r}") from None
 
 
 def parse_bool(name: str, value: str | bool | None) -> bool | None:
@@ -240,7 +245,7 @@ def parse_bool(name: str, value: str | bool | None) -> bool | None:
         return True
     if value in ("False", "false"):
         return False
-    raise KmsError("InvalidParameter", f"{name} must be true or false, got {value!r}")
+    raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {value!r}")
 
 
 def parse_json(name: str, value: str | None) -> Any:
@@ -249,7 +254,7 @@ def parse_json(name: str, value: str | None) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError:
-        raise KmsError("InvalidParameter", f"{name} is not valid JSON") from None
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is not valid JSON") from None
 
 
 def parse_tags_json(name: str, value: str | None) -> list[tuple[str, str]] | None:
@@ -262,7 +267,7 @@ def parse_tags_json(name: str, value: str | None) -> list[tuple[str, str]] | Non
         for t in data
     ):
         raise KmsError(
-            "InvalidParameter", f'{name} must be a JSON list of {{"TagKey": ..., "TagValue": ...}}'
+            ErrorCode.INVALID_PARAMETER, f'{name} must be a JSON list of {{"TagKey": ..., "TagValue": ...}}'
         )
     return [(t["TagKey"], t["TagValue"]) for t in data]
 
@@ -272,7 +277,7 @@ def parse_string_list_json(name: str, value: str | None) -> list[str] | None:
     if data is None:
         return None
     if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
-        raise KmsError("InvalidParameter", f"{name} must be a JSON list of strings")
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be a JSON list of strings")
     return list(data)
 
 
@@ -288,7 +293,9 @@ def parse_filters_json(name: str, value: str | None) -> list[tuple[str, list[str
         and all(isinstance(v, str) for v in f["Values"])
         for f in data
     ):
-        raise KmsError("InvalidParameter", f'{name} must be a JSON list of {{"Key": ..., "Values": [...]}}')
+        raise KmsError(
+            ErrorCode.INVALID_PARAMETER, f'{name} must be a JSON list of {{"Key": ..., "Values": [...]}}'
+        )
     return [(f["Key"], list(f["Values"])) for f in data]
 
 
@@ -296,7 +303,7 @@ def _b64decode(name: str, value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise KmsError("InvalidParameter", f"{name} is not valid base64") from None
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is not valid base64") from None
 
 
 def _enum(name: str, enum: type[Any], value: str) -> Any:
@@ -304,7 +311,7 @@ def _enum(name: str, enum: type[Any], value: str) -> Any:
         return enum(value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum)
-        raise KmsError("InvalidParameter", f"{name} {value!r} is not one of {allowed}") from None
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} {value!r} is not one of {allowed}") from None
 
 
 def _unix(moment: datetime) -> int:
@@ -421,16 +428,18 @@ class KmsEngine:
         arn = _KEY_ARN_RE.fullmatch(ref) or _ALIAS_ARN_RE.fullmatch(ref)
         if arn is not None:
             if (arn.group(1), arn.group(2)) != (self.region, self.account_id):
-                raise KmsError("Forbidden.KeyNotFound", f"The specified Key is not found: {ref}")
+                raise KmsError(ErrorCode.FORBIDDEN_KEY_NOT_FOUND, f"The specified Key is not found: {ref}")
             ref = arn.group(3)
         if ref.startswith("alias/"):
             alias = tx.one("SELECT key_id FROM aliases WHERE alias_name = ?", (ref,))
             if alias is None:
-                raise KmsError("Forbidden.AliasNotFound", f"The specified Alias is not found: {ref}")
+                raise KmsError(
+                    ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND, f"The specified Alias is not found: {ref}"
+                )
             ref = alias["key_id"]
         row = tx.one("SELECT * FROM keys WHERE key_id = ?", (ref,))
         if row is None:
-            raise KmsError("Forbidden.KeyNotFound", f"The specified Key is not found: {ref}")
+            raise KmsError(ErrorCode.FORBIDDEN_KEY_NOT_FOUND, f"The specified Key is not found: {ref}")
         return row
 
     def _view(self, row: sqlite3.Row) -> Key:
@@ -461,10 +470,13 @@ class KmsEngine:
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if not 1 <= number <= MAX_PAGE_NUMBER:
             raise KmsError(
-                "InvalidParameter", f"PageNumber must be between 1 and {MAX_PAGE_NUMBER}, got {number}"
+                ErrorCode.INVALID_PARAMETER,
+                f"PageNumber must be between 1 and {MAX_PAGE_NUMBER}, got {number}",
             )
         if not 1 <= size <= MAX_PAGE_SIZE:
-            raise KmsError("InvalidParameter", f"PageSize must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+            raise KmsError(
+                ErrorCode.INVALID_PARAMETER, f"PageSize must be between 1 and {MAX_PAGE_SIZE}, got {size}"
+            )
         return number, size
 
     @staticmethod
@@ -472,14 +484,16 @@ class KmsEngine:
         for tag_key, tag_value in tags:
             if not _TAG_RE.fullmatch(tag_key):
                 raise KmsError(
-                    "InvalidParameter",
+                    ErrorCode.INVALID_PARAMETER,
                     f"tag key {tag_key!r} must be 1 to 128 letters, digits, spaces or / \\ _ - . + = : @",
                 )
             if tag_key.lower().startswith(("aliyun", "acs:")):
-                raise KmsError("InvalidParameter", f"tag key {tag_key!r} must not start with aliyun or acs:")
+                raise KmsError(
+                    ErrorCode.INVALID_PARAMETER, f"tag key {tag_key!r} must not start with aliyun or acs:"
+                )
             if not _TAG_RE.fullmatch(tag_value):
                 raise KmsError(
-                    "InvalidParameter",
+                    ErrorCode.INVALID_PARAMETER,
                     f"value of tag {tag_key!r} must be 1 to 128 letters, digits, spaces "
                     "or / \\ _ - . + = : @",
                 )
@@ -493,7 +507,7 @@ class KmsEngine:
         existing = {r["tag_key"] for r in tx.all("SELECT tag_key FROM tags WHERE key_id = ?", (key_id,))}
         if len(existing | {k for k, _ in tags}) > MAX_TAGS_PER_KEY:
             raise KmsError(
-                "Rejected.LimitExceeded", f"a key carries at most {MAX_TAGS_PER_KEY} tags: {key_id}"
+                ErrorCode.REJECTED_LIMIT_EXCEEDED, f"a key carries at most {MAX_TAGS_PER_KEY} tags: {key_id}"
             )
         for tag_key, tag_value in tags:
             tx.execute(
@@ -512,7 +526,7 @@ class KmsEngine:
         if stored is None:
             # persist_private_keys=False and the process that imported it has ended.
             raise KmsError(
-                "Rejected.UnsupportedOperation",
+                ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
                 f"the private material of key {key_id} was kept only in the memory of the process that "
                 "imported it; import the same material again to use the key",
             )
@@ -543,7 +557,7 @@ class KmsEngine:
         if key_origin is not Origin.EXTERNAL:
             # A deliberate narrowing: this emulator models BYOK only, so it never generates keys.
             raise KmsError(
-                "Unsupported.Origin",
+                ErrorCode.UNSUPPORTED_ORIGIN,
                 f"Origin {key_origin.value} is not supported by this emulator; create EXTERNAL keys",
             )
         # Asymmetric keys with imported material live only in a KMS instance.
@@ -551,23 +565,23 @@ class KmsEngine:
         kind = self.instances.get(instance)
         if kind is None:
             raise KmsError(
-                "InvalidParameter", f"DKMSInstanceId {instance} is not a KMS instance of this region"
+                ErrorCode.INVALID_PARAMETER, f"DKMSInstanceId {instance} is not a KMS instance of this region"
             )
         native = ProtectionLevel.HSM if kind == "hardware" else ProtectionLevel.SOFTWARE
         level: ProtectionLevel = _enum("ProtectionLevel", ProtectionLevel, protection_level or native.value)
         if level is not native:
             raise KmsError(
-                "Unsupported.ProtectionLevel",
+                ErrorCode.UNSUPPORTED_PROTECTION_LEVEL,
                 f"ProtectionLevel {level.value} is not available in {kind} instance {instance}",
             )
         if spec in HARDWARE_ONLY_SPECS and kind != "hardware":
             raise KmsError(
-                "InvalidParameter", f"KeySpec {spec.value} is only available in a hardware instance"
+                ErrorCode.INVALID_PARAMETER, f"KeySpec {spec.value} is only available in a hardware instance"
             )
         text = description or ""
         if len(text) > MAX_DESCRIPTION_CHARS:
             raise KmsError(
-                "InvalidParameter", f"Description is longer than {MAX_DESCRIPTION_CHARS} characters"
+                ErrorCode.INVALID_PARAMETER, f"Description is longer than {MAX_DESCRIPTION_CHARS} characters"
             )
         with self._store.transaction() as tx:
             now = self._begin(tx)
@@ -609,11 +623,11 @@ class KmsEngine:
         for name, values in filters or ():
             if name not in _KEY_FILTERS:
                 raise KmsError(
-                    "InvalidParameter",
+                    ErrorCode.INVALID_PARAMETER,
                     f"Filters key {name!r} is not one of {', '.join(sorted(_KEY_FILTERS))}",
                 )
             if not values:
-                raise KmsError("InvalidParameter", f"Filters key {name} needs at least one value")
+                raise KmsError(ErrorCode.INVALID_PARAMETER, f"Filters key {name} needs at least one value")
             column = _KEY_FILTERS[name]
             if not column:  # CreatorType
                 if "User" not in values:
@@ -637,7 +651,7 @@ class KmsEngine:
             raise _missing("Description")
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise KmsError(
-                "InvalidParameter", f"Description is longer than {MAX_DESCRIPTION_CHARS} characters"
+                ErrorCode.INVALID_PARAMETER, f"Description is longer than {MAX_DESCRIPTION_CHARS} characters"
             )
         with self._store.transaction() as tx:
             self._begin(tx)
@@ -657,7 +671,7 @@ class KmsEngine:
             state = KeyState(row["state"])
             if state not in (KeyState.ENABLED, KeyState.DISABLED):
                 raise KmsError(
-                    "Rejected.StateModifiedFailed",
+                    ErrorCode.REJECTED_STATE_MODIFIED_FAILED,
                     f"key {row['key_id']} is {state.value}; only an Enabled or Disabled key can become "
                     f"{target.value}",
                 )
@@ -667,7 +681,7 @@ class KmsEngine:
         days = require("PendingWindowInDays", pending_window_in_days)
         if not MIN_PENDING_WINDOW_DAYS <= days <= MAX_PENDING_WINDOW_DAYS:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"PendingWindowInDays must be between {MIN_PENDING_WINDOW_DAYS} and "
                 f"{MAX_PENDING_WINDOW_DAYS}, got {days}",
             )
@@ -678,13 +692,14 @@ class KmsEngine:
                 # Inferred code: the notes name no exact one; the vendor's console says deletion
                 # protection must be turned off first, which is a permission refusal.
                 raise KmsError(
-                    "Forbidden.NoPermission",
+                    ErrorCode.FORBIDDEN_NO_PERMISSION,
                     f"key {row['key_id']} has deletion protection enabled; disable it before scheduling "
                     "deletion",
                 )
             if row["state"] == KeyState.PENDING_DELETION.value:
                 raise KmsError(
-                    "Rejected.StateModifiedFailed", f"key {row['key_id']} is already PendingDeletion"
+                    ErrorCode.REJECTED_STATE_MODIFIED_FAILED,
+                    f"key {row['key_id']} is already PendingDeletion",
                 )
             delete_at = now + days * 86400
             tx.execute(
@@ -699,7 +714,7 @@ class KmsEngine:
             row = self._row(tx, key_id)
             if row["state"] != KeyState.PENDING_DELETION.value:
                 raise KmsError(
-                    "Rejected.StateModifiedFailed",
+                    ErrorCode.REJECTED_STATE_MODIFIED_FAILED,
                     f"key {row['key_id']} is {row['state']}, not PendingDeletion",
                 )
             # The vendor returns a cancelled key to Enabled; without live material it can only be
@@ -719,10 +734,10 @@ class KmsEngine:
         enabled = require("EnableDeletionProtection", enable_deletion_protection)
         match = _KEY_ARN_RE.fullmatch(arn)
         if match is None:
-            raise KmsError("InvalidParameter", f"ProtectedResourceArn {arn!r} is not a key Arn")
+            raise KmsError(ErrorCode.INVALID_PARAMETER, f"ProtectedResourceArn {arn!r} is not a key Arn")
         if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"DeletionProtectionDescription is longer than {MAX_DESCRIPTION_CHARS} characters",
             )
         with self._store.transaction() as tx:
@@ -764,7 +779,8 @@ class KmsEngine:
         version = require("KeyVersionId", key_version_id)
         if version != row["version_id"]:
             raise KmsError(
-                "Forbidden.KeyNotFound", f"The specified key version is not found: {row['key_id']}/{version}"
+                ErrorCode.FORBIDDEN_KEY_NOT_FOUND,
+                f"The specified key version is not found: {row['key_id']}/{version}",
             )
 
     # -- import ------------------------------------------------------------------------------------
@@ -778,11 +794,11 @@ class KmsEngine:
         spec_text = require("WrappingKeySpec", wrapping_key_spec)
         if spec_text not in (KeySpec.RSA_2048.value, KeySpec.EC_SM2.value):
             raise KmsError(
-                "InvalidParameter", f"WrappingKeySpec {spec_text!r} is not one of RSA_2048, EC_SM2"
+                ErrorCode.INVALID_PARAMETER, f"WrappingKeySpec {spec_text!r} is not one of RSA_2048, EC_SM2"
             )
         if spec_text != algorithm.wrapping_key_spec.value:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"WrappingAlgorithm {algorithm.value} needs WrappingKeySpec "
                 f"{algorithm.wrapping_key_spec.value}, not {spec_text}",
             )
@@ -797,7 +813,7 @@ class KmsEngine:
                 # SM2PKE_SM4_ECB carries a bare 32-byte SM2 scalar: nothing else fits in it. The
                 # other direction (an SM2 key's PKCS#8 under RSA-OAEP + AES) is accepted.
                 raise KmsError(
-                    "InvalidParameter",
+                    ErrorCode.INVALID_PARAMETER,
                     f"WrappingAlgorithm SM2PKE_SM4_ECB wraps EC_SM2 material only; key {row['key_id']} is "
                     f"{row['spec']}: use RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD",
                 )
@@ -815,10 +831,12 @@ class KmsEngine:
     @staticmethod
     def _check_importable(row: sqlite3.Row, action: str) -> None:
         if row["origin"] != Origin.EXTERNAL.value:
-            raise KmsError("Unsupported.Origin", f"{action} needs a key of Origin EXTERNAL: {row['key_id']}")
+            raise KmsError(
+                ErrorCode.UNSUPPORTED_ORIGIN, f"{action} needs a key of Origin EXTERNAL: {row['key_id']}"
+            )
         if row["state"] == KeyState.PENDING_DELETION.value:
             raise KmsError(
-                "Rejected.StateModifiedFailed",
+                ErrorCode.REJECTED_STATE_MODIFIED_FAILED,
                 f"key {row['key_id']} is PendingDeletion; {action} is not allowed in that state",
             )
 
@@ -834,7 +852,7 @@ class KmsEngine:
         expire = key_material_expire_unix or 0
         if not 0 <= expire <= MAX_EXPIRE_UNIX:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"KeyMaterialExpireUnix must be between 0 and {MAX_EXPIRE_UNIX}, got {expire}",
             )
         with self._store.transaction() as tx:
@@ -843,16 +861,17 @@ class KmsEngine:
             self._check_importable(row, "ImportKeyMaterial")
             if expire and expire < now:
                 raise KmsError(
-                    "InvalidParameter", f"KeyMaterialExpireUnix {expire} is earlier than the current time"
+                    ErrorCode.INVALID_PARAMETER,
+                    f"KeyMaterialExpireUnix {expire} is earlier than the current time",
                 )
             record = tx.one("SELECT * FROM import_tokens WHERE token_hash = ?", (_token_hash(token),))
             if record is None or record["key_id"] != row["key_id"]:
                 raise KmsError(
-                    "InvalidImportToken", f"the import token was not issued for key {row['key_id']}"
+                    ErrorCode.INVALID_IMPORT_TOKEN, f"the import token was not issued for key {row['key_id']}"
                 )
             if record["expires"] <= now:
                 raise KmsError(
-                    "ExpiredImportToken", "the import token has expired; get new import parameters"
+                    ErrorCode.EXPIRED_IMPORT_TOKEN, "the import token has expired; get new import parameters"
                 )
             try:
                 material = keyops.unwrap(
@@ -862,23 +881,23 @@ class KmsEngine:
                 # The material does not open under the wrapping key this token was issued with:
                 # it was wrapped for another download (or is damaged).
                 raise KmsError(
-                    "InvalidImportToken",
+                    ErrorCode.INVALID_IMPORT_TOKEN,
                     "EncryptedKeyMaterial was not wrapped with the public key issued with this import "
                     f"token ({e})",
                 ) from None
             except keyops.NotAPrivateKey as e:
                 raise KmsError(
-                    "InvalidKeyMaterial", f"the unwrapped key material is not a private key: {e}"
+                    ErrorCode.INVALID_KEY_MATERIAL, f"the unwrapped key material is not a private key: {e}"
                 ) from None
             spec = KeySpec(row["spec"])
             if material.spec is not spec:
                 raise KmsError(
-                    "InvalidKeyMaterial",
+                    ErrorCode.INVALID_KEY_MATERIAL,
                     f"key {row['key_id']} is {spec.value} but the material is {material.spec.value}",
                 )
             if row["public_key"] is not None and bytes(row["public_key"]) != material.public_key_der:
                 raise KmsError(
-                    "InvalidKeyMaterial",
+                    ErrorCode.INVALID_KEY_MATERIAL,
                     f"key {row['key_id']} is bound to the material with public key {row['fingerprint']}; "
                     "only that material can be imported again",
                 )
@@ -904,7 +923,8 @@ class KmsEngine:
             row = self._row(tx, key_id)
             if row["origin"] != Origin.EXTERNAL.value:
                 raise KmsError(
-                    "Unsupported.Origin", f"DeleteKeyMaterial needs a key of Origin EXTERNAL: {row['key_id']}"
+                    ErrorCode.UNSUPPORTED_ORIGIN,
+                    f"DeleteKeyMaterial needs a key of Origin EXTERNAL: {row['key_id']}",
                 )
             # The binding to the first material (public key) stays: only that material may return.
             tx.execute(
@@ -922,9 +942,9 @@ class KmsEngine:
         state = KeyState(row["state"])
         if state is not KeyState.ENABLED:
             code = {
-                KeyState.DISABLED: "Rejected.Disabled",
-                KeyState.PENDING_DELETION: "Rejected.PendingDeletion",
-                KeyState.PENDING_IMPORT: "Rejected.PendingImport",
+                KeyState.DISABLED: ErrorCode.REJECTED_DISABLED,
+                KeyState.PENDING_DELETION: ErrorCode.REJECTED_PENDING_DELETION,
+                KeyState.PENDING_IMPORT: ErrorCode.REJECTED_PENDING_IMPORT,
             }[state]
             raise KmsError(code, f"key {row['key_id']} is {state.value}")
         return row
@@ -943,17 +963,17 @@ class KmsEngine:
         # encryption); an algorithm that does not fit the key's spec is an InvalidParameter.
         if row["usage"] != usage.value:
             raise KmsError(
-                "Rejected.UnsupportedOperation",
+                ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
                 f"{action} needs a key of usage {usage.value}; key {row['key_id']} is {row['usage']}",
             )
         allowed = table.get(spec, ())
         if not allowed:
             raise KmsError(
-                "Rejected.UnsupportedOperation", f"{action} is not supported for {spec.value} keys"
+                ErrorCode.REJECTED_UNSUPPORTED_OPERATION, f"{action} is not supported for {spec.value} keys"
             )
         if name not in allowed:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"Algorithm {name} does not fit a {spec.value} key; use {' or '.join(allowed)}",
             )
         return name
@@ -963,7 +983,7 @@ class KmsEngine:
         value = _b64decode("Digest", require("Digest", digest))
         if len(value) != keyops.DIGEST_BYTES:
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"Digest must be the {keyops.DIGEST_BYTES}-byte digest, got {len(value)} bytes",
             )
         return value
@@ -1024,12 +1044,13 @@ class KmsEngine:
             )
             if not 1 <= len(data) <= limit:
                 raise KmsError(
-                    "InvalidParameter", f"Plaintext must be 1 to {limit} bytes for {spec.value} with {name}"
+                    ErrorCode.INVALID_PARAMETER,
+                    f"Plaintext must be 1 to {limit} bytes for {spec.value} with {name}",
                 )
             try:
                 ciphertext = keyops.encrypt(spec, bytes(row["public_key"]), name, data)
             except CryptoFailure as e:
-                raise KmsError("InvalidParameter", str(e)) from None
+                raise KmsError(ErrorCode.INVALID_PARAMETER, str(e)) from None
             return self._view(row), ciphertext
 
     def asymmetric_decrypt(
@@ -1049,7 +1070,7 @@ class KmsEngine:
             try:
                 return self._view(row), keyops.decrypt(self._material(tx, row), name, data)
             except CryptoFailure as e:
-                raise KmsError("InvalidParameter", f"CiphertextBlob: {e}") from None
+                raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
 
     # -- aliases -----------------------------------------------------------------------------------
 
@@ -1058,11 +1079,11 @@ class KmsEngine:
         name = require("AliasName", alias_name)
         if not _ALIAS_RE.fullmatch(name):
             raise KmsError(
-                "InvalidParameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"AliasName {name!r} must be alias/ followed by 1 to 255 letters, digits, _ - or /",
             )
         if name.lower().startswith("alias/acs"):
-            raise KmsError("InvalidParameter", f"AliasName {name!r} must not start with alias/acs")
+            raise KmsError(ErrorCode.INVALID_PARAMETER, f"AliasName {name!r} must not start with alias/acs")
         return name
 
     def create_alias(self, alias_name: str | None, key_id: str | None) -> None:
@@ -1072,7 +1093,7 @@ class KmsEngine:
             self._begin(tx)
             row = self._row(tx, key_id)
             if tx.one("SELECT 1 FROM aliases WHERE alias_name = ?", (name,)) is not None:
-                raise KmsError("AliasAlreadyExists", f"The alias already exists: {name}")
+                raise KmsError(ErrorCode.ALIAS_ALREADY_EXISTS, f"The alias already exists: {name}")
             tx.execute("INSERT INTO aliases (alias_name, key_id) VALUES (?, ?)", (name, row["key_id"]))
 
     def update_alias(self, alias_name: str | None, key_id: str | None) -> None:
@@ -1081,7 +1102,9 @@ class KmsEngine:
             self._begin(tx)
             row = self._row(tx, key_id)
             if tx.one("SELECT 1 FROM aliases WHERE alias_name = ?", (name,)) is None:
-                raise KmsError("Forbidden.AliasNotFound", f"The specified Alias is not found: {name}")
+                raise KmsError(
+                    ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND, f"The specified Alias is not found: {name}"
+                )
             tx.execute("UPDATE aliases SET key_id = ? WHERE alias_name = ?", (row["key_id"], name))
 
     def delete_alias(self, alias_name: str | None) -> None:
@@ -1089,7 +1112,9 @@ class KmsEngine:
         with self._store.transaction() as tx:
             self._begin(tx)
             if tx.execute("DELETE FROM aliases WHERE alias_name = ?", (name,)).rowcount == 0:
-                raise KmsError("Forbidden.AliasNotFound", f"The specified Alias is not found: {name}")
+                raise KmsError(
+                    ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND, f"The specified Alias is not found: {name}"
+                )
 
     def list_aliases(self, page_number: int | None = None, page_size: int | None = None) -> Page[Alias]:
         return self._aliases(None, page_number, page_size)
@@ -1144,7 +1169,7 @@ class KmsEngine:
     def _check_resource_type(resource_type: str | None) -> None:
         kind = require("ResourceType", resource_type)
         if kind.lower() != "key":
-            raise KmsError("InvalidParameter", f"ResourceType {kind!r} is not supported; use key")
+            raise KmsError(ErrorCode.INVALID_PARAMETER, f"ResourceType {kind!r} is not supported; use key")
 
     @staticmethod
     def _check_resource_ids(resource_ids: Sequence[str] | None, *, required: bool) -> list[str]:
@@ -1153,7 +1178,7 @@ class KmsEngine:
             require("ResourceId.1", ids[0] if ids else None)
         if len(ids) > MAX_RESOURCE_IDS:
             raise KmsError(
-                "InvalidParameter", f"at most {MAX_RESOURCE_IDS} ResourceId values, got {len(ids)}"
+                ErrorCode.INVALID_PARAMETER, f"at most {MAX_RESOURCE_IDS} ResourceId values, got {len(ids)}"
             )
         return ids
 
@@ -1210,7 +1235,9 @@ class KmsEngine:
         ids = self._check_resource_ids(resource_ids, required=False)
         wanted = list(tags or ())
         if len(wanted) > MAX_TAG_FILTERS:
-            raise KmsError("InvalidParameter", f"at most {MAX_TAG_FILTERS} Tag filters, got {len(wanted)}")
+            raise KmsError(
+                ErrorCode.INVALID_PARAMETER, f"at most {MAX_TAG_FILTERS} Tag filters, got {len(wanted)}"
+            )
         if not ids and not wanted:
             require("ResourceId.1 or Tag.1.Key", None)
         offset = 0
@@ -1218,9 +1245,11 @@ class KmsEngine:
             try:
                 offset = int(base64.urlsafe_b64decode(next_token.encode("ascii")).decode("ascii"))
             except (ValueError, UnicodeError, binascii.Error):
-                raise KmsError("InvalidParameter", "NextToken is not one this service issued") from None
+                raise KmsError(
+                    ErrorCode.INVALID_PARAMETER, "NextToken is not one this service issued"
+                ) from None
             if not 0 <= offset <= MAX_PAGE_NUMBER:
-                raise KmsError("InvalidParameter", "NextToken is not one this service issued")
+                raise KmsError(ErrorCode.INVALID_PARAMETER, "NextToken is not one this service issued")
         where: list[str] = []
         args: list[object] = []
         if ids:
@@ -1269,7 +1298,8 @@ class KmsEngine:
         if instance_id not in self.instances:
             # Inferred: the notes name no not-found code for instances.
             raise KmsError(
-                "InvalidParameter", f"KmsInstanceId {instance_id} is not a KMS instance of this region"
+                ErrorCode.INVALID_PARAMETER,
+                f"KmsInstanceId {instance_id} is not a KMS instance of this region",
             )
         with self._store.transaction() as tx:
             self._begin(tx)

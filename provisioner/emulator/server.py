@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from provisioner.backend.base import QPS_MAX, QPS_MIN, QUOTA_GROUPS
 from provisioner.emulator import signing
 from provisioner.emulator.defaults import (
     DEFAULT_ACCESS_KEY_ID,
@@ -35,6 +34,7 @@ from provisioner.emulator.defaults import (
 )
 from provisioner.emulator.models import KmsEngine, KmsError
 from provisioner.emulator.responses import KmsResponses
+from provisioner.wire import QPS_MAX, QPS_MIN, QUOTA_GROUPS, ErrorCode
 
 API_VERSION = "2016-01-20"
 STATS_PATH = "/_emulator/stats"
@@ -75,9 +75,9 @@ class _Closable(Protocol):
 class WireError(Exception):
     """A refusal decided at the HTTP layer (signature, timestamp, throttling, faults)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.status = status
+        self.status = code.status
         self.code = code
         self.message = message
 
@@ -426,17 +426,16 @@ class EmulatorServer:
                 action = header_action or params.get("Action") or UNKNOWN_ACTION
                 self._count(action)
             if path not in ("", "/"):
-                raise WireError(404, "InvalidApi.NotFound", "Specified api is not found, check the url.")
+                raise WireError(ErrorCode.INVALID_API_NOT_FOUND, "Specified api is not found, check the url.")
             if authorization is not None:
                 version = self._verify_v3(h, query_pairs, body, authorization)
             else:
                 version = self._verify_v2(h.command, params)
             if version != API_VERSION:
-                raise WireError(400, "InvalidVersion", "Specified parameter Version is not valid.")
+                raise WireError(ErrorCode.INVALID_VERSION, "Specified parameter Version is not valid.")
             if action == UNKNOWN_ACTION:
                 raise WireError(
-                    400,
-                    "MissingParameter",
+                    ErrorCode.MISSING_PARAMETER,
                     "The input parameter Action that is mandatory "
                     "for processing this request is not supplied.",
                 )
@@ -459,7 +458,7 @@ class EmulatorServer:
                 flush=True,
             )
             return 500, {
-                "Code": "InternalFailure",
+                "Code": ErrorCode.INTERNAL_FAILURE,
                 "Message": "Internal Failure",
                 "RequestId": request_id,
             }
@@ -473,43 +472,38 @@ class EmulatorServer:
     def _check_access_key(self, access_key_id: str | None) -> None:
         if not access_key_id:
             raise WireError(
-                400,
-                "MissingParameter",
+                ErrorCode.MISSING_PARAMETER,
                 "The input parameter AccessKeyId that is mandatory "
                 "for processing this request is not supplied.",
             )
         if not signing.signatures_equal(access_key_id, self.config.access_key_id):
-            raise WireError(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+            raise WireError(ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND, "Specified access key is not found.")
 
     def _check_timestamp(self, value: str | None, name: str) -> None:
         when = _parse_timestamp(value)
         if when is None:
             raise WireError(
-                400,
-                "IllegalTimestamp",
+                ErrorCode.ILLEGAL_TIMESTAMP,
                 f'The input parameter "{name}" that is mandatory for processing this request is not '
                 "supplied or is not in the format yyyy-MM-ddTHH:mm:ssZ.",
             )
         if abs(self._clock() - when) > MAX_CLOCK_SKEW:
             # The vendor's wording, for the future as for the past.
             raise WireError(
-                400,
-                "IllegalTimestamp",
+                ErrorCode.ILLEGAL_TIMESTAMP,
                 "Specified time stamp or date value is expired (more than 15 minutes from server time, UTC).",
             )
 
     def _bad_signature(self) -> WireError:
         return WireError(
-            400,
-            "IncompleteSignature",
+            ErrorCode.INCOMPLETE_SIGNATURE,
             "The request signature does not conform to Aliyun standards.",
         )
 
     def _use_nonce(self, nonce: str | None) -> None:
         if not nonce:
             raise WireError(
-                400,
-                "MissingParameter",
+                ErrorCode.MISSING_PARAMETER,
                 "The input parameter SignatureNonce that is mandatory "
                 "for processing this request is not supplied.",
             )
@@ -521,7 +515,7 @@ class EmulatorServer:
                 self._nonces = {n: t for n, t in self._nonces.items() if now - t < horizon}
             seen = self._nonces.get(nonce)
             if seen is not None and now - seen < horizon:
-                raise WireError(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+                raise WireError(ErrorCode.SIGNATURE_NONCE_USED, "Specified signature nonce was used already.")
             self._nonces[nonce] = now
 
     def _verify_v3(
@@ -537,8 +531,7 @@ class EmulatorServer:
         self._check_access_key(auth.access_key_id)
         if auth.algorithm != signing.V3_ALGORITHM:
             raise WireError(
-                400,
-                "IncompleteSignature",
+                ErrorCode.INCOMPLETE_SIGNATURE,
                 f"The signature algorithm is not supported, use {signing.V3_ALGORITHM}.",
             )
         self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
@@ -571,15 +564,15 @@ class EmulatorServer:
     def _verify_v2(self, method: str, params: Mapping[str, str]) -> str:
         if "Signature" not in params:
             raise WireError(
-                400,
-                "MissingParameter",
+                ErrorCode.MISSING_PARAMETER,
                 "The input parameter Signature that is mandatory "
                 "for processing this request is not supplied.",
             )
         self._check_access_key(params.get("AccessKeyId"))
         if params.get("SignatureMethod") != signing.V2_METHOD:
             raise WireError(
-                400, "IncompleteSignature", f"The signature method is not supported, use {signing.V2_METHOD}."
+                ErrorCode.INCOMPLETE_SIGNATURE,
+                f"The signature method is not supported, use {signing.V2_METHOD}.",
             )
         self._check_timestamp(params.get("Timestamp"), "Timestamp")
         expected = signing.v2_signature(self.config.access_key_secret, method, params)
@@ -595,8 +588,7 @@ class EmulatorServer:
             hit = self._rng.random() < self.config.fault_rate
         if hit:
             raise WireError(
-                503,
-                "ServiceUnavailableTemporary",
+                ErrorCode.SERVICE_UNAVAILABLE_TEMPORARY,
                 "Service is temporarily unavailable, please try again later.",
             )
 
@@ -608,19 +600,19 @@ class EmulatorServer:
         with self._bucket_lock:
             allowed = bucket.take(time.monotonic())
         if not allowed:
-            raise WireError(429, "Rejected.Throttling", "QPS Limit Exceeded")
+            raise WireError(ErrorCode.REJECTED_THROTTLING, "QPS Limit Exceeded")
 
 
 def _read_body(h: _RequestHandler) -> bytes:
     if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        raise WireError(411, "MissingContentLength", "Chunked request bodies are not supported.")
+        raise WireError(ErrorCode.MISSING_CONTENT_LENGTH, "Chunked request bodies are not supported.")
     raw = h.headers.get("Content-Length")
     try:
         length = int(raw) if raw else 0
     except ValueError:
         length = -1
     if length < 0 or length > MAX_BODY_BYTES:
-        raise WireError(400, "InvalidParameter", "The request body length is not valid.")
+        raise WireError(ErrorCode.INVALID_PARAMETER, "The request body length is not valid.")
     return h.rfile.read(length) if length else b""
 
 
@@ -633,4 +625,4 @@ def _form_pairs(h: _RequestHandler, body: bytes) -> list[tuple[str, str]]:
     try:
         return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError as e:
-        raise WireError(400, "InvalidParameter", "The request body is not valid UTF-8.") from e
+        raise WireError(ErrorCode.INVALID_PARAMETER, "The request body is not valid UTF-8.") from e
