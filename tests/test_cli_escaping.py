@@ -8,32 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from apply_support import run_cli
+from cli_support import REPO, example_workdir
 
-REPO = Path(__file__).resolve().parent.parent
 #: ESC[2J (clear screen), a right-to-left override, a newline then a heading.
 H = "p\x1b[2J\u202e\n# h"
 H_TEXT = r"p\u001b[2J\u202e\u000a# h"
 RUN = [sys.executable, "-c", "from provisioner.cli import main; main()"]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped example manifests, as the current directory."""
-    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
-    for key in (tmp_path / "manifests" / "keys").glob("*.pem"):
-        key.chmod(0o600)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
-    for name in ("ALIBABA_CLOUD_REGION_ID", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
 
 
 def _env() -> dict[str, str]:
@@ -166,3 +152,8 @@ def test_stdout_full_in_process(
         main(["validate", "manifests/"])
     assert info.value.code == 1
     assert capsys.readouterr().err == "error: cannot write the output: No space left on device\n"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return example_workdir(tmp_path, monkeypatch)

@@ -8,45 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_support import example_workdir, run_main
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.backend.local import LocalTransport
-from provisioner.cli import main
 from provisioner.errors import BackendError
 
-REPO = Path(__file__).resolve().parent.parent
 NOT_STATE = "is not a local backend state file; move it aside or fix backend.path"
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert "Traceback" not in err
-    return (code if isinstance(code, int) else 1), out, err
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped example manifests, as the current directory."""
-    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
-    # git keeps no file modes: a fresh clone's demo keys are 0644 and would add a warning to stderr.
-    for key in (tmp_path / "manifests" / "keys").glob("*.pem"):
-        key.chmod(0o600)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
-    for name in ("ALIBABA_CLOUD_REGION_ID", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
 
 
 def with_backend(workdir: Path, block: str) -> None:
@@ -399,3 +374,8 @@ def test_failing_material_command_does_not_echo_key_material(
     assert out == ""
     assert "exited with status 3 (its standard error is not shown)\n" in err
     assert stderr_line not in err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return example_workdir(tmp_path, monkeypatch)

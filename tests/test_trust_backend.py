@@ -19,45 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import copy_manifests, example_workdir, run_main
 
 from provisioner.backend import open_kms
 from provisioner.backend.alibaba import manifest_endpoint
-from provisioner.cli import main
 from provisioner.errors import ManifestError, UsageError
 from provisioner.model import BackendConfig, Location
 
-REPO = Path(__file__).resolve().parent.parent
 REGION = "cn-hangzhou"
 NOT_SHOWN = "(values read from the environment are not shown)"
 OTHER_REGION = "it is the endpoint of region cn-beijing, not of cn-hangzhou"
 NOT_STATE = "is not a local backend state file; move it aside or fix backend.path"
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert "Traceback" not in err
-    return (code if isinstance(code, int) else 1), out, err
-
-
-def copy_manifests(folder: Path) -> None:
-    shutil.copytree(REPO / "manifests", folder / "manifests")
-    for key in (folder / "manifests" / "keys").glob("*.pem"):
-        key.chmod(0o600)
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The shipped example manifests in the current directory, no backend in the environment."""
-    copy_manifests(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
-    for name in ("ALIBABA_CLOUD_REGION_ID", "PROVISION_BACKEND", "PROVISION_ENDPOINT", "HTTP_PROXY",
-                 "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
 
 
 def with_backend(workdir: Path, lines: list[str]) -> tuple[int, int]:
@@ -667,3 +639,8 @@ def test_a_state_folder_this_user_cannot_enter_is_permission_denied(
     assert err.endswith(
         f"error: local backend {state}: permission denied: this user cannot enter its folder or read it\n"
     )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return example_workdir(tmp_path, monkeypatch)

@@ -1,0 +1,47 @@
+"""The CLI run in-process with pytest's capture, and a work folder holding the shipped example manifests.
+
+Shared by the suites that drive the command line as a user would (hostile input, escaping, trust).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from provisioner.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+#: Variables of the machine that would change where or how the CLI calls: none may leak into a test.
+AMBIENT = (
+    "ALIBABA_CLOUD_REGION_ID", "PROVISION_BACKEND", "PROVISION_ENDPOINT", "PROVISION_ALLOW_ENV",
+    "PROVISION_ALLOW_COMMANDS", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+)
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `provision ARGS`; no traceback may reach the user."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    code = info.value.code
+    assert "Traceback" not in err
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def copy_manifests(folder: Path) -> None:
+    shutil.copytree(REPO / "manifests", folder / "manifests")
+    # git keeps no file modes: a fresh clone's demo keys are 0644 and would add a warning to stderr.
+    for key in (folder / "manifests" / "keys").glob("*.pem"):
+        key.chmod(0o600)
+
+
+def example_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped example manifests in the current directory, nothing ambient in the environment."""
+    copy_manifests(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
+    for name in AMBIENT:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
