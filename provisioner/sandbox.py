@@ -12,7 +12,7 @@ import ctypes
 import functools
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, ValuesView
 from typing import Any, TypeVar, cast
 
 import jinja2
@@ -65,6 +65,44 @@ def _size(value: object) -> int:
     return len(value) if isinstance(value, str | bytes | list | tuple | dict) else 0
 
 
+_FLAT = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)
+
+
+def _weight(value: object, budget: int = MAX_VALUE) -> int:
+    """What printing or comparing `value` costs: the characters of its strings, the digits of its
+    numbers and one per item, through every container it holds (a list holding one list a thousand
+    times weighs a thousand of them: its repr, tojson or == is one C call over all of them, which the
+    deadline cannot interrupt). Stops counting just past `budget`, so it is cheap on any value."""
+    total = 0
+    pending = [value]
+    while pending and total <= budget:
+        item = pending.pop()
+        if isinstance(item, jinja2.utils.Namespace):
+            item = item._Namespace__attrs  # it prints them all
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1  # more than its decimal digits
+        elif isinstance(item, Mapping):
+            total += len(item)
+            if total <= budget:
+                pending.extend(item.keys())
+                pending.extend(item.values())
+        elif isinstance(item, _FLAT):
+            total += len(item)
+            if total <= budget:
+                pending.extend(item)
+        else:
+            total += 1
+    return total
+
+
+def _check_weight(what: str, values: Iterable[object]) -> None:
+    for value in values:
+        if _weight(value) > MAX_VALUE:
+            raise _too_big(what)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -78,7 +116,7 @@ def _too_many_bits(what: str) -> TemplateLimit:
 
 
 def _check_result(what: str, value: T) -> T:
-    if _size(value) > MAX_VALUE:
+    if _weight(value) > MAX_VALUE:
         raise _too_big(what)
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise _too_many_bits(what)
@@ -120,6 +158,7 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def bounded(*args: Any, **kwargs: Any) -> Any:
         what = f"the {name} filter"
         values = args[1:] if passes else args
+        _check_weight(what, (*values, *kwargs.values()))
         _check_numbers(what, (*values[1:], *kwargs.values()))
         if values:
             value = values[0]
@@ -154,7 +193,26 @@ def _bounded_test(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
-    """Routes `~` (string concatenation) through the environment, which checks its size."""
+    """Routes `~` (string concatenation) and list, tuple and mapping literals through the
+    environment, which checks their size: nine nested literals of eight items hold 8**9 leaves."""
+
+    def _bounded(self, visit: Callable[[Any, jinja2.compiler.Frame], None], node: Any,
+                 frame: jinja2.compiler.Frame) -> None:
+        self.write("environment.bounded_container(")
+        visit(node, frame)
+        self.write(")")
+
+    def visit_List(self, node: jinja2.nodes.List, frame: jinja2.compiler.Frame) -> None:
+        self._bounded(super().visit_List, node, frame)
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: jinja2.compiler.Frame) -> None:
+        self._bounded(super().visit_Dict, node, frame)
+
+    def visit_Tuple(self, node: jinja2.nodes.Tuple, frame: jinja2.compiler.Frame) -> None:
+        if node.ctx != "load":  # a target of for or set: names, not a value
+            super().visit_Tuple(node, frame)
+        else:
+            self._bounded(super().visit_Tuple, node, frame)
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
         self.write("environment.bounded_concat((")
@@ -176,6 +234,7 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             keep_trailing_newline=True,
             autoescape=False,  # YAML, not HTML
             loader=None,  # no include, import or extends can reach a file
+            finalize=_printable,
         )
         for name in ("lipsum", "cycler", "joiner"):
             self.globals.pop(name, None)
@@ -201,9 +260,10 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         what = f"the {operator} operator"
+        _check_weight(what, (left, right))
         if operator == "*":
             for count, other in ((left, right), (right, left)):
-                if _is_int(count) and _size(other) * max(count, 0) > MAX_VALUE:
+                if _is_int(count) and _weight(other) * max(count, 0) > MAX_VALUE:
                     raise _too_big(what)
             if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise _too_many_bits(what)
@@ -212,13 +272,14 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             if growing and right * left.bit_length() > MAX_INT_BITS:
                 raise _too_many_bits(what)
         elif operator == "+":
-            if _size(left) + _size(right) > MAX_VALUE:
+            if _weight(left) + _weight(right) > MAX_VALUE:
                 raise _too_big(what)
         elif operator == "%" and isinstance(left, str):
             _check_printf(what, left)
         return _check_result(what, super().call_binop(context, operator, left, right))
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_weight("a call", (*args, *kwargs.values()))
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
             name = getattr(__obj, "__name__", "")
@@ -234,9 +295,24 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def bounded_concat(self, parts: Iterable[Any]) -> str:
         items = list(parts)
-        if sum(_size(x) for x in items) > MAX_VALUE:
+        if sum(_weight(x) for x in items) > MAX_VALUE:
             raise TemplateLimit(f"the ~ operator would produce more than {MAX_VALUE:,} characters")
         return _check_result("the ~ operator", jinja2.runtime.str_join(items))
+
+
+    def bounded_container(self, value: T) -> T:
+        """A list, tuple or mapping literal, refused when it holds more than the budget."""
+        if _weight(value) > MAX_VALUE:
+            what = "a list, tuple or mapping"
+            raise TemplateLimit(f"{what} would hold more than {MAX_VALUE:,} characters or items")
+        return value
+
+
+def _printable(value: T) -> T:
+    # Every {{ ... }} is made a string in one C call (a list's repr): weigh it first.
+    if _weight(value) > MAX_VALUE:
+        raise TemplateLimit(f"the value printed would produce more than {MAX_VALUE:,} characters or items")
+    return value
 
 
 def render_bounded(template: jinja2.Template, context: dict[str, Any]) -> str:

@@ -71,3 +71,44 @@ def test_a_repeated_separator_counts(tmp_path: Path, template: str, message: str
     got = _errors(tmp_path, template)
     assert len(got) == 1 and got[0].startswith(f"{tmp_path / 'a.yaml'}:3:"), got
     assert f"template error: {message}" in got[0], got
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        # 8**10 leaves in nine small literals; comparing two such lists is 10**9 steps in C, which
+        # the deadline cannot interrupt (13 levels: hours). Built lists are weighed whole.
+        (_nested("a", 10) + _nested("b", 10) + "{{ a == b }}", "a list, tuple or mapping would hold"),
+        # A list of a thousand 1,000-item lists: `*` counted the outer list only, and its repr (or
+        # tojson) is then one C call over every leaf ([...] * 100000 of 100,000 items: 70 GB).
+        ("{% set a = [range(1000)|list] * 1000 %}{{ a|length }}", "the * operator would produce more than"),
+        ("{% set a = range(1000)|list %}{{ ([a] * 100 + [a] * 160)|length }}", "the + operator would"),
+        # A namespace prints every attribute it holds.
+        (
+            "{% set ns = namespace() %}{% set big = range(100000)|list %}"
+            + "".join(f"{{% set ns.a{i} = big %}}" for i in range(12))
+            + "{{ ns }}",
+            "the value printed would produce more than",
+        ),
+    ],
+)
+def test_a_container_is_weighed_with_everything_it_holds(tmp_path: Path, template: str, message: str) -> None:
+    got = _errors(tmp_path, template)
+    assert len(got) == 1 and got[0].startswith(f"{tmp_path / 'a.yaml'}:3:"), got
+    assert f"template error: {message}" in got[0], got
+
+
+def test_ordinary_lists_and_mappings_still_render(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    template = (
+        "{% set regions = ['cn-hangzhou', 'cn-shanghai'] * 3 %}{% set m = {'a': regions, 'b': [1, 2]} %}"
+        "{% set ns = namespace(n=0) %}{% for r in regions %}{% set ns.n = ns.n + 1 %}{% endfor %}"
+        "{{ m|tojson|length }}-{{ ns.n }}-{{ (regions + regions)|unique|join(',') }}"
+    )
+    path.write_text(
+        "version: 1\nstack: s\nkeys:\n  k:\n    spec: RSA_2048\n    usage: SIGN/VERIFY\n"
+        f"    instance: kst-local-software\n    description: \"{template}\"\n    material: {{file: k.pem}}\n",
+        encoding="utf-8",
+    )
+    ms = manifest.load_manifests([path], variables={}, environ={})
+    assert ms.keys[0].description == "110-6-cn-hangzhou,cn-shanghai"
