@@ -151,7 +151,21 @@ def _check_join(what: str, items: object, separator: object = "") -> None:
             raise TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters")
 
 
+#: Filters a manifest cannot use: pprint's output grows with the nesting depth of every item, in a
+#: pure-Python loop that builds all of it before any check (and YAML has no use for it).
+_REFUSED_FILTERS = frozenset({"pprint"})
+
+
+def _refused_filter(name: str) -> Callable[..., Any]:
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise TemplateLimit(f"the {name} filter is not available in manifests")
+
+    return refused
+
+
 def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    if name in _REFUSED_FILTERS:
+        return _refused_filter(name)
     passes = getattr(func, "jinja_pass_arg", None) is not None
 
     @functools.wraps(func)
@@ -168,6 +182,9 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 _check_replace(what, value, values[2])
             elif name == "join":
                 _check_join(what, value, values[1] if len(values) > 1 else kwargs.get("d", ""))
+            elif name == "tojson" and (len(values) > 1 or kwargs):
+                # An indent is written before every item, at every depth, in json's Python encoder.
+                raise TemplateLimit(f"{what} takes no indent in manifests (YAML reads one-line JSON)")
             elif name == "wordwrap" and isinstance(value, str):
                 # The wrapstring goes in at every break, and there may be a break after each character.
                 wrap = values[3] if len(values) > 3 else kwargs.get("wrapstring")
@@ -299,6 +316,15 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             raise TemplateLimit(f"the ~ operator would produce more than {MAX_VALUE:,} characters")
         return _check_result("the ~ operator", jinja2.runtime.str_join(items))
 
+
+    def concat(self, parts: Iterable[str]) -> str:
+        """What a block ({% set %}...{% endset %}, a macro, caller(), {% filter %}) rendered, joined:
+        its pieces are references (a loop printing one 1 MB string 1,500 times holds 1.5 GB of them),
+        so they are counted before the one C call that would copy them all."""
+        pieces = list(parts)
+        if sum(len(p) for p in pieces) > MAX_VALUE:
+            raise TemplateLimit(f"a block would render more than {MAX_VALUE:,} characters")
+        return "".join(pieces)
 
     def bounded_container(self, value: T) -> T:
         """A list, tuple or mapping literal, refused when it holds more than the budget."""

@@ -112,3 +112,30 @@ def test_ordinary_lists_and_mappings_still_render(tmp_path: Path) -> None:
     )
     ms = manifest.load_manifests([path], variables={}, environ={})
     assert ms.keys[0].description == "110-6-cn-hangzhou,cn-shanghai"
+
+
+LOOP = "{% for i in range(1500) %}{{ big }}{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        # What a block renders is joined in one C call: 1,500 copies of 1 MB held by reference.
+        (BIG + "{% set s %}" + LOOP + "{% endset %}{{ s|length }}", "a block would render more than"),
+        (BIG + "{% macro m() %}" + LOOP + "{% endmacro %}{{ m()|length }}", "a block would render more than"),
+        (BIG + "{% filter upper %}" + LOOP + "{% endfilter %}", "a block would render more than"),
+        (
+            BIG + "{% macro m() %}{{ caller() }}{% endmacro %}{% call m() %}" + LOOP + "{% endcall %}",
+            "a block would render more than",
+        ),
+        # An indent is written before every item, in json's pure-Python encoder, joined at the end.
+        ("{{ (range(1500)|list)|tojson(indent=1000000)|length }}", "the tojson filter takes no indent"),
+        ("{{ [1]|pprint }}", "the pprint filter is not available in manifests"),
+    ],
+)
+def test_a_block_or_a_document_is_bounded_before_it_is_joined(
+    tmp_path: Path, template: str, message: str
+) -> None:
+    got = _errors(tmp_path, template)
+    assert len(got) == 1 and got[0].startswith(f"{tmp_path / 'a.yaml'}:3:"), got
+    assert f"template error: {message}" in got[0], got
