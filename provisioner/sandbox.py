@@ -12,7 +12,7 @@ import ctypes
 import functools
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, ValuesView
 from typing import Any, TypeVar, cast
 
 import jinja2
@@ -65,6 +65,44 @@ def _size(value: object) -> int:
     return len(value) if isinstance(value, str | bytes | list | tuple | dict) else 0
 
 
+_FLAT = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)
+
+
+def _weight(value: object, budget: int = MAX_VALUE) -> int:
+    """What printing or comparing `value` costs: the characters of its strings, the digits of its
+    numbers and one per item, through every container it holds (a list holding one list a thousand
+    times weighs a thousand of them: its repr, tojson or == is one C call over all of them, which the
+    deadline cannot interrupt). Stops counting just past `budget`, so it is cheap on any value."""
+    total = 0
+    pending = [value]
+    while pending and total <= budget:
+        item = pending.pop()
+        if isinstance(item, jinja2.utils.Namespace):
+            item = item._Namespace__attrs  # it prints them all
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1  # more than its decimal digits
+        elif isinstance(item, Mapping):
+            total += len(item)
+            if total <= budget:
+                pending.extend(item.keys())
+                pending.extend(item.values())
+        elif isinstance(item, _FLAT):
+            total += len(item)
+            if total <= budget:
+                pending.extend(item)
+        else:
+            total += 1
+    return total
+
+
+def _check_weight(what: str, values: Iterable[object]) -> None:
+    for value in values:
+        if _weight(value) > MAX_VALUE:
+            raise _too_big(what)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -78,7 +116,7 @@ def _too_many_bits(what: str) -> TemplateLimit:
 
 
 def _check_result(what: str, value: T) -> T:
-    if _size(value) > MAX_VALUE:
+    if _weight(value) > MAX_VALUE:
         raise _too_big(what)
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise _too_many_bits(what)
@@ -105,18 +143,36 @@ def _check_replace(what: str, text: object, new: object) -> None:
             raise TemplateLimit(f"{what} could produce more than {MAX_VALUE:,} characters")
 
 
-def _check_join(what: str, items: object) -> None:
-    if isinstance(items, list | tuple) and sum(_size(x) or 8 for x in items) > MAX_VALUE:
-        raise TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters")
+def _check_join(what: str, items: object, separator: object = "") -> None:
+    # The separator is written between every two items: 1,500 items joined by 1 MB make 1.5 GB.
+    if isinstance(items, list | tuple):
+        between = _size(separator) * max(len(items) - 1, 0)
+        if sum(_size(x) or 8 for x in items) + between > MAX_VALUE:
+            raise TemplateLimit(f"{what} would produce more than {MAX_VALUE:,} characters")
+
+
+#: Filters a manifest cannot use: pprint's output grows with the nesting depth of every item, in a
+#: pure-Python loop that builds all of it before any check (and YAML has no use for it).
+_REFUSED_FILTERS = frozenset({"pprint"})
+
+
+def _refused_filter(name: str) -> Callable[..., Any]:
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise TemplateLimit(f"the {name} filter is not available in manifests")
+
+    return refused
 
 
 def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    if name in _REFUSED_FILTERS:
+        return _refused_filter(name)
     passes = getattr(func, "jinja_pass_arg", None) is not None
 
     @functools.wraps(func)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         what = f"the {name} filter"
         values = args[1:] if passes else args
+        _check_weight(what, (*values, *kwargs.values()))
         _check_numbers(what, (*values[1:], *kwargs.values()))
         if values:
             value = values[0]
@@ -125,7 +181,15 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             elif name == "replace" and len(values) >= 3:
                 _check_replace(what, value, values[2])
             elif name == "join":
-                _check_join(what, value)
+                _check_join(what, value, values[1] if len(values) > 1 else kwargs.get("d", ""))
+            elif name == "tojson" and (len(values) > 1 or kwargs):
+                # An indent is written before every item, at every depth, in json's Python encoder.
+                raise TemplateLimit(f"{what} takes no indent in manifests (YAML reads one-line JSON)")
+            elif name == "wordwrap" and isinstance(value, str):
+                # The wrapstring goes in at every break, and there may be a break after each character.
+                wrap = values[3] if len(values) > 3 else kwargs.get("wrapstring")
+                if len(value) * (1 + _size(wrap)) > MAX_VALUE:
+                    raise TemplateLimit(f"{what} could produce more than {MAX_VALUE:,} characters")
             elif name == "indent" and isinstance(value, str):
                 width = values[1] if len(values) > 1 else kwargs.get("width", 4)
                 width = len(width) if isinstance(width, str) else width
@@ -146,7 +210,26 @@ def _bounded_test(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
-    """Routes `~` (string concatenation) through the environment, which checks its size."""
+    """Routes `~` (string concatenation) and list, tuple and mapping literals through the
+    environment, which checks their size: nine nested literals of eight items hold 8**9 leaves."""
+
+    def _bounded(self, visit: Callable[[Any, jinja2.compiler.Frame], None], node: Any,
+                 frame: jinja2.compiler.Frame) -> None:
+        self.write("environment.bounded_container(")
+        visit(node, frame)
+        self.write(")")
+
+    def visit_List(self, node: jinja2.nodes.List, frame: jinja2.compiler.Frame) -> None:
+        self._bounded(super().visit_List, node, frame)
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: jinja2.compiler.Frame) -> None:
+        self._bounded(super().visit_Dict, node, frame)
+
+    def visit_Tuple(self, node: jinja2.nodes.Tuple, frame: jinja2.compiler.Frame) -> None:
+        if node.ctx != "load":  # a target of for or set: names, not a value
+            super().visit_Tuple(node, frame)
+        else:
+            self._bounded(super().visit_Tuple, node, frame)
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
         self.write("environment.bounded_concat((")
@@ -168,6 +251,7 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             keep_trailing_newline=True,
             autoescape=False,  # YAML, not HTML
             loader=None,  # no include, import or extends can reach a file
+            finalize=_printable,
         )
         for name in ("lipsum", "cycler", "joiner"):
             self.globals.pop(name, None)
@@ -193,9 +277,10 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         what = f"the {operator} operator"
+        _check_weight(what, (left, right))
         if operator == "*":
             for count, other in ((left, right), (right, left)):
-                if _is_int(count) and _size(other) * max(count, 0) > MAX_VALUE:
+                if _is_int(count) and _weight(other) * max(count, 0) > MAX_VALUE:
                     raise _too_big(what)
             if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise _too_many_bits(what)
@@ -204,13 +289,14 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             if growing and right * left.bit_length() > MAX_INT_BITS:
                 raise _too_many_bits(what)
         elif operator == "+":
-            if _size(left) + _size(right) > MAX_VALUE:
+            if _weight(left) + _weight(right) > MAX_VALUE:
                 raise _too_big(what)
         elif operator == "%" and isinstance(left, str):
             _check_printf(what, left)
         return _check_result(what, super().call_binop(context, operator, left, right))
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_weight("a call", (*args, *kwargs.values()))
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
             name = getattr(__obj, "__name__", "")
@@ -221,14 +307,38 @@ class ManifestSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             if name == "replace" and len(args) >= 2:
                 _check_replace(what, owner, args[1])
             if name == "join" and args:
-                _check_join(what, args[0])
+                _check_join(what, args[0], owner)
         return _check_result("a call", super().call(__context, __obj, *args, **kwargs))
 
     def bounded_concat(self, parts: Iterable[Any]) -> str:
         items = list(parts)
-        if sum(_size(x) for x in items) > MAX_VALUE:
+        if sum(_weight(x) for x in items) > MAX_VALUE:
             raise TemplateLimit(f"the ~ operator would produce more than {MAX_VALUE:,} characters")
         return _check_result("the ~ operator", jinja2.runtime.str_join(items))
+
+
+    def concat(self, parts: Iterable[str]) -> str:
+        """What a block ({% set %}...{% endset %}, a macro, caller(), {% filter %}) rendered, joined:
+        its pieces are references (a loop printing one 1 MB string 1,500 times holds 1.5 GB of them),
+        so they are counted before the one C call that would copy them all."""
+        pieces = list(parts)
+        if sum(len(p) for p in pieces) > MAX_VALUE:
+            raise TemplateLimit(f"a block would render more than {MAX_VALUE:,} characters")
+        return "".join(pieces)
+
+    def bounded_container(self, value: T) -> T:
+        """A list, tuple or mapping literal, refused when it holds more than the budget."""
+        if _weight(value) > MAX_VALUE:
+            what = "a list, tuple or mapping"
+            raise TemplateLimit(f"{what} would hold more than {MAX_VALUE:,} characters or items")
+        return value
+
+
+def _printable(value: T) -> T:
+    # Every {{ ... }} is made a string in one C call (a list's repr): weigh it first.
+    if _weight(value) > MAX_VALUE:
+        raise TemplateLimit(f"the value printed would produce more than {MAX_VALUE:,} characters or items")
+    return value
 
 
 def render_bounded(template: jinja2.Template, context: dict[str, Any]) -> str:
