@@ -21,7 +21,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.plan import sort_identity
+from provisioner.plan.planner import sort_identity
 
 FORMAT_VERSION = 1
 DEFAULT_EXPIRY_WARNING_DAYS = 30
