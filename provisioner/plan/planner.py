@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
+from provisioner.compare import KeyDiff, compare
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
 from provisioner.model import (
     RESERVED_TAGS,
@@ -245,13 +246,14 @@ class _Planner:
         )
 
     def plan_alias_claims(
-        self, d: DesiredKey, holder: str | None = None
+        self, d: DesiredKey, holder: str | None = None, wanted: Iterable[str] | None = None
     ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """Aliases `d` lists that `holder` lacks: (to create, to move); None on a conflict."""
+        """Aliases `d` lists (or `wanted` of them) that `holder` lacks: (to create, to move); None on a
+        conflict."""
         create: list[str] = []
         move: list[str] = []
         conflict = False
-        for a in sorted(d.aliases):
+        for a in sorted(d.aliases if wanted is None else wanted):
             owner = self.our_alias_owner.get(a)
             if owner is None:
                 owner = self.live.alias_owners.get(a)
@@ -345,21 +347,25 @@ class _Planner:
                 f"or set state: absent",
             )
             return
-        self.check_immutable(d, key)
+        fingerprint = self.fingerprints.get(d.name)
+        diff = compare(d, key, live=self.live, our_ids=self.our_ids, fingerprint=fingerprint)
+        self.check_immutable(d, key, diff)
         self.unprotected(d, duplicates)
         if d.state is DesiredState.PRESENT:
             self.check_expiry(d)
-            self.check_material(d, key)
+            self.check_material(d, key, diff)
 
         reasons: list[str] = []
         actions: list[Action] = []
         # -- update
-        tags_set = {k: v for k, v in d.tags.items() if k not in RESERVED_TAGS and key.tags.get(k) != v}
-        tags_remove = tuple(sorted(k for k in key.user_tags if k not in d.tags))
-        aliases_create, aliases_move = self.plan_alias_claims(d, holder=key.key_id) or ((), ())
-        aliases_delete = tuple(sorted(a for a in key.aliases if a not in d.aliases and a not in self.claimed))
-        description = d.description if d.description != key.description else None
-        protection = d.deletion_protection if d.deletion_protection != key.deletion_protection else None
+        tags_set, tags_remove = diff.tags_to_set, diff.tags_to_remove
+        wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
+        aliases_create, aliases_move = self.plan_alias_claims(d, key.key_id, wanted) or ((), ())
+        # An alias another key of the plan claims moves with that key's change, not deleted here.
+        aliases_delete = tuple(
+            a for a in diff.aliases_unexpected if a not in d.aliases and a not in self.claimed
+        )
+        description, protection = diff.description, diff.deletion_protection
         if tags_set or tags_remove:
             reasons.append("tags differ")
         if aliases_create or aliases_move or aliases_delete:
@@ -379,7 +385,7 @@ class _Planner:
                 why = "key has no material"
             elif key.status is KeyStatus.MATERIAL_EXPIRED:
                 why = "material expired"
-            elif expire_unix(key.material_expires_at) != expire_unix(d.expiry):
+            elif diff.expiry_changes:
                 why = (
                     f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
                     f"to {format_time(d.expiry) or 'never'}"
@@ -391,7 +397,7 @@ class _Planner:
                     expire = expire_unix(d.expiry)
                     actions.append(Action.REIMPORT)
                     reasons.append(why)
-        elif key.status in _HOLDS_MATERIAL:
+        elif diff.holds_material:
             actions.append(Action.DELETE_MATERIAL)
             reasons.append("state is material-deleted and the key holds material")
 
@@ -427,17 +433,9 @@ class _Planner:
             )
         )
 
-    def check_immutable(self, d: DesiredKey, key: ActualKey) -> None:
-        diffs = [
-            (attr, str(getattr(key, attr)), str(getattr(d, attr)))
-            for attr in ("spec", "usage", "protection")
-            if getattr(key, attr) != getattr(d, attr)
-        ]
-        # No instance in the manifest means "wherever it is"; only a named instance must match.
-        if d.instance is not None and d.instance != key.instance:
-            diffs.append(("instance", str(key.instance), d.instance))
-        if diffs:
-            what = ", ".join(f"{a} is {live} (manifest says {want})" for a, live, want in diffs)
+    def check_immutable(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        if diff.immutable:
+            what = ", ".join(f"{a} is {live} (manifest says {want})" for a, live, want in diff.immutable)
             self.violate(
                 d.name,
                 ViolationCode.IMMUTABLE_ATTRIBUTE,
@@ -445,27 +443,16 @@ class _Planner:
                 f"values, or retire this key (state: absent) and declare a new one under another name",
             )
 
-    def check_material(self, d: DesiredKey, key: ActualKey) -> None:
-        live = {
-            "recorded": key.recorded_fingerprint,
-            "live public key": key.public_key_fingerprint,
-        }
-        wanted = {"material": self.fingerprints.get(d.name)}
-        if d.material is not None and d.material.fingerprint is not None:
-            wanted["pinned fingerprint"] = d.material.fingerprint
-        for wname, want in wanted.items():
-            if want is None:
-                continue
-            for lname, have in live.items():
-                if have is not None and have != want:
-                    self.violate(
-                        d.name,
-                        ViolationCode.MATERIAL_IMMUTABLE,
-                        f"key {key.key_id} is bound to material {have} ({lname}) but the manifest's {wname} "
-                        f"is {want}: material never changes on a key; point `material` back at the original, "
-                        f"or retire this key (state: absent) and declare a new one under another name",
-                    )
-                    return
+    def check_material(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        m = diff.material_mismatch
+        if m is not None:
+            self.violate(
+                d.name,
+                ViolationCode.MATERIAL_IMMUTABLE,
+                f"key {key.key_id} is bound to material {m.live} ({m.live_label}) but the manifest's "
+                f"{m.wanted_label} is {m.wanted}: material never changes on a key; point `material` back at "
+                f"the original, or retire this key (state: absent) and declare a new one under another name",
+            )
 
 
 def make_plan(
