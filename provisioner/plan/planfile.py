@@ -52,13 +52,7 @@ def snapshot_to_dict(s: KeySnapshot) -> dict[str, Any]:
         "key_id": s.key_id,
         "arn": s.arn,
         "status": s.status.value,
-        "spec": s.spec.value,
-        "usage": s.usage.value,
-        "protection": s.protection.value,
-        "instance": s.instance,
-        "description": s.description,
-        "tags": dict(sorted(s.tags.items())),
-        "aliases": sorted(s.aliases),
+        **_attributes_to_dict(s),
         "material_expires_at": format_time(s.material_expires_at),
         "deletion_date": format_time(s.deletion_date),
         "deletion_protection": s.deletion_protection,
@@ -69,18 +63,25 @@ def snapshot_to_dict(s: KeySnapshot) -> dict[str, Any]:
 
 def desired_to_dict(a: DesiredAttributes) -> dict[str, Any]:
     return {
-        "spec": a.spec.value,
-        "usage": a.usage.value,
-        "protection": a.protection.value,
-        "instance": a.instance,
-        "description": a.description,
-        "tags": dict(sorted(a.tags.items())),
-        "aliases": sorted(a.aliases),
+        **_attributes_to_dict(a),
         "expiry": format_time(a.expiry),
         "deletion_protection": a.deletion_protection,
         "deletion_window_days": a.deletion_window_days,
         "state": a.state.value,
         "fingerprint": a.fingerprint,
+    }
+
+
+def _attributes_to_dict(k: KeySnapshot | DesiredAttributes) -> dict[str, Any]:
+    """What `before` and `after` both record of a key."""
+    return {
+        "spec": k.spec.value,
+        "usage": k.usage.value,
+        "protection": k.protection.value,
+        "instance": k.instance,
+        "description": k.description,
+        "tags": dict(sorted(k.tags.items())),
+        "aliases": sorted(k.aliases),
     }
 
 
@@ -299,13 +300,7 @@ def _snapshot_from_dict(data: dict[str, Any]) -> KeySnapshot:
         key_id=r.req("key_id", str),
         arn=r.req("arn", str),
         status=KeyStatus(r.req("status", str)),
-        spec=KeySpec(r.req("spec", str)),
-        usage=KeyUsage(r.req("usage", str)),
-        protection=ProtectionLevel(r.req("protection", str)),
-        instance=r.nullable("instance", str),
-        description=r.req("description", str),
-        tags=r.str_map("tags", required=True),
-        aliases=tuple(r.list("aliases", str, required=True)),
+        **_attributes_from(r),
         material_expires_at=parse_time(r.nullable("material_expires_at", str)),
         deletion_date=parse_time(r.nullable("deletion_date", str)),
         deletion_protection=r.req("deletion_protection", bool),
@@ -319,13 +314,7 @@ def _snapshot_from_dict(data: dict[str, Any]) -> KeySnapshot:
 def _desired_from_dict(data: dict[str, Any]) -> DesiredAttributes:
     r = _Reader(data, "after")
     a = DesiredAttributes(
-        spec=KeySpec(r.req("spec", str)),
-        usage=KeyUsage(r.req("usage", str)),
-        protection=ProtectionLevel(r.req("protection", str)),
-        instance=r.nullable("instance", str),
-        description=r.req("description", str),
-        tags=r.str_map("tags", required=True),
-        aliases=tuple(r.list("aliases", str, required=True)),
+        **_attributes_from(r),
         expiry=parse_time(r.nullable("expiry", str)),
         deletion_protection=r.req("deletion_protection", bool),
         deletion_window_days=r.req("deletion_window_days", int),
@@ -334,6 +323,19 @@ def _desired_from_dict(data: dict[str, Any]) -> DesiredAttributes:
     )
     r.no_extra()
     return a
+
+
+def _attributes_from(r: _Reader) -> dict[str, Any]:
+    """What `before` and `after` both record of a key, as DesiredAttributes/KeySnapshot arguments."""
+    return {
+        "spec": KeySpec(r.req("spec", str)),
+        "usage": KeyUsage(r.req("usage", str)),
+        "protection": ProtectionLevel(r.req("protection", str)),
+        "instance": r.nullable("instance", str),
+        "description": r.req("description", str),
+        "tags": r.str_map("tags", required=True),
+        "aliases": tuple(r.list("aliases", str, required=True)),
+    }
 
 
 def _material_from_dict(data: dict[str, Any]) -> MaterialReference:
