@@ -33,7 +33,7 @@ from provisioner.backend import open_kms  # noqa: E402
 from provisioner.backend.base import DEFAULT_QPS, QUOTA_GROUPS  # noqa: E402
 from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
 from provisioner.manifest import validate_manifests  # noqa: E402
-from provisioner.plan import make_plan  # noqa: E402
+from provisioner.plan.planner import make_plan  # noqa: E402
 from provisioner.refresh import refresh  # noqa: E402
 
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from provisioner.backend.base import KeyMetadata, Kms
@@ -21,22 +21,13 @@ from provisioner.material import PrivateMaterial
 from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
-    KeySpec,
     KeyState,
-    KeyUsage,
     LiveState,
     ManifestSet,
-    ProtectionLevel,
     WrappingAlgorithm,
 )
-from provisioner.plan import (
-    DUPLICATE_WINDOW_DAYS,
-    UNKNOWN_FINGERPRINT,
-    Action,
-    Change,
-    Plan,
-    stale_reason,
-)
+from provisioner.plan.planner import stale_reason
+from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, UNKNOWN_FINGERPRINT, Action, Change, Plan
 from provisioner.refresh import fingerprint_of_pem
 from provisioner.wire import ErrorCode
 from provisioner.wrapping import wrap
@@ -101,7 +92,10 @@ def check_plan_material(plan: Plan, fingerprints: Mapping[str, str]) -> None:
     """Refuse a saved plan whose known material fingerprints are not those of the material read now
     (from the manifests' sources, never the plan's); an offline plan's `unknown` is resolved later."""
     for change in plan.changes:
-        named = ((change.material or {}).get("fingerprint"), (change.after or {}).get("fingerprint"))
+        named = (
+            None if change.material is None else change.material.fingerprint,
+            None if change.after is None else change.after.fingerprint,
+        )
         planned = {str(fp) for fp in named if fp not in (None, UNKNOWN_FINGERPRINT)}
         if change.material is not None and change.key not in fingerprints:
             raise StalePlan(f"key {change.key!r}: the plan imports material but the manifests give none")
@@ -117,14 +111,14 @@ def check_plan_material(plan: Plan, fingerprints: Mapping[str, str]) -> None:
 def check_same_plan(saved: Plan, fresh: Plan) -> None:
     """Refuse a saved plan (its fingerprints resolved) that is not the plan made now from the same
     manifests, the material and the live keys: apply carries out only what was reviewed."""
-    old = {c.key: c.to_dict() for c in saved.changes}
-    new = {c.key: c.to_dict() for c in fresh.changes}
+    old = {c.key: c for c in saved.changes}
+    new = {c.key: c for c in fresh.changes}
     for key in sorted(set(old) | set(new)):
         if key not in new:
             raise StalePlan(f"key {key!r}: the plan changes it, but it needs no change now: make a new plan")
         if key not in old:
             raise StalePlan(f"key {key!r}: it needs a change the plan does not have: make a new plan")
-        differ = [f for f in new[key] if old[key].get(f) != new[key][f]]
+        differ = [f.name for f in fields(Change) if getattr(old[key], f.name) != getattr(new[key], f.name)]
         if differ:
             raise StalePlan(
                 f"key {key!r}: the plan's {', '.join(differ)} differ from what the manifests, the material "
@@ -244,14 +238,12 @@ class _Applier:
     def _create(self, change: Change) -> KeyMetadata:
         after = change.after
         assert after is not None
-        spec = KeySpec(after["spec"])
-        usage = KeyUsage(after["usage"])
-        protection = ProtectionLevel(after["protection"])
+        spec, usage, protection = after.spec, after.usage, after.protection
         meta = self.kms.create_key(
             spec=spec,
             usage=usage,
             protection=protection,
-            instance=after.get("instance"),
+            instance=after.instance,
             description=change.description or "",
             tags=change.tags_to_set,
         )
@@ -275,7 +267,7 @@ class _Applier:
         if not version:
             version = self.kms.describe_key(key_id).primary_key_version
         live = fingerprint_of_pem(self.kms.get_public_key(key_id, version))
-        planned = (change.material or {}).get("fingerprint")
+        planned = None if change.material is None else change.material.fingerprint
         if live != planned:
             raise ApplyError(
                 f"read-back: key {key_id} reports public key {live} after import, planned {planned}"
@@ -353,7 +345,7 @@ class _Applier:
                     raise
         self._aliases(change, key_id)
         if change.deletion_protection is not None:
-            arn = (change.before or {}).get("arn") or kms.describe_key(key_id).arn
+            arn = (change.before.arn if change.before is not None else "") or kms.describe_key(key_id).arn
             kms.set_deletion_protection(key_id, arn, change.deletion_protection)
         self._verify_update(change, key_id)
 

@@ -549,7 +549,7 @@ def _make_plan_stage(
     ms: Any, fingerprints: dict[str, str], kms: Any, *, offline_material: bool = False
 ) -> Any:
     """refresh -> plan."""
-    from provisioner.plan import make_plan
+    from provisioner.plan.planner import make_plan
 
     now = _now()
     live = _refresh_stage(ms, kms, now)
@@ -561,7 +561,7 @@ def _make_plan_stage(
 def _read_plan_file(path: Path) -> Any:
     """The saved plan in `path`: a regular file of bounded size (never /dev/zero, a FIFO or 50 MB)."""
     from provisioner.errors import UsageError
-    from provisioner.plan import MAX_PLAN_BYTES, load_plan
+    from provisioner.plan.planfile import MAX_PLAN_BYTES, load_plan
 
     try:
         text = read_regular_text(path, "--plan", MAX_PLAN_BYTES)
@@ -609,7 +609,7 @@ def plan(
     fmt: str, detailed_exitcode: bool, allow_commands: bool, offline_material: bool,
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
-    from provisioner.plan import save_plan
+    from provisioner.plan.planfile import save_plan
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -665,7 +665,8 @@ def apply(
     from provisioner import apply as applying
     from provisioner.errors import UsageError
     from provisioner.material import PrivateMaterial
-    from provisioner.plan import check_instructions, make_plan, relative_materials, resolve_fingerprints
+    from provisioner.plan.planfile import relative_materials
+    from provisioner.plan.planner import check_instructions, make_plan, resolve_fingerprints
 
     kept: dict[str, PrivateMaterial] = {}
     interactive = sys.stdin.isatty()

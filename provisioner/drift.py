@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from provisioner.compare import KeyDiff, compare, foreign_aliases
 from provisioner.model import (
     ActualKey,
     DesiredKey,
@@ -21,7 +22,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.plan import sort_identity
+from provisioner.plan.planner import sort_identity
 
 FORMAT_VERSION = 1
 DEFAULT_EXPIRY_WARNING_DAYS = 30
@@ -172,9 +173,10 @@ class _Drift:
                     key.status.value,
                 )
             return
+        diff = compare(d, key, live=self.live, our_ids=self.our_ids)
         self.check_state(d, key)
-        self.check_fingerprint(d, key)
-        self.check_attributes(d, key)
+        self.check_fingerprint(d, key, diff)
+        self.check_attributes(d, key, diff)
 
     def check_state(self, d: DesiredKey, key: ActualKey) -> None:
         status = key.status
@@ -232,39 +234,25 @@ class _Drift:
         if status is KeyStatus.DISABLED:
             self.add(d.name, DriftKind.STATE, f"key {key.key_id} is disabled", "enabled", status.value)
 
-    def check_fingerprint(self, d: DesiredKey, key: ActualKey) -> None:
-        pinned = d.material.fingerprint if d.material is not None else None
-        recorded = key.recorded_fingerprint
-        confirmed = key.public_key_fingerprint
-        if confirmed is not None:
-            for label, want in (("pinned", pinned), ("recorded", recorded)):
-                if want is not None and want != confirmed:
-                    self.add(
-                        d.name,
-                        DriftKind.FINGERPRINT_MISMATCH,
-                        f"live public key of {key.key_id} is {confirmed}, the {label} fingerprint is {want}",
-                        want,
-                        confirmed,
-                    )
-                    return
-        if pinned is not None and recorded is not None and pinned != recorded:
-            self.add(
-                d.name,
-                DriftKind.FINGERPRINT_MISMATCH,
-                f"key {key.key_id} records fingerprint {recorded}, the manifest pins {pinned}",
-                pinned,
-                recorded,
+    def check_fingerprint(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        m = diff.public_key_mismatch
+        if m is None:
+            return
+        if m.live_label == "confirmed":
+            detail = (
+                f"live public key of {key.key_id} is {m.live}, the {m.wanted_label} fingerprint is {m.wanted}"
             )
+        else:
+            detail = f"key {key.key_id} records fingerprint {m.live}, the manifest pins {m.wanted}"
+        self.add(d.name, DriftKind.FINGERPRINT_MISMATCH, detail, m.wanted, m.live)
 
-    def check_attributes(self, d: DesiredKey, key: ActualKey) -> None:
-        want_tags = dict(sorted(d.tags.items()))
-        have_tags = dict(sorted(key.user_tags.items()))
-        if want_tags != have_tags:
-            changed = sorted(
-                k for k in set(want_tags) | set(have_tags) if want_tags.get(k) != have_tags.get(k)
-            )
+    def check_attributes(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        if diff.tags_to_set or diff.tags_to_remove:
+            changed = sorted({*diff.tags_to_set, *diff.tags_to_remove})
+            want_tags = dict(sorted(d.tags.items()))
+            have_tags = dict(sorted(key.user_tags.items()))
             self.add(d.name, DriftKind.TAGS, f"tags differ: {', '.join(changed)}", want_tags, have_tags)
-        if key.recorded_fingerprint is None:
+        if diff.fingerprint_tag_missing:
             self.add(
                 d.name,
                 DriftKind.TAGS,
@@ -272,21 +260,18 @@ class _Drift:
                 "fingerprint tag",
                 None,
             )
-        foreign = self.foreign_aliases(d)
-        want_aliases = sorted(a for a in d.aliases if a not in foreign)
-        have_aliases = sorted(key.aliases)
-        if want_aliases != have_aliases:
-            missing = [a for a in want_aliases if a not in have_aliases]
-            extra = [a for a in have_aliases if a not in want_aliases]
+        if diff.aliases_missing or diff.aliases_unexpected:
+            want_aliases = sorted(a for a in d.aliases if a not in diff.foreign_aliases)
+            have_aliases = sorted(key.aliases)
             parts = []
-            if missing:
-                parts.append("missing " + ", ".join(missing))
-            if extra:
-                parts.append("unexpected " + ", ".join(extra))
+            if diff.aliases_missing:
+                parts.append("missing " + ", ".join(diff.aliases_missing))
+            if diff.aliases_unexpected:
+                parts.append("unexpected " + ", ".join(diff.aliases_unexpected))
             self.add(
                 d.name, DriftKind.ALIASES, "aliases differ: " + "; ".join(parts), want_aliases, have_aliases
             )
-        if d.description != key.description:
+        if diff.description is not None:
             self.add(
                 d.name,
                 DriftKind.DESCRIPTION,
@@ -294,7 +279,7 @@ class _Drift:
                 d.description,
                 key.description,
             )
-        if d.deletion_protection != key.deletion_protection:
+        if diff.deletion_protection is not None:
             self.add(
                 d.name,
                 DriftKind.DELETION_PROTECTION,
@@ -304,16 +289,8 @@ class _Drift:
                 key.deletion_protection,
             )
 
-    def foreign_aliases(self, d: DesiredKey) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for a in d.aliases:
-            owner = self.live.alias_owners.get(a)
-            if owner is not None and (owner not in self.our_ids or owner in self.live.foreign_keys):
-                out[a] = owner
-        return out
-
     def check_unmanaged_aliases(self, d: DesiredKey) -> None:
-        for alias, owner in sorted(self.foreign_aliases(d).items()):
+        for alias, owner in sorted(foreign_aliases(d.aliases, self.live, self.our_ids).items()):
             self.add(
                 d.name,
                 DriftKind.UNMANAGED_ALIAS,

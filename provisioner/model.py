@@ -192,22 +192,6 @@ class MaterialSource:
             return f"environment variable {self.env}"
         return "command " + " ".join(self.command)
 
-    def to_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"kind": self.kind.value}
-        if self.file is not None:
-            out["file"] = str(self.file)
-        if self.env is not None:
-            out["env"] = self.env
-        if self.command:
-            out["command"] = list(self.command)
-        if self.passphrase_env is not None:
-            out["passphrase_env"] = self.passphrase_env
-        if self.fingerprint is not None:
-            out["fingerprint"] = self.fingerprint
-        if self.pass_env:
-            out["pass_env"] = list(self.pass_env)
-        return out
-
 
 @dataclass(frozen=True)
 class DesiredKey:

@@ -13,7 +13,9 @@ from typing import Any
 
 from provisioner.drift import DriftItem, DriftReport
 from provisioner.escape import json_safe, visible
-from provisioner.plan import Action, Change, Plan
+from provisioner.model import format_time
+from provisioner.plan.planfile import plan_to_dict
+from provisioner.plan.values import Action, Change, MaterialReference, Plan
 
 # ANSI SGR codes; used only when the caller asks for colour.
 _GREEN, _YELLOW, _RED, _CYAN, _BOLD, _DIM = "32", "33", "31", "36", "1", "2"
@@ -90,12 +92,16 @@ def _md_endpoint_lines(backend: Mapping[str, str]) -> list[str]:
 
 def _detail_lines(change: Change) -> list[tuple[str, str]]:
     """(sign, text) lines: the attribute differences of one change, Terraform style."""
-    before = change.before or {}
-    after = change.after or {}
+    before, after = change.before, change.after
     lines: list[tuple[str, str]] = []
-    if Action.CREATE in change.actions:
-        for attr in ("spec", "usage", "protection", "instance"):
-            lines.append(("+", f"{attr} = {_q(after.get(attr))}"))
+    if Action.CREATE in change.actions and after is not None:
+        for attr, value in (
+            ("spec", after.spec.value),
+            ("usage", after.usage.value),
+            ("protection", after.protection.value),
+            ("instance", after.instance),
+        ):
+            lines.append(("+", f"{attr} = {_q(value)}"))
         lines.append(("+", f"description = {_q(change.description or '')}"))
         for k, v in sorted(change.tags_to_set.items()):
             lines.append(("+", f"tag {k} = {_q(v)}"))
@@ -104,9 +110,9 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
         for a in change.aliases_to_move:
             lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
         lines.append(("+", f"deletion_protection = {_q(bool(change.deletion_protection))}"))
-        lines.append(("+", f"expiry = {_q(after.get('expiry') or 'never')}"))
+        lines.append(("+", f"expiry = {_q(format_time(after.expiry) or 'never')}"))
     else:
-        before_tags: Mapping[str, str] = before.get("tags") or {}
+        before_tags: Mapping[str, str] = {} if before is None else before.tags
         for k, v in sorted(change.tags_to_set.items()):
             if k in before_tags:
                 lines.append(("~", f"tag {k}: {_q(before_tags[k])} -> {_q(v)}"))
@@ -121,18 +127,19 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
         for a in change.aliases_to_delete:
             lines.append(("-", f"alias {a}"))
         if change.description is not None:
-            lines.append(("~", f"description: {_q(before.get('description'))} -> {_q(change.description)}"))
+            old_words = None if before is None else before.description
+            lines.append(("~", f"description: {_q(old_words)} -> {_q(change.description)}"))
         if change.deletion_protection is not None:
             lines.append(
                 (
                     "~",
-                    f"deletion_protection: {_q(before.get('deletion_protection'))} -> "
+                    f"deletion_protection: {_q(None if before is None else before.deletion_protection)} -> "
                     f"{_q(change.deletion_protection)}",
                 )
             )
         if Action.REIMPORT in change.actions:
-            old = before.get("material_expires_at") or "never"
-            new = after.get("expiry") or "never"
+            old = (None if before is None else format_time(before.material_expires_at)) or "never"
+            new = (None if after is None else format_time(after.expiry)) or "never"
             lines.append(
                 ("↻", f"material expiry: {_q(old)} -> {_q(new)}" if old != new else f"expiry = {_q(new)}")
             )
@@ -142,22 +149,15 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
             lines.append(("-", f"key, after a pending window of {change.pending_window_days} days"))
     if change.material is not None:
         src = _material_words(change.material)
-        lines.append((" ", f"material from {src}, fingerprint {change.material.get('fingerprint')}"))
+        lines.append((" ", f"material from {src}, fingerprint {change.material.fingerprint}"))
     for dup in change.duplicates:
         lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
     # Aliases, tag keys, paths and argv are interpolated as they are: one escape for the whole line.
     return [(sign, _visible(text)) for sign, text in lines]
 
 
-def _material_words(material: Mapping[str, Any]) -> str:
-    kind = material.get("kind")
-    if kind == "file":
-        return f"file {material.get('file')}"
-    if kind == "env":
-        return f"environment variable {material.get('env')}"
-    if kind == "command":
-        return "command " + " ".join(str(a) for a in material.get("command") or [])
-    return str(kind)
+def _material_words(material: MaterialReference) -> str:
+    return material.describe()
 
 
 def _summary_line(plan: Plan) -> str:
@@ -209,7 +209,7 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
 
 def render_plan_json(plan: Plan) -> str:
     """The plan document; every string escaped as in text, so `jq -r` prints no raw control character."""
-    return json.dumps(json_safe(plan.to_dict()), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(json_safe(plan_to_dict(plan)), indent=2, ensure_ascii=False) + "\n"
 
 
 _DIFF_SIGNS = {"+": "+", "-": "-", "x": "-"}

@@ -34,7 +34,8 @@ from provisioner.model import (
     LiveState,
     ProtectionLevel,
 )
-from provisioner.plan import DUPLICATE_WINDOW_DAYS, Plan, make_plan
+from provisioner.plan.planner import make_plan
+from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, Plan
 from provisioner.refresh import refresh
 
 STACK = "e2e"
@@ -199,7 +200,7 @@ def test_read_back_catches_a_wrong_public_key(env: Env, monkeypatch: pytest.Monk
 def test_a_blocked_plan_is_refused(env: Env) -> None:
     env.declare("a", 50)
     plan = env.plan()
-    from provisioner.plan import Violation, ViolationCode
+    from provisioner.plan.values import Violation, ViolationCode
 
     blocked = dataclasses.replace(plan, violations=(Violation("a", ViolationCode.ALIAS_CONFLICT, "x"),))
     with pytest.raises(ApplyError, match="^the plan has violations and cannot be applied$"):
@@ -315,7 +316,7 @@ def test_check_plan_material_refuses_changed_material(env: Env) -> None:
     env.declare("a", 50)
     plan = env.plan()
     (change,) = plan.changes
-    planned = change.after["fingerprint"] if change.after else None
+    planned = change.after.fingerprint if change.after else None
     check_plan_material(plan, {"a": str(planned)})  # the same material: accepted
     write_key(env.folder, "a", private_pem("EC_P256", 53))
     _, now, _ = validate_manifests([env.folder / "manifests"], variables={})

@@ -22,21 +22,23 @@ from plan_builders import (
 )
 
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
-from provisioner.plan import (
+from provisioner.plan.planfile import (
     MAX_PLAN_BYTES,
-    UNKNOWN_FINGERPRINT,
-    Action,
-    NoteCode,
-    Plan,
+    change_to_dict,
+    load_plan,
+    plan_from_dict,
+    plan_to_dict,
+    save_plan,
+)
+from provisioner.plan.planner import (
     check_instructions,
     derive_change,
     digest_actual,
-    load_plan,
     make_plan,
     resolve_fingerprints,
-    save_plan,
     stale_reason,
 )
+from provisioner.plan.values import UNKNOWN_FINGERPRINT, Action, NoteCode, Plan
 
 CASES = Path(__file__).parent / "plan_cases"
 BACKEND = {"type": "local", "path": ".provision/kms.db"}
@@ -73,7 +75,7 @@ def test_plan_case(path: Path) -> None:
     plan = _plan_case(case)
 
     # Deterministic, and the document survives a save/load unchanged.
-    assert _plan_case(case).to_dict() == plan.to_dict()
+    assert plan_to_dict(_plan_case(case)) == plan_to_dict(plan)
     assert load_plan(save_plan(plan)) == plan
 
     want_changes: dict[str, dict[str, Any]] = expand(expect.get("changes") or {})
@@ -81,7 +83,7 @@ def test_plan_case(path: Path) -> None:
     assert len(got) == len(plan.changes), "one change per key"
     assert sorted(got) == sorted(want_changes), f"{path.name}: keys with changes"
     for name, want in want_changes.items():
-        doc = got[name].to_dict()
+        doc = change_to_dict(got[name])
         for field, value in want.items():
             if field == "reason_contains":
                 assert value in doc["reason"], f"{path.name}: {name}: reason {doc['reason']!r}"
@@ -156,7 +158,7 @@ def _golden_plan() -> Plan:
 def test_plan_document_golden() -> None:
     plan = _golden_plan()
     old = actual_key({"name": "old", "key_id": "key-old"})
-    assert plan.to_dict() == {
+    assert plan_to_dict(plan) == {
         "format_version": 1,
         "stack": "payments",
         "created_at": "2026-06-01T12:00:00Z",
@@ -268,7 +270,7 @@ def test_plan_round_trip_is_exact() -> None:
     again = load_plan(text)
     assert again == plan
     assert save_plan(again) == text
-    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan
 
 
 def test_digest_changes_with_what_apply_depends_on() -> None:
@@ -328,7 +330,7 @@ def test_digest_changes_with_what_apply_depends_on() -> None:
     ],
 )
 def test_malformed_plan_file(mutate: Any, error: type[Exception], message: str) -> None:
-    data = _golden_plan().to_dict()
+    data = plan_to_dict(_golden_plan())
     mutate(data)
     with pytest.raises(error) as info:
         load_plan(json.dumps(data))
@@ -484,7 +486,7 @@ def _index(plan: Plan, key: str) -> int:
 def test_hand_edited_instruction_is_refused(key: str, field: str, value: Any) -> None:
     plan = _edit_plan()
     i = _index(plan, key)
-    doc = plan.to_dict()
+    doc = plan_to_dict(plan)
     doc["changes"][i][field] = value
     doc.pop("summary")
     edited = load_plan(json.dumps(doc))
@@ -499,7 +501,7 @@ def test_hand_edited_instruction_is_refused(key: str, field: str, value: Any) ->
 def test_hand_edited_snapshot_is_refused() -> None:
     plan = _edit_plan()
     i = _index(plan, "upd")
-    doc = plan.to_dict()
+    doc = plan_to_dict(plan)
     doc["changes"][i]["before"]["status"] = "sleeping"
     edited = load_plan(json.dumps(doc))
     with pytest.raises(StalePlan) as info:
@@ -509,7 +511,7 @@ def test_hand_edited_snapshot_is_refused() -> None:
         f"edited by hand?): make a new plan"
     )
     # `before` edited consistently with an instruction still breaks the digest of what was seen.
-    doc = plan.to_dict()
+    doc = plan_to_dict(plan)
     doc["changes"][i]["before"]["description"] = "new words"
     doc["changes"][i]["description"] = None
     with pytest.raises(StalePlan, match=r"\(key 'upd'\): state_digest differ from what the planner derives"):
@@ -519,7 +521,7 @@ def test_hand_edited_snapshot_is_refused() -> None:
 def test_deletion_of_a_protected_key_in_a_saved_plan_is_refused() -> None:
     plan = _edit_plan()
     i = _index(plan, "old")
-    doc = plan.to_dict()
+    doc = plan_to_dict(plan)
     doc["changes"][i]["before"]["deletion_protection"] = True
     with pytest.raises(StalePlan) as info:
         check_instructions(load_plan(json.dumps(doc)))
@@ -534,7 +536,7 @@ def test_offline_plan_resolves_to_the_online_plan() -> None:
     live = live_state([actual_key({"name": "b"})])
     offline = make_plan(desired, live, now=NOW, fingerprints={}, backend=BACKEND, offline_material=True)
     (a, _) = offline.changes
-    assert a.after is not None and a.after["fingerprint"] == UNKNOWN_FINGERPRINT
+    assert a.after is not None and a.after.fingerprint == UNKNOWN_FINGERPRINT
     assert offline.notes[0].message.startswith("fingerprint unknown: the plan read no material")
     check_instructions(offline)
     online = make_plan(desired, live, now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND)
@@ -549,7 +551,7 @@ def test_offline_plan_resolves_to_the_online_plan() -> None:
 
 
 def test_plan_file_of_the_previous_format_is_refused() -> None:
-    doc = _golden_plan().to_dict()
+    doc = plan_to_dict(_golden_plan())
     doc.pop("manifest_digest")
     with pytest.raises(StalePlan) as info:
         load_plan(json.dumps(doc))
@@ -563,7 +565,7 @@ def test_deep_or_huge_plan_file_is_a_clear_error() -> None:
     with pytest.raises(ProvisionerError) as info:
         load_plan("[" * 100_000 + "]" * 100_000)
     assert str(info.value) == "plan file is malformed: its JSON is nested too deeply"
-    doc = _golden_plan().to_dict()
+    doc = plan_to_dict(_golden_plan())
     doc["changes"][0]["before"]["tags"] = "DEEP"
     text = json.dumps(doc).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ProvisionerError) as info:

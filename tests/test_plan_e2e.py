@@ -28,7 +28,7 @@ from e2e_support import (
 )
 
 from provisioner.backend.base import READ_ONLY_ACTIONS
-from provisioner.plan import load_plan, save_plan
+from provisioner.plan.planfile import load_plan, save_plan
 
 pytestmark = pytest.mark.slow
 

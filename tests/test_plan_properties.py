@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from plan_builders import actual_key, default_fingerprints, desired_key, fp, live_state, manifest
 
-from provisioner.model import ActualKey, KeySpec, KeyStatus, KeyUsage, LiveState, ProtectionLevel
-from provisioner.plan import DUPLICATE_WINDOW_DAYS, Action, Change, Plan, make_plan, parse_time
+from provisioner.model import ActualKey, KeyStatus, LiveState, parse_time
+from provisioner.plan.planfile import change_to_dict
+from provisioner.plan.planner import make_plan
+from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, Action, Change, Plan
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NAMES = ("a", "b", "c", "d")
@@ -111,10 +113,10 @@ def simulate(live: LiveState, plan: Plan, now: datetime) -> LiveState:
                 key_id=key_id,
                 arn=f"acs:kms:cn-hangzhou:1234:key/{key_id}",
                 status=KeyStatus.PENDING_IMPORT,
-                spec=KeySpec(after["spec"]),
-                usage=KeyUsage(after["usage"]),
-                protection=ProtectionLevel(after["protection"]),
-                instance=after["instance"],
+                spec=after.spec,
+                usage=after.usage,
+                protection=after.protection,
+                instance=after.instance,
                 description=change.description or "",
                 created_at=now,
                 material_expires_at=None,
@@ -181,7 +183,7 @@ def test_applying_a_plan_converges(desired_spec: dict[str, dict[str, Any]], live
     after = simulate(live, plan, NOW)
     again = make_plan(desired, after, now=NOW, fingerprints=fingerprints, backend={"type": "local"})
     assert not again.blocked, again.violations
-    assert again.changes == (), [c.to_dict() for c in again.changes]
+    assert again.changes == (), [change_to_dict(c) for c in again.changes]
     # Orphans stay orphans: never touched, still reported.
     assert {n.key for n in again.notes} >= {n for n in live.keys if n not in desired_spec}
     # The planner judging its own work is not enough: check the result against the manifest directly.

@@ -11,7 +11,9 @@ import pytest
 from plan_builders import actual_key, default_fingerprints, desired_key, fp, live_state, manifest
 
 from provisioner.drift import DriftReport, make_drift
-from provisioner.plan import Plan, make_plan
+from provisioner.plan.planfile import plan_to_dict
+from provisioner.plan.planner import make_plan
+from provisioner.plan.values import Plan
 from provisioner.render import (
     render_drift_json,
     render_drift_markdown,
@@ -123,7 +125,7 @@ def test_plan_text_blocked() -> None:
 
 def test_plan_json_is_to_dict() -> None:
     for plan in (_plan(), _blocked_plan(), _empty_plan()):
-        assert json.loads(render_plan_json(plan)) == plan.to_dict()
+        assert json.loads(render_plan_json(plan)) == plan_to_dict(plan)
 
 
 def test_plan_markdown() -> None:

@@ -21,8 +21,28 @@ from hypothesis import strategies as st
 
 from provisioner.drift import DriftItem, DriftKind, DriftReport
 from provisioner.escape import json_safe, visible
-from provisioner.model import Diagnostic, Location
-from provisioner.plan import Action, Change, Note, Plan, Violation, ViolationCode
+from provisioner.model import (
+    DesiredState,
+    Diagnostic,
+    KeySpec,
+    KeyStatus,
+    KeyUsage,
+    Location,
+    ProtectionLevel,
+    SourceKind,
+)
+from provisioner.plan.values import (
+    Action,
+    BackendInfo,
+    Change,
+    DesiredAttributes,
+    KeySnapshot,
+    MaterialReference,
+    Note,
+    Plan,
+    Violation,
+    ViolationCode,
+)
 from provisioner.render import (
     md_code,
     md_fenced,
@@ -47,15 +67,60 @@ H_CODE = "````" + H_TEXT + "````"
 RAW = ("\x1b", "\u202e")
 
 
+def _after(**fields: Any) -> DesiredAttributes:
+    base: dict[str, Any] = {
+        "spec": KeySpec.RSA_2048,
+        "usage": KeyUsage.SIGN_VERIFY,
+        "protection": ProtectionLevel.SOFTWARE,
+        "instance": None,
+        "description": "",
+        "tags": {},
+        "aliases": (),
+        "expiry": None,
+        "deletion_protection": False,
+        "deletion_window_days": 30,
+        "state": DesiredState.PRESENT,
+        "fingerprint": "sha256:ab",
+    }
+    base.update(fields)
+    return DesiredAttributes(**base)
+
+
+def _before(**fields: Any) -> KeySnapshot:
+    base: dict[str, Any] = {
+        "key_id": "key-u",
+        "arn": "acs:kms:cn-hangzhou:1234:key/key-u",
+        "status": KeyStatus.ENABLED,
+        "spec": KeySpec.RSA_2048,
+        "usage": KeyUsage.SIGN_VERIFY,
+        "protection": ProtectionLevel.SOFTWARE,
+        "instance": None,
+        "description": "",
+        "tags": {},
+        "aliases": (),
+        "material_expires_at": None,
+        "deletion_date": None,
+        "deletion_protection": False,
+        "recorded_fingerprint": None,
+        "public_key_fingerprint": None,
+    }
+    base.update(fields)
+    return KeySnapshot(**base)
+
+
+def _material(kind: SourceKind, **fields: Any) -> MaterialReference:
+    return MaterialReference(kind, "sha256:ab", **fields)
+
+
 def _change(**fields: Any) -> Change:
     base: dict[str, Any] = {
         "key": "k",
         "key_id": None,
         "actions": (Action.CREATE, Action.IMPORT),
         "reason": "key does not exist",
-        "after": {"spec": "RSA_2048", "usage": "SIGN/VERIFY", "protection": "SOFTWARE", "instance": None},
+        "after": _after(),
         "description": "",
-        "material": {"kind": "file", "file": "/m/k.pem", "fingerprint": "sha256:ab"},
+        "material": _material(SourceKind.FILE, file="/m/k.pem"),
     }
     base.update(fields)
     return Change(**base)
@@ -65,7 +130,7 @@ def _plan(*changes: Change, **fields: Any) -> Plan:
     base: dict[str, Any] = {
         "stack": "payments",
         "created_at": NOW,
-        "backend": {"type": "local", "path": "kms.db"},
+        "backend": BackendInfo.of({"type": "local", "path": "kms.db"}),
         "changes": changes or (_change(),),
     }
     base.update(fields)
@@ -109,7 +174,7 @@ def test_alias() -> None:
 
 
 def test_command_argv() -> None:
-    material = {"kind": "command", "command": ["sh", "-c", H], "fingerprint": "sha256:ab"}
+    material = _material(SourceKind.COMMAND, command=("sh", "-c", H))
     text, md, doc = _renderings(_plan(_change(material=material)))
     assert f"        material from command sh -c {H_TEXT}, fingerprint sha256:ab" in text
     assert f"    material from command sh -c {H_TEXT}, fingerprint sha256:ab" in md
@@ -117,7 +182,7 @@ def test_command_argv() -> None:
 
 
 def test_file_path() -> None:
-    material = {"kind": "file", "file": f"/m/{H}.pem", "fingerprint": "sha256:ab"}
+    material = _material(SourceKind.FILE, file=f"/m/{H}.pem")
     text, md, doc = _renderings(_plan(_change(material=material)))
     assert f"        material from file /m/{H_TEXT}.pem, fingerprint sha256:ab" in text
     assert f"    material from file /m/{H_TEXT}.pem, fingerprint sha256:ab" in md
@@ -135,7 +200,7 @@ def test_key_name_key_id_and_reason() -> None:
 
 
 def test_stack_and_backend() -> None:
-    text, md, doc = _renderings(_plan(stack=H, backend={"type": "local", "path": H}))
+    text, md, doc = _renderings(_plan(stack=H, backend=BackendInfo.of({"type": "local", "path": H})))
     assert text[0] == r"Stack 'a\x1b[2J\u202e```\n# h [l](http://e.x)', backend local (path " + H_TEXT + ")"
     assert md[0] == f"## Plan for stack {H_CODE}"
     assert (doc["stack"], doc["backend"]["path"]) == (H_TEXT, H_TEXT)
@@ -385,15 +450,15 @@ def _fill(plan: Plan, s: str) -> Plan:
             aliases_to_create=(s,) if c.aliases_to_create else (),
             aliases_to_move=(s,) if c.aliases_to_move else (),
             aliases_to_delete=(s,) if c.aliases_to_delete else (),
-            before={"tags": {s: s}, "description": s} if c.before is not None else None,
-            material={"kind": "command", "command": [s, s], "fingerprint": s} if c.material else None,
+            before=replace(c.before, tags={s: s}, description=s) if c.before is not None else None,
+            material=MaterialReference(SourceKind.COMMAND, s, command=(s, s)) if c.material else None,
             duplicates=(s,) if c.duplicates else (),
         )
 
     return replace(
         plan,
         stack=s,
-        backend={"type": "local", "path": s},
+        backend=BackendInfo.of({"type": "local", "path": s}),
         changes=tuple(change(c, i) for i, c in enumerate(plan.changes)),
         violations=tuple(Violation(s, v.code, s) for v in plan.violations),
         notes=tuple(Note(s, s) for n in plan.notes),
@@ -407,14 +472,14 @@ def _full_plan() -> Plan:
             key="u",
             key_id="key-u",
             actions=(Action.UPDATE, Action.REIMPORT),
-            before={"tags": {"a": "b"}, "description": "old"},
-            after={"expiry": None},
+            before=_before(tags={"a": "b"}, description="old"),
+            after=_after(),
             tags_to_set={"a": "c"},
             tags_to_remove=("a",),
             aliases_to_move=("m",),
             aliases_to_delete=("d",),
             description="new",
-            material={"kind": "file", "file": "/f", "fingerprint": "sha256:ab"},
+            material=_material(SourceKind.FILE, file="/f"),
             duplicates=("key-dup",),
         ),
         violations=(Violation("k", ViolationCode.ALIAS_CONFLICT, "m"),),

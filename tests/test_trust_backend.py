@@ -517,7 +517,7 @@ def _documents(backend: dict[str, str]) -> tuple[Any, Any]:
     from plan_builders import actual_key, default_fingerprints, desired_key, live_state, manifest
 
     from provisioner.drift import make_drift
-    from provisioner.plan import make_plan
+    from provisioner.plan.planner import make_plan
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
     desired = manifest([desired_key("a"), desired_key("b")])

@@ -1,16 +1,8 @@
-"""The planner: a pure function of (desired keys, live state, now) returning a Plan of Changes and Violations.
+"""The planner: a pure function of (desired keys, live state, now) returning a Plan, and the derivations
+that check a saved plan (derive_change, check_instructions, stale_reason, resolve_fingerprints).
 
-It does no I/O and reads no clock; the caller passes `now` and the fingerprints of the desired material.
-A Plan is a value: it round-trips through JSON exactly and holds no private material, only references.
-
-What `before` and `after` mean per action (Terraform's table, DESIGN section 5):
-
-    action             before           after                 apply does, in this order
-    create, import     None             desired key           CreateKey(all tags), 1st alias, import, rest
-    reimport           actual key       desired key           import the same material with expire_unix
-    delete-material    actual key       desired key           DeleteKeyMaterial
-    update             actual key       desired key           tags, aliases, description, protection
-    schedule-deletion  actual key       None                  ScheduleKeyDeletion(pending_window_days)
+It does no I/O, reads no clock and encodes nothing (planfile.py does); the caller passes `now` and the
+fingerprints of the desired material. What `before` and `after` mean per action: values.py.
 
 `actions` lists what a key needs in execution order, an `update` first. A key whose live deletion
 protection is on is never scheduled for deletion (violation `deletion-protected`): the protection is
@@ -21,15 +13,11 @@ whatever `actions` says for `key_id`; a change may carry duplicates and no actio
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
+from provisioner.compare import KeyDiff, compare
 from provisioner.errors import MaterialError, ProvisionerError, StalePlan
 from provisioner.model import (
     RESERVED_TAGS,
@@ -43,379 +31,28 @@ from provisioner.model import (
     LiveState,
     ManifestSet,
     format_time,
-    parse_time,
 )
-
-FORMAT_VERSION = 1
-#: Duplicates never held material, so nothing is lost by deleting them as soon as KMS allows.
-DUPLICATE_WINDOW_DAYS = 7
-
-
-class Action(StrEnum):
-    CREATE = "create"
-    IMPORT = "import"
-    REIMPORT = "reimport"
-    DELETE_MATERIAL = "delete-material"
-    UPDATE = "update"
-    SCHEDULE_DELETION = "schedule-deletion"
-
-
-class ViolationCode(StrEnum):
-    MATERIAL_IMMUTABLE = "material-immutable"
-    IMMUTABLE_ATTRIBUTE = "immutable-attribute"
-    ALIAS_CONFLICT = "alias-conflict"
-    UNSUPPORTED = "unsupported"
-    EXPIRY_IN_PAST = "expiry-in-past"
-    DUPLICATE_IDENTITY = "duplicate-identity"
-    DELETION_PROTECTED = "deletion-protected"
-
-
-class NoteCode(StrEnum):
-    FINGERPRINT_UNKNOWN = "fingerprint-unknown"
-
-
-#: The fingerprint an offline plan shows for material it did not read and no pin names.
-UNKNOWN_FINGERPRINT = "unknown"
-#: A plan file larger than this is refused before parsing (a 5,000-key plan is a few MB).
-MAX_PLAN_BYTES = 32 * 1024 * 1024
-
-
-def expire_unix(expiry: datetime | None) -> int:
-    """`KeyMaterialExpireUnix` for an expiry: 0 means never."""
-    return 0 if expiry is None else int(expiry.timestamp())
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one key needs. Fields other than actions/reason/before/after are the exact detail apply uses."""
-
-    key: str
-    key_id: str | None  # None for create
-    actions: tuple[Action, ...]
-    reason: str
-    before: Mapping[str, Any] | None = None
-    after: Mapping[str, Any] | None = None
-    # create: every tag, reserved ones included; update: user tags added or changed.
-    tags_to_set: Mapping[str, str] = field(default_factory=dict)
-    tags_to_remove: tuple[str, ...] = ()  # user tags only; reserved tags are never touched after creation
-    aliases_to_create: tuple[str, ...] = ()  # CreateAlias
-    aliases_to_move: tuple[str, ...] = ()  # held by another key of this stack: UpdateAlias to this key
-    aliases_to_delete: tuple[str, ...] = ()  # DeleteAlias
-    description: str | None = None  # the new description, on create or when it changes
-    deletion_protection: bool | None = None  # the new value when it changes (or on create, when on)
-    expire_unix: int | None = None  # import/reimport: KeyMaterialExpireUnix, 0 = never
-    pending_window_days: int | None = None  # schedule-deletion
-    material: Mapping[str, Any] | None = None  # MaterialSource.to_dict() with "fingerprint"; never bytes
-    state_digest: str | None = None  # digest_actual() of the key as planned against; None for create
-    duplicates: tuple[str, ...] = ()  # key ids to schedule for deletion with DUPLICATE_WINDOW_DAYS
-    duplicate_digests: tuple[str, ...] = ()  # digest_actual() of each duplicate, same order
-
-    @property
-    def spec(self) -> str | None:
-        """The desired key spec (what CreateKey takes), from `after`."""
-        return None if self.after is None else str(self.after["spec"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "key_id": self.key_id,
-            "actions": [a.value for a in self.actions],
-            "reason": self.reason,
-            "before": _plain(self.before),
-            "after": _plain(self.after),
-            "tags_to_set": dict(sorted(self.tags_to_set.items())),
-            "tags_to_remove": list(self.tags_to_remove),
-            "aliases_to_create": list(self.aliases_to_create),
-            "aliases_to_move": list(self.aliases_to_move),
-            "aliases_to_delete": list(self.aliases_to_delete),
-            "description": self.description,
-            "deletion_protection": self.deletion_protection,
-            "expire_unix": self.expire_unix,
-            "pending_window_days": self.pending_window_days,
-            "material": _plain(self.material),
-            "state_digest": self.state_digest,
-            "duplicates": list(self.duplicates),
-            "duplicate_digests": list(self.duplicate_digests),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "change") -> Change:
-        r = _Reader(data, where)
-        actions = []
-        for i, word in enumerate(r.list("actions", str)):
-            try:
-                actions.append(Action(word))
-            except ValueError:
-                raise _malformed(f"{where}.actions[{i}]", f"{word!r} is not an action word") from None
-        change = cls(
-            key=r.req("key", str),
-            key_id=r.opt("key_id", str),
-            actions=tuple(actions),
-            reason=r.req("reason", str),
-            before=r.opt("before", dict),
-            after=r.opt("after", dict),
-            tags_to_set=r.str_map("tags_to_set"),
-            tags_to_remove=tuple(r.list("tags_to_remove", str)),
-            aliases_to_create=tuple(r.list("aliases_to_create", str)),
-            aliases_to_move=tuple(r.list("aliases_to_move", str)),
-            aliases_to_delete=tuple(r.list("aliases_to_delete", str)),
-            description=r.opt("description", str),
-            deletion_protection=r.opt("deletion_protection", bool),
-            expire_unix=r.opt("expire_unix", int),
-            pending_window_days=r.opt("pending_window_days", int),
-            material=r.opt("material", dict),
-            state_digest=r.opt("state_digest", str),
-            duplicates=tuple(r.list("duplicates", str)),
-            duplicate_digests=tuple(r.list("duplicate_digests", str)),
-        )
-        r.no_extra()
-        return change
-
-
-@dataclass(frozen=True)
-class Violation:
-    """Why the plan must not be applied: what is wrong and how to fix it."""
-
-    key: str
-    code: ViolationCode
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"key": self.key, "code": self.code.value, "message": self.message}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "violation") -> Violation:
-        r = _Reader(data, where)
-        code = r.req("code", str)
-        try:
-            vcode = ViolationCode(code)
-        except ValueError:
-            raise _malformed(f"{where}.code", f"{code!r} is not a violation code") from None
-        v = cls(key=r.req("key", str), code=vcode, message=r.req("message", str))
-        r.no_extra()
-        return v
-
-
-@dataclass(frozen=True)
-class Note:
-    """Information that changes nothing: an orphan key left alone, a choice the planner made."""
-
-    key: str
-    message: str
-    code: NoteCode | None = None
-
-    def to_dict(self) -> dict[str, str | None]:
-        code = None if self.code is None else self.code.value
-        return {"key": self.key, "code": code, "message": self.message}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "note") -> Note:
-        r = _Reader(data, where)
-        code = r.opt("code", str)
-        try:
-            ncode = None if code is None else NoteCode(code)
-        except ValueError:
-            raise _malformed(f"{where}.code", f"{code!r} is not a note code") from None
-        n = cls(key=r.req("key", str), message=r.req("message", str), code=ncode)
-        r.no_extra()
-        return n
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The whole judgement: changes (sorted by key) and violations (sorted); any violation blocks it."""
-
-    stack: str
-    created_at: datetime
-    backend: Mapping[str, str]
-    changes: tuple[Change, ...]
-    violations: tuple[Violation, ...] = ()
-    notes: tuple[Note, ...] = ()
-    format_version: int = FORMAT_VERSION
-    #: ManifestSet.manifest_digest of the manifests planned: `apply --plan` refuses others.
-    manifest_digest: str = ""
-
-    @property
-    def summary(self) -> dict[str, int]:
-        """Count of keys per action word; every word present. Duplicates count as schedule-deletion."""
-        counts = {a.value: 0 for a in Action}
-        for c in self.changes:
-            for a in c.actions:
-                counts[a.value] += 1
-            counts[Action.SCHEDULE_DELETION.value] += len(c.duplicates)
-        return counts
-
-    @property
-    def blocked(self) -> bool:
-        return bool(self.violations)
-
-    @property
-    def has_changes(self) -> bool:
-        return bool(self.changes)
-
-    def change_for(self, key: str) -> Change | None:
-        return next((c for c in self.changes if c.key == key), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "stack": self.stack,
-            "created_at": format_time(self.created_at),
-            "backend": dict(self.backend),
-            "manifest_digest": self.manifest_digest,
-            "changes": [c.to_dict() for c in self.changes],
-            "violations": [v.to_dict() for v in self.violations],
-            "notes": [n.to_dict() for n in self.notes],
-            "summary": self.summary,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Plan:
-        if not isinstance(data, dict):
-            raise ProvisionerError("plan file is malformed: expected a JSON object at the top level")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StalePlan(
-                f"plan file has format_version {version!r}; this provisioner reads format_version "
-                f"{FORMAT_VERSION}: run `provision plan --out FILE` again"
-            )
-        if "manifest_digest" not in data:
-            raise StalePlan(
-                "plan file has no manifest_digest: it was made by an earlier version of the provisioner, "
-                "which did not record the manifests it planned: run `provision plan --out FILE` again"
-            )
-        r = _Reader(data, "plan")
-        created = r.req("created_at", str)
-        try:
-            created_at = parse_time(created)
-        except ValueError:
-            created_at = None
-        if created_at is None:
-            raise _malformed("plan.created_at", f"{created!r} is not a time like 2026-01-31T12:00:00Z")
-        plan = cls(
-            stack=r.req("stack", str),
-            created_at=created_at,
-            backend=r.str_map("backend"),
-            changes=tuple(
-                Change.from_dict(c, f"changes[{i}]") for i, c in enumerate(r.list("changes", dict))
-            ),
-            violations=tuple(
-                Violation.from_dict(v, f"violations[{i}]") for i, v in enumerate(r.list("violations", dict))
-            ),
-            notes=tuple(Note.from_dict(n, f"notes[{i}]") for i, n in enumerate(r.list("notes", dict))),
-            format_version=r.req("format_version", int),
-            manifest_digest=r.req("manifest_digest", str),
-        )
-        summary = r.opt("summary", dict)
-        r.no_extra()
-        if summary is not None and summary != plan.summary:
-            raise _malformed("plan.summary", "does not match the changes (was the file edited by hand?)")
-        # A key created under one stack's identity tags while apply checks another stack's live state
-        # would make a duplicate that the rightful stack's next plan schedules for deletion.
-        for i, c in enumerate(plan.changes):
-            expected = {TAG_STACK: plan.stack, TAG_NAME: c.key}
-            for tag, value in expected.items():
-                if tag in c.tags_to_set and c.tags_to_set[tag] != value:
-                    raise _malformed(
-                        f"changes[{i}].tags_to_set",
-                        f"{tag} is {c.tags_to_set[tag]!r}, not {value!r} (was the file edited by hand?)",
-                    )
-        return plan
-
-
-def save_plan(plan: Plan, *, relative_to: Path | None = None) -> str:
-    """The plan file's text: stable, sorted JSON with a final newline.
-
-    With `relative_to` (the working folder), material files below it are recorded relative to it, so
-    `apply --plan` works from another checkout of the same repository (a CI job on another runner).
-    """
-    if relative_to is not None:
-        plan = relative_materials(plan, relative_to)
-    return json.dumps(plan.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def relative_materials(plan: Plan, folder: Path) -> Plan:
-    """The plan with material files below `folder` named relative to it, as save_plan records them."""
-    return replace(plan, changes=tuple(_relative_material(c, folder) for c in plan.changes))
-
-
-def _relative_material(change: Change, folder: Path) -> Change:
-    file = (change.material or {}).get("file")
-    if not file or not Path(file).is_absolute() or not Path(file).is_relative_to(folder):
-        return change
-    return replace(change, material={**(change.material or {}), "file": str(Path(file).relative_to(folder))})
-
-
-def load_plan(text: str) -> Plan:
-    if len(text) > MAX_PLAN_BYTES:
-        raise ProvisionerError(f"plan file is larger than {MAX_PLAN_BYTES >> 20} MiB: not a plan file")
-    try:
-        data = json.loads(text)
-        return Plan.from_dict(data)
-    except json.JSONDecodeError as e:
-        raise ProvisionerError(
-            f"plan file is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
-    except RecursionError:
-        raise ProvisionerError("plan file is malformed: its JSON is nested too deeply") from None
-
-
-# ----------------------------------------------------------------------------------------- snapshots
-
-
-def actual_snapshot(key: ActualKey) -> dict[str, Any]:
-    """`before`: the actual key as the plan saw it, JSON-able."""
-    return {
-        "key_id": key.key_id,
-        "arn": key.arn,
-        "status": key.status.value,
-        "spec": key.spec.value,
-        "usage": key.usage.value,
-        "protection": key.protection.value,
-        "instance": key.instance,
-        "description": key.description,
-        "tags": dict(sorted(key.tags.items())),
-        "aliases": sorted(key.aliases),
-        "material_expires_at": format_time(key.material_expires_at),
-        "deletion_date": format_time(key.deletion_date),
-        "deletion_protection": key.deletion_protection,
-        "recorded_fingerprint": key.recorded_fingerprint,
-        "public_key_fingerprint": key.public_key_fingerprint,
-    }
-
-
-def desired_snapshot(key: DesiredKey, fingerprint: str | None) -> dict[str, Any]:
-    """`after`: the desired key, JSON-able; `tags` are user tags (the reserved ones are in tags_to_set)."""
-    return {
-        "spec": key.spec.value,
-        "usage": key.usage.value,
-        "protection": key.protection.value,
-        "instance": key.instance,
-        "description": key.description,
-        "tags": dict(sorted(key.tags.items())),
-        "aliases": sorted(key.aliases),
-        "expiry": format_time(key.expiry),
-        "deletion_protection": key.deletion_protection,
-        "deletion_window_days": key.deletion_window_days,
-        "state": key.state.value,
-        "fingerprint": fingerprint,
-    }
+from provisioner.plan.planfile import digest_snapshot
+from provisioner.plan.values import (
+    UNKNOWN_FINGERPRINT,
+    Action,
+    BackendInfo,
+    Change,
+    DesiredAttributes,
+    KeySnapshot,
+    MaterialReference,
+    Note,
+    NoteCode,
+    Plan,
+    Violation,
+    ViolationCode,
+    expire_unix,
+)
 
 
 def digest_actual(key: ActualKey) -> str:
-    """`sha256:<hex>` of what apply depends on, so a saved plan can tell that a key changed since.
-
-    The snapshot less the confirmed public key, which only some reads fetch (the recorded
-    fingerprint is in the tags).
-    """
-    return digest_snapshot(actual_snapshot(key))
-
-
-def digest_snapshot(before: Mapping[str, Any]) -> str:
-    """digest_actual() of the key an actual_snapshot() (a change's `before`) describes."""
-    facts = {k: v for k, v in before.items() if k != "public_key_fingerprint"}
-    canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    """`sha256:<hex>` of what apply depends on, so a saved plan can tell that a key changed since."""
+    return digest_snapshot(KeySnapshot.of(key))
 
 
 # ----------------------------------------------------------------------------------------- planner
@@ -554,7 +191,7 @@ class _Planner:
             return False
         return True
 
-    def material_ref(self, d: DesiredKey, why: str) -> tuple[dict[str, Any], str] | None:
+    def material_ref(self, d: DesiredKey, why: str) -> tuple[MaterialReference, str] | None:
         """The material reference and fingerprint for an import, or a violation when there is none."""
         if d.material is None:
             self.violate(
@@ -569,7 +206,7 @@ class _Planner:
                 f"{d.location}: the fingerprint of the material for key {d.name!r} is unknown; "
                 f"the planner needs the material read first"
             )
-        return {**d.material.to_dict(), "fingerprint": fp}, fp
+        return MaterialReference.of(d.material, fp), fp
 
     def plan_new(self, d: DesiredKey) -> None:
         if d.state is DesiredState.ABSENT:
@@ -597,7 +234,7 @@ class _Planner:
                 actions=(Action.CREATE, Action.IMPORT),
                 reason="key does not exist",
                 before=None,
-                after=desired_snapshot(d, fp),
+                after=DesiredAttributes.of(d, fp),
                 tags_to_set=dict(sorted(tags.items())),
                 aliases_to_create=aliases_create,
                 aliases_to_move=aliases_move,
@@ -609,13 +246,14 @@ class _Planner:
         )
 
     def plan_alias_claims(
-        self, d: DesiredKey, holder: str | None = None
+        self, d: DesiredKey, holder: str | None = None, wanted: Iterable[str] | None = None
     ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """Aliases `d` lists that `holder` lacks: (to create, to move); None on a conflict."""
+        """Aliases `d` lists (or `wanted` of them) that `holder` lacks: (to create, to move); None on a
+        conflict."""
         create: list[str] = []
         move: list[str] = []
         conflict = False
-        for a in sorted(d.aliases):
+        for a in sorted(d.aliases if wanted is None else wanted):
             owner = self.our_alias_owner.get(a)
             if owner is None:
                 owner = self.live.alias_owners.get(a)
@@ -658,7 +296,7 @@ class _Planner:
                 key_id=key.key_id,
                 actions=(Action.SCHEDULE_DELETION,),
                 reason=f"state is absent: deletion in {d.deletion_window_days} days",
-                before=actual_snapshot(key),
+                before=KeySnapshot.of(key),
                 after=None,
                 pending_window_days=d.deletion_window_days,
                 state_digest=digest_actual(key),
@@ -691,8 +329,8 @@ class _Planner:
             key_id=key.key_id,
             actions=(),
             reason=f"{len(dup_ids)} duplicate key(s) without material carry this identity: schedule deletion",
-            before=actual_snapshot(key),
-            after=desired_snapshot(d, self.fingerprint_of(d)) if d.state is not DesiredState.ABSENT else None,
+            before=KeySnapshot.of(key),
+            after=None if d.state is DesiredState.ABSENT else DesiredAttributes.of(d, self.fingerprint_of(d)),
             state_digest=digest_actual(key),
             duplicates=dup_ids,
             duplicate_digests=tuple(digest_actual(k) for k in duplicates),
@@ -709,21 +347,25 @@ class _Planner:
                 f"or set state: absent",
             )
             return
-        self.check_immutable(d, key)
+        fingerprint = self.fingerprints.get(d.name)
+        diff = compare(d, key, live=self.live, our_ids=self.our_ids, fingerprint=fingerprint)
+        self.check_immutable(d, key, diff)
         self.unprotected(d, duplicates)
         if d.state is DesiredState.PRESENT:
             self.check_expiry(d)
-            self.check_material(d, key)
+            self.check_material(d, key, diff)
 
         reasons: list[str] = []
         actions: list[Action] = []
         # -- update
-        tags_set = {k: v for k, v in d.tags.items() if k not in RESERVED_TAGS and key.tags.get(k) != v}
-        tags_remove = tuple(sorted(k for k in key.user_tags if k not in d.tags))
-        aliases_create, aliases_move = self.plan_alias_claims(d, holder=key.key_id) or ((), ())
-        aliases_delete = tuple(sorted(a for a in key.aliases if a not in d.aliases and a not in self.claimed))
-        description = d.description if d.description != key.description else None
-        protection = d.deletion_protection if d.deletion_protection != key.deletion_protection else None
+        tags_set, tags_remove = diff.tags_to_set, diff.tags_to_remove
+        wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
+        aliases_create, aliases_move = self.plan_alias_claims(d, key.key_id, wanted) or ((), ())
+        # An alias another key of the plan claims moves with that key's change, not deleted here.
+        aliases_delete = tuple(
+            a for a in diff.aliases_unexpected if a not in d.aliases and a not in self.claimed
+        )
+        description, protection = diff.description, diff.deletion_protection
         if tags_set or tags_remove:
             reasons.append("tags differ")
         if aliases_create or aliases_move or aliases_delete:
@@ -735,7 +377,7 @@ class _Planner:
         if reasons:
             actions.append(Action.UPDATE)
         # -- material
-        material: dict[str, Any] | None = None
+        material: MaterialReference | None = None
         expire: int | None = None
         if d.state is DesiredState.PRESENT:
             why = None
@@ -743,7 +385,7 @@ class _Planner:
                 why = "key has no material"
             elif key.status is KeyStatus.MATERIAL_EXPIRED:
                 why = "material expired"
-            elif expire_unix(key.material_expires_at) != expire_unix(d.expiry):
+            elif diff.expiry_changes:
                 why = (
                     f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
                     f"to {format_time(d.expiry) or 'never'}"
@@ -755,7 +397,7 @@ class _Planner:
                     expire = expire_unix(d.expiry)
                     actions.append(Action.REIMPORT)
                     reasons.append(why)
-        elif key.status in _HOLDS_MATERIAL:
+        elif diff.holds_material:
             actions.append(Action.DELETE_MATERIAL)
             reasons.append("state is material-deleted and the key holds material")
 
@@ -774,8 +416,8 @@ class _Planner:
                 key_id=key.key_id,
                 actions=tuple(actions),
                 reason="; ".join(reasons),
-                before=actual_snapshot(key),
-                after=desired_snapshot(d, self.fingerprint_of(d)),
+                before=KeySnapshot.of(key),
+                after=DesiredAttributes.of(d, self.fingerprint_of(d)),
                 tags_to_set=dict(sorted(tags_set.items())),
                 tags_to_remove=tags_remove,
                 aliases_to_create=aliases_create,
@@ -791,17 +433,9 @@ class _Planner:
             )
         )
 
-    def check_immutable(self, d: DesiredKey, key: ActualKey) -> None:
-        diffs = [
-            (attr, str(getattr(key, attr)), str(getattr(d, attr)))
-            for attr in ("spec", "usage", "protection")
-            if getattr(key, attr) != getattr(d, attr)
-        ]
-        # No instance in the manifest means "wherever it is"; only a named instance must match.
-        if d.instance is not None and d.instance != key.instance:
-            diffs.append(("instance", str(key.instance), d.instance))
-        if diffs:
-            what = ", ".join(f"{a} is {live} (manifest says {want})" for a, live, want in diffs)
+    def check_immutable(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        if diff.immutable:
+            what = ", ".join(f"{a} is {live} (manifest says {want})" for a, live, want in diff.immutable)
             self.violate(
                 d.name,
                 ViolationCode.IMMUTABLE_ATTRIBUTE,
@@ -809,27 +443,16 @@ class _Planner:
                 f"values, or retire this key (state: absent) and declare a new one under another name",
             )
 
-    def check_material(self, d: DesiredKey, key: ActualKey) -> None:
-        live = {
-            "recorded": key.recorded_fingerprint,
-            "live public key": key.public_key_fingerprint,
-        }
-        wanted = {"material": self.fingerprints.get(d.name)}
-        if d.material is not None and d.material.fingerprint is not None:
-            wanted["pinned fingerprint"] = d.material.fingerprint
-        for wname, want in wanted.items():
-            if want is None:
-                continue
-            for lname, have in live.items():
-                if have is not None and have != want:
-                    self.violate(
-                        d.name,
-                        ViolationCode.MATERIAL_IMMUTABLE,
-                        f"key {key.key_id} is bound to material {have} ({lname}) but the manifest's {wname} "
-                        f"is {want}: material never changes on a key; point `material` back at the original, "
-                        f"or retire this key (state: absent) and declare a new one under another name",
-                    )
-                    return
+    def check_material(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+        m = diff.material_mismatch
+        if m is not None:
+            self.violate(
+                d.name,
+                ViolationCode.MATERIAL_IMMUTABLE,
+                f"key {key.key_id} is bound to material {m.live} ({m.live_label}) but the manifest's "
+                f"{m.wanted_label} is {m.wanted}: material never changes on a key; point `material` back at "
+                f"the original, or retire this key (state: absent) and declare a new one under another name",
+            )
 
 
 def make_plan(
@@ -852,7 +475,7 @@ def make_plan(
     return Plan(
         stack=desired.stack,
         created_at=(created_at or now).replace(microsecond=0),  # plan files keep whole seconds
-        backend={k: str(v) for k, v in backend.items() if v is not None},
+        backend=BackendInfo.of(backend),
         changes=tuple(sorted(planner.changes, key=lambda c: (c.key, c.key_id or ""))),
         violations=tuple(sorted(set(planner.violations), key=lambda v: (v.key, v.code.value, v.message))),
         notes=tuple(sorted(planner.notes, key=lambda n: (n.key, n.message))),
@@ -905,10 +528,12 @@ def derive_change(change: Change, stack: str) -> Change:
     if before is None:
         if after is None:
             raise ValueError("neither before nor after")
-        fp = after["fingerprint"]
-        tags = {k: v for k, v in after["tags"].items() if k not in RESERVED_TAGS}
-        tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: fp})
-        create, move = _alias_split(change, sorted(after["aliases"]))
+        if change.material is None:
+            raise ValueError("a create without material")
+        fp = after.fingerprint
+        tags = {k: v for k, v in after.tags.items() if k not in RESERVED_TAGS}
+        tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: str(fp)})
+        create, move = _alias_split(change, sorted(after.aliases))
         return replace(
             change,
             key_id=None,
@@ -918,23 +543,23 @@ def derive_change(change: Change, stack: str) -> Change:
             aliases_to_create=create,
             aliases_to_move=move,
             aliases_to_delete=(),
-            description=after["description"],
-            deletion_protection=True if after["deletion_protection"] else None,
-            expire_unix=expire_unix(parse_time(after["expiry"])),
+            description=after.description,
+            deletion_protection=True if after.deletion_protection else None,
+            expire_unix=expire_unix(after.expiry),
             pending_window_days=None,
-            material={**(change.material or {}), "fingerprint": fp},
+            material=replace(change.material, fingerprint=fp),
             state_digest=None,
             duplicates=(),
             duplicate_digests=(),
         )
     if len(change.duplicates) != len(change.duplicate_digests):
         raise ValueError("duplicates and duplicate_digests differ in length")
-    status = KeyStatus(before["status"])
+    status = before.status
     if after is None:
         deleting = status is not KeyStatus.PENDING_DELETION
         return replace(
             change,
-            key_id=before["key_id"],
+            key_id=before.key_id,
             actions=(Action.SCHEDULE_DELETION,) if deleting else (),
             tags_to_set={},
             tags_to_remove=(),
@@ -948,37 +573,37 @@ def derive_change(change: Change, stack: str) -> Change:
             material=None,
             state_digest=digest_snapshot(before),
         )
-    have_tags: Mapping[str, str] = before["tags"]
-    want_tags: Mapping[str, str] = after["tags"]
+    have_tags, want_tags = before.tags, after.tags
     tags_set = {k: v for k, v in want_tags.items() if k not in RESERVED_TAGS and have_tags.get(k) != v}
     tags_remove = tuple(sorted(k for k in have_tags if k not in RESERVED_TAGS and k not in want_tags))
-    create, move = _alias_split(change, sorted(set(after["aliases"]) - set(before["aliases"])))
-    removed = set(before["aliases"]) - set(after["aliases"])
+    create, move = _alias_split(change, sorted(set(after.aliases) - set(before.aliases)))
+    removed = set(before.aliases) - set(after.aliases)
     delete = change.aliases_to_delete
     if not set(delete) <= removed or list(delete) != sorted(set(delete)):
         delete = tuple(sorted(removed))
-    description = after["description"] if after["description"] != before["description"] else None
-    protection = after["deletion_protection"]
-    protection = protection if protection != before["deletion_protection"] else None
+    description = after.description if after.description != before.description else None
+    protection: bool | None = after.deletion_protection
+    protection = protection if protection != before.deletion_protection else None
     actions: list[Action] = []
     if tags_set or tags_remove or create or move or delete or (description, protection) != (None, None):
         actions.append(Action.UPDATE)
-    material: Mapping[str, Any] | None = None
+    material: MaterialReference | None = None
     expire: int | None = None
-    state = DesiredState(after["state"])
-    want_expiry = expire_unix(parse_time(after["expiry"]))
-    if state is DesiredState.PRESENT and (
+    want_expiry = expire_unix(after.expiry)
+    if after.state is DesiredState.PRESENT and (
         status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED)
-        or expire_unix(parse_time(before["material_expires_at"])) != want_expiry
+        or expire_unix(before.material_expires_at) != want_expiry
     ):
         actions.append(Action.REIMPORT)
-        material = {**(change.material or {}), "fingerprint": after["fingerprint"]}
+        if change.material is None:
+            raise ValueError("a reimport without material")
+        material = replace(change.material, fingerprint=after.fingerprint)
         expire = want_expiry
-    elif state is not DesiredState.PRESENT and status in _HOLDS_MATERIAL:
+    elif after.state is not DesiredState.PRESENT and status in _HOLDS_MATERIAL:
         actions.append(Action.DELETE_MATERIAL)
     return replace(
         change,
-        key_id=before["key_id"],
+        key_id=before.key_id,
         actions=tuple(actions),
         tags_to_set=dict(sorted(tags_set.items())),
         tags_to_remove=tags_remove,
@@ -1012,14 +637,16 @@ def check_instructions(plan: Plan) -> None:
     for i, change in enumerate(plan.changes):
         where = f"plan file: changes[{i}] (key {change.key!r})"
         doomed = Action.SCHEDULE_DELETION in change.actions
-        if doomed and change.before is not None and change.before.get("deletion_protection") is not False:
+        if doomed and change.before is not None and change.before.deletion_protection:
             raise StalePlan(
                 f"{where}: schedules key {change.key_id} for deletion while its deletion protection is on "
                 f"(deletion-protected; was the file edited by hand?): make a new plan"
             )
         try:
+            if i in plan.unrecorded:
+                raise ValueError("before/after or material not decoded")
             expected = derive_change(change, plan.stack)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except ValueError:
             raise StalePlan(
                 f"{where}: before/after are not what the planner records (was the file edited by hand?): "
                 f"make a new plan"
@@ -1042,10 +669,10 @@ def resolve_fingerprints(plan: Plan, fingerprints: Mapping[str, str]) -> Plan:
         fp = fingerprints.get(c.key)
         after, material, tags = c.after, c.material, c.tags_to_set
         if fp is not None:
-            if after is not None and after.get("fingerprint") == UNKNOWN_FINGERPRINT:
-                after = {**after, "fingerprint": fp}
-            if material is not None and material.get("fingerprint") == UNKNOWN_FINGERPRINT:
-                material = {**material, "fingerprint": fp}
+            if after is not None and after.fingerprint == UNKNOWN_FINGERPRINT:
+                after = replace(after, fingerprint=fp)
+            if material is not None and material.fingerprint == UNKNOWN_FINGERPRINT:
+                material = replace(material, fingerprint=fp)
             if tags.get(TAG_FINGERPRINT) == UNKNOWN_FINGERPRINT:
                 tags = {**tags, TAG_FINGERPRINT: fp}
         if (after, material, tags) != (c.after, c.material, c.tags_to_set):
@@ -1055,66 +682,3 @@ def resolve_fingerprints(plan: Plan, fingerprints: Mapping[str, str]) -> Plan:
         n for n in plan.notes if not (n.code is NoteCode.FINGERPRINT_UNKNOWN and n.key in fingerprints)
     )
     return replace(plan, changes=tuple(changes), notes=notes)
-
-
-# ----------------------------------------------------------------------------------------- plan files
-
-
-def _plain(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return None if value is None else json.loads(json.dumps(value, sort_keys=True))
-
-
-def _malformed(where: str, what: str) -> ProvisionerError:
-    return ProvisionerError(f"plan file is malformed: {where}: {what}")
-
-
-_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list"}
-
-
-class _Reader:
-    """Typed access to one JSON object of a plan file, naming the path of whatever is wrong."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict):
-            raise _malformed(where, "expected an object")
-        self.data: dict[str, Any] = data
-        self.where = where
-        self.seen: set[str] = set()
-
-    def _check(self, name: str, value: Any, typ: type) -> Any:
-        # bool is an int in Python; a plan file saying `true` where a number belongs is still wrong.
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise _malformed(f"{self.where}.{name}", f"expected {_TYPE_WORDS[typ]}, got {json.dumps(value)}")
-        return value
-
-    def req(self, name: str, typ: type) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            raise _malformed(self.where, f"missing field {name!r}")
-        return self._check(name, self.data[name], typ)
-
-    def opt(self, name: str, typ: type) -> Any:
-        self.seen.add(name)
-        value = self.data.get(name)
-        return None if value is None else self._check(name, value, typ)
-
-    def list(self, name: str, typ: type) -> list[Any]:
-        self.seen.add(name)
-        value = self.data.get(name, [])
-        self._check(name, value, list)
-        for i, item in enumerate(value):
-            self._check(f"{name}[{i}]", item, typ)
-        return list(value)
-
-    def str_map(self, name: str) -> dict[str, str]:
-        self.seen.add(name)
-        value = self.data.get(name, {})
-        self._check(name, value, dict)
-        for k, v in value.items():
-            self._check(f"{name}.{k}", v, str)
-        return dict(value)
-
-    def no_extra(self) -> None:
-        extra = sorted(set(self.data) - self.seen)
-        if extra:
-            raise _malformed(self.where, f"unknown field(s) {', '.join(map(repr, extra))}")

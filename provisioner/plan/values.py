@@ -1,0 +1,295 @@
+"""What a plan is made of, as frozen typed values: Change (with its before/after snapshots), Plan, Violation.
+
+No I/O, no clock, no JSON: planfile.py is the only codec of the plan document, planner.py the only
+maker of plans. What `before` and `after` mean per action (Terraform's table, DESIGN section 5):
+
+    action             before           after                 apply does, in this order
+    create, import     None             desired key           CreateKey(all tags), 1st alias, import, rest
+    reimport           actual key       desired key           import the same material with expire_unix
+    delete-material    actual key       desired key           DeleteKeyMaterial
+    update             actual key       desired key           tags, aliases, description, protection
+    schedule-deletion  actual key       None                  ScheduleKeyDeletion(pending_window_days)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from provisioner.model import (
+    RESERVED_TAGS,
+    ActualKey,
+    DesiredKey,
+    DesiredState,
+    KeySpec,
+    KeyStatus,
+    KeyUsage,
+    MaterialSource,
+    ProtectionLevel,
+    SourceKind,
+)
+
+FORMAT_VERSION = 1
+#: Duplicates never held material, so nothing is lost by deleting them as soon as KMS allows.
+DUPLICATE_WINDOW_DAYS = 7
+#: The fingerprint an offline plan shows for material it did not read and no pin names.
+UNKNOWN_FINGERPRINT = "unknown"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    IMPORT = "import"
+    REIMPORT = "reimport"
+    DELETE_MATERIAL = "delete-material"
+    UPDATE = "update"
+    SCHEDULE_DELETION = "schedule-deletion"
+
+
+class ViolationCode(StrEnum):
+    MATERIAL_IMMUTABLE = "material-immutable"
+    IMMUTABLE_ATTRIBUTE = "immutable-attribute"
+    ALIAS_CONFLICT = "alias-conflict"
+    UNSUPPORTED = "unsupported"
+    EXPIRY_IN_PAST = "expiry-in-past"
+    DUPLICATE_IDENTITY = "duplicate-identity"
+    DELETION_PROTECTED = "deletion-protected"
+
+
+class NoteCode(StrEnum):
+    FINGERPRINT_UNKNOWN = "fingerprint-unknown"
+
+
+def expire_unix(expiry: datetime | None) -> int:
+    """`KeyMaterialExpireUnix` for an expiry: 0 means never."""
+    return 0 if expiry is None else int(expiry.timestamp())
+
+
+def _whole(value: datetime | None) -> datetime | None:
+    """UTC and whole seconds, as a plan file records a time, so a snapshot equals its decoded self."""
+    return None if value is None else value.astimezone(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """`before`: the actual key as the plan saw it."""
+
+    key_id: str
+    arn: str
+    status: KeyStatus
+    spec: KeySpec
+    usage: KeyUsage
+    protection: ProtectionLevel
+    instance: str | None
+    description: str
+    tags: Mapping[str, str]  # every tag, reserved ones included
+    aliases: tuple[str, ...]  # sorted
+    material_expires_at: datetime | None
+    deletion_date: datetime | None
+    deletion_protection: bool
+    recorded_fingerprint: str | None
+    public_key_fingerprint: str | None
+
+    @classmethod
+    def of(cls, key: ActualKey) -> KeySnapshot:
+        return cls(
+            key_id=key.key_id,
+            arn=key.arn,
+            status=key.status,
+            spec=key.spec,
+            usage=key.usage,
+            protection=key.protection,
+            instance=key.instance,
+            description=key.description,
+            tags=dict(sorted(key.tags.items())),
+            aliases=tuple(sorted(key.aliases)),
+            material_expires_at=_whole(key.material_expires_at),
+            deletion_date=_whole(key.deletion_date),
+            deletion_protection=key.deletion_protection,
+            recorded_fingerprint=key.recorded_fingerprint,
+            public_key_fingerprint=key.public_key_fingerprint,
+        )
+
+    @property
+    def user_tags(self) -> dict[str, str]:
+        return {k: v for k, v in self.tags.items() if k not in RESERVED_TAGS}
+
+
+@dataclass(frozen=True)
+class DesiredAttributes:
+    """`after`: the desired key; `tags` are user tags (the reserved ones are in a change's tags_to_set)."""
+
+    spec: KeySpec
+    usage: KeyUsage
+    protection: ProtectionLevel
+    instance: str | None
+    description: str
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]  # sorted
+    expiry: datetime | None
+    deletion_protection: bool
+    deletion_window_days: int
+    state: DesiredState
+    fingerprint: str | None
+
+    @classmethod
+    def of(cls, key: DesiredKey, fingerprint: str | None) -> DesiredAttributes:
+        return cls(
+            spec=key.spec,
+            usage=key.usage,
+            protection=key.protection,
+            instance=key.instance,
+            description=key.description,
+            tags=dict(sorted(key.tags.items())),
+            aliases=tuple(sorted(key.aliases)),
+            expiry=_whole(key.expiry),
+            deletion_protection=key.deletion_protection,
+            deletion_window_days=key.deletion_window_days,
+            state=key.state,
+            fingerprint=fingerprint,
+        )
+
+
+@dataclass(frozen=True)
+class MaterialReference:
+    """Where apply reads a key's material from, and the fingerprint planned for it. Never the material."""
+
+    kind: SourceKind
+    fingerprint: str | None
+    file: str | None = None
+    env: str | None = None
+    command: tuple[str, ...] = ()
+    passphrase_env: str | None = None
+    pass_env: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, source: MaterialSource, fingerprint: str | None) -> MaterialReference:
+        return cls(
+            kind=source.kind,
+            fingerprint=fingerprint,
+            file=None if source.file is None else str(source.file),
+            env=source.env,
+            command=tuple(source.command),
+            passphrase_env=source.passphrase_env,
+            pass_env=tuple(source.pass_env),
+        )
+
+    def describe(self) -> str:
+        """The source in the user's words, for messages: never the material itself."""
+        if self.kind is SourceKind.FILE:
+            return f"file {self.file}"
+        if self.kind is SourceKind.ENV:
+            return f"environment variable {self.env}"
+        return "command " + " ".join(self.command)
+
+
+@dataclass(frozen=True, eq=False)
+class BackendInfo(Mapping[str, str]):
+    """The KMS a plan was made against, as the backend names itself (`type`, `endpoint`, `region`...)."""
+
+    entries: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, info: Mapping[str, str | None]) -> BackendInfo:
+        return cls(tuple(sorted((k, str(v)) for k, v in info.items() if v is not None)))
+
+    def __getitem__(self, name: str) -> str:
+        for k, v in self.entries:
+            if k == name:
+                return v
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k, _ in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one key needs. Fields other than actions/reason/before/after are the exact detail apply uses."""
+
+    key: str
+    key_id: str | None  # None for create
+    actions: tuple[Action, ...]
+    reason: str
+    before: KeySnapshot | None = None
+    after: DesiredAttributes | None = None
+    # create: every tag, reserved ones included; update: user tags added or changed.
+    tags_to_set: Mapping[str, str] = field(default_factory=dict)
+    tags_to_remove: tuple[str, ...] = ()  # user tags only; reserved tags are never touched after creation
+    aliases_to_create: tuple[str, ...] = ()  # CreateAlias
+    aliases_to_move: tuple[str, ...] = ()  # held by another key of this stack: UpdateAlias to this key
+    aliases_to_delete: tuple[str, ...] = ()  # DeleteAlias
+    description: str | None = None  # the new description, on create or when it changes
+    deletion_protection: bool | None = None  # the new value when it changes (or on create, when on)
+    expire_unix: int | None = None  # import/reimport: KeyMaterialExpireUnix, 0 = never
+    pending_window_days: int | None = None  # schedule-deletion
+    material: MaterialReference | None = None  # import/reimport: the source and its planned fingerprint
+    state_digest: str | None = None  # digest_actual() of the key as planned against; None for create
+    duplicates: tuple[str, ...] = ()  # key ids to schedule for deletion with DUPLICATE_WINDOW_DAYS
+    duplicate_digests: tuple[str, ...] = ()  # digest_actual() of each duplicate, same order
+
+    @property
+    def spec(self) -> str | None:
+        """The desired key spec (what CreateKey takes), from `after`."""
+        return None if self.after is None else self.after.spec.value
+
+
+@dataclass(frozen=True)
+class Violation:
+    """Why the plan must not be applied: what is wrong and how to fix it."""
+
+    key: str
+    code: ViolationCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Information that changes nothing: an orphan key left alone, a choice the planner made."""
+
+    key: str
+    message: str
+    code: NoteCode | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole judgement: changes (sorted by key) and violations (sorted); any violation blocks it."""
+
+    stack: str
+    created_at: datetime
+    backend: BackendInfo
+    changes: tuple[Change, ...]
+    violations: tuple[Violation, ...] = ()
+    notes: tuple[Note, ...] = ()
+    format_version: int = FORMAT_VERSION
+    #: ManifestSet.manifest_digest of the manifests planned: `apply --plan` refuses others.
+    manifest_digest: str = ""
+    #: Indexes of changes whose before/after in a plan file were no snapshot the planner makes (they are
+    #: None here): check_instructions refuses such a plan. Always () for a plan make_plan made.
+    unrecorded: tuple[int, ...] = ()
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Count of keys per action word; every word present. Duplicates count as schedule-deletion."""
+        counts = {a.value: 0 for a in Action}
+        for c in self.changes:
+            for a in c.actions:
+                counts[a.value] += 1
+            counts[Action.SCHEDULE_DELETION.value] += len(c.duplicates)
+        return counts
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.violations)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def change_for(self, key: str) -> Change | None:
+        return next((c for c in self.changes if c.key == key), None)
