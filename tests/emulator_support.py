@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from provisioner import sm2, wrapping
 from provisioner.emulator.models import Key, KmsEngine
 from provisioner.material import PrivateMaterial
-from provisioner.model import KeySpec, WrappingAlgorithm
+from provisioner.model import KeySpec
+from provisioner.specs import Family, facts
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 SOFTWARE = "kst-local-software"
@@ -32,11 +33,12 @@ class FakeClock:
 
 
 def new_material(spec: KeySpec) -> PrivateMaterial:
-    if spec is KeySpec.EC_SM2:
+    row = facts(spec)
+    if row.family is Family.SM2:
         return PrivateMaterial(sm2.generate_private_key(), spec)
-    if spec.is_rsa:
-        return PrivateMaterial(rsa.generate_private_key(65537, spec.rsa_bits), spec)
-    curve = ec.SECP256R1() if spec is KeySpec.EC_P256 else ec.SECP256K1()
+    if row.family is Family.RSA:
+        return PrivateMaterial(rsa.generate_private_key(65537, row.bits), spec)
+    curve = {"secp256r1": ec.SECP256R1, "secp256k1": ec.SECP256K1}[row.curve or ""]()
     return PrivateMaterial(ec.generate_private_key(curve), spec)
 
 
@@ -58,7 +60,7 @@ def create(engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SI
 
 def wrap_for(engine: KmsEngine, key_id: str, m: PrivateMaterial) -> tuple[str, str]:
     """(EncryptedKeyMaterial, ImportToken) from a fresh GetParametersForImport for this material."""
-    algorithm = WrappingAlgorithm.for_spec(m.spec)
+    algorithm = facts(m.spec).wrapping_algorithm
     params = engine.get_parameters_for_import(key_id, algorithm.wrapping_key_spec.value, algorithm.value)
     return wrapping.wrap(m, params.public_key_der, algorithm), params.import_token
 

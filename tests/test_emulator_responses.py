@@ -22,6 +22,7 @@ from provisioner.emulator.models import STATUS, KmsEngine, KmsError
 from provisioner.emulator.responses import ACTIONS, KmsResponses, flatten_params
 from provisioner.errors import KmsApiError
 from provisioner.model import KeySpec, KeyState, KeyUsage, ProtectionLevel, WrappingAlgorithm
+from provisioner.specs import facts
 
 RSA_WRAP = {"WrappingKeySpec": "RSA_2048", "WrappingAlgorithm": "RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD"}
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -50,7 +51,7 @@ def create(rpc: KmsResponses, spec: str = "RSA_2048", usage: str = "SIGN/VERIFY"
 def import_material(
     rpc: KmsResponses, key_id: str, spec: KeySpec = KeySpec.RSA_2048, expire: str = "0"
 ) -> None:
-    algorithm = WrappingAlgorithm.for_spec(spec)
+    algorithm = facts(spec).wrapping_algorithm
     body = rpc.handle(
         "GetParametersForImport",
         {
