@@ -1,17 +1,20 @@
 """Shared helpers for the emulator engine and RPC tests: a settable clock, fresh material per spec,
-and a one-call 'create a key and import this material'."""
+a one-call 'create a key and import this material', and the expected-KmsError context."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from provisioner import sm2, wrapping
-from provisioner.emulator.models import Key, KmsEngine
+from provisioner.emulator.models import Key, KmsEngine, KmsError
 from provisioner.material import PrivateMaterial
-from provisioner.model import KeySpec
+from provisioner.model import KeySpec, ProtectionLevel
 from provisioner.specs import Family, facts
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -32,6 +35,15 @@ class FakeClock:
         self.now += timedelta(**kwargs)
 
 
+@contextmanager
+def kms_error(code: str, status: int, message: str) -> Iterator[None]:
+    """Expect a KmsError with this code, status, and `message` somewhere in its message."""
+    with pytest.raises(KmsError) as info:
+        yield
+    assert (info.value.code, info.value.status) == (code, status)
+    assert message in info.value.message, info.value.message
+
+
 def new_material(spec: KeySpec) -> PrivateMaterial:
     row = facts(spec)
     if row.family is Family.SM2:
@@ -49,7 +61,7 @@ def material(spec: KeySpec, n: int = 0) -> PrivateMaterial:
 
 
 def instance_for(spec: KeySpec) -> str:
-    return HARDWARE if spec in (KeySpec.RSA_4096, KeySpec.EC_SM2) else SOFTWARE
+    return SOFTWARE if ProtectionLevel.SOFTWARE in facts(spec).protections else HARDWARE
 
 
 def create(engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SIGN/VERIFY") -> Key:

@@ -8,13 +8,12 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from alibabacloud_kms20160120 import models as sdk
 from alibabacloud_tea_openapi.utils import Utils
-from emulator_support import HARDWARE, SOFTWARE, START, FakeClock, material, new_material
+from emulator_support import HARDWARE, SOFTWARE, START, FakeClock, kms_error, material, new_material
 
 from provisioner import wrapping
 from provisioner.backend.base import QUOTA_GROUPS, Kms
@@ -32,14 +31,6 @@ DIGEST_B64 = base64.b64encode(hashlib.sha256(b"m").digest()).decode()
 @pytest.fixture
 def rpc(engine: KmsEngine) -> KmsResponses:
     return KmsResponses(engine)
-
-
-@contextmanager
-def kms_error(code: str, status: int, message: str) -> Iterator[None]:
-    with pytest.raises(KmsError) as info:
-        yield
-    assert (info.value.code, info.value.status) == (code, status)
-    assert message in info.value.message, info.value.message
 
 
 def create(rpc: KmsResponses, spec: str = "RSA_2048", usage: str = "SIGN/VERIFY", **extra: str) -> str:
