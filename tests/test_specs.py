@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from provisioner import wrapping
 from provisioner.apply import READ_BACK
 from provisioner.emulator import keyops
 from provisioner.emulator.models import KmsEngine
+from provisioner.manifest import manifest_schema
 from provisioner.material import parse_private_key, spec_of_spki
 from provisioner.model import KeySpec, KeyUsage, ProtectionLevel, WrappingAlgorithm
 from provisioner.specs import SPECS, Family, facts, importable_specs, wrapping_key_specs
@@ -60,6 +62,18 @@ def test_row_says_what_the_vendor_says(spec: KeySpec) -> None:
     )  # fmt: skip
     assert got == VENDOR[spec.value]
     assert row.verification.value == "public key fingerprint"
+
+
+def test_manifest_schema_lists_the_tables_specs() -> None:
+    spec = manifest_schema()["$defs"]["key"]["properties"]["spec"]
+    assert spec["enum"] == [s.value for s in SPECS]
+    software, hsm_only = spec["description"].split("; HSM also ")
+
+    def named(text: str) -> set[str]:
+        return {s for s in spec["enum"] if re.search(rf"\b{s}\b", text)}
+
+    soft, hsm = importable_specs(ProtectionLevel.SOFTWARE), importable_specs(ProtectionLevel.HSM)
+    assert (named(software), named(hsm_only)) == (set(soft), set(hsm - soft))
 
 
 @pytest.mark.parametrize("spec", ALL)
