@@ -57,8 +57,8 @@ from provisioner.model import (  # noqa: E402
     KeySpec,
     KeyUsage,
     ProtectionLevel,
-    WrappingAlgorithm,
 )
+from provisioner.specs import Family, facts  # noqa: E402
 
 # Imported up front, as a warm process would have them: the first size measured should not pay the
 # one-off import of the SDK, Jinja2 and the schema validator (about a second), which no later size pays.
@@ -83,7 +83,8 @@ RSA_POOL = 8
 
 def write_stack(folder: Path, n: int, spec: KeySpec = KeySpec.EC_P256) -> list[tuple[str, PrivateMaterial]]:
     """A manifest of `n` keys and their material files; returns (name, material) per key."""
-    pool = [rsa.generate_private_key(65537, 2048) for _ in range(RSA_POOL)] if spec.is_rsa else []
+    is_rsa = facts(spec).family is Family.RSA
+    pool = [rsa.generate_private_key(65537, 2048) for _ in range(RSA_POOL)] if is_rsa else []
     (folder / "keys").mkdir(parents=True)
     lines = [
         "version: 1",
@@ -133,7 +134,7 @@ def seed(db: Path, keys: list[tuple[str, PrivateMaterial]]) -> None:
     kms = Kms(ResilientTransport(LocalTransport(db), qps={}))
     try:
         for i, (name, material) in enumerate(keys):
-            algorithm = WrappingAlgorithm.for_spec(material.spec)
+            algorithm = facts(material.spec).wrapping_algorithm
             tags = {**USER_TAGS, TAG_STACK: STACK, TAG_NAME: name, TAG_FINGERPRINT: material.fingerprint}
             meta = kms.create_key(
                 spec=material.spec,

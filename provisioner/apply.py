@@ -17,24 +17,33 @@ from typing import Any
 
 from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import ApplyError, KmsApiError, ProvisionerError, StalePlan
-from provisioner.material import PrivateMaterial
 from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
     KeyState,
     LiveState,
     ManifestSet,
-    WrappingAlgorithm,
 )
 from provisioner.plan.planner import stale_reason
 from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, UNKNOWN_FINGERPRINT, Action, Change, Plan
 from provisioner.refresh import fingerprint_of_pem
+from provisioner.specs import Material, Verification, facts
 from provisioner.wire import ErrorCode
 from provisioner.wrapping import wrap
 
 DEFAULT_PARALLELISM = 4
 
 Progress = Callable[[str], None]
+
+
+def _public_key_fingerprint(kms: Kms, key_id: str, version: str) -> str:
+    return fingerprint_of_pem(kms.get_public_key(key_id, version))
+
+
+#: How apply reads back the identity of the material a key holds, by the spec's way of verifying.
+READ_BACK: Mapping[Verification, Callable[[Kms, str, str], str]] = {
+    Verification.PUBLIC_KEY_FINGERPRINT: _public_key_fingerprint,
+}
 
 
 @dataclass
@@ -126,7 +135,7 @@ def check_same_plan(saved: Plan, fresh: Plan) -> None:
             )
 
 
-def wipe_all(materials: Mapping[str, PrivateMaterial]) -> None:
+def wipe_all(materials: Mapping[str, Material]) -> None:
     for m in materials.values():
         m.wipe()
 
@@ -174,7 +183,7 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
 
 
 class _Applier:
-    def __init__(self, kms: Kms, materials: Mapping[str, PrivateMaterial], progress: Progress) -> None:
+    def __init__(self, kms: Kms, materials: Mapping[str, Material], progress: Progress) -> None:
         self.kms = kms
         self.materials = materials
         self.progress = progress
@@ -258,7 +267,7 @@ class _Applier:
         material = self.materials.get(change.key)
         if material is None:
             raise ApplyError(f"no material was read for key {change.key!r}")
-        algorithm = WrappingAlgorithm.for_spec(material.spec)
+        algorithm = facts(material.spec).wrapping_algorithm
         params = self.kms.get_parameters_for_import(key_id, algorithm)
         wrapped = wrap(material, params.public_key_der, algorithm)
         self.kms.import_key_material(key_id, wrapped, params.import_token, change.expire_unix or 0)
@@ -266,7 +275,8 @@ class _Applier:
     def _verify_material(self, change: Change, key_id: str, version: str) -> None:
         if not version:
             version = self.kms.describe_key(key_id).primary_key_version
-        live = fingerprint_of_pem(self.kms.get_public_key(key_id, version))
+        read_back = READ_BACK[facts(self.materials[change.key].spec).verification]
+        live = read_back(self.kms, key_id, version)
         planned = None if change.material is None else change.material.fingerprint
         if live != planned:
             raise ApplyError(
@@ -382,7 +392,7 @@ class _Applier:
 def apply_plan(
     plan: Plan,
     kms: Kms,
-    materials: Mapping[str, PrivateMaterial],
+    materials: Mapping[str, Material],
     *,
     parallelism: int = DEFAULT_PARALLELISM,
     progress: Progress | None = None,

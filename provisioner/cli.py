@@ -409,6 +409,7 @@ def wrap(
     from provisioner.errors import MaterialError, WrappingError
     from provisioner.material import MAX_KEY_FILE_BYTES, load_material
     from provisioner.model import MaterialSource, SourceKind
+    from provisioner.specs import facts
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -425,7 +426,7 @@ def wrap(
     except MaterialError as e:
         raise MaterialError(f"--material: {e}") from None
     try:
-        chosen = WrappingAlgorithm(algorithm) if algorithm else WrappingAlgorithm.for_spec(material.spec)
+        chosen = WrappingAlgorithm(algorithm) if algorithm else facts(material.spec).wrapping_algorithm
         wrapped = wrapping.wrap(material, wrapping_der, chosen)
     finally:
         material.wipe()
@@ -664,11 +665,11 @@ def apply(
     """
     from provisioner import apply as applying
     from provisioner.errors import UsageError
-    from provisioner.material import PrivateMaterial
     from provisioner.plan.planfile import relative_materials
     from provisioner.plan.planner import check_instructions, make_plan, resolve_fingerprints
+    from provisioner.specs import Material
 
-    kept: dict[str, PrivateMaterial] = {}
+    kept: dict[str, Material] = {}
     interactive = sys.stdin.isatty()
     if plan_file is None and not auto_approve and not interactive:
         raise UsageError(

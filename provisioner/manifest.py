@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import jinja2
 import yaml
@@ -33,7 +33,6 @@ from provisioner import leakscan, sandbox
 from provisioner.errors import ManifestError, MaterialError
 from provisioner.model import (
     DEFAULT_DELETION_WINDOW_DAYS,
-    IMPORTABLE_SPECS,
     MAX_TAGS_PER_KEY,
     RESERVED_TAGS,
     BackendConfig,
@@ -48,10 +47,8 @@ from provisioner.model import (
     ProtectionLevel,
     SourceKind,
 )
+from provisioner.specs import Material, importable_specs
 from provisioner.trust import EnvPolicy
-
-if TYPE_CHECKING:  # the crypto stack is imported only where material is read
-    from provisioner.material import PrivateMaterial
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "manifest.schema.json"
 
@@ -1006,8 +1003,8 @@ def _check_key(
     protection = _enum_or_none(ProtectionLevel, body.get("protection")) or default_protection
     desired_state = _enum_or_none(DesiredState, body.get("state", "present"))
 
-    if spec is not None and spec not in IMPORTABLE_SPECS[protection]:
-        allowed = ", ".join(sorted(IMPORTABLE_SPECS[protection]))
+    if spec is not None and spec not in importable_specs(protection):
+        allowed = ", ".join(sorted(importable_specs(protection)))
         diags.append(
             Diagnostic(
                 doc.loc((*base, "spec")),
@@ -1553,7 +1550,7 @@ def check_material(
     ms: ManifestSet,
     *,
     environ: Mapping[str, str] | None = None,
-    keep: dict[str, PrivateMaterial] | None = None,
+    keep: dict[str, Material] | None = None,
     allow_commands: bool | None = None,
 ) -> tuple[dict[str, str], list[Diagnostic]]:
     """Read and verify each key's material: (fingerprint by key name, diagnostics incl. warnings).
@@ -1613,14 +1610,11 @@ def check_material(
 
 
 def _material_forms(
-    source: MaterialSource, material: PrivateMaterial, environ: Mapping[str, str]
+    source: MaterialSource, material: Material, environ: Mapping[str, str]
 ) -> list[bytes]:
     """The byte strings a manifest must not carry 16 bytes of: the source's raw bytes as read (a
     command's output is not read twice: its key's forms below cover it), the key's PKCS#8 and
-    traditional (PKCS#1 / SEC1) DER, and its secret numbers."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
+    traditional (PKCS#1 / SEC1) DER, and its secret numbers (Material.secret_forms)."""
     from provisioner.material import MAX_KEY_FILE_BYTES
 
     forms: list[bytes] = []
@@ -1629,24 +1623,7 @@ def _material_forms(
     elif source.kind is SourceKind.FILE and source.file is not None:
         with contextlib.suppress(_Unreadable):  # it was just read; its parsed forms still count
             forms.append(_read_bytes(source.file, MAX_KEY_FILE_BYTES))
-    forms.append(material.pkcs8_der())
-    key = material.private_key()
-    if isinstance(key, int):
-        forms.append(material.sm2_scalar())
-        return forms
-    forms.append(
-        key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    numbers: list[int] = []
-    if isinstance(key, rsa.RSAPrivateKey):
-        n = key.private_numbers()
-        numbers = [n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp]
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        numbers = [key.private_numbers().private_value]
-    forms.extend(x.to_bytes((x.bit_length() + 7) // 8, "big") for x in numbers)
+    forms.extend(material.secret_forms())
     return forms
 
 
@@ -1656,7 +1633,7 @@ def validate_manifests(
     variables: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
     offline_material: bool = False,
-    keep: dict[str, PrivateMaterial] | None = None,
+    keep: dict[str, Material] | None = None,
     allow_env: Sequence[str] = (),
     allow_commands: bool | None = None,
 ) -> tuple[ManifestSet, dict[str, str], list[Diagnostic]]:

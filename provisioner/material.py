@@ -32,16 +32,15 @@ from provisioner.files import InputFileError, read_regular_file
 from provisioner.hardening import disable_core_dumps
 from provisioner.model import KeySpec, MaterialSource, SourceKind
 from provisioner.private_key import (
-    EC_SPECS,
     NOT_A_KEY_MESSAGE,
     PUBLIC_KEY_MESSAGE,
-    RSA_SPECS,
     classify,
     load_der,
     parse_der,
 )
 from provisioner.private_key import PrivateMaterial as PrivateMaterial
 from provisioner.private_key import fingerprint_of_spki as fingerprint_of_spki
+from provisioner.specs import ec_spec, facts, rsa_spec
 from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
 COMMAND_TIMEOUT_SECONDS = 30.0
@@ -53,13 +52,6 @@ Warn = Callable[[str], None]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
-_CURVE_WORDS = {KeySpec.EC_P256: "P-256", KeySpec.EC_P256K: "secp256k1", KeySpec.EC_SM2: "SM2"}
-
-
-def describe_spec(spec: KeySpec) -> str:
-    """A spec in words for messages: `EC_P256K (curve secp256k1)`."""
-    curve = _CURVE_WORDS.get(spec)
-    return f"{spec} (curve {curve})" if curve else str(spec)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -443,9 +435,9 @@ def verify_material(
     """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint."""
     material = load_material(source, environ=environ, warn=warn, allow_commands=allow_commands)
     if material.spec is not spec:
-        found = describe_spec(material.spec)
+        found = facts(material.spec).describe()
         material.wipe()
-        raise MaterialError(f"{source.describe()}: expected key spec {describe_spec(spec)}, found {found}")
+        raise MaterialError(f"{source.describe()}: expected key spec {facts(spec).describe()}, found {found}")
     if source.fingerprint is not None and source.fingerprint.lower() != material.fingerprint:
         found = material.fingerprint
         material.wipe()
@@ -468,10 +460,13 @@ def spec_of_spki(der: bytes) -> KeySpec:
         raise MaterialError(f"unsupported public key: {e}") from None
     except ValueError:
         raise MaterialError("not a DER SubjectPublicKeyInfo") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size in RSA_SPECS:
-        return RSA_SPECS[key.key_size]
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in EC_SPECS:
-        return EC_SPECS[key.curve.name]
+    spec = None
+    if isinstance(key, rsa.RSAPublicKey):
+        spec = rsa_spec(key.key_size)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        spec = ec_spec(key.curve.name)
+    if spec is not None:
+        return spec
     raise MaterialError("public key is not of a supported spec")
 
 

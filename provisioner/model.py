@@ -43,14 +43,6 @@ class KeySpec(StrEnum):
     EC_P256K = "EC_P256K"
     EC_SM2 = "EC_SM2"
 
-    @property
-    def is_rsa(self) -> bool:
-        return self.value.startswith("RSA_")
-
-    @property
-    def rsa_bits(self) -> int:
-        return int(self.value.removeprefix("RSA_")) if self.is_rsa else 0
-
 
 class KeyUsage(StrEnum):
     SIGN_VERIFY = "SIGN/VERIFY"
@@ -60,15 +52,6 @@ class KeyUsage(StrEnum):
 class ProtectionLevel(StrEnum):
     SOFTWARE = "SOFTWARE"
     HSM = "HSM"
-
-
-#: Which specs take imported asymmetric material, per protection level (DESIGN section 3).
-IMPORTABLE_SPECS: Mapping[ProtectionLevel, frozenset[KeySpec]] = {
-    ProtectionLevel.SOFTWARE: frozenset(
-        {KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.EC_P256, KeySpec.EC_P256K}
-    ),
-    ProtectionLevel.HSM: frozenset(KeySpec),
-}
 
 
 class KeyState(StrEnum):
@@ -91,12 +74,8 @@ class WrappingAlgorithm(StrEnum):
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
+        """The spec of the wrapping key this algorithm encrypts under (which spec it wraps: specs.py)."""
         return KeySpec.RSA_2048 if self is WrappingAlgorithm.RSA_OAEP_AES_ECB else KeySpec.EC_SM2
-
-    @classmethod
-    def for_spec(cls, spec: KeySpec) -> WrappingAlgorithm:
-        """The algorithm the vendor pairs with a target key spec (guide, step 2)."""
-        return cls.SM2PKE_SM4_ECB if spec is KeySpec.EC_SM2 else cls.RSA_OAEP_AES_ECB
 
 
 class DesiredState(StrEnum):

@@ -17,12 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from provisioner import sm2
 from provisioner.errors import MaterialError
-from provisioner.model import KeySpec
+from provisioner.model import KeySpec, WrappingAlgorithm
+from provisioner.specs import Family, ec_spec, facts, family_specs, rsa_spec
 
 KeyObject = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int
-
-RSA_SPECS = {2048: KeySpec.RSA_2048, 3072: KeySpec.RSA_3072, 4096: KeySpec.RSA_4096}
-EC_SPECS = {"secp256r1": KeySpec.EC_P256, "secp256k1": KeySpec.EC_P256K}
 
 NOT_A_KEY_MESSAGE = "does not hold a private key in PEM or DER (PKCS#1, SEC1 or PKCS#8)"
 PUBLIC_KEY_MESSAGE = "holds a public key; a private key is needed"
@@ -40,7 +38,8 @@ def _spki_of(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 
 
 class PrivateMaterial:
-    """One private key of a supported spec. Its repr and str are its spec and fingerprint only."""
+    """One private key of a supported spec (a specs.Material). Its repr and str are its spec and
+    fingerprint only."""
 
     __slots__ = ("spec", "fingerprint", "_key", "_spki")
 
@@ -95,6 +94,34 @@ class PrivateMaterial:
             raise MaterialError(f"{self.spec} material has no SM2 scalar")
         return sm2.scalar_bytes(key)
 
+    def import_payload(self, algorithm: WrappingAlgorithm) -> bytes:
+        """What `algorithm` wraps: the bare SM2 scalar for SM2PKE_SM4_ECB, PKCS#8 DER otherwise."""
+        if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
+            return self.sm2_scalar()
+        return self.pkcs8_der()
+
+    def secret_forms(self) -> list[bytes]:
+        """PKCS#8 DER, then the traditional (PKCS#1 / SEC1) DER and the secret numbers (SM2: the scalar)."""
+        forms = [self.pkcs8_der()]
+        key = self._live()
+        if isinstance(key, int):
+            forms.append(self.sm2_scalar())
+            return forms
+        forms.append(
+            key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        numbers: list[int] = []
+        if isinstance(key, rsa.RSAPrivateKey):
+            n = key.private_numbers()
+            numbers = [n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp]
+        else:
+            numbers = [key.private_numbers().private_value]
+        forms.extend(x.to_bytes((x.bit_length() + 7) // 8, "big") for x in numbers)
+        return forms
+
     def wipe(self) -> None:
         """Drop the key. Python cannot overwrite an int or OpenSSL's copy; this ends our reference."""
         self._key = None
@@ -129,20 +156,17 @@ def _check_rsa_numbers(key: rsa.RSAPrivateKey) -> None:
 def classify(key: object) -> PrivateMaterial:
     """The supported key a cryptography key object is, as PrivateMaterial; MaterialError if none."""
     if isinstance(key, rsa.RSAPrivateKey):
-        spec = RSA_SPECS.get(key.key_size)
+        spec = rsa_spec(key.key_size)
         if spec is None:
-            raise MaterialError(
-                f"RSA key of {key.key_size} bits is not a supported spec (RSA_2048, RSA_3072, RSA_4096)"
-            )
+            names = ", ".join(family_specs(Family.RSA))
+            raise MaterialError(f"RSA key of {key.key_size} bits is not a supported spec ({names})")
         _check_rsa_numbers(key)
         return PrivateMaterial(key, spec)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        spec = EC_SPECS.get(key.curve.name)
+        spec = ec_spec(key.curve.name)
         if spec is None:
-            raise MaterialError(
-                f"EC key on curve {key.curve.name} is not supported "
-                "(EC_P256: P-256, EC_P256K: secp256k1, EC_SM2: SM2)"
-            )
+            curves = ", ".join(f"{s}: {facts(s).curve_words}" for s in family_specs(Family.EC, Family.SM2))
+            raise MaterialError(f"EC key on curve {key.curve.name} is not supported ({curves})")
         return PrivateMaterial(key, spec)
     name = type(key).__name__.lstrip("_").removesuffix("PrivateKey") or "unknown"
     raise MaterialError(f"{name} keys are not supported; expected an RSA or EC private key")

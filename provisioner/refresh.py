@@ -17,6 +17,7 @@ from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import KmsApiError
 from provisioner.material import fingerprint_of_spki
 from provisioner.model import TAG_NAME, TAG_STACK, ActualKey, KeyState, KeyStatus, LiveState
+from provisioner.specs import Verification, facts
 from provisioner.wire import ErrorCode, is_rejection
 
 #: ListTagResources takes at most this many resource ids a call.
@@ -143,7 +144,7 @@ def _read(
         if meta is not None
     ]
     if confirm is not None:
-        wanted = [k for k in keys if k.status not in _NO_MATERIAL and confirm(k)]
+        wanted = [k for k in keys if k.status not in _NO_MATERIAL and _has_public_key(k) and confirm(k)]
         fingerprints = list(pool.map(lambda k: _confirm(kms, k), wanted))
         confirmed = {k.key_id: fp for k, fp in zip(wanted, fingerprints, strict=True)}
         keys = [
@@ -184,6 +185,11 @@ def _describe(kms: Kms, key_id: str) -> KeyMetadata | None:
         if e.code == ErrorCode.FORBIDDEN_KEY_NOT_FOUND:  # deleted between listing and describing
             return None
         raise
+
+
+def _has_public_key(key: ActualKey) -> bool:
+    """Whether GetPublicKey proves which material the key holds (specs.Verification)."""
+    return facts(key.spec).verification is Verification.PUBLIC_KEY_FINGERPRINT
 
 
 def _confirm(kms: Kms, key: ActualKey) -> str | None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from provisioner import sm2
 from provisioner.errors import WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.private_key import PrivateMaterial
+from provisioner.specs import Material, facts
 
 AES_ESK_BYTES = 32
 SM4_ESK_BYTES = 16
@@ -100,9 +100,9 @@ def wrapping_key_spec(der: bytes) -> KeySpec:
     raise WrappingError(f"wrapping public key is {kind}; KMS wraps with RSA_2048 or EC_SM2")
 
 
-def wrap(material: PrivateMaterial, wrapping_public_key_der: bytes, algorithm: WrappingAlgorithm) -> str:
+def wrap(material: Material, wrapping_public_key_der: bytes, algorithm: WrappingAlgorithm) -> str:
     """base64(Cipher(ESK) || Cipher(TAKpriv)) for ImportKeyMaterial's EncryptedKeyMaterial."""
-    expected = WrappingAlgorithm.for_spec(material.spec)
+    expected = facts(material.spec).wrapping_algorithm
     if algorithm is not expected:
         raise WrappingError(f"{material.spec} material is wrapped with {expected}, not {algorithm}")
     key_spec = wrapping_key_spec(wrapping_public_key_der)
@@ -110,10 +110,11 @@ def wrap(material: PrivateMaterial, wrapping_public_key_der: bytes, algorithm: W
         raise WrappingError(
             f"{algorithm} needs a {algorithm.wrapping_key_spec} wrapping key, got {key_spec}"
         )
+    payload = material.import_payload(algorithm)
     if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
-        blob = wrap_sm2_sm4(wrapping_public_key_der, material.sm2_scalar())
+        blob = wrap_sm2_sm4(wrapping_public_key_der, payload)
     else:
-        blob = wrap_rsa_aes(wrapping_public_key_der, material.pkcs8_der())
+        blob = wrap_rsa_aes(wrapping_public_key_der, payload)
     return base64.b64encode(blob).decode("ascii")
 
 

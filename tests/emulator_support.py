@@ -1,17 +1,21 @@
 """Shared helpers for the emulator engine and RPC tests: a settable clock, fresh material per spec,
-and a one-call 'create a key and import this material'."""
+a one-call 'create a key and import this material', and the expected-KmsError context."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from provisioner import sm2, wrapping
-from provisioner.emulator.models import Key, KmsEngine
+from provisioner.emulator.models import Key, KmsEngine, KmsError
 from provisioner.material import PrivateMaterial
-from provisioner.model import KeySpec, WrappingAlgorithm
+from provisioner.model import KeySpec, ProtectionLevel
+from provisioner.specs import Family, facts
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 SOFTWARE = "kst-local-software"
@@ -31,12 +35,22 @@ class FakeClock:
         self.now += timedelta(**kwargs)
 
 
+@contextmanager
+def kms_error(code: str, status: int, message: str) -> Iterator[None]:
+    """Expect a KmsError with this code, status, and `message` somewhere in its message."""
+    with pytest.raises(KmsError) as info:
+        yield
+    assert (info.value.code, info.value.status) == (code, status)
+    assert message in info.value.message, info.value.message
+
+
 def new_material(spec: KeySpec) -> PrivateMaterial:
-    if spec is KeySpec.EC_SM2:
+    row = facts(spec)
+    if row.family is Family.SM2:
         return PrivateMaterial(sm2.generate_private_key(), spec)
-    if spec.is_rsa:
-        return PrivateMaterial(rsa.generate_private_key(65537, spec.rsa_bits), spec)
-    curve = ec.SECP256R1() if spec is KeySpec.EC_P256 else ec.SECP256K1()
+    if row.family is Family.RSA:
+        return PrivateMaterial(rsa.generate_private_key(65537, row.bits), spec)
+    curve = {"secp256r1": ec.SECP256R1, "secp256k1": ec.SECP256K1}[row.curve or ""]()
     return PrivateMaterial(ec.generate_private_key(curve), spec)
 
 
@@ -47,7 +61,7 @@ def material(spec: KeySpec, n: int = 0) -> PrivateMaterial:
 
 
 def instance_for(spec: KeySpec) -> str:
-    return HARDWARE if spec in (KeySpec.RSA_4096, KeySpec.EC_SM2) else SOFTWARE
+    return SOFTWARE if ProtectionLevel.SOFTWARE in facts(spec).protections else HARDWARE
 
 
 def create(engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SIGN/VERIFY") -> Key:
@@ -58,7 +72,7 @@ def create(engine: KmsEngine, spec: KeySpec = KeySpec.RSA_2048, usage: str = "SI
 
 def wrap_for(engine: KmsEngine, key_id: str, m: PrivateMaterial) -> tuple[str, str]:
     """(EncryptedKeyMaterial, ImportToken) from a fresh GetParametersForImport for this material."""
-    algorithm = WrappingAlgorithm.for_spec(m.spec)
+    algorithm = facts(m.spec).wrapping_algorithm
     params = engine.get_parameters_for_import(key_id, algorithm.wrapping_key_spec.value, algorithm.value)
     return wrapping.wrap(m, params.public_key_der, algorithm), params.import_token
 

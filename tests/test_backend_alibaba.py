@@ -37,6 +37,7 @@ from provisioner.emulator.server import (
 )
 from provisioner.errors import BackendError, KmsApiError, KmsUnreachable, UsageError
 from provisioner.model import BackendConfig
+from provisioner.specs import facts
 from provisioner.wire import ErrorCode
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -483,7 +484,6 @@ def stack_key(kms: Kms, name: str, *, stack: str = "payments", material: Any = N
         KeySpec,
         KeyUsage,
         ProtectionLevel,
-        WrappingAlgorithm,
     )
     from provisioner.wrapping import wrap
 
@@ -499,7 +499,7 @@ def stack_key(kms: Kms, name: str, *, stack: str = "payments", material: Any = N
         tags=tags,
     )
     if material is not None:
-        algorithm = WrappingAlgorithm.for_spec(KeySpec.EC_P256)
+        algorithm = facts(KeySpec.EC_P256).wrapping_algorithm
         params = kms.get_parameters_for_import(meta.key_id, algorithm)
         kms.import_key_material(
             meta.key_id, wrap(material, params.public_key_der, algorithm), params.import_token, 0

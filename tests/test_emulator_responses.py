@@ -8,13 +8,12 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from alibabacloud_kms20160120 import models as sdk
 from alibabacloud_tea_openapi.utils import Utils
-from emulator_support import HARDWARE, SOFTWARE, START, FakeClock, material, new_material
+from emulator_support import HARDWARE, SOFTWARE, START, FakeClock, kms_error, material, new_material
 
 from provisioner import wrapping
 from provisioner.backend.base import QUOTA_GROUPS, Kms
@@ -22,6 +21,7 @@ from provisioner.emulator.models import STATUS, KmsEngine, KmsError
 from provisioner.emulator.responses import ACTIONS, KmsResponses, flatten_params
 from provisioner.errors import KmsApiError
 from provisioner.model import KeySpec, KeyState, KeyUsage, ProtectionLevel, WrappingAlgorithm
+from provisioner.specs import facts
 
 RSA_WRAP = {"WrappingKeySpec": "RSA_2048", "WrappingAlgorithm": "RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD"}
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -33,14 +33,6 @@ def rpc(engine: KmsEngine) -> KmsResponses:
     return KmsResponses(engine)
 
 
-@contextmanager
-def kms_error(code: str, status: int, message: str) -> Iterator[None]:
-    with pytest.raises(KmsError) as info:
-        yield
-    assert (info.value.code, info.value.status) == (code, status)
-    assert message in info.value.message, info.value.message
-
-
 def create(rpc: KmsResponses, spec: str = "RSA_2048", usage: str = "SIGN/VERIFY", **extra: str) -> str:
     instance = HARDWARE if spec in ("RSA_4096", "EC_SM2") else SOFTWARE
     params = {"Origin": "EXTERNAL", "KeySpec": spec, "KeyUsage": usage, "DKMSInstanceId": instance, **extra}
@@ -50,7 +42,7 @@ def create(rpc: KmsResponses, spec: str = "RSA_2048", usage: str = "SIGN/VERIFY"
 def import_material(
     rpc: KmsResponses, key_id: str, spec: KeySpec = KeySpec.RSA_2048, expire: str = "0"
 ) -> None:
-    algorithm = WrappingAlgorithm.for_spec(spec)
+    algorithm = facts(spec).wrapping_algorithm
     body = rpc.handle(
         "GetParametersForImport",
         {

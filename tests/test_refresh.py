@@ -33,9 +33,9 @@ from provisioner.model import (
     KeyUsage,
     Origin,
     ProtectionLevel,
-    WrappingAlgorithm,
 )
 from provisioner.refresh import actual_from_metadata, key_status, refresh
+from provisioner.specs import facts
 from provisioner.wrapping import wrap
 
 STACK = "payments"
@@ -92,7 +92,7 @@ def make_key(
         tags=tags,
     )
     if material is not None:
-        algorithm = WrappingAlgorithm.for_spec(KeySpec.EC_P256)
+        algorithm = facts(KeySpec.EC_P256).wrapping_algorithm
         params = kms.get_parameters_for_import(meta.key_id, algorithm)
         blob = wrap(material, params.public_key_der, algorithm)
         kms.import_key_material(

@@ -20,9 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from provisioner import _der, private_key, sm2, wrapping
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
+from provisioner.specs import Family, facts
 
-RSA_SIGN_ALGORITHMS = ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")
-RSA_ENCRYPT_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
 DIGEST_BYTES = 32
 
 
@@ -123,7 +122,7 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
 
 
 def _load(key: ImportedKey) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int:
-    if key.spec is KeySpec.EC_SM2:
+    if facts(key.spec).family is Family.SM2:
         d = sm2.parse_private_key_der(key.pkcs8_der)
         if d is None:
             raise CryptoFailure("stored SM2 material does not parse")
@@ -167,7 +166,7 @@ def sign(key: ImportedKey, algorithm: str, digest: bytes) -> bytes:
 
 
 def verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, signature: bytes) -> bool:
-    if spec is KeySpec.EC_SM2:
+    if facts(spec).family is Family.SM2:
         return sm2.verify_digest(sm2.parse_spki(public_key_der), digest, signature)
     public = _load_public(spec, public_key_der)
     try:
@@ -185,7 +184,7 @@ def verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, 
 
 def encrypt(spec: KeySpec, public_key_der: bytes, algorithm: str, plaintext: bytes) -> bytes:
     try:
-        if spec is KeySpec.EC_SM2:
+        if facts(spec).family is Family.SM2:
             return sm2.encrypt(sm2.parse_spki(public_key_der), plaintext)
         public = _load_public(spec, public_key_der)
         assert isinstance(public, rsa.RSAPublicKey)  # the engine sends only RSA keys here

@@ -26,6 +26,7 @@ from provisioner.emulator import keyops
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey
 from provisioner.emulator.store import Store, Transaction
 from provisioner.model import KeySpec, KeyState, KeyUsage, Origin, ProtectionLevel, WrappingAlgorithm
+from provisioner.specs import SPECS, Family, facts, wrapping_key_specs
 from provisioner.wire import ErrorCode
 
 DEFAULT_INSTANCES: Mapping[str, str] = {
@@ -81,24 +82,12 @@ _TAG_RE = re.compile(r"[A-Za-z0-9 /\\_\-.+=:@]{1,128}")
 _KEY_ARN_RE = re.compile(r"acs:kms:([^:]+):([^:]+):key/(.+)")
 _ALIAS_ARN_RE = re.compile(r"acs:kms:([^:]+):([^:]+):(alias/.+)")
 
-SIGN_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
-    KeySpec.RSA_2048: keyops.RSA_SIGN_ALGORITHMS,
-    KeySpec.RSA_3072: keyops.RSA_SIGN_ALGORITHMS,
-    KeySpec.RSA_4096: keyops.RSA_SIGN_ALGORITHMS,
-    KeySpec.EC_P256: ("ECDSA_SHA_256",),
-    KeySpec.EC_P256K: ("ECDSA_SHA_256",),
-    KeySpec.EC_SM2: ("SM2DSA",),
-}
+SIGN_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {s: row.sign_algorithms for s, row in SPECS.items()}
 #: EC_P256/EC_P256K have no encryption algorithm: an ENCRYPT/DECRYPT key of those specs can be
 #: created (the vendor allows it) but encryption answers Rejected.UnsupportedOperation.
 ENCRYPT_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
-    KeySpec.RSA_2048: keyops.RSA_ENCRYPT_ALGORITHMS,
-    KeySpec.RSA_3072: keyops.RSA_ENCRYPT_ALGORITHMS,
-    KeySpec.RSA_4096: keyops.RSA_ENCRYPT_ALGORITHMS,
-    KeySpec.EC_SM2: ("SM2PKE",),
+    s: row.encrypt_algorithms for s, row in SPECS.items()
 }
-#: Specs that only a hardware (HSM) instance holds (DESIGN section 3, model.IMPORTABLE_SPECS).
-HARDWARE_ONLY_SPECS = frozenset({KeySpec.RSA_4096, KeySpec.EC_SM2})
 #: Longest plaintext SM2PKE takes (inferred cap; RSA's follows from the key size and OAEP digest).
 MAX_SM2_PLAINTEXT = 6047
 
@@ -550,9 +539,9 @@ class KmsEngine:
         tags: Sequence[tuple[str, str]] | None = None,
     ) -> Key:
         spec: KeySpec = _enum("KeySpec", KeySpec, require("KeySpec", key_spec))
-        # CreateKey's reference: SIGN/VERIFY by default for a spec that can sign (every RSA and EC spec
-        # here), ENCRYPT/DECRYPT only for one that cannot (symmetric specs, not modelled).
-        usage: KeyUsage = _enum("KeyUsage", KeyUsage, key_usage or KeyUsage.SIGN_VERIFY.value)
+        # CreateKey's reference: SIGN/VERIFY by default for a spec that can sign, ENCRYPT/DECRYPT only
+        # for one that cannot (specs.SpecFacts.default_usage).
+        usage: KeyUsage = _enum("KeyUsage", KeyUsage, key_usage or facts(spec).default_usage.value)
         key_origin: Origin = _enum("Origin", Origin, origin or Origin.ALIYUN_KMS.value)
         if key_origin is not Origin.EXTERNAL:
             # A deliberate narrowing: this emulator models BYOK only, so it never generates keys.
@@ -574,7 +563,7 @@ class KmsEngine:
                 ErrorCode.UNSUPPORTED_PROTECTION_LEVEL,
                 f"ProtectionLevel {level.value} is not available in {kind} instance {instance}",
             )
-        if spec in HARDWARE_ONLY_SPECS and kind != "hardware":
+        if native not in facts(spec).protections:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER, f"KeySpec {spec.value} is only available in a hardware instance"
             )
@@ -792,9 +781,10 @@ class KmsEngine:
             "WrappingAlgorithm", WrappingAlgorithm, require("WrappingAlgorithm", wrapping_algorithm)
         )
         spec_text = require("WrappingKeySpec", wrapping_key_spec)
-        if spec_text not in (KeySpec.RSA_2048.value, KeySpec.EC_SM2.value):
+        if spec_text not in wrapping_key_specs():
             raise KmsError(
-                ErrorCode.INVALID_PARAMETER, f"WrappingKeySpec {spec_text!r} is not one of RSA_2048, EC_SM2"
+                ErrorCode.INVALID_PARAMETER,
+                f"WrappingKeySpec {spec_text!r} is not one of {', '.join(wrapping_key_specs())}",
             )
         if spec_text != algorithm.wrapping_key_spec.value:
             raise KmsError(
@@ -809,13 +799,15 @@ class KmsEngine:
             now = self._begin(tx)
             row = self._row(tx, key_id)
             self._check_importable(row, "GetParametersForImport")
-            if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB and row["spec"] != KeySpec.EC_SM2.value:
+            row_facts = facts(KeySpec(row["spec"]))
+            if algorithm not in row_facts.accepted_wrapping:
                 # SM2PKE_SM4_ECB carries a bare 32-byte SM2 scalar: nothing else fits in it. The
                 # other direction (an SM2 key's PKCS#8 under RSA-OAEP + AES) is accepted.
+                takers = ", ".join(s for s, r in SPECS.items() if algorithm in r.accepted_wrapping)
                 raise KmsError(
                     ErrorCode.INVALID_PARAMETER,
-                    f"WrappingAlgorithm SM2PKE_SM4_ECB wraps EC_SM2 material only; key {row['key_id']} is "
-                    f"{row['spec']}: use RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD",
+                    f"WrappingAlgorithm {algorithm.value} wraps {takers} material only; key {row['key_id']} "
+                    f"is {row['spec']}: use {row_facts.wrapping_algorithm.value}",
                 )
             token = secrets.token_urlsafe(48)
             expires = now + int(TOKEN_LIFETIME.total_seconds())
@@ -1039,8 +1031,8 @@ class KmsEngine:
             spec = KeySpec(row["spec"])
             limit = (
                 MAX_SM2_PLAINTEXT
-                if spec is KeySpec.EC_SM2
-                else spec.rsa_bits // 8 - 2 * (20 if name == "RSAES_OAEP_SHA_1" else 32) - 2
+                if facts(spec).family is Family.SM2
+                else facts(spec).bits // 8 - 2 * (20 if name == "RSAES_OAEP_SHA_1" else 32) - 2
             )
             if not 1 <= len(data) <= limit:
                 raise KmsError(

@@ -1,0 +1,155 @@
+"""One row of facts per key spec (family, size or curve, protection levels, wrapping, usages, the
+algorithms KMS offers, how an import is verified), and `Material`, the interface every material kind has.
+
+Facts only: no I/O, no cryptography, no branching on spec names elsewhere. Code that needs to know
+something about a spec reads its row here; a new spec is a new row (and a material class, if new).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from provisioner.model import KeySpec, KeyUsage, ProtectionLevel, WrappingAlgorithm
+
+
+class Family(StrEnum):
+    """What kind of key a spec is, which decides how its material is parsed, wrapped and used."""
+
+    RSA = "asymmetric-rsa"
+    EC = "asymmetric-ec"
+    SM2 = "asymmetric-sm2"
+
+
+class Verification(StrEnum):
+    """How apply (and refresh) prove which material a key holds after an import."""
+
+    PUBLIC_KEY_FINGERPRINT = "public key fingerprint"  # GetPublicKey, SPKI SHA-256
+
+
+_RSA_SIGN = ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")
+_RSA_ENCRYPT = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
+_BOTH = frozenset(ProtectionLevel)
+_HSM = frozenset({ProtectionLevel.HSM})
+_ASYMMETRIC_USAGES = (KeyUsage.SIGN_VERIFY, KeyUsage.ENCRYPT_DECRYPT)
+
+
+@dataclass(frozen=True)
+class SpecFacts:
+    """Everything the provisioner and the emulator know about one key spec."""
+
+    spec: KeySpec
+    family: Family
+    bits: int  # RSA: modulus size; 0 for the others
+    curve: str | None  # cryptography's curve name (sm2 for EC_SM2); None for RSA
+    curve_words: str | None  # the curve as messages name it: P-256, secp256k1, SM2
+    #: Protection levels at which the spec takes imported material (DESIGN section 3).
+    protections: frozenset[ProtectionLevel]
+    #: The algorithm the client wraps this spec's material with (the vendor's pairing, guide step 2).
+    wrapping_algorithm: WrappingAlgorithm
+    #: Every algorithm KMS accepts for this spec's material (EC_SM2 also takes RSA-OAEP + AES).
+    accepted_wrapping: tuple[WrappingAlgorithm, ...]
+    default_usage: KeyUsage
+    usages: tuple[KeyUsage, ...]
+    sign_algorithms: tuple[str, ...]
+    #: Empty where the vendor has none: such a key may be ENCRYPT/DECRYPT but cannot encrypt.
+    encrypt_algorithms: tuple[str, ...]
+    verification: Verification
+
+    @property
+    def wrapping_key_spec(self) -> KeySpec:
+        """The spec of the wrapping key GetParametersForImport is asked for."""
+        return self.wrapping_algorithm.wrapping_key_spec
+
+    def describe(self) -> str:
+        """The spec in words for messages: `EC_P256K (curve secp256k1)`."""
+        return f"{self.spec} (curve {self.curve_words})" if self.curve_words else str(self.spec)
+
+
+def _rsa(spec: KeySpec, bits: int, protections: frozenset[ProtectionLevel]) -> SpecFacts:
+    return SpecFacts(
+        spec, Family.RSA, bits, None, None, protections,
+        WrappingAlgorithm.RSA_OAEP_AES_ECB, (WrappingAlgorithm.RSA_OAEP_AES_ECB,),
+        KeyUsage.SIGN_VERIFY, _ASYMMETRIC_USAGES, _RSA_SIGN, _RSA_ENCRYPT,
+        Verification.PUBLIC_KEY_FINGERPRINT,
+    )  # fmt: skip
+
+
+def _ec(spec: KeySpec, curve: str, words: str) -> SpecFacts:
+    return SpecFacts(
+        spec, Family.EC, 0, curve, words, _BOTH,
+        WrappingAlgorithm.RSA_OAEP_AES_ECB, (WrappingAlgorithm.RSA_OAEP_AES_ECB,),
+        KeyUsage.SIGN_VERIFY, _ASYMMETRIC_USAGES, ("ECDSA_SHA_256",), (),
+        Verification.PUBLIC_KEY_FINGERPRINT,
+    )  # fmt: skip
+
+
+#: The table: one row per KeySpec, in KeySpec's order.
+SPECS: Mapping[KeySpec, SpecFacts] = {
+    row.spec: row
+    for row in (
+        _rsa(KeySpec.RSA_2048, 2048, _BOTH),
+        _rsa(KeySpec.RSA_3072, 3072, _BOTH),
+        _rsa(KeySpec.RSA_4096, 4096, _HSM),
+        _ec(KeySpec.EC_P256, "secp256r1", "P-256"),
+        _ec(KeySpec.EC_P256K, "secp256k1", "secp256k1"),
+        SpecFacts(
+            KeySpec.EC_SM2, Family.SM2, 0, "sm2", "SM2", _HSM,
+            WrappingAlgorithm.SM2PKE_SM4_ECB,
+            (WrappingAlgorithm.SM2PKE_SM4_ECB, WrappingAlgorithm.RSA_OAEP_AES_ECB),
+            KeyUsage.SIGN_VERIFY, _ASYMMETRIC_USAGES, ("SM2DSA",), ("SM2PKE",),
+            Verification.PUBLIC_KEY_FINGERPRINT,
+        ),  # fmt: skip
+    )
+}
+
+
+def facts(spec: KeySpec) -> SpecFacts:
+    return SPECS[spec]
+
+
+def importable_specs(protection: ProtectionLevel) -> frozenset[KeySpec]:
+    """The specs that take imported material at `protection`."""
+    return frozenset(s for s, row in SPECS.items() if protection in row.protections)
+
+
+def rsa_spec(bits: int) -> KeySpec | None:
+    return next((s for s, row in SPECS.items() if row.family is Family.RSA and row.bits == bits), None)
+
+
+def ec_spec(curve: str) -> KeySpec | None:
+    """The spec of a cryptography EC curve name (secp256r1, secp256k1); None for any other curve."""
+    return next((s for s, row in SPECS.items() if row.family is Family.EC and row.curve == curve), None)
+
+
+def family_specs(*families: Family) -> tuple[KeySpec, ...]:
+    return tuple(s for s, row in SPECS.items() if row.family in families)
+
+
+def wrapping_key_specs() -> tuple[KeySpec, ...]:
+    """The wrapping key specs GetParametersForImport hands out, in the order messages list them."""
+    return tuple(dict.fromkeys(a.wrapping_key_spec for a in WrappingAlgorithm))
+
+
+class Material(Protocol):
+    """Key material read from a source, of any family. Its repr and str show the spec and
+    fingerprint only; the plaintext leaves it only as `import_payload` (to be wrapped) and
+    `secret_forms` (for the leak scan), and `wipe` drops it."""
+
+    @property
+    def spec(self) -> KeySpec: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def import_payload(self, algorithm: WrappingAlgorithm) -> bytes:
+        """The plaintext `algorithm` wraps (PKCS#8 DER, an SM2 scalar, raw symmetric bytes)."""
+        ...
+
+    def secret_forms(self) -> list[bytes]:
+        """Every encoding of the secret a manifest must not carry 16 bytes of."""
+        ...
+
+    def wipe(self) -> None: ...
