@@ -72,14 +72,23 @@ def write_key(folder: Path, name: str, pem: bytes) -> Path:
     return path
 
 
-def write_manifest(folder: Path, keys: Mapping[str, Mapping[str, Any]], *, stack: str = STACK) -> Path:
-    """manifests/stack.yaml under `folder` with defaults for the emulator's software instance."""
-    doc = {
+def write_manifest(
+    folder: Path,
+    keys: Mapping[str, Mapping[str, Any]],
+    *,
+    stack: str = STACK,
+    backend: Mapping[str, str] | None = None,
+) -> Path:
+    """manifests/stack.yaml under `folder` with defaults for the emulator's software instance, and
+    `backend` as its `backend:` block when given."""
+    doc: dict[str, Any] = {
         "version": 1,
         "stack": stack,
         "defaults": {"instance": SOFTWARE, "protection": "SOFTWARE", "tags": {"owner": "platform"}},
         "keys": {name: dict(body) for name, body in keys.items()},
     }
+    if backend is not None:
+        doc["backend"] = dict(backend)
     path = folder / "manifests" / "stack.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=True))

@@ -2,6 +2,8 @@
 
 `emulator` is a default server; `emulator_factory(**EmulatorConfig fields)` starts others (qps, latency,
 fault rate, db). Both clear the proxy variables, since the SDK sends even loopback traffic through them.
+`backend` / `backend_factory` run a test once per backend (local, and the emulator through the SDK);
+`@pytest.mark.one_backend(KIND, WHY)` keeps a test on one of them and says why.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
+from backends import BACKENDS, Backend, copy_state, count_local_calls, started
 from emulator_support import FakeClock
 
 from provisioner.emulator.models import KmsEngine
@@ -121,3 +126,69 @@ def engine(clock: FakeClock) -> Iterator[KmsEngine]:
     e = KmsEngine(clock=clock)
     yield e
     e.close()
+
+
+# ------------------------------------------------------------------------------------ both backends
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "one_backend(kind, why): run only on the local or the alibaba backend, for the reason given",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`backend_kind` is every backend, or the one a `one_backend` mark names; module-scoped, so a
+    module's tests run on one backend, then the other, sharing module fixtures per backend."""
+    if "backend_kind" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("one_backend")
+    kinds = [mark.args[0]] if mark is not None else list(BACKENDS)
+    metafunc.parametrize("backend_kind", kinds, indirect=True, scope="module")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In a suite that runs on both backends (`BOTH_BACKENDS = True`), a test that does not must say why."""
+    for item in items:
+        if not getattr(item.module, "BOTH_BACKENDS", False):  # type: ignore[attr-defined]
+            continue
+        mark = item.get_closest_marker("one_backend")
+        if mark is None and "backend_kind" not in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(
+                f"{item.nodeid}: use the backend fixture, or mark it one_backend(kind, why)"
+            )
+        if mark is not None and (len(mark.args) != 2 or mark.args[0] not in BACKENDS or not mark.args[1]):
+            raise pytest.UsageError(f"{item.nodeid}: one_backend takes a backend ({BACKENDS}) and a reason")
+
+
+@pytest.fixture(scope="module")
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """`local` or `alibaba` (parametrized by pytest_generate_tests)."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def backend_factory(
+    backend_kind: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Backend]]:
+    """Start KMSs of this run's backend: empty, or on a copy of a state file (`copy_of=`); each gets its
+    own folder, outside the test's working folder. All are stopped after the test."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    count_local_calls(monkeypatch)
+    with ExitStack() as running:
+
+        def start(copy_of: Path | None = None) -> Backend:
+            folder = tmp_path_factory.mktemp(f"kms-{backend_kind}")
+            db = None if copy_of is None else copy_state(copy_of, folder)
+            return running.enter_context(started(backend_kind, db, folder))
+
+        yield start
+
+
+@pytest.fixture
+def backend(backend_factory: Callable[..., Backend]) -> Backend:
+    """An empty KMS on this run's backend."""
+    return backend_factory()

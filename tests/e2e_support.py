@@ -7,6 +7,7 @@ Nothing here talks to KMS itself: the tests do that through the CLI or the offic
 from __future__ import annotations
 
 import base64
+import json
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -40,11 +41,13 @@ class Entry:
 
 @dataclass
 class Stack:
-    """A manifest folder: `folder/stack.yaml` plus `folder/keys/NAME.pem` (mode 0600)."""
+    """A manifest folder: `folder/stack.yaml` plus `folder/keys/NAME.pem` (mode 0600); `backend`, when
+    given, is written as the manifest's `backend:` block (the local backend's state file)."""
 
     folder: Path
     keys: list[Entry]
     fingerprints: dict[str, str] = field(default_factory=dict)
+    backend: Mapping[str, str] | None = None
 
     @property
     def manifest(self) -> Path:
@@ -61,6 +64,7 @@ class Stack:
         lines = [
             "version: 1",
             f"stack: {STACK}",
+            *([f"backend: {json.dumps(dict(self.backend))}"] if self.backend else []),
             "defaults:",
             "  instance: kst-local-software",
             "  protection: SOFTWARE",

@@ -1,7 +1,8 @@
-"""`provision apply` end to end: the CLI in-process, the official SDK under it, the emulator server on
-loopback; every outcome checked with the SDK directly and every edit checked for its write calls.
+"""`provision apply` end to end, on both backends: the CLI in-process over the official SDK and the
+emulator server on loopback, and over the local backend's state file; every outcome checked through
+the SDK's models directly and every edit checked for its write calls.
 
-Each edit must do exactly its one thing: the plan's actions, the emulator's write-call counts and the
+Each edit must do exactly its one thing: the plan's actions, the KMS's write-call counts and the
 SDK's view of the key all say so, and the next `plan --detailed-exitcode` exits 0.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,24 +31,21 @@ from apply_support import (
     write_manifest,
     writes,
 )
+from backends import Backend, started
 from conftest import PROXY_VARIABLES, REGION, RunningEmulator
 
-from provisioner.emulator.server import EmulatorConfig, EmulatorServer
-
 pytestmark = pytest.mark.slow
+BOTH_BACKENDS = True
 
 
 class Stack:
-    """One working folder with a manifest, the emulator behind it, and the CLI pointed at both."""
+    """One working folder with a manifest, the KMS behind it, and the CLI pointed at both."""
 
-    def __init__(self, folder: Path, emulator: RunningEmulator | EmulatorServer) -> None:
+    def __init__(self, folder: Path, backend: Backend) -> None:
         self.folder = folder
-        if isinstance(emulator, EmulatorServer):
-            emulator = RunningEmulator(emulator)
-        self.emulator = emulator
-        self.sdk = SdkView(emulator.sdk_client())
-        self.env = emulator.credential_env()
-        self.backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
+        self.backend = backend
+        self.sdk = backend.view
+        self.env = backend.env
         self.keys: dict[str, dict[str, Any]] = {
             "signer": key_entry("signer", expiry="2099-01-01T00:00:00Z"),
             "tokens": key_entry("tokens", aliases=["alias/e2e/tokens", "alias/e2e/tokens-v1"]),
@@ -63,10 +61,10 @@ class Stack:
         self.save()
 
     def save(self) -> None:
-        write_manifest(self.folder, self.keys)
+        write_manifest(self.folder, self.keys, backend=self.backend.manifest_backend)
 
     def cli(self, *args: str, stdin: str | None = None) -> Run:
-        return run_cli([*args, *self.backend], env=self.env, stdin=stdin)
+        return run_cli([*args, *self.backend.args], env=self.env, stdin=stdin)
 
     def plan_json(self) -> tuple[int, dict[str, Any]]:
         r = self.cli("plan", "manifests", "--format", "json", "--detailed-exitcode")
@@ -84,9 +82,9 @@ class Stack:
 
     def apply_counting(self) -> Counter[str]:
         """Apply and return the write calls it made."""
-        before = self.emulator.stats()
+        before = self.backend.stats()
         self.apply()
-        return writes(before, self.emulator.stats())
+        return writes(before, self.backend.stats())
 
     def assert_converged(self) -> None:
         r = self.cli("plan", "manifests", "--detailed-exitcode")
@@ -100,18 +98,16 @@ class Stack:
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator_factory: Callable[..., RunningEmulator]
-) -> Iterator[Stack]:
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend) -> Stack:
     monkeypatch.chdir(tmp_path)
-    yield Stack(tmp_path, emulator_factory())
+    return Stack(tmp_path, backend)
 
 
 @pytest.fixture(scope="module")
-def applied_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An emulator state file holding the applied stack, made once: every test starts from a copy.
+def applied_db(backend_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state file of this backend holding the applied stack, made once: every test starts from a copy.
 
-    Imports are the slow part (the emulator makes an RSA wrapping key per GetParametersForImport).
+    Imports are the slow part (the engine makes an RSA wrapping key per GetParametersForImport).
     """
     folder = tmp_path_factory.mktemp("template")
     db = folder / "kms.db"
@@ -119,12 +115,8 @@ def applied_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in PROXY_VARIABLES:
             mp.delenv(name, raising=False)
         mp.chdir(folder)
-        server = EmulatorServer(EmulatorConfig(host="127.0.0.1", port=0, db=str(db)))
-        try:
-            server.start()
-            Stack(folder, server).apply()
-        finally:
-            server.shutdown()
+        with started(backend_kind, db, folder) as backend:
+            Stack(folder, backend).apply()
     return db
 
 
@@ -132,13 +124,11 @@ def applied_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def applied(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    emulator_factory: Callable[..., RunningEmulator],
+    backend_factory: Callable[..., Backend],
     applied_db: Path,
 ) -> Stack:
-    db = tmp_path / "kms.db"
-    shutil.copyfile(applied_db, db)
     monkeypatch.chdir(tmp_path)
-    stack = Stack(tmp_path, emulator_factory(db=db))
+    stack = Stack(tmp_path, backend_factory(copy_of=applied_db))
     stack.assert_converged()
     return stack
 
@@ -147,9 +137,9 @@ def applied(
 
 
 def test_apply_creates_and_imports_every_key_as_declared(stack: Stack) -> None:
-    before = stack.emulator.stats()
+    before = stack.backend.stats()
     r = stack.apply()
-    after = stack.emulator.stats()
+    after = stack.backend.stats()
     assert "Apply complete: 3 key(s) changed, 0 failed." in r.stdout
 
     ids = stack.sdk.key_ids()
@@ -181,11 +171,11 @@ def test_apply_creates_and_imports_every_key_as_declared(stack: Stack) -> None:
 
 
 def test_non_interactive_apply_without_auto_approve_changes_nothing(stack: Stack) -> None:
-    before = stack.emulator.stats()
+    before = stack.backend.stats()
     r = stack.cli("apply", "manifests")
     assert r.code == 1
     assert "apply needs confirmation and there is no terminal to ask on" in r.stderr
-    assert writes(before, stack.emulator.stats()) == Counter()
+    assert writes(before, stack.backend.stats()) == Counter()
     assert stack.sdk.key_ids() == []
 
 
@@ -292,7 +282,7 @@ def test_absent_schedules_deletion_with_its_window(applied: Stack) -> None:
 def test_absent_with_deletion_protection_is_refused(applied: Stack) -> None:
     applied.keys["vault"]["state"] = "absent"
     applied.save()
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "manifests", "--auto-approve")
     assert r.code == 1
     assert r.stderr.endswith(
@@ -300,7 +290,7 @@ def test_absent_with_deletion_protection_is_refused(applied: Stack) -> None:
         "(deletion_protection: false) first\n1 error(s)\n"
     )
     assert r.stderr.startswith("manifests/stack.yaml:")
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.describe(applied.key_id("vault")).key_state == "Enabled"
 
 
@@ -317,11 +307,11 @@ def test_lifting_protection_then_absent(applied: Stack) -> None:
         f"key {vault} has deletion protection on, so it cannot be scheduled for deletion: first apply the "
         f"manifest with state: present and deletion_protection: false, then set state: absent"
     )
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "manifests", "--auto-approve")
     assert r.code == 1
     assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.describe(vault).deletion_protection == "Enabled"
 
     applied.keys["vault"].update(state="present")
@@ -348,11 +338,11 @@ def test_changed_material_is_refused_and_the_key_keeps_its_material(applied: Sta
     assert [(v["key"], v["code"]) for v in doc["violations"]] == [("signer", "material-immutable")]
     assert "material never changes on a key" in doc["violations"][0]["message"]
 
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "manifests", "--auto-approve")
     assert r.code == 1
     assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.public_key_der(key_id) == spki_der(applied.pems["signer"])
 
 
@@ -363,11 +353,11 @@ def test_a_blocked_saved_plan_is_never_applied(applied: Stack) -> None:
     doc = json.loads(Path("p.json").read_text())
     doc["violations"] = [{"key": "signer", "code": "alias-conflict", "message": "planted"}]
     Path("p.json").write_text(json.dumps(doc))
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "p.json")
     assert r.code == 1
     assert "error: the plan is blocked by 1 violation(s); nothing applied" in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
 
 
 def test_saved_plan_is_applied(applied: Stack) -> None:
@@ -378,10 +368,10 @@ def test_saved_plan_is_applied(applied: Stack) -> None:
     assert r.code == 0, r.stderr
     assert "saved the plan to saved.json" in r.stderr
     assert Path("saved.json").stat().st_mode & 0o777 == 0o600
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "saved.json")
     assert r.code == 0, r.stdout + r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter(TagResource=1, UpdateKeyDescription=1)
+    assert writes(before, applied.backend.stats()) == Counter(TagResource=1, UpdateKeyDescription=1)
     assert applied.sdk.tags(applied.key_id("signer"))["team"] == "saved"
     assert applied.sdk.describe(applied.key_id("tokens")).description == "tokens, described again"
     applied.assert_converged()
@@ -396,11 +386,11 @@ def test_stale_saved_plan_is_refused_naming_the_key(applied: Stack) -> None:
     applied.sdk.client.tag_resource(
         kms.TagResourceRequest(key_id=key_id, tags=json.dumps([{"TagKey": "hand", "TagValue": "made"}]))
     )
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "saved.json")
     assert r.code == 1
     assert f"error: key 'tokens' ({key_id}) changed since the plan was made: make a new plan" in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.tags(applied.key_id("signer"))["team"] == "t-signer"
 
 
@@ -412,18 +402,18 @@ def test_saved_plan_whose_material_changed_is_refused(applied: Stack) -> None:
     applied.save()
     assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
     write_key(applied.folder, "signer", private_pem("EC_P256", 3))
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "saved.json")
     assert r.code == 1
     assert "error: key 'signer': material no longer matches the plan" in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.describe(applied.key_id("signer")).key_state == "PendingImport"
 
 
 def test_saved_plan_for_a_key_created_since_is_refused(stack: Stack) -> None:
     assert stack.cli("plan", "manifests", "--out", "saved.json").code == 0
     stack.apply()
-    before = stack.emulator.stats()
+    before = stack.backend.stats()
     r = stack.cli("apply", "--plan", "saved.json")
     assert r.code == 1
     signer = stack.key_id("signer")
@@ -431,10 +421,15 @@ def test_saved_plan_for_a_key_created_since_is_refused(stack: Stack) -> None:
         f"error: key 'signer' was to be created, but {signer} now carries that identity: make a new plan"
         in r.stderr
     )
-    assert writes(before, stack.emulator.stats()) == Counter()
+    assert writes(before, stack.backend.stats()) == Counter()
     assert len(stack.sdk.key_ids()) == 3
 
 
+@pytest.mark.one_backend(
+    "alibaba",
+    "a flag points apply at another emulator; a local state file is named by the manifests, which "
+    "apply --plan re-renders unchanged",
+)
 def test_saved_plan_for_another_backend_is_refused(
     stack: Stack, emulator_factory: Callable[..., RunningEmulator]
 ) -> None:
@@ -446,7 +441,7 @@ def test_saved_plan_for_another_backend_is_refused(
         env=stack.env,
     )
     assert r.code == 1
-    assert f"error: the plan was made against endpoint={stack.emulator.url}" in r.stderr
+    assert f"error: the plan was made against endpoint={stack.backend.endpoint}" in r.stderr
     assert f"but apply is pointed at endpoint={elsewhere.url}" in r.stderr
     assert writes({"calls": {}}, elsewhere.stats()) == Counter()
     assert SdkView(elsewhere.sdk_client()).key_ids() == []
@@ -469,7 +464,7 @@ def test_apply_json_result_for_pipelines(stack: Stack) -> None:
 
 @pytest.mark.parametrize(("answer", "code"), [("no\n", 1), ("yes\n", 0)])
 def test_apply_on_a_terminal_asks_first(stack: Stack, answer: str, code: int) -> None:
-    r = run_cli(["apply", "manifests", *stack.backend], env=stack.env, stdin=answer, tty=True)
+    r = run_cli(["apply", "manifests", *stack.backend.args], env=stack.env, stdin=answer, tty=True)
     assert r.code == code, r.stdout + r.stderr
     assert "Apply these changes? Only 'yes' is accepted" in r.stdout
     if code:
@@ -480,6 +475,7 @@ def test_apply_on_a_terminal_asks_first(stack: Stack, answer: str, code: int) ->
         assert len(stack.sdk.key_ids()) == 3
 
 
+@pytest.mark.one_backend("local", "the README's first run uses the default backend: local, no flags")
 def test_the_shipped_example_on_the_local_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's first run: apply the example stack on the embedded KMS, then plan shows nothing."""
     shutil.copytree(Path(__file__).resolve().parent.parent / "manifests", tmp_path / "manifests")
@@ -514,14 +510,14 @@ def test_saved_plan_whose_new_alias_was_taken_since_is_refused(applied: Stack) -
     assert applied.cli("plan", "manifests", "--out", "saved.json").code == 0
     other = foreign_key(applied.sdk)
     applied.sdk.client.create_alias(kms.CreateAliasRequest(alias_name="alias/e2e/wanted", key_id=other))
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "saved.json")
     assert r.code == 1
     assert (
         f"error: key 'signer': alias alias/e2e/wanted was free when the plan was made and now points at "
         f"key {other}: make a new plan"
     ) in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
 
 
 def test_saved_plan_never_moves_an_alias_off_a_foreign_key(applied: Stack) -> None:
@@ -537,14 +533,14 @@ def test_saved_plan_never_moves_an_alias_off_a_foreign_key(applied: Stack) -> No
     # Meanwhile someone points that alias at a key outside the stack.
     other = foreign_key(applied.sdk)
     applied.sdk.client.update_alias(kms.UpdateAliasRequest(alias_name="alias/e2e/tokens-v1", key_id=other))
-    before = applied.emulator.stats()
+    before = applied.backend.stats()
     r = applied.cli("apply", "--plan", "saved.json")
     assert r.code == 1
     assert (
         f"error: key 'signer': alias alias/e2e/tokens-v1 now points at key {other}, not of this stack: "
         f"make a new plan"
     ) in r.stderr
-    assert writes(before, applied.emulator.stats()) == Counter()
+    assert writes(before, applied.backend.stats()) == Counter()
     assert applied.sdk.aliases()["alias/e2e/tokens-v1"] == other
 
 

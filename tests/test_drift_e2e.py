@@ -1,6 +1,7 @@
-"""`provision drift` end to end through the official SDK against the emulator server (issue 7):
-in sync right after apply; hand edits made with the SDK reported by kind; only read calls; never
-reads material (the key files are moved away first); expiring material, orphans, --verify-material.
+"""`provision drift` end to end on both backends, through the official SDK against the emulator server
+and on the local backend's state file (issue 7): in sync right after apply; hand edits made with the
+SDK's models reported by kind; only read calls; never reads material (the key files are moved away
+first); expiring material, orphans, --verify-material.
 """
 
 from __future__ import annotations
@@ -15,33 +16,35 @@ from typing import Any
 
 import pytest
 from alibabacloud_kms20160120 import models
-from e2e_support import STACK, Entry, Stack, alibaba_args, assert_no_secret, run_cli
+from backends import Backend
+from e2e_support import STACK, Entry, Stack, assert_no_secret, run_cli
 
 from provisioner.backend.base import READ_ONLY_ACTIONS
 from provisioner.model import TAG_FINGERPRINT
 
 pytestmark = pytest.mark.slow
+BOTH_BACKENDS = True
 
 OWNER = {"owner": "platform"}
 
 
 @pytest.fixture
-def account(emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    for name, value in emulator.credential_env().items():
+def account(backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Backend:
+    for name, value in backend.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    return emulator
+    return backend
 
 
-def apply(stack: Stack, account: Any) -> None:
-    run = run_cli(["apply", str(stack.folder), "--auto-approve", *alibaba_args(account.url)])
+def apply(stack: Stack, account: Backend) -> None:
+    run = run_cli(["apply", str(stack.folder), "--auto-approve", *account.args])
     assert run.code == 0, run.stdout + run.stderr
 
 
-def drift(stack: Stack, account: Any, *args: str) -> tuple[int, str, str, Counter[str]]:
-    """Run drift; (exit code, stdout, stderr, the calls the emulator received meanwhile)."""
+def drift(stack: Stack, account: Backend, *args: str) -> tuple[int, str, str, Counter[str]]:
+    """Run drift; (exit code, stdout, stderr, the calls the KMS received meanwhile)."""
     before = Counter(account.stats()["calls"])
-    run = run_cli(["drift", str(stack.folder), *args, *alibaba_args(account.url)])
+    run = run_cli(["drift", str(stack.folder), *args, *account.args])
     calls = Counter(account.stats()["calls"])
     calls.subtract(before)
     return run.code, run.stdout, run.stderr, +calls
@@ -70,7 +73,7 @@ def assert_read_only(calls: Counter[str]) -> None:
     assert set(calls) <= READ_ONLY_ACTIONS - {"GetParametersForImport"}, calls
 
 
-def test_in_sync_after_apply_then_every_hand_edit_reported_by_kind(account: Any, tmp_path: Path) -> None:
+def test_in_sync_after_apply_then_every_hand_edit_reported_by_kind(account: Backend, tmp_path: Path) -> None:
     stack = Stack(
         tmp_path / "m",
         [
@@ -82,14 +85,15 @@ def test_in_sync_after_apply_then_every_hand_edit_reported_by_kind(account: Any,
             Entry("disabled", aliases=("alias/e2e/disabled",)),
             Entry("untouched", spec="RSA_2048", aliases=("alias/e2e/untouched",), pin=True),
         ],
+        backend=account.manifest_backend,
     )
     stack.write()
     apply(stack, account)
     pems = hide_material(stack)
 
     code, out, err, calls = drift(stack, account)
-    assert (code, out) == (0, f"Stack '{STACK}': in sync, no drift.\nEndpoint: {account.url}\n"), err
-    assert err == f"using alibaba cn-hangzhou at {account.url}\n"
+    assert (code, out) == (0, f"Stack '{STACK}': in sync, no drift.\nEndpoint: {account.endpoint}\n"), err
+    assert err == account.announcement() + "\n"
     assert calls == {"ListTagResources": 1, "DescribeKey": 6, "ListAliases": 1}
 
     client = account.sdk_client()
@@ -155,12 +159,13 @@ def test_in_sync_after_apply_then_every_hand_edit_reported_by_kind(account: Any,
 
 
 def test_verify_material_reads_each_public_key_once_and_finds_a_forged_fingerprint(
-    account: Any, tmp_path: Path
+    account: Backend, tmp_path: Path
 ) -> None:
     stack = Stack(
         tmp_path / "m",
         [Entry(f"k{i}", aliases=(f"alias/e2e/k{i}",)) for i in range(3)]
         + [Entry("rsa", spec="RSA_2048", aliases=("alias/e2e/rsa",))],
+        backend=account.manifest_backend,
     )
     stack.write()
     apply(stack, account)
@@ -197,13 +202,15 @@ def test_verify_material_reads_each_public_key_once_and_finds_a_forged_fingerpri
     assert_no_secret(out, pems)
 
 
-def test_expiring_material_orphans_missing_keys_and_unmanaged_aliases(account: Any, tmp_path: Path) -> None:
+def test_expiring_material_orphans_missing_keys_and_unmanaged_aliases(
+    account: Backend, tmp_path: Path
+) -> None:
     soon = (datetime.now(UTC) + timedelta(days=5, hours=12)).replace(microsecond=0)
     soon_text = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
     kept = Entry("kept", aliases=("alias/e2e/kept",))
     expiring = Entry("expiring", aliases=("alias/e2e/expiring",), expiry=soon_text)
     dropped = Entry("dropped", aliases=("alias/e2e/dropped",))
-    stack = Stack(tmp_path / "m", [kept, expiring, dropped])
+    stack = Stack(tmp_path / "m", [kept, expiring, dropped], backend=account.manifest_backend)
     stack.write()
     apply(stack, account)
     hide_material(stack)
@@ -254,6 +261,7 @@ def test_expiring_material_orphans_missing_keys_and_unmanaged_aliases(account: A
     )
 
 
+@pytest.mark.one_backend("local", "material sources belong to the manifests; drift reads none on any backend")
 def test_drift_touches_no_material_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset variables, a command that would leave a mark, a missing encrypted file: drift reads none."""
     monkeypatch.chdir(tmp_path)
@@ -286,9 +294,10 @@ def test_drift_touches_no_material_source(tmp_path: Path, monkeypatch: pytest.Mo
     assert mark.exists()
 
 
-def test_refused_credentials_are_an_error_not_drift(account: Any, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.one_backend("alibaba", "credentials: the local backend takes none")
+def test_refused_credentials_are_an_error_not_drift(account: Backend, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    stack = Stack(tmp_path / "m", [Entry("a", aliases=("alias/e2e/a",))])
+    stack = Stack(tmp_path / "m", [Entry("a", aliases=("alias/e2e/a",))], backend=account.manifest_backend)
     stack.write()
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "wrong")
     code, out, err, calls = drift(stack, account, "--format", "json")
@@ -299,11 +308,12 @@ def test_refused_credentials_are_an_error_not_drift(account: Any, monkeypatch: p
     assert_read_only(calls)
 
 
-def test_material_that_ran_out_is_material_expired(account: Any, tmp_path: Path) -> None:
+def test_material_that_ran_out_is_material_expired(account: Backend, tmp_path: Path) -> None:
     expiry = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
     stack = Stack(
         tmp_path / "m",
         [Entry("brief", aliases=("alias/e2e/brief",), expiry=expiry.strftime("%Y-%m-%dT%H:%M:%SZ"))],
+        backend=account.manifest_backend,
     )
     stack.write()
     apply(stack, account)

@@ -1,6 +1,7 @@
-"""`provision plan` end to end: through the official SDK against the emulator server, and on the local
-backend with no cloud account. Issue 5's acceptance: empty KMS, alias conflicts, an endpoint with
-nothing listening, refused credentials, output formats, saved plans free of private material.
+"""`provision plan` end to end, on both backends (through the official SDK against the emulator server,
+and on the local backend's state file), and on the local backend with no cloud account. Issue 5's
+acceptance: empty KMS, alias conflicts, an endpoint with nothing listening, refused credentials,
+output formats, saved plans free of private material.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import Backend
 from e2e_support import (
     ANSI,
     STACK,
@@ -31,6 +33,7 @@ from provisioner.backend.base import READ_ONLY_ACTIONS
 from provisioner.plan.planfile import load_plan, save_plan
 
 pytestmark = pytest.mark.slow
+BOTH_BACKENDS = True
 
 KEYS = [
     Entry(
@@ -56,11 +59,14 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
 
 
 @pytest.fixture
-def account(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The emulator, with its credential in the environment for the SDK's default chain."""
-    for name, value in emulator.credential_env().items():
+def account(backend: Backend, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """The KMS under test, with its credential (if any) in the environment for the SDK's default chain,
+    and the stack's manifest pointed at it (a local state file is named in the manifest)."""
+    for name, value in backend.env.items():
         monkeypatch.setenv(name, value)
-    return emulator
+    stack.backend = backend.manifest_backend
+    stack.write()
+    return backend
 
 
 def pem_files(stack: Stack) -> list[Path]:
@@ -68,16 +74,16 @@ def pem_files(stack: Stack) -> list[Path]:
 
 
 def test_empty_kms_plans_create_and_import_for_every_key_and_writes_nothing(
-    stack: Stack, account: Any, tmp_path: Path
+    stack: Stack, account: Backend, tmp_path: Path
 ) -> None:
     before = account.stats()["calls"]
     assert before == {}
-    run = run_cli(["plan", str(stack.folder), "--format", "json", *alibaba_args(account.url)])
+    run = run_cli(["plan", str(stack.folder), "--format", "json", *account.args])
     assert run.code == 0, run.stderr
-    assert run.stderr == f"using alibaba cn-hangzhou at {account.url}\n"
+    assert run.stderr == account.announcement(empty=True) + "\n"
     doc = run.json()
     assert doc["stack"] == STACK
-    assert doc["backend"] == {"type": "alibaba", "region": "cn-hangzhou", "endpoint": account.url}
+    assert doc["backend"] == account.document
     assert doc["violations"] == []
     assert [(c["key"], c["key_id"], c["actions"]) for c in doc["changes"]] == [
         ("ledger", None, ["create", "import"]),
@@ -100,10 +106,10 @@ def test_empty_kms_plans_create_and_import_for_every_key_and_writes_nothing(
 
 
 def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
-    stack: Stack, account: Any, tmp_path: Path
+    stack: Stack, account: Backend, tmp_path: Path
 ) -> None:
     out = tmp_path / "plan.json"
-    args = ["plan", str(stack.folder), *alibaba_args(account.url)]
+    args = ["plan", str(stack.folder), *account.args]
     changes = run_cli([*args, "--detailed-exitcode", "--out", str(out)])
     assert changes.code == 2, changes.stderr
     assert changes.stderr.splitlines()[-1] == (
@@ -131,7 +137,7 @@ def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
     assert_no_secret(markdown.stdout + changes.stdout + changes.stderr, pem_files(stack))
 
     # After an apply, the same plan has no changes: --detailed-exitcode says 0.
-    applied = run_cli(["apply", str(stack.folder), "--auto-approve", *alibaba_args(account.url)])
+    applied = run_cli(["apply", str(stack.folder), "--auto-approve", *account.args])
     assert applied.code == 0, applied.stderr
     again = run_cli([*args, "--detailed-exitcode"])
     assert again.code == 0, again.stderr
@@ -140,7 +146,7 @@ def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
 
 
 def test_alias_held_by_a_key_outside_the_stack_blocks_the_plan(
-    stack: Stack, account: Any, tmp_path: Path
+    stack: Stack, account: Backend, tmp_path: Path
 ) -> None:
     from alibabacloud_kms20160120 import models
 
@@ -159,7 +165,7 @@ def test_alias_held_by_a_key_outside_the_stack_blocks_the_plan(
 
     out = tmp_path / "blocked.json"
     run = run_cli(
-        ["plan", str(stack.folder), "--format", "json", "--out", str(out), *alibaba_args(account.url)]
+        ["plan", str(stack.folder), "--format", "json", "--out", str(out), *account.args]
     )
     assert run.code == 1
     assert run.stderr.splitlines()[-1] == "error: the plan is blocked by 1 violation(s)"
@@ -176,12 +182,13 @@ def test_alias_held_by_a_key_outside_the_stack_blocks_the_plan(
     assert [c["key"] for c in doc["changes"]] == ["ledger", "receipts"]
     assert not out.exists()  # a blocked plan is never saved
 
-    text = run_cli(["plan", str(stack.folder), *alibaba_args(account.url)])
+    text = run_cli(["plan", str(stack.folder), *account.args])
     assert text.code == 1
     assert f"! tokens: alias-conflict: alias alias/e2e/tokens-v1 points at key {foreign}" in text.stdout
     assert "Plan blocked: 1 violation(s); nothing will be applied." in text.stdout
 
 
+@pytest.mark.one_backend("alibaba", "credentials: the local backend takes none")
 def test_wrong_secret_exits_1_saying_the_credentials_were_refused(
     stack: Stack, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +205,7 @@ def test_wrong_secret_exits_1_saying_the_credentials_were_refused(
     assert emulator.stats()["calls"] == {"ListTagResources": 1, "ListAliases": 1}
 
 
+@pytest.mark.one_backend("alibaba", "a connection that is refused: the local backend makes none")
 def test_nothing_listening_exits_1_soon_after_the_last_retry(stack: Stack, tmp_path: Path) -> None:
     """A real process: exit code, the one-line message naming the endpoint, no traceback."""
     url = f"http://127.0.0.1:{closed_port()}"
@@ -225,6 +233,7 @@ def test_nothing_listening_exits_1_soon_after_the_last_retry(stack: Stack, tmp_p
     assert elapsed < 12.0, elapsed
 
 
+@pytest.mark.one_backend("local", "the variable is checked before any backend is used")
 def test_retry_budget_variable_is_checked(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROVISION_RETRY_SECONDS", "soon")
     run = run_cli(["plan", str(stack.folder), "--backend", "local"])
@@ -234,6 +243,7 @@ def test_retry_budget_variable_is_checked(stack: Stack, monkeypatch: pytest.Monk
     )
 
 
+@pytest.mark.one_backend("local", "the local backend's default state file, with no cloud account")
 def test_local_backend_plans_with_no_account_and_announces_itself(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,6 +297,7 @@ def _run_on_a_terminal(args: list[str], cwd: Path, extra_env: dict[str, str]) ->
     return proc.returncode, b"".join(chunks).decode()
 
 
+@pytest.mark.one_backend("local", "colour is the text view's; a real process on a terminal, no server")
 def test_colour_on_a_terminal_and_off_with_no_color(stack: Stack, tmp_path: Path) -> None:
     args = ["plan", str(stack.folder), "--backend", "local"]
     code, shown = _run_on_a_terminal(args, tmp_path, {})
@@ -299,6 +310,7 @@ def test_colour_on_a_terminal_and_off_with_no_color(stack: Stack, tmp_path: Path
         assert "\x1b" not in shown
 
 
+@pytest.mark.one_backend("local", "writing --out is the CLI's, after the plan on any backend")
 def test_out_in_a_missing_folder_is_one_clear_error(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "no-such-folder" / "plan.json"
     run = run_cli(["plan", str(stack.folder), "--backend", "local", "--out", str(out)])
