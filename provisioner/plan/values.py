@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from provisioner.model import (
-    RESERVED_TAGS,
     ActualKey,
     DesiredKey,
     DesiredState,
@@ -110,10 +109,6 @@ class KeySnapshot:
             recorded_fingerprint=key.recorded_fingerprint,
             public_key_fingerprint=key.public_key_fingerprint,
         )
-
-    @property
-    def user_tags(self) -> dict[str, str]:
-        return {k: v for k, v in self.tags.items() if k not in RESERVED_TAGS}
 
 
 @dataclass(frozen=True)
