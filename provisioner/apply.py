@@ -166,7 +166,7 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
     # Aliases are not in the digests. One the plan creates that someone took since would fail
     # halfway through; one it moves must still be held by this stack, or UpdateAlias would take it
     # from a key the stack does not own.
-    ours = {k.key_id for keys in live.keys.values() for k in keys}
+    ours = live.stack_key_ids
     for change in plan.changes:
         for alias in change.aliases_to_create:
             owner = live.alias_owners.get(alias)

@@ -7,6 +7,7 @@ gives interspersed options, typed flags and help text for free.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import io
@@ -106,6 +107,14 @@ def allow_commands_option(f: F) -> F:
 
 def color_option(f: F) -> F:
     return click.option("--no-color", is_flag=True, default=False, help="Plain text output.")(f)
+
+
+def target_option(f: F) -> F:
+    """--target NAME (repeatable): only the keys of those names are read, planned, applied or shown."""
+    return click.option(
+        "--target", "targets", multiple=True, metavar="NAME",
+        help="Only the key of this name (repeatable); the stack's other keys are left untouched.",
+    )(f)
 
 
 def use_color(no_color: bool) -> bool:
@@ -533,7 +542,7 @@ def _now() -> Any:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _refresh_stage(ms: Any, kms: Any, now: Any) -> Any:
+def _refresh_stage(ms: Any, kms: Any, now: Any, targets: tuple[str, ...] = ()) -> Any:
     """refresh for a plan. GetPublicKey only for keys that carry no recorded fingerprint."""
     from provisioner.refresh import refresh
 
@@ -541,22 +550,62 @@ def _refresh_stage(ms: Any, kms: Any, now: Any) -> Any:
         kms,
         ms.stack,
         now=now,
-        managed_names=[k.name for k in ms.keys],
+        managed_names=[k.name for k in ms.keys if not targets or k.name in targets],
         confirm=lambda key: key.recorded_fingerprint is None,
+        targets=targets or None,
     )
 
 
 def _make_plan_stage(
-    ms: Any, fingerprints: dict[str, str], kms: Any, *, offline_material: bool = False
+    ms: Any,
+    fingerprints: dict[str, str],
+    kms: Any,
+    *,
+    offline_material: bool = False,
+    targets: tuple[str, ...] = (),
 ) -> Any:
     """refresh -> plan."""
     from provisioner.plan.planner import make_plan
 
     now = _now()
-    live = _refresh_stage(ms, kms, now)
+    live = _refresh_stage(ms, kms, now, targets)
     return make_plan(
-        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material
+        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material,
+        targets=targets or None,
     )
+
+
+def _target_stage(ms: Any, targets: tuple[str, ...], verb: str) -> tuple[str, ...]:
+    """The --target names, sorted and distinct, each a key the manifests declare; else UsageError.
+    With names, a warning that the run is partial (as Terraform warns of -target)."""
+    import difflib
+
+    from provisioner.errors import UsageError
+    from provisioner.model import DEFAULT_TARGET
+
+    chosen = tuple(sorted(set(targets)))
+    declared = {k.name for k in ms.keys}
+    for name in chosen:
+        if name in declared:
+            continue
+        if name == DEFAULT_TARGET:
+            raise UsageError(
+                f"--target {name!r}: no key of stack {ms.stack!r} has that name; {name!r} names the backend "
+                f"(the target of a single backend): --target selects keys, --only-target selects backends"
+            )
+        close = difflib.get_close_matches(name, sorted(declared), n=1)
+        hint = f": did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"--target {name!r}: the manifests of stack {ms.stack!r} declare no key of that name{hint}"
+        )
+    if chosen:
+        names = ", ".join(chosen)
+        rest = "not read" if verb in ("show", "drift run") else "not read, planned or changed"
+        _warn(
+            f"--target: this {verb} covers only {names}; the stack's other keys are {rest} "
+            f"(for exceptions such as a repair, not for routine use)"
+        )
+    return chosen
 
 
 def _read_plan_file(path: Path) -> Any:
@@ -603,11 +652,12 @@ def _format_option(*choices: str) -> Callable[[F], F]:
 @allow_commands_option
 @click.option("--offline-material", is_flag=True, default=False,
               help="Read no private material and run no command; fingerprints from material.fingerprint.")
+@target_option
 @handle_errors
 def plan(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, out: Path | None,
-    fmt: str, detailed_exitcode: bool, allow_commands: bool, offline_material: bool,
+    fmt: str, detailed_exitcode: bool, allow_commands: bool, offline_material: bool, targets: tuple[str, ...],
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
     from provisioner.plan.planfile import save_plan
@@ -617,10 +667,13 @@ def plan(
     ms, fingerprints, _ = _load_stage(
         paths, var, var_files, offline_material=offline_material, allow_commands=allow_commands
     )
+    chosen = _target_stage(ms, targets, "plan")
     # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
-        the_plan = _make_plan_stage(ms, fingerprints, kms, offline_material=offline_material)
+        the_plan = _make_plan_stage(
+            ms, fingerprints, kms, offline_material=offline_material, targets=chosen
+        )
     finally:
         kms.close()
     click.echo(_render_plan(the_plan, fmt, no_color), nl=False)
@@ -650,11 +703,12 @@ def plan(
               help="Keys worked on at once (the client-side rate limit still applies).")
 @_format_option("text", "json")
 @allow_commands_option
+@target_option
 @handle_errors
 def apply(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
-    auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool,
+    auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool, targets: tuple[str, ...],
 ) -> int:
     """Carry out a fresh plan (after confirmation), or a saved one with --plan.
 
@@ -676,6 +730,11 @@ def apply(
             "apply needs confirmation and there is no terminal to ask on: "
             "pass --auto-approve, or apply a saved plan with --plan FILE"
         )
+    if plan_file is not None and targets:
+        raise UsageError(
+            "--target cannot be combined with --plan: a saved plan made with --target records its targets "
+            "and applies only those"
+        )
     saved = None
     if plan_file is not None:
         saved = _read_plan_file(plan_file)
@@ -693,6 +752,7 @@ def apply(
         if saved is not None:
             applying.check_manifest_digest(saved, ms)  # unchanged while the material was read
             applying.check_plan_material(saved, fingerprints)
+        chosen = saved.targets if saved is not None else _target_stage(ms, targets, "apply")
         kms = _open_stage(ms.backend, backend, endpoint, region, qps)
     except BaseException:
         applying.wipe_all(kept)
@@ -701,10 +761,12 @@ def apply(
         if saved is not None:
             applying.check_plan_backend(saved, kms.info)
             now = _now()
-            live = _refresh_stage(ms, kms, now)
+            live = _refresh_stage(ms, kms, now, chosen)
             applying.check_saved_plan(saved, live)
             # Every material rule the plan may have skipped (--offline-material), on the live keys.
-            fresh = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info)
+            fresh = make_plan(
+                ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None
+            )
             if fresh.blocked:
                 found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
                 raise PlanBlocked(
@@ -714,7 +776,7 @@ def apply(
             the_plan = resolve_fingerprints(saved, fingerprints)
             applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
         else:
-            the_plan = _make_plan_stage(ms, fingerprints, kms)
+            the_plan = _make_plan_stage(ms, fingerprints, kms, targets=chosen)
         if fmt == "text":
             click.echo(_render_plan(the_plan, "text", no_color), nl=False)
         if the_plan.blocked:
@@ -768,11 +830,12 @@ def apply(
               help="Report material that expires within this many days.")
 @click.option("--verify-material", is_flag=True, default=False,
               help="Confirm every live public key (GetPublicKey) against the pinned or recorded fingerprint.")
+@target_option
 @handle_errors
 def drift(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, fmt: str,
-    expiry_warning: int, verify_material: bool,
+    expiry_warning: int, verify_material: bool, targets: tuple[str, ...],
 ) -> int:
     """Report what changed behind the manifests' back. Read-only; never reads private material."""
     from provisioner import render
@@ -780,6 +843,9 @@ def drift(
     from provisioner.refresh import refresh
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+    chosen = _target_stage(ms, targets, "drift run")
+    if chosen:
+        ms = dataclasses.replace(ms, keys=tuple(k for k in ms.keys if k.name in chosen))
     # drift never writes, not even an empty local state file where none was; it reads it read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
@@ -790,6 +856,7 @@ def drift(
             now=now,
             managed_names=[k.name for k in ms.keys],
             confirm=(lambda key: True) if verify_material else None,
+            targets=chosen or None,
         )
     finally:
         kms.close()
@@ -801,6 +868,77 @@ def drift(
     else:
         click.echo(render.render_drift_text(report, color=use_color(no_color)), nl=False)
     return 0 if report.in_sync else 2
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@template_options
+@backend_options
+@color_option
+@_format_option("text", "json")
+@target_option
+@handle_errors
+def show(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
+    endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, fmt: str,
+    targets: tuple[str, ...],
+) -> int:
+    """List every key the stack manages: name, key id, ARN, spec, usage, state, aliases, fingerprint,
+    material expiry, target. Read-only; reads no private material."""
+    from provisioner import render
+    from provisioner.refresh import refresh
+    from provisioner.show import make_show
+
+    ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+    chosen = _target_stage(ms, targets, "show")
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
+    try:
+        live = refresh(
+            kms,
+            ms.stack,
+            now=_now(),
+            managed_names=[k.name for k in ms.keys if not chosen or k.name in chosen],
+            targets=chosen or None,
+        )
+    finally:
+        kms.close()
+    report = make_show(ms, live, backend=kms.info, targets=chosen or None)
+    text = render.render_show_json(report) if fmt == "json" else render.render_show_text(report)
+    click.echo(text, nl=False)
+    return 0
+
+
+@cli.command()
+@backend_options
+@click.option(
+    "--stack", default="discovered", show_default=True, metavar="NAME",
+    help="The stack of the generated manifest.",
+)
+@handle_errors
+def discover(
+    backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...], stack: str
+) -> int:
+    """Print manifest YAML for every EXTERNAL key that no stack manages, each with `adopt: KEYID` and the
+    fingerprint of its live public key: add each material source and plan to adopt them. Read-only."""
+    from provisioner.discover import NAME_PATTERN, render_discovery_yaml
+    from provisioner.discover import discover as read_unmanaged
+    from provisioner.errors import UsageError
+
+    if not NAME_PATTERN.fullmatch(stack):
+        raise UsageError(
+            f"--stack {stack!r}: expected 1..128 of letters, digits, '_', '-', '.', starting with a letter "
+            f"or digit"
+        )
+    kms = _open_stage(None, backend, endpoint, region, qps, create=False)
+    try:
+        found = read_unmanaged(kms, now=_now())
+    finally:
+        kms.close()
+    for note in found.notes:
+        _warn(note)
+    source = kms.info.get("endpoint") or kms.description
+    click.echo(render_discovery_yaml(found, stack=stack, source=source), nl=False)
+    return 0
 
 
 def _show_click_error(e: click.ClickException) -> None:

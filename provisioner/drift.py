@@ -111,7 +111,7 @@ class _Drift:
         self.warning = timedelta(days=warning_days)
         self.warning_days = warning_days
         self.items: list[DriftItem] = []
-        self.our_ids = frozenset(k.key_id for keys in live.keys.values() for k in keys)
+        self.our_ids = live.stack_key_ids
 
     def add(
         self, key: str, kind: DriftKind, detail: str, expected: Value = None, found: Value = None

@@ -111,7 +111,33 @@ TAG_FINGERPRINT = "byok-provisioner:fingerprint"
 RESERVED_TAGS = (TAG_STACK, TAG_NAME, TAG_FINGERPRINT)
 MAX_TAGS_PER_KEY = 20
 
+# Reserved aliases (DESIGN section 10, "No identity twice"): a claim on an identity,
+# `alias/byok-provisioner/<stack>/<name>`, and a stack's apply lock, `alias/byok-provisioner-lock/<stack>`.
+# They are the provisioner's bookkeeping, never a user's alias: show, discover and drift skip them, and
+# a key holding one is not "unmanaged". The lock prefix does not start with the claim prefix (no `/`).
+CLAIM_ALIAS_PREFIX = "alias/byok-provisioner/"
+LOCK_ALIAS_PREFIX = "alias/byok-provisioner-lock/"
+RESERVED_ALIAS_PREFIXES = (CLAIM_ALIAS_PREFIX, LOCK_ALIAS_PREFIX)
+
+
+def claim_alias(stack: str, name: str) -> str:
+    """The reserved alias that claims the identity (stack, name)."""
+    return f"{CLAIM_ALIAS_PREFIX}{stack}/{name}"
+
+
+def lock_alias(stack: str) -> str:
+    """The reserved alias of a stack's apply lock."""
+    return f"{LOCK_ALIAS_PREFIX}{stack}"
+
+
+def is_reserved_alias(alias: str) -> bool:
+    """Whether `alias` is one of the provisioner's own (a claim or a lock), not a user's alias."""
+    return alias.startswith(RESERVED_ALIAS_PREFIXES)
+
 DEFAULT_DELETION_WINDOW_DAYS = 30
+
+#: The name of the one backend of a manifest set without `backends:` (DESIGN section 12).
+DEFAULT_TARGET = "default"
 
 
 @dataclass(frozen=True)
@@ -241,6 +267,8 @@ class ActualKey:
     tags: Mapping[str, str]  # every tag, reserved ones included
     aliases: tuple[str, ...]  # sorted
     public_key_fingerprint: str | None = None  # confirmed by GetPublicKey, when read
+    #: KeyState as DescribeKey said it, for what `show` prints verbatim; decisions read `status`.
+    key_state: KeyState | None = None
 
     @property
     def stack(self) -> str | None:
@@ -267,3 +295,10 @@ class LiveState:
     keys: Mapping[str, tuple[ActualKey, ...]]  # name -> keys carrying that identity (duplicates possible)
     alias_owners: Mapping[str, str]  # alias name -> key id, for every alias in the region
     foreign_keys: frozenset[str] = frozenset()  # ids of alias-holding keys that are not this stack's
+    #: ids of this stack's keys left out by --target: not read, not in `keys`, but not foreign either.
+    outside_target: frozenset[str] = frozenset()
+
+    @property
+    def stack_key_ids(self) -> frozenset[str]:
+        """Every key id of this stack, read or left out by --target."""
+        return frozenset(k.key_id for keys in self.keys.values() for k in keys) | self.outside_target

@@ -16,7 +16,15 @@ from datetime import datetime
 from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import KmsApiError
 from provisioner.material import fingerprint_of_spki
-from provisioner.model import TAG_NAME, TAG_STACK, ActualKey, KeyState, KeyStatus, LiveState
+from provisioner.model import (
+    TAG_NAME,
+    TAG_STACK,
+    ActualKey,
+    KeyState,
+    KeyStatus,
+    LiveState,
+    is_reserved_alias,
+)
 from provisioner.specs import Verification, facts
 from provisioner.wire import ErrorCode, is_rejection
 
@@ -62,6 +70,7 @@ def actual_from_metadata(
         primary_key_version=meta.primary_key_version,
         tags=dict(tags),
         aliases=tuple(sorted(aliases)),
+        key_state=meta.key_state,
     )
 
 
@@ -79,15 +88,20 @@ def refresh(
     managed_names: Collection[str] = (),
     confirm: Callable[[ActualKey], bool] | None = None,
     concurrency: int = 8,
+    targets: Collection[str] | None = None,
 ) -> LiveState:
     """The live state of `stack`. Every name in `managed_names` appears in `keys` (empty when absent).
 
     `confirm(key)` says whether to read the key's public key (GetPublicKey) and set its
-    `public_key_fingerprint`; keys without material are never asked about.
+    `public_key_fingerprint`; keys without material are never asked about. `targets` (--target):
+    only keys of those names are described; the stack's other keys are listed in `outside_target`.
+    Aliases reserved by the provisioner (model.is_reserved_alias) are no key's own aliases; they
+    stay in `alias_owners`.
     """
+    names = None if targets is None else frozenset(targets)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="refresh") as pool:
         try:
-            ids, keys, alias_owners = _read(kms, stack, pool, now, confirm)
+            ids, outside, keys, alias_owners = _read(kms, stack, pool, now, confirm, names)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # queued calls would only add to the failure
             raise
@@ -96,7 +110,7 @@ def refresh(
     for key in keys:
         if key.name is not None:  # a stack key stripped of its name cannot be matched to anything
             by_name.setdefault(key.name, []).append(key)
-    ours = set(ids)
+    ours = set(ids) | outside
     return LiveState(
         stack=stack,
         keys={
@@ -105,6 +119,7 @@ def refresh(
         },
         alias_owners=dict(sorted(alias_owners.items())),
         foreign_keys=frozenset(owner for owner in alias_owners.values() if owner not in ours),
+        outside_target=frozenset(outside),
     )
 
 
@@ -114,8 +129,10 @@ def _read(
     pool: ThreadPoolExecutor,
     now: datetime,
     confirm: Callable[[ActualKey], bool] | None,
-) -> tuple[list[str], list[ActualKey], dict[str, str]]:
-    """(stack key ids, their ActualKeys, alias -> key id) with the calls spread over `pool`."""
+    names: frozenset[str] | None = None,
+) -> tuple[list[str], set[str], list[ActualKey], dict[str, str]]:
+    """(stack key ids read, stack key ids left out by `names`, their ActualKeys, alias -> key
+    id) with the calls spread over `pool`."""
     # Every call below is independent of the others but for the tag pages, which must be read one
     # after another (NextToken). The rate limit bounds a refresh to (read calls / read qps) seconds;
     # overlapping the sequential page chains with the DescribeKey calls keeps it there when the
@@ -123,20 +140,25 @@ def _read(
     aliases_future = pool.submit(kms.list_aliases)
     describing: dict[str, Future[KeyMetadata | None]] = {}
 
-    def describe_soon(key_id: str) -> None:
-        if key_id not in describing:
+    def chosen(found: Mapping[str, str]) -> bool:
+        return names is None or found.get(TAG_NAME) in names
+
+    def describe_soon(key_id: str, found: Mapping[str, str]) -> None:
+        if key_id not in describing and chosen(found):
             describing[key_id] = pool.submit(_describe, kms, key_id)
 
     tags = _stack_tags(kms, stack, on_stack_key=describe_soon)
-    ids = sorted(tags)
+    ids = sorted(key_id for key_id, found in tags.items() if chosen(found))
+    outside = set(tags) - set(ids)
     for key_id in ids:
-        describe_soon(key_id)  # keys whose stack tag came only from the reread by id
+        describe_soon(key_id, tags[key_id])  # keys whose stack tag came only from the reread by id
     described = [describing[key_id].result() for key_id in ids]
     alias_entries = aliases_future.result()
     alias_owners = {a.alias_name: a.key_id for a in alias_entries}
     aliases_of: dict[str, list[str]] = defaultdict(list)
     for a in alias_entries:
-        aliases_of[a.key_id].append(a.alias_name)
+        if not is_reserved_alias(a.alias_name):
+            aliases_of[a.key_id].append(a.alias_name)
 
     keys = [
         actual_from_metadata(meta, tags[meta.key_id], aliases_of.get(meta.key_id, ()), now)
@@ -153,21 +175,24 @@ def _read(
             else k
             for k in keys
         ]
-    return ids, keys, alias_owners
+    return ids, outside, keys, alias_owners
 
 
 def _stack_tags(
-    kms: Kms, stack: str, *, on_stack_key: Callable[[str], None] = lambda key_id: None
+    kms: Kms,
+    stack: str,
+    *,
+    on_stack_key: Callable[[str, Mapping[str, str]], None] = lambda key_id, found: None,
 ) -> dict[str, dict[str, str]]:
-    """Every tag of every key carrying this stack's tag. `on_stack_key(key_id)` is called as soon as a
-    page shows a key's stack tag, before the next page is read."""
+    """Every tag of every key carrying this stack's tag. `on_stack_key(key_id, tags so far)` is called
+    as soon as a page shows a key's stack tag, before the next page is read."""
     tags: dict[str, dict[str, str]] = defaultdict(dict)
     for page in kms.tag_resource_pages(tags={TAG_STACK: stack}):
         for row in page:
             tags[row.resource_id][row.key] = row.value
         for row in page:
             if row.key == TAG_STACK and row.value == stack:
-                on_stack_key(row.resource_id)
+                on_stack_key(row.resource_id, tags[row.resource_id])
     # The emulator returns every tag row of a matching key; the service may return only the rows that
     # matched the filter. A key whose rows lack its name tag is read again by id, 50 ids a call.
     partial = sorted(key_id for key_id, found in tags.items() if TAG_NAME not in found)
@@ -185,6 +210,14 @@ def _describe(kms: Kms, key_id: str) -> KeyMetadata | None:
         if e.code == ErrorCode.FORBIDDEN_KEY_NOT_FOUND:  # deleted between listing and describing
             return None
         raise
+
+
+def proven_fingerprint(kms: Kms, key: ActualKey) -> str | None:
+    """The fingerprint of the key's live public key (GetPublicKey), or None when the key holds no
+    material to show or its spec cannot prove which material it holds."""
+    if key.status in _NO_MATERIAL or not _has_public_key(key):
+        return None
+    return _confirm(kms, key)
 
 
 def _has_public_key(key: ActualKey) -> bool:

@@ -16,6 +16,7 @@ from provisioner.escape import json_safe, visible
 from provisioner.model import format_time
 from provisioner.plan.planfile import plan_to_dict
 from provisioner.plan.values import Action, Change, MaterialReference, Plan
+from provisioner.show import ShowReport
 
 # ANSI SGR codes; used only when the caller asks for colour.
 _GREEN, _YELLOW, _RED, _CYAN, _BOLD, _DIM = "32", "33", "31", "36", "1", "2"
@@ -391,3 +392,35 @@ def render_drift_markdown(report: DriftReport) -> str:
         )
     out.append("")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------- show
+
+
+def render_show_text(report: ShowReport) -> str:
+    """Each managed key as a block of `attribute = value` lines, values as a manifest writes them."""
+    out = [f"Stack {_visible(repr(report.stack))}, backend {_backend_words(report.backend)}"]
+    out += _endpoint_lines(report.backend)
+    if report.targets:
+        out.append(f"Targeted: only {', '.join(_visible(t) for t in report.targets)} (--target)")
+    out.append("")
+    for key in report.keys:
+        fields = key.to_dict()
+        out.append(f"  {_visible(key.name)} ({_visible(key.key_id)}): {_visible(key.state)}")
+        for attr in ("arn", "spec", "usage", "aliases", "fingerprint", "material_expiry", "target"):
+            value = fields[attr]
+            if attr == "material_expiry" and value is None:
+                value = "no material" if key.state == "PendingImport" else "never"
+            out.append(f"      {attr} = {_q(value)}")
+        out.append("")
+    for name in report.missing:
+        out.append(f"  # {_visible(name)}: declared, but no key of this stack carries the name (see plan)")
+    if report.missing:
+        out.append("")
+    out.append(f"{len(report.keys)} managed key(s).")
+    return "\n".join(out) + "\n"
+
+
+def render_show_json(report: ShowReport) -> str:
+    """The show document, escaped as render_plan_json is."""
+    return json.dumps(json_safe(report.to_dict()), indent=2, ensure_ascii=False) + "\n"

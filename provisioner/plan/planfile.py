@@ -140,6 +140,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             for n in plan.notes
         ],
         "summary": plan.summary,
+        # Only a partial plan says so: a whole plan's document stays as it always was.
+        **({"targets": list(plan.targets)} if plan.targets else {}),
     }
 
 
@@ -231,6 +233,7 @@ def plan_from_dict(data: Any) -> Plan:
         format_version=r.req("format_version", int),
         manifest_digest=r.req("manifest_digest", str),
         unrecorded=tuple(i for i, (_, recorded) in enumerate(decoded) if not recorded),
+        targets=_targets(r.list("targets", str)),
     )
     summary = r.opt("summary", dict)
     r.no_extra()
@@ -247,6 +250,13 @@ def plan_from_dict(data: Any) -> Plan:
                     f"{tag} is {c.tags_to_set[tag]!r}, not {value!r} (was the file edited by hand?)",
                 )
     return plan
+
+
+def _targets(names: list[str]) -> tuple[str, ...]:
+    """The --target names a partial plan recorded: sorted and distinct, as save_plan writes them."""
+    if names != sorted(set(names)):
+        raise _malformed("plan.targets", "expected sorted, distinct key names (was the file edited by hand?)")
+    return tuple(names)
 
 
 def _change_from_dict(data: Any, where: str) -> tuple[Change, bool]:

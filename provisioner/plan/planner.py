@@ -96,6 +96,7 @@ class _Planner:
         now: datetime,
         fingerprints: Mapping[str, str],
         offline: bool = False,
+        targets: frozenset[str] | None = None,
     ) -> None:
         if desired.stack != live.stack:
             raise ProvisionerError(
@@ -107,11 +108,12 @@ class _Planner:
         self.now = now
         self.fingerprints = fingerprints
         self.offline = offline
+        self.targets = targets
         self.changes: list[Change] = []
         self.violations: list[Violation] = []
         self.notes: list[Note] = []
         self.identities = {name: sort_identity(keys) for name, keys in live.keys.items()}
-        self.our_ids = frozenset(k.key_id for keys in live.keys.values() for k in keys)
+        self.our_ids = live.stack_key_ids
         # Who of ours holds each alias, from the keys themselves (the most direct fact).
         self.our_alias_owner: dict[str, str] = {}
         for keys in live.keys.values():
@@ -119,13 +121,20 @@ class _Planner:
                 for a in k.aliases:
                     self.our_alias_owner[a] = k.key_id
         # Aliases that a key the plan keeps (or creates) claims: those move rather than get deleted.
-        # A material-deleted key that does not exist is not created, so it claims nothing.
+        # A material-deleted key that does not exist is not created, so it claims nothing. A key left out
+        # by --target was not read: it counts as existing, so no alias it wants is deleted under it.
         self.claimed: dict[str, str] = {}
         for d in desired.keys:
-            exists = self.identities.get(d.name, Identity(None, (), ())).primary is not None
+            exists = (
+                not self.targeted(d.name)
+                or self.identities.get(d.name, Identity(None, (), ())).primary is not None
+            )
             if d.state is DesiredState.PRESENT or (d.state is DesiredState.MATERIAL_DELETED and exists):
                 for a in d.aliases:
                     self.claimed[a] = d.name
+
+    def targeted(self, name: str) -> bool:
+        return self.targets is None or name in self.targets
 
     def violate(self, key: str, code: ViolationCode, message: str) -> None:
         self.violations.append(Violation(key, code, message))
@@ -133,6 +142,8 @@ class _Planner:
     def run(self) -> None:
         desired_names = {d.name for d in self.desired.keys}
         for d in self.desired.keys:
+            if not self.targeted(d.name):
+                continue
             self.plan_key(d)
             if self.offline and d.material is not None and d.material.fingerprint is None:
                 self.notes.append(
@@ -145,6 +156,8 @@ class _Planner:
                     )
                 )
         for name in sorted(set(self.live.keys) - desired_names):
+            if not self.targeted(name):
+                continue
             ids = ", ".join(k.key_id for k in self.live.keys[name])
             self.notes.append(
                 Note(
@@ -464,13 +477,16 @@ def make_plan(
     backend: Mapping[str, str],
     created_at: datetime | None = None,
     offline_material: bool = False,
+    targets: Iterable[str] | None = None,
 ) -> Plan:
     """Compare the manifests with the live state. Pure: `now` and the material fingerprints are inputs.
 
     `offline_material`: no material was read (`plan --offline-material`); a key's fingerprint is its pin,
     or UNKNOWN_FINGERPRINT with a `fingerprint-unknown` note; apply resolves it (resolve_fingerprints).
+    `targets` (--target): only keys of those names are planned; no other name gets a change or a note.
     """
-    planner = _Planner(desired, live, now, fingerprints, offline_material)
+    chosen = None if targets is None else frozenset(targets)
+    planner = _Planner(desired, live, now, fingerprints, offline_material, chosen)
     planner.run()
     return Plan(
         stack=desired.stack,
@@ -480,6 +496,7 @@ def make_plan(
         violations=tuple(sorted(set(planner.violations), key=lambda v: (v.key, v.code.value, v.message))),
         notes=tuple(sorted(planner.notes, key=lambda n: (n.key, n.message))),
         manifest_digest=desired.manifest_digest,
+        targets=() if chosen is None else tuple(sorted(chosen)),
     )
 
 

@@ -267,6 +267,8 @@ class Plan:
     #: Indexes of changes whose before/after in a plan file were no snapshot the planner makes (they are
     #: None here): check_instructions refuses such a plan. Always () for a plan make_plan made.
     unrecorded: tuple[int, ...] = ()
+    #: The key names of `--target`, sorted: only those were read and planned. () for a whole plan.
+    targets: tuple[str, ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:

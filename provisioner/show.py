@@ -1,0 +1,116 @@
+"""`provision show`: the live keys a stack manages, as facts other tools read (Terraform's `output`).
+
+A pure function of the refreshed live state: no call, no clock, no material. Every key carrying the
+stack's identity is listed (duplicates and keys pending deletion too, each with its KMS state), so
+what a pipeline reads here is what KMS holds; nothing is judged (plan and drift do that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from provisioner.model import (
+    DEFAULT_TARGET,
+    ActualKey,
+    DesiredState,
+    LiveState,
+    ManifestSet,
+    format_time,
+)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShownKey:
+    """One managed key, with the fields of DESIGN section 10's `show` document."""
+
+    name: str
+    key_id: str
+    arn: str
+    spec: str
+    usage: str
+    state: str  # KMS's KeyState, verbatim
+    aliases: tuple[str, ...]
+    fingerprint: str | None  # the recorded (or, when read, the confirmed) public key fingerprint
+    material_expiry: datetime | None  # None: never, or no material
+    target: str = DEFAULT_TARGET
+
+    @classmethod
+    def of(cls, name: str, key: ActualKey) -> ShownKey:
+        return cls(
+            name=name,
+            key_id=key.key_id,
+            arn=key.arn,
+            spec=key.spec.value,
+            usage=key.usage.value,
+            state=key.key_state.value if key.key_state is not None else key.status.value,
+            aliases=key.aliases,
+            fingerprint=key.public_key_fingerprint or key.recorded_fingerprint,
+            material_expiry=key.material_expires_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "key_id": self.key_id,
+            "arn": self.arn,
+            "spec": self.spec,
+            "usage": self.usage,
+            "state": self.state,
+            "aliases": list(self.aliases),
+            "fingerprint": self.fingerprint,
+            "material_expiry": format_time(self.material_expiry),
+            "target": self.target,
+        }
+
+
+@dataclass(frozen=True)
+class ShowReport:
+    stack: str
+    keys: tuple[ShownKey, ...]  # by name, then oldest first
+    #: Names the manifests want to exist (of the targets, with --target) that no live key carries.
+    missing: tuple[str, ...] = ()
+    #: The backend it was read from (type, endpoint, ...), as a plan's `backend`.
+    backend: Mapping[str, str] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()  # --target names; () for the whole stack
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "stack": self.stack,
+            **({"backend": dict(self.backend)} if self.backend else {}),
+            **({"targets": list(self.targets)} if self.targets else {}),
+            "keys": [k.to_dict() for k in self.keys],
+        }
+
+
+def make_show(
+    desired: ManifestSet,
+    live: LiveState,
+    *,
+    backend: Mapping[str, str | None] | None = None,
+    targets: Iterable[str] | None = None,
+) -> ShowReport:
+    """Every live key of the stack (of the `targets` names only, when given). Pure."""
+    chosen = None if targets is None else frozenset(targets)
+    names = sorted(name for name in live.keys if chosen is None or name in chosen)
+    keys = tuple(ShownKey.of(name, key) for name in names for key in live.keys[name])
+    missing = tuple(
+        d.name
+        for d in desired.keys
+        if (chosen is None or d.name in chosen)
+        and d.state is not DesiredState.ABSENT
+        and not live.keys.get(d.name)
+    )
+    return ShowReport(
+        stack=live.stack,
+        keys=keys,
+        missing=missing,
+        backend={k: str(v) for k, v in (backend or {}).items() if v is not None},
+        targets=() if chosen is None else tuple(sorted(chosen)),
+    )
