@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from apply_support import Run, run_cli  # noqa: F401  (re-exported: one CLI runner for every suite)
+from backends import Backend
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -150,3 +152,11 @@ def secret_needles(pem_files: Iterable[Path]) -> list[str]:
 def assert_no_secret(text: str, pem_files: Iterable[Path], tokens: Iterable[str] = ()) -> None:
     for needle in [*secret_needles(pem_files), *tokens]:
         assert needle not in text, "private material or an import token leaked"
+
+
+def enter_account(backend: Backend, monkeypatch: pytest.MonkeyPatch, folder: Path) -> Backend:
+    """`backend` with its credentials in the environment and `folder` the working directory."""
+    for name, value in backend.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(folder)
+    return backend

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from alibabacloud_kms20160120 import models
 from backends import Backend
-from e2e_support import STACK, Entry, Stack, assert_no_secret, run_cli
+from e2e_support import STACK, Entry, Stack, assert_no_secret, enter_account, run_cli
 
 from provisioner.backend.base import READ_ONLY_ACTIONS
 from provisioner.model import TAG_FINGERPRINT
@@ -30,10 +30,7 @@ OWNER = {"owner": "platform"}
 
 @pytest.fixture
 def account(backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Backend:
-    for name, value in backend.env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    return backend
+    return enter_account(backend, monkeypatch, tmp_path)
 
 
 def apply(stack: Stack, account: Backend) -> None:
