@@ -32,7 +32,7 @@ from provisioner import apply as applying  # noqa: E402
 from provisioner.backend import open_kms  # noqa: E402
 from provisioner.backend.base import DEFAULT_QPS, QUOTA_GROUPS  # noqa: E402
 from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
-from provisioner.manifest import validate_manifests  # noqa: E402
+from provisioner.manifest import validate_with_material  # noqa: E402
 from provisioner.plan.planner import make_plan  # noqa: E402
 from provisioner.refresh import refresh  # noqa: E402
 
@@ -70,8 +70,8 @@ def run(url: str, n: int, aliases: int, parallelism: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_stack(folder, stack, n, aliases)
-        materials: dict[str, Any] = {}
-        ms, fingerprints, _ = validate_manifests([folder / "stack.yaml"], variables={}, keep=materials)
+        ms, read = validate_with_material([folder / "stack.yaml"], variables={}, keep=True)
+        fingerprints, materials = read.fingerprints, read.materials
         kms = open_kms(backend="alibaba", endpoint=url, region="cn-hangzhou", manifest_backend=None)
         try:
             t0 = time.monotonic()

@@ -471,18 +471,26 @@ def _load_stage(
 ) -> tuple[Any, dict[str, str], list[Diagnostic]]:
     """validate: render, parse, check manifests and (unless offline) read material fingerprints.
 
-    `keep` receives the material itself, by key name, for an apply (see check_material)."""
-    from provisioner.manifest import load_variables, validate_manifests
+    `keep` receives the material itself, by key name, for an apply (see read_material)."""
+    from provisioner.manifest import load_variables, validate_manifests, validate_with_material
 
     variables = load_variables(_parse_vars(var), var_files)
-    ms, fingerprints, warnings = validate_manifests(
-        paths or (DEFAULT_MANIFEST_PATH,),
-        variables=variables,
-        offline_material=offline_material,
-        keep=keep,
-        allow_env=allow_env_flags(),
-        allow_commands=allow_commands,
-    )
+    manifest_paths = paths or (DEFAULT_MANIFEST_PATH,)
+    if keep is None or offline_material:
+        ms, fingerprints, warnings = validate_manifests(
+            manifest_paths,
+            variables=variables,
+            offline_material=offline_material,
+            allow_env=allow_env_flags(),
+            allow_commands=allow_commands,
+        )
+    else:
+        ms, read = validate_with_material(
+            manifest_paths, variables=variables, keep=True, allow_env=allow_env_flags(),
+            allow_commands=allow_commands,
+        )
+        fingerprints, warnings = read.fingerprints, read.diagnostics
+        keep.update(read.materials)
     if echo_warnings:
         for w in warnings:
             click.echo(str(w), err=True)

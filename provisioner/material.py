@@ -402,15 +402,19 @@ def load_material(
     environ: Mapping[str, str] | None = None,
     warn: Warn | None = None,
     allow_commands: bool | None = None,
+    on_read: Callable[[bytes], None] | None = None,
 ) -> PrivateMaterial:
     """Read and parse a source's private key. `environ` defaults to os.environ (a command gets
     only PATH, HOME, LANG and its pass_env names from it); `warn` receives non-fatal findings.
-    `allow_commands`: the --allow-commands flag; None leaves it to PROVISION_ALLOW_COMMANDS=1."""
+    `allow_commands`: the --allow-commands flag; None leaves it to PROVISION_ALLOW_COMMANDS=1.
+    `on_read` receives the source's bytes as read, so a caller that scans for them reads once."""
     disable_core_dumps()
     env: Mapping[str, str] = os.environ if environ is None else environ
     passphrase = _passphrase(source, env)
     allowed = commands_allowed(bool(allow_commands), env)
     data, mode = _read_source(source, env, allowed)
+    if on_read is not None:
+        on_read(data)
     try:
         material = parse_private_key(data, passphrase)
     except MaterialError as e:
@@ -431,9 +435,12 @@ def verify_material(
     environ: Mapping[str, str] | None = None,
     warn: Warn | None = None,
     allow_commands: bool | None = None,
+    on_read: Callable[[bytes], None] | None = None,
 ) -> PrivateMaterial:
     """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint."""
-    material = load_material(source, environ=environ, warn=warn, allow_commands=allow_commands)
+    material = load_material(
+        source, environ=environ, warn=warn, allow_commands=allow_commands, on_read=on_read
+    )
     if material.spec is not spec:
         found = facts(material.spec).describe()
         material.wipe()

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from apply_support import key_entry, private_pem, write_key, write_manifest
@@ -22,7 +22,7 @@ from provisioner.backend.base import Kms
 from provisioner.backend.local import LocalTransport
 from provisioner.backend.resilience import ResilientTransport
 from provisioner.errors import ApplyError, KmsApiError, StalePlan
-from provisioner.manifest import validate_manifests
+from provisioner.manifest import validate_manifests, validate_with_material
 from provisioner.material import PrivateMaterial
 from provisioner.model import (
     TAG_NAME,
@@ -80,9 +80,8 @@ class Env:
 
     def materials(self) -> dict[str, PrivateMaterial]:
         """Every key's material, read from the manifests' sources (as apply does, never from a plan)."""
-        kept: dict[str, PrivateMaterial] = {}
-        validate_manifests([self.folder / "manifests"], variables={}, keep=kept)
-        return kept
+        _, read = validate_with_material([self.folder / "manifests"], variables={}, keep=True)
+        return cast(dict[str, PrivateMaterial], read.materials)
 
     def live(self) -> LiveState:
         return refresh(self.kms, STACK, now=datetime.now(UTC), managed_names=list(self.keys))

@@ -573,7 +573,7 @@ def test_repo_schema_is_the_packaged_one() -> None:
 
 
 def test_validator_is_compiled_once() -> None:
-    assert manifest._validator() is manifest._validator()
+    assert manifest.schema._validator() is manifest.schema._validator()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,7 +624,7 @@ def _plain_yaml_documents() -> list[tuple[str, Any]]:
     ("name", "data"), _plain_yaml_documents(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_fast_schema_check_agrees_with_jsonschema_on_the_corpus(name: str, data: Any) -> None:
-    assert manifest.schema_is_valid(data) == manifest._validator().is_valid(data), name
+    assert manifest.schema_is_valid(data) == manifest.schema._validator().is_valid(data), name
 
 
 def test_only_undefined_names_actually_used_are_reported(tmp_path: Path) -> None:

@@ -204,4 +204,4 @@ def test_fast_schema_check_agrees_with_jsonschema(
     doc["keys"]["k"][field] = value
     if mutate_top:
         doc[top] = top_value
-    assert manifest.schema_is_valid(doc) == manifest._validator().is_valid(doc)
+    assert manifest.schema_is_valid(doc) == manifest.schema._validator().is_valid(doc)

@@ -1,0 +1,459 @@
+"""Semantic rules of DESIGN section 3 over parsed documents: tags, aliases, expiry, keys, backend.
+
+Runs after the schema; tolerates ill-typed data (the schema reported it) and returns DesiredKeys.
+Reads no file and no material: a material block becomes a MaterialSource, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from provisioner.manifest.positions import Doc
+from provisioner.manifest.words import DocPath, show_value
+from provisioner.model import (
+    DEFAULT_DELETION_WINDOW_DAYS,
+    MAX_TAGS_PER_KEY,
+    RESERVED_TAGS,
+    BackendConfig,
+    DesiredKey,
+    DesiredState,
+    Diagnostic,
+    KeySpec,
+    KeyUsage,
+    Location,
+    MaterialSource,
+    ProtectionLevel,
+    SourceKind,
+)
+from provisioner.specs import importable_specs
+
+#: Tag keys and values: 1..128 of letters, digits, space and / \ _ - . + = : @ (KMS tag rules).
+TAG_RE = re.compile(r"[A-Za-z0-9 /\\_.+=:@-]{1,128}")
+TAG_CHARS_HINT = "letters, digits, space and / \\ _ - . + = : @"
+#: Prefixes KMS reserves for itself (compared case-insensitively), plus the provisioner's own.
+FORBIDDEN_TAG_PREFIXES = ("aliyun", "acs:")
+RESERVED_TAG_PREFIX = "byok-provisioner:"
+MAX_USER_TAGS = MAX_TAGS_PER_KEY - len(RESERVED_TAGS)
+#: Aliases: alias/ followed by 1..255 of letters, digits, _ - / (KMS alias rules).
+ALIAS_RE = re.compile(r"alias/[A-Za-z0-9_/-]{1,255}")
+FORBIDDEN_ALIAS_PREFIX = "alias/acs"
+RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic rules (DESIGN section 3)
+
+
+def tag_key_problem(key: str, show: Callable[..., str] | None = None) -> str | None:
+    """Why `key` cannot be a user tag key, or None if it can."""
+    quote = show or show_value
+    if not key:
+        return "tag key must not be empty"
+    if len(key) > 128:
+        return f"tag key {quote(key, 40)} is {len(key)} characters long; at most 128 allowed"
+    if not TAG_RE.fullmatch(key):
+        bad = _first_bad_char(key) if show is None else "a character that is not allowed"
+        return f"tag key {quote(key)} contains {bad}; allowed are {TAG_CHARS_HINT}"
+    lowered = key.lower()
+    for prefix in FORBIDDEN_TAG_PREFIXES:
+        if lowered.startswith(prefix):
+            return f'tag key {quote(key)} must not start with "{prefix}"'
+    if key in RESERVED_TAGS or lowered.startswith(RESERVED_TAG_PREFIX):
+        return f'tag key {quote(key)} is reserved for the provisioner ("{RESERVED_TAG_PREFIX}...")'
+    return None
+
+
+def tag_value_problem(key: str, value: str, show: Callable[..., str] | None = None) -> str | None:
+    """Why `value` cannot be the value of tag `key`, or None if it can."""
+    quote = show or show_value
+    if not value:
+        return f'tag "{key}" has an empty value; values are 1..128 characters'
+    if len(value) > 128:
+        return f'tag "{key}" value {quote(value, 40)} is {len(value)} characters long; at most 128 allowed'
+    if not TAG_RE.fullmatch(value):
+        bad = _first_bad_char(value) if show is None else "a character that is not allowed"
+        return f'tag "{key}" value {quote(value)} contains {bad}; allowed are {TAG_CHARS_HINT}'
+    return None
+
+
+def alias_problem(alias: str, show: Callable[..., str] | None = None) -> str | None:
+    """Why `alias` cannot be an alias name, or None if it can."""
+    quote = show or show_value
+    if not alias.startswith("alias/"):
+        return f'alias {quote(alias)} must start with "alias/"'
+    if alias.lower().startswith(FORBIDDEN_ALIAS_PREFIX):
+        return f'alias {quote(alias)} must not start with "{FORBIDDEN_ALIAS_PREFIX}"'
+    rest = alias.removeprefix("alias/")
+    if not rest:
+        return f'alias {quote(alias)} needs a name after "alias/"'
+    if len(rest) > 255:
+        return f"alias {quote(alias, 40)} is too long: at most 255 characters after alias/"
+    if not ALIAS_RE.fullmatch(alias):
+        bad = (
+            _first_bad_char(rest, allowed=re.compile(r"[A-Za-z0-9_/-]"))
+            if show is None
+            else "a character that is not allowed"
+        )
+        return f"alias {quote(alias)} contains {bad}; allowed after alias/ are letters, digits, _ - /"
+    return None
+
+
+def _first_bad_char(text: str, allowed: re.Pattern[str] | None = None) -> str:
+    ok = allowed or re.compile(r"[A-Za-z0-9 /\\_.+=:@-]")
+    for ch in text:
+        if not ok.fullmatch(ch):
+            return f"the character {json.dumps(ch, ensure_ascii=False)}"
+    return "a character that is not allowed"
+
+
+def parse_expiry(value: str) -> datetime | None:
+    """`never` -> None; an RFC 3339 time with a zone -> aware datetime; else ValueError."""
+    if value == "never":
+        return None
+    if not RFC3339_RE.fullmatch(value):
+        raise ValueError(value)
+    parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    try:
+        # Plan and apply work in UTC: 9999-12-31T23:59:59-01:00 is past datetime's last day there.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ExpiryOutOfRange(value) from None
+    return parsed
+
+
+class ExpiryOutOfRange(ValueError):
+    """An RFC 3339 time that cannot be expressed in UTC (outside years 1..9999 once converted)."""
+
+
+@dataclass
+class SetState:
+    """What the cross-file rules remember while every file is checked."""
+
+    stack: tuple[str, Location] | None = None
+    backend: tuple[BackendConfig, Location] | None = None
+    names: dict[str, Location] = field(default_factory=dict)
+    aliases: dict[str, Location] = field(default_factory=dict)
+
+
+def _check_tags(
+    doc: Doc, tags: Any, path: DocPath, diags: list[Diagnostic]
+) -> dict[str, str]:
+    """Check a tags mapping; return its well-formed entries."""
+    good: dict[str, str] = {}
+    if not isinstance(tags, dict):
+        return good
+    for key, value in tags.items():
+        problem = tag_key_problem(key, doc.show if doc.tainted else None)
+        if problem:
+            diags.append(Diagnostic(doc.key_loc((*path, key)), problem))
+            continue
+        if not isinstance(value, str):
+            continue  # the schema reported it
+        problem = tag_value_problem(key, value, doc.show if doc.tainted else None)
+        if problem:
+            diags.append(Diagnostic(doc.loc((*path, key)), problem))
+            continue
+        good[key] = value
+    return good
+
+
+def _enum_or_none(enum: type[Any], value: Any) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        return None
+
+
+def _resolve(folder: Path, relative: str) -> Path:
+    # Absolute without following symlinks, so messages show the path the user would recognise.
+    return Path(os.path.abspath(folder / relative))
+
+
+def check_doc(doc: Doc, state: SetState, diags: list[Diagnostic]) -> list[DesiredKey]:
+    """Semantic rules for one file; also feeds the cross-file rules. Tolerates ill-typed data."""
+    data = doc.data
+    if not isinstance(data, dict):
+        return []
+    stack = data.get("stack")
+    if isinstance(stack, str):
+        here = doc.loc(("stack",))
+        if state.stack is None:
+            state.stack = (stack, here)
+        elif state.stack[0] != stack:
+            first, where = state.stack
+            diags.append(
+                Diagnostic(
+                    here,
+                    f'stack "{stack}" differs from stack "{first}" declared at {where}; '
+                    "all files of a manifest set belong to one stack",
+                )
+            )
+    _check_backend(doc, data.get("backend"), state, diags)
+
+    raw_defaults = data.get("defaults")
+    defaults: dict[str, Any] = raw_defaults if isinstance(raw_defaults, dict) else {}
+    default_tags = _check_tags(doc, defaults.get("tags"), ("defaults", "tags"), diags)
+    default_instance = defaults.get("instance") if isinstance(defaults.get("instance"), str) else None
+    default_protection = _enum_or_none(ProtectionLevel, defaults.get("protection"))
+
+    keys = data.get("keys")
+    if not isinstance(keys, dict):
+        return []
+    out: list[DesiredKey] = []
+    for name, body in keys.items():
+        if not isinstance(body, dict):
+            continue
+        key = _check_key(
+            doc, name, body, state, diags,
+            stack=stack if isinstance(stack, str) else "",
+            default_tags=default_tags,
+            default_instance=default_instance,
+            default_protection=default_protection or ProtectionLevel.SOFTWARE,
+        )
+        if key is not None:
+            out.append(key)
+    return out
+
+
+def _check_backend(doc: Doc, backend: Any, state: SetState, diags: list[Diagnostic]) -> None:
+    if not isinstance(backend, dict):
+        return
+    kind = backend.get("type", "local")
+    path = backend.get("path")
+    if kind == "alibaba" and path is not None:
+        diags.append(
+            Diagnostic(
+                doc.loc(("backend", "path")),
+                f"backend.path {doc.show(path)} applies only to the local backend",
+            )
+        )
+    if not isinstance(kind, str) or kind not in ("local", "alibaba"):
+        return
+    config = BackendConfig(
+        type=kind,
+        path=_resolve(doc.folder, path) if isinstance(path, str) and kind == "local" else None,
+        region=backend.get("region") if isinstance(backend.get("region"), str) else None,
+        endpoint=backend.get("endpoint") if isinstance(backend.get("endpoint"), str) else None,
+        region_at=doc.loc(("backend", "region")),
+        endpoint_at=doc.loc(("backend", "endpoint")),
+    )
+    here = doc.loc(("backend",))
+    if state.backend is None:
+        state.backend = (config, here)
+    elif state.backend[0] != config:
+        diags.append(
+            Diagnostic(here, f"backend differs from the one declared at {state.backend[1]}; give it once")
+        )
+
+
+def _check_key(
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: list[Diagnostic], *,
+    stack: str, default_tags: dict[str, str], default_instance: str | None,
+    default_protection: ProtectionLevel,
+) -> DesiredKey | None:
+    base: DocPath = ("keys", name)
+    here = doc.key_loc(base)
+    errors_before = len(diags)
+
+    if name in state.names:
+        diags.append(
+            Diagnostic(
+                here, f'key name "{name}" is declared twice in the stack (first at {state.names[name]})'
+            )
+        )
+    else:
+        state.names[name] = here
+
+    spec = _enum_or_none(KeySpec, body.get("spec"))
+    usage = _enum_or_none(KeyUsage, body.get("usage"))
+    protection = _enum_or_none(ProtectionLevel, body.get("protection")) or default_protection
+    desired_state = _enum_or_none(DesiredState, body.get("state", "present"))
+
+    if spec is not None and spec not in importable_specs(protection):
+        allowed = ", ".join(sorted(importable_specs(protection)))
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "spec")),
+                f'key "{name}": spec "{spec}" cannot take imported material at protection {protection} '
+                f"(it takes {allowed})",
+            )
+        )
+
+    instance = body.get("instance", default_instance)
+    if instance is None:
+        diags.append(
+            Diagnostic(
+                here,
+                f'key "{name}" has no KMS instance: asymmetric import needs one; '
+                "set instance on the key or under defaults",
+            )
+        )
+
+    # Tags: defaults merged under the key's own, counted with the provisioner's reserved tags.
+    tags = {**default_tags, **_check_tags(doc, body.get("tags"), (*base, "tags"), diags)}
+    raw_tags: dict[str, Any] = body["tags"] if isinstance(body.get("tags"), dict) else {}
+    total = len({**default_tags, **raw_tags})
+    if total > MAX_USER_TAGS:
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "tags")) if raw_tags else here,
+                f'key "{name}" has {total} tags (defaults included); at most {MAX_USER_TAGS} are allowed '
+                f"because KMS allows {MAX_TAGS_PER_KEY} per key and the provisioner sets "
+                f"{len(RESERVED_TAGS)}",
+            )
+        )
+
+    aliases: list[str] = []
+    raw_aliases = body.get("aliases")
+    if isinstance(raw_aliases, list):
+        for i, alias in enumerate(raw_aliases):
+            if not isinstance(alias, str):
+                continue  # the schema reported it
+            at = doc.loc((*base, "aliases", i))
+            problem = alias_problem(alias, doc.show if doc.tainted else None)
+            if problem:
+                diags.append(Diagnostic(at, problem))
+                continue
+            if alias in state.aliases:
+                diags.append(
+                    Diagnostic(at, f'alias "{alias}" is used twice (first at {state.aliases[alias]})')
+                )
+                continue
+            state.aliases[alias] = at
+            aliases.append(alias)
+
+    expiry: datetime | None = None
+    raw_expiry = body.get("expiry", "never")
+    if isinstance(raw_expiry, str):
+        try:
+            expiry = parse_expiry(raw_expiry)
+        except ExpiryOutOfRange:
+            diags.append(
+                Diagnostic(
+                    doc.loc((*base, "expiry")),
+                    f"expiry {doc.show(raw_expiry)} is not a time in UTC years 1..9999; "
+                    'use "never" for no expiry',
+                )
+            )
+        except ValueError:
+            diags.append(
+                Diagnostic(
+                    doc.loc((*base, "expiry")),
+                    f'expiry {doc.show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
+                    'e.g. "2027-06-30T00:00:00Z"',
+                )
+            )
+
+    protected = body.get("deletion_protection", False)
+    if desired_state is DesiredState.ABSENT and protected is True:
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "deletion_protection")),
+                f'key "{name}" has state "absent" and deletion_protection true: '
+                "lift the protection (deletion_protection: false) first",
+            )
+        )
+
+    window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
+    if isinstance(window, float):
+        # JSON Schema counts 7.0 as an integer; a planned window must be what was written.
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "deletion_window_days")),
+                "deletion_window_days: write a whole number of days (7..366), without a decimal point",
+            )
+        )
+
+    material = _check_material_block(doc, name, body, base, desired_state, diags)
+
+    if len(diags) > errors_before or spec is None or usage is None or desired_state is None:
+        return None
+    description = body.get("description", "")
+    return DesiredKey(
+        stack=stack,
+        name=name,
+        spec=spec,
+        usage=usage,
+        protection=protection,
+        instance=instance if isinstance(instance, str) else None,
+        description=description if isinstance(description, str) else "",
+        tags=tags,
+        aliases=tuple(sorted(aliases)),
+        expiry=expiry,
+        deletion_protection=protected is True,
+        deletion_window_days=window if isinstance(window, int) else DEFAULT_DELETION_WINDOW_DAYS,
+        material=material,
+        state=desired_state,
+        location=here,
+    )
+
+
+def _check_material_block(
+    doc: Doc, name: str, body: dict[str, Any], base: DocPath, desired_state: DesiredState | None,
+    diags: list[Diagnostic],
+) -> MaterialSource | None:
+    block = body.get("material")
+    if block is None:
+        if desired_state is not DesiredState.ABSENT and "material" not in body:
+            diags.append(
+                Diagnostic(
+                    doc.key_loc(base),
+                    f'key "{name}" has no material: give material with one of file, env, command '
+                    "(only a key with state absent may omit it)",
+                )
+            )
+        return None
+    if not isinstance(block, dict):
+        return None
+    at = doc.loc((*base, "material"))
+    given = [k for k in ("file", "env", "command") if k in block]
+    if len(given) != 1:
+        detail = "none of them is given" if not given else "got " + " and ".join(given)
+        diags.append(
+            Diagnostic(at, f'key "{name}": material takes exactly one of file, env, command; {detail}')
+        )
+        return None
+    kind = SourceKind(given[0])
+    value = block[given[0]]
+    pass_env = block.get("pass_env")
+    if pass_env is not None and kind is not SourceKind.COMMAND:
+        diags.append(
+            Diagnostic(doc.key_loc((*base, "material", "pass_env")),
+                       f'key "{name}": material.pass_env is for command sources only')
+        )
+        return None
+    if kind is SourceKind.FILE and isinstance(value, str):
+        return MaterialSource(
+            kind=kind, file=_resolve(doc.folder, value), passphrase_env=block.get("passphrase_env"),
+            fingerprint=block.get("fingerprint"), location=at,
+        )
+    if kind is SourceKind.ENV and isinstance(value, str):
+        return MaterialSource(
+            kind=kind, env=value, passphrase_env=block.get("passphrase_env"),
+            fingerprint=block.get("fingerprint"), location=at,
+        )
+    if kind is SourceKind.COMMAND and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        from provisioner.trust import never_readable_rule
+
+        names = tuple(v for v in pass_env or () if isinstance(v, str))
+        for i, variable in enumerate(names):
+            # The name rule here, also for --offline-material; the value rule when material is read.
+            rule = never_readable_rule(variable, {})
+            if rule is not None:
+                where = doc.loc((*base, "material", "pass_env", i))
+                diags.append(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))
+        return MaterialSource(
+            kind=kind, command=tuple(value), passphrase_env=block.get("passphrase_env"),
+            fingerprint=block.get("fingerprint"), location=at, pass_env=names,
+        )
+    return None  # ill-typed: the schema reported it
+
