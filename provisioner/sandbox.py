@@ -2,7 +2,7 @@
 
 A manifest comes from a pull request, so rendering it must not reach Python internals or the
 helpers' state, and must end quickly whatever it asks for. This module reads no environment
-variable (env() is built in manifest.py over trust.EnvPolicy) and no message it raises quotes a
+variable (env() is built in manifest/render.py over trust.EnvPolicy) and no message it raises quotes a
 value the template computed.
 """
 

@@ -46,10 +46,41 @@ def load_manifests(
     env = os.environ if environ is None else environ
     policy = EnvPolicy.from_sources(allow_env, env)
     diags: list[Diagnostic] = []
+    found = find_manifests(paths, diags)
+    displays = tuple(display for display, _, _ in found)
+    docs, records, digest = _parse_files(found, variables, env, policy, diags)
+
+    state = SetState()
+    keys: list[DesiredKey] = []
+    for doc in docs:
+        keys.extend(check_doc(doc, state, diags))
+    diags = _refuse_material_reads(records, docs, diags)
+    diags = _scrub(docs, diags)
+    if not displays and not diags:
+        diags.append(Diagnostic(Location("<command line>"), "no manifest files given"))
+    diags = in_file_order(diags, displays)
+    errors = _unique(d for d in diags if d.severity == "error")
+    if errors:
+        raise ManifestError(errors)
+    assert state.stack is not None  # the schema requires stack in every file
+    return ManifestSet(
+        stack=state.stack[0],
+        keys=tuple(sorted(keys, key=lambda k: k.name)),
+        backend=state.backend[0] if state.backend else None,
+        files=displays,
+        manifest_digest=digest,
+        material_scan=lambda index: _scan_for_material(docs, index),
+    )
+
+
+def _parse_files(
+    found: Sequence[tuple[str, Path, str]], variables: Mapping[str, object], env: Mapping[str, str],
+    policy: EnvPolicy, diags: list[Diagnostic],
+) -> tuple[list[Doc], list[tuple[str, EnvReads]], str]:
+    """Read, render, parse and schema-check each file: the parsed documents, each file's env()
+    reads, and the set's digest (over each file's relative path and rendered text)."""
     docs: list[Doc] = []
     records: list[tuple[str, EnvReads]] = []
-    found = find_manifests(paths, diags)
-    files = [(display, path) for display, path, _ in found]
     digest = hashlib.sha256()
     for display, path, relative in found:
         try:
@@ -72,29 +103,13 @@ def load_manifests(
         diags.extend(schema_diagnostics(doc))
         _check_strings(doc, diags)
         docs.append(doc)
+    return docs, records, "sha256:" + digest.hexdigest()
 
-    state = SetState()
-    keys: list[DesiredKey] = []
-    for doc in docs:
-        keys.extend(check_doc(doc, state, diags))
-    diags = _refuse_material_reads(records, docs, diags)
-    diags = _scrub(docs, diags)
-    if not files and not diags:
-        diags.append(Diagnostic(Location("<command line>"), "no manifest files given"))
-    order = {display: i for i, (display, _) in enumerate(files)}
-    diags.sort(key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
-    errors = _unique(d for d in diags if d.severity == "error")
-    if errors:
-        raise ManifestError(errors)
-    assert state.stack is not None  # the schema requires stack in every file
-    return ManifestSet(
-        stack=state.stack[0],
-        keys=tuple(sorted(keys, key=lambda k: k.name)),
-        backend=state.backend[0] if state.backend else None,
-        files=tuple(display for display, _ in files),
-        manifest_digest="sha256:" + digest.hexdigest(),
-        material_scan=lambda index: _scan_for_material(docs, index),
-    )
+
+def in_file_order(diags: Iterable[Diagnostic], files: Sequence[str]) -> list[Diagnostic]:
+    """`diags` sorted by file (in the order given; others first), then line and column."""
+    order = {display: i for i, display in enumerate(files)}
+    return sorted(diags, key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
 
 
 def _material_names(docs: Iterable[Doc]) -> set[str]:

@@ -7,13 +7,13 @@ apply) the material itself all come from that one read. The material never appea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import leakscan
 from provisioner.errors import ManifestError, MaterialError
-from provisioner.manifest.load import load_manifests
+from provisioner.manifest.load import in_file_order, load_manifests
 from provisioner.model import DesiredKey, Diagnostic, ManifestSet, SourceKind
 from provisioner.specs import Material
 
@@ -145,7 +145,7 @@ def validate_with_material(
     `keep`: as for read_material; `allow_env`: as for load_manifests."""
     ms = load_manifests(paths, variables=variables, environ=environ, allow_env=allow_env)
     result = read_material(ms, environ=environ, allow_commands=allow_commands, keep=keep)
-    result.diagnostics = _in_file_order(result.diagnostics, ms.files)
+    result.diagnostics = in_file_order(result.diagnostics, ms.files)
     if result.has_errors:
         result.wipe()
         raise ManifestError(result.diagnostics)
@@ -173,7 +173,3 @@ def validate_manifests(
     )
     return ms, result.fingerprints, result.diagnostics
 
-
-def _in_file_order(diags: Iterable[Diagnostic], files: Sequence[str]) -> list[Diagnostic]:
-    order = {display: i for i, display in enumerate(files)}
-    return sorted(diags, key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))

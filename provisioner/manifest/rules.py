@@ -260,33 +260,17 @@ def _check_key(
     stack: str, default_tags: dict[str, str], default_instance: str | None,
     default_protection: ProtectionLevel,
 ) -> DesiredKey | None:
+    """One key's rules, in the order its problems are reported; its DesiredKey if it has none."""
     base: DocPath = ("keys", name)
     here = doc.key_loc(base)
     errors_before = len(diags)
-
-    if name in state.names:
-        diags.append(
-            Diagnostic(
-                here, f'key name "{name}" is declared twice in the stack (first at {state.names[name]})'
-            )
-        )
-    else:
-        state.names[name] = here
+    _declare_name(name, here, state, diags)
 
     spec = _enum_or_none(KeySpec, body.get("spec"))
     usage = _enum_or_none(KeyUsage, body.get("usage"))
     protection = _enum_or_none(ProtectionLevel, body.get("protection")) or default_protection
     desired_state = _enum_or_none(DesiredState, body.get("state", "present"))
-
-    if spec is not None and spec not in importable_specs(protection):
-        allowed = ", ".join(sorted(importable_specs(protection)))
-        diags.append(
-            Diagnostic(
-                doc.loc((*base, "spec")),
-                f'key "{name}": spec "{spec}" cannot take imported material at protection {protection} '
-                f"(it takes {allowed})",
-            )
-        )
+    _check_spec(doc, name, base, spec, protection, diags)
 
     instance = body.get("instance", default_instance)
     if instance is None:
@@ -297,82 +281,10 @@ def _check_key(
                 "set instance on the key or under defaults",
             )
         )
-
-    # Tags: defaults merged under the key's own, counted with the provisioner's reserved tags.
-    tags = {**default_tags, **_check_tags(doc, body.get("tags"), (*base, "tags"), diags)}
-    raw_tags: dict[str, Any] = body["tags"] if isinstance(body.get("tags"), dict) else {}
-    total = len({**default_tags, **raw_tags})
-    if total > MAX_USER_TAGS:
-        diags.append(
-            Diagnostic(
-                doc.loc((*base, "tags")) if raw_tags else here,
-                f'key "{name}" has {total} tags (defaults included); at most {MAX_USER_TAGS} are allowed '
-                f"because KMS allows {MAX_TAGS_PER_KEY} per key and the provisioner sets "
-                f"{len(RESERVED_TAGS)}",
-            )
-        )
-
-    aliases: list[str] = []
-    raw_aliases = body.get("aliases")
-    if isinstance(raw_aliases, list):
-        for i, alias in enumerate(raw_aliases):
-            if not isinstance(alias, str):
-                continue  # the schema reported it
-            at = doc.loc((*base, "aliases", i))
-            problem = alias_problem(alias, doc.show if doc.tainted else None)
-            if problem:
-                diags.append(Diagnostic(at, problem))
-                continue
-            if alias in state.aliases:
-                diags.append(
-                    Diagnostic(at, f'alias "{alias}" is used twice (first at {state.aliases[alias]})')
-                )
-                continue
-            state.aliases[alias] = at
-            aliases.append(alias)
-
-    expiry: datetime | None = None
-    raw_expiry = body.get("expiry", "never")
-    if isinstance(raw_expiry, str):
-        try:
-            expiry = parse_expiry(raw_expiry)
-        except ExpiryOutOfRange:
-            diags.append(
-                Diagnostic(
-                    doc.loc((*base, "expiry")),
-                    f"expiry {doc.show(raw_expiry)} is not a time in UTC years 1..9999; "
-                    'use "never" for no expiry',
-                )
-            )
-        except ValueError:
-            diags.append(
-                Diagnostic(
-                    doc.loc((*base, "expiry")),
-                    f'expiry {doc.show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
-                    'e.g. "2027-06-30T00:00:00Z"',
-                )
-            )
-
-    protected = body.get("deletion_protection", False)
-    if desired_state is DesiredState.ABSENT and protected is True:
-        diags.append(
-            Diagnostic(
-                doc.loc((*base, "deletion_protection")),
-                f'key "{name}" has state "absent" and deletion_protection true: '
-                "lift the protection (deletion_protection: false) first",
-            )
-        )
-
-    window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
-    if isinstance(window, float):
-        # JSON Schema counts 7.0 as an integer; a planned window must be what was written.
-        diags.append(
-            Diagnostic(
-                doc.loc((*base, "deletion_window_days")),
-                "deletion_window_days: write a whole number of days (7..366), without a decimal point",
-            )
-        )
-
+    tags = _key_tags(doc, name, body, default_tags, diags)
+    aliases = _key_aliases(doc, name, body, state, diags)
+    expiry = _key_expiry(doc, name, body, diags)
+    protected, window = _key_deletion(doc, name, body, desired_state, diags)
     material = _check_material_block(doc, name, body, base, desired_state, diags)
 
     if len(diags) > errors_before or spec is None or usage is None or desired_state is None:
@@ -389,12 +301,135 @@ def _check_key(
         tags=tags,
         aliases=tuple(sorted(aliases)),
         expiry=expiry,
-        deletion_protection=protected is True,
-        deletion_window_days=window if isinstance(window, int) else DEFAULT_DELETION_WINDOW_DAYS,
+        deletion_protection=protected,
+        deletion_window_days=window,
         material=material,
         state=desired_state,
         location=here,
     )
+
+
+def _declare_name(name: str, here: Location, state: SetState, diags: list[Diagnostic]) -> None:
+    if name in state.names:
+        diags.append(
+            Diagnostic(
+                here, f'key name "{name}" is declared twice in the stack (first at {state.names[name]})'
+            )
+        )
+    else:
+        state.names[name] = here
+
+
+def _check_spec(
+    doc: Doc, name: str, base: DocPath, spec: KeySpec | None, protection: ProtectionLevel,
+    diags: list[Diagnostic],
+) -> None:
+    if spec is not None and spec not in importable_specs(protection):
+        allowed = ", ".join(sorted(importable_specs(protection)))
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "spec")),
+                f'key "{name}": spec "{spec}" cannot take imported material at protection {protection} '
+                f"(it takes {allowed})",
+            )
+        )
+
+
+def _key_tags(
+    doc: Doc, name: str, body: dict[str, Any], default_tags: dict[str, str], diags: list[Diagnostic]
+) -> dict[str, str]:
+    """Defaults merged under the key's own tags, counted with the provisioner's reserved tags."""
+    base: DocPath = ("keys", name)
+    tags = {**default_tags, **_check_tags(doc, body.get("tags"), (*base, "tags"), diags)}
+    raw_tags: dict[str, Any] = body["tags"] if isinstance(body.get("tags"), dict) else {}
+    total = len({**default_tags, **raw_tags})
+    if total > MAX_USER_TAGS:
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "tags")) if raw_tags else doc.key_loc(base),
+                f'key "{name}" has {total} tags (defaults included); at most {MAX_USER_TAGS} are allowed '
+                f"because KMS allows {MAX_TAGS_PER_KEY} per key and the provisioner sets "
+                f"{len(RESERVED_TAGS)}",
+            )
+        )
+    return tags
+
+
+def _key_aliases(
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: list[Diagnostic]
+) -> list[str]:
+    """The key's well-formed aliases not used before in the set (each is then taken)."""
+    aliases: list[str] = []
+    raw_aliases = body.get("aliases")
+    if not isinstance(raw_aliases, list):
+        return aliases
+    for i, alias in enumerate(raw_aliases):
+        if not isinstance(alias, str):
+            continue  # the schema reported it
+        at = doc.loc(("keys", name, "aliases", i))
+        problem = alias_problem(alias, doc.show if doc.tainted else None)
+        if problem:
+            diags.append(Diagnostic(at, problem))
+            continue
+        if alias in state.aliases:
+            diags.append(Diagnostic(at, f'alias "{alias}" is used twice (first at {state.aliases[alias]})'))
+            continue
+        state.aliases[alias] = at
+        aliases.append(alias)
+    return aliases
+
+
+def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: list[Diagnostic]) -> datetime | None:
+    raw_expiry = body.get("expiry", "never")
+    if not isinstance(raw_expiry, str):
+        return None  # the schema reported it
+    at = doc.loc(("keys", name, "expiry"))
+    try:
+        return parse_expiry(raw_expiry)
+    except ExpiryOutOfRange:
+        diags.append(
+            Diagnostic(
+                at,
+                f"expiry {doc.show(raw_expiry)} is not a time in UTC years 1..9999; "
+                'use "never" for no expiry',
+            )
+        )
+    except ValueError:
+        diags.append(
+            Diagnostic(
+                at,
+                f'expiry {doc.show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
+                'e.g. "2027-06-30T00:00:00Z"',
+            )
+        )
+    return None
+
+
+def _key_deletion(
+    doc: Doc, name: str, body: dict[str, Any], desired_state: DesiredState | None,
+    diags: list[Diagnostic],
+) -> tuple[bool, int]:
+    """(deletion_protection, deletion_window_days) as planned."""
+    base: DocPath = ("keys", name)
+    protected = body.get("deletion_protection", False)
+    if desired_state is DesiredState.ABSENT and protected is True:
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "deletion_protection")),
+                f'key "{name}" has state "absent" and deletion_protection true: '
+                "lift the protection (deletion_protection: false) first",
+            )
+        )
+    window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
+    if isinstance(window, float):
+        # JSON Schema counts 7.0 as an integer; a planned window must be what was written.
+        diags.append(
+            Diagnostic(
+                doc.loc((*base, "deletion_window_days")),
+                "deletion_window_days: write a whole number of days (7..366), without a decimal point",
+            )
+        )
+    return protected is True, window if isinstance(window, int) else DEFAULT_DELETION_WINDOW_DAYS
 
 
 def _check_material_block(
