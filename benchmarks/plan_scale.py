@@ -64,7 +64,7 @@ from provisioner.specs import Family, facts  # noqa: E402
 # one-off import of the SDK, Jinja2 and the schema validator (about a second), which no later size pays.
 importlib.import_module("provisioner.backend.alibaba")
 importlib.import_module("provisioner.manifest")
-importlib.import_module("provisioner.render")
+importlib.import_module("provisioner.views.plan")
 
 STACK = "scale"
 INSTANCE = "kst-local-software"

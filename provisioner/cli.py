@@ -11,7 +11,6 @@ import dataclasses
 import errno
 import functools
 import io
-import json
 import os
 import secrets
 import sys
@@ -21,9 +20,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from provisioner import views
 from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
-from provisioner.escape import json_safe, visible
+from provisioner.escape import visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
 from provisioner.model import Diagnostic, WrappingAlgorithm
 
@@ -194,14 +194,19 @@ def cli() -> None:
 DEFAULT_MANIFEST_PATH = Path("manifests")
 
 
+def _format_option(command: views.Command[Any], help_text: str = "Output format.") -> Callable[[F], F]:
+    """--format: one of the command's views (views.REGISTRY), the first the default."""
+    formats = command.formats
+    return click.option(
+        "--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True, help=help_text
+    )
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @click.option("--offline-material", is_flag=True, default=False, help="Do not read private material.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="json: the diagnostics as a JSON list on standard output.",
-)
+@_format_option(views.VALIDATE, help_text="json: the diagnostics as a JSON list on standard output.")
 @allow_commands_option
 @handle_errors
 def validate(
@@ -212,26 +217,23 @@ def validate(
 
     Exit 0 when valid, 1 with every problem listed, each as FILE:LINE:COL: error: MESSAGE.
     """
+    from provisioner.views.validate import Validation
+
+    view = views.VALIDATE.view(fmt)
+    checked = not offline_material
     try:
         ms, _, warnings = _load_stage(
-            paths, var, var_files, offline_material=offline_material, echo_warnings=fmt != "json",
-            allow_commands=allow_commands,
+            paths, var, var_files, offline_material=offline_material,
+            echo_warnings=not view.lists_diagnostics, allow_commands=allow_commands,
         )
     except ManifestError as e:
-        if fmt != "json":
-            raise
-        click.echo(json.dumps(json_safe([d.to_dict() for d in e.diagnostics]), indent=2))
+        if not view.lists_diagnostics:
+            raise  # the diagnostics on standard error, as every command prints them
+        click.echo(view.document(Validation(None, e.diagnostics, checked)), nl=False)
         errors = sum(1 for d in e.diagnostics if d.severity == "error")
         click.echo(f"{errors} error(s)", err=True)
         return 1
-    if fmt == "json":
-        click.echo(json.dumps(json_safe([d.to_dict() for d in warnings]), indent=2))
-        return 0
-    files = len(ms.files)
-    material = "" if offline_material else ", material checked"
-    click.echo(visible(
-        f"valid: {len(ms.keys)} key(s) in {files} file{'s' if files != 1 else ''}, stack {ms.stack}{material}"
-    ))
+    click.echo(view.document(Validation(ms, warnings, checked)), nl=False)
     return 0
 
 
@@ -630,23 +632,6 @@ def _read_plan_file(path: Path) -> Any:
     return load_plan(text)
 
 
-def _render_plan(plan: Any, fmt: str, no_color: bool) -> str:
-    from provisioner import render
-
-    if fmt == "json":
-        return render.render_plan_json(plan)
-    if fmt == "markdown":
-        return render.render_plan_markdown(plan)
-    return render.render_plan_text(plan, color=use_color(no_color))
-
-
-def _format_option(*choices: str) -> Callable[[F], F]:
-    return click.option(
-        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True,
-        help="Output format.",
-    )
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
@@ -654,7 +639,7 @@ def _format_option(*choices: str) -> Callable[[F], F]:
 @color_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the plan (no secrets: material references and fingerprints) for `apply --plan`.")
-@_format_option("text", "json", "markdown")
+@_format_option(views.PLAN)
 @click.option("--detailed-exitcode", is_flag=True, default=False,
               help="Exit 2 when the plan has changes, 0 when it has none.")
 @allow_commands_option
@@ -684,7 +669,7 @@ def plan(
         )
     finally:
         kms.close()
-    click.echo(_render_plan(the_plan, fmt, no_color), nl=False)
+    click.echo(views.PLAN.view(fmt, color=use_color(no_color)).plan(the_plan), nl=False)
     if the_plan.blocked:
         click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)
         return 1
@@ -709,7 +694,7 @@ def plan(
 @click.option("--auto-approve", is_flag=True, default=False, help="Apply without asking.")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=None,
               help="Keys worked on at once (the client-side rate limit still applies).")
-@_format_option("text", "json")
+@_format_option(views.APPLY)
 @allow_commands_option
 @target_option
 @handle_errors
@@ -732,6 +717,7 @@ def apply(
     from provisioner.specs import Material
 
     kept: dict[str, Material] = {}
+    view = views.APPLY.view(fmt, color=use_color(no_color))
     interactive = sys.stdin.isatty()
     if plan_file is None and not auto_approve and not interactive:
         raise UsageError(
@@ -785,15 +771,12 @@ def apply(
             applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
         else:
             the_plan = _make_plan_stage(ms, fingerprints, kms, targets=chosen)
-        if fmt == "text":
-            click.echo(_render_plan(the_plan, "text", no_color), nl=False)
+        click.echo(view.preview(the_plan), nl=False)
         if the_plan.blocked:
             n = len(the_plan.violations)
             raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
         if not the_plan.has_changes:
-            if fmt == "json":
-                nothing = applying.ApplyResult(the_plan.stack, []).to_dict()
-                click.echo(json.dumps(json_safe(nothing), indent=2))
+            click.echo(view.unchanged(the_plan), nl=False)
             return 0
         if plan_file is None and not auto_approve:
             answer = click.prompt(
@@ -817,15 +800,8 @@ def apply(
     finally:
         applying.wipe_all(kept)
         kms.close()
-    failed = [o for o in result.outcomes if not o.ok]
-    if fmt == "json":
-        click.echo(json.dumps(json_safe(result.to_dict()), indent=2))
-    else:
-        changed = len(result.outcomes) - len(failed)
-        click.echo(f"Apply complete: {changed} key(s) changed, {len(failed)} failed.")
-        for o in failed:
-            click.echo(visible(f"  {o.key}: {o.error}"))
-    return 1 if failed else 0
+    click.echo(view.result(result), nl=False)
+    return 0 if result.ok else 1
 
 
 @cli.command()
@@ -833,7 +809,7 @@ def apply(
 @template_options
 @backend_options
 @color_option
-@_format_option("text", "json", "markdown")
+@_format_option(views.DRIFT)
 @click.option("--expiry-warning", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
               help="Report material that expires within this many days.")
 @click.option("--verify-material", is_flag=True, default=False,
@@ -846,7 +822,6 @@ def drift(
     expiry_warning: int, verify_material: bool, targets: tuple[str, ...],
 ) -> int:
     """Report what changed behind the manifests' back. Read-only; never reads private material."""
-    from provisioner import render
     from provisioner.drift import make_drift
     from provisioner.refresh import refresh
 
@@ -869,12 +844,7 @@ def drift(
     finally:
         kms.close()
     report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info)
-    if fmt == "json":
-        click.echo(render.render_drift_json(report), nl=False)
-    elif fmt == "markdown":
-        click.echo(render.render_drift_markdown(report), nl=False)
-    else:
-        click.echo(render.render_drift_text(report, color=use_color(no_color)), nl=False)
+    click.echo(views.DRIFT.view(fmt, color=use_color(no_color)).report(report), nl=False)
     return 0 if report.in_sync else 2
 
 
@@ -883,7 +853,7 @@ def drift(
 @template_options
 @backend_options
 @color_option
-@_format_option("text", "json")
+@_format_option(views.SHOW)
 @target_option
 @handle_errors
 def show(
@@ -893,7 +863,6 @@ def show(
 ) -> int:
     """List every key the stack manages: name, key id, ARN, spec, usage, state, aliases, fingerprint,
     material expiry, target. Read-only; reads no private material."""
-    from provisioner import render
     from provisioner.refresh import refresh
     from provisioner.show import make_show
 
@@ -911,7 +880,7 @@ def show(
     finally:
         kms.close()
     report = make_show(ms, live, backend=kms.info, targets=chosen or None)
-    text = render.render_show_json(report) if fmt == "json" else render.render_show_text(report)
+    text = views.SHOW.view(fmt, color=use_color(no_color)).show(report)
     click.echo(text, nl=False)
     return 0
 

@@ -2,7 +2,7 @@
 terminal (escape sequences), reorder or hide text (bidi overrides, zero-width characters) or add a line.
 
 Such characters are written as \\uXXXX. Used by every text view, the JSON views and the CLI's error
-printing; markdown has its own escaping on top of this one (render.py). No I/O here.
+printing; markdown has its own escaping on top of this one (views/markdown.py). No I/O here.
 """
 
 from __future__ import annotations

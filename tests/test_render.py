@@ -14,14 +14,8 @@ from provisioner.drift import DriftReport, make_drift
 from provisioner.plan.planfile import plan_to_dict
 from provisioner.plan.planner import make_plan
 from provisioner.plan.values import Plan
-from provisioner.render import (
-    render_drift_json,
-    render_drift_markdown,
-    render_drift_text,
-    render_plan_json,
-    render_plan_markdown,
-    render_plan_text,
-)
+from provisioner.views.drift import render_drift_json, render_drift_markdown, render_drift_text
+from provisioner.views.plan import render_plan_json, render_plan_markdown, render_plan_text
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -43,17 +43,9 @@ from provisioner.plan.values import (
     Violation,
     ViolationCode,
 )
-from provisioner.render import (
-    md_code,
-    md_fenced,
-    md_text,
-    render_drift_json,
-    render_drift_markdown,
-    render_drift_text,
-    render_plan_json,
-    render_plan_markdown,
-    render_plan_text,
-)
+from provisioner.views.drift import render_drift_json, render_drift_markdown, render_drift_text
+from provisioner.views.markdown import md_code, md_fenced, md_text
+from provisioner.views.plan import render_plan_json, render_plan_markdown, render_plan_text
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 #: ESC[2J (clear screen), a right-to-left override, a fence, a newline then a heading, and a link.

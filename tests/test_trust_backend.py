@@ -530,7 +530,7 @@ ALIBABA = {"type": "alibaba", "endpoint": "https://kms.cn-hangzhou.aliyuncs.com"
 
 
 def test_plan_headers_name_the_endpoint() -> None:
-    from provisioner.render import render_plan_json, render_plan_markdown, render_plan_text
+    from provisioner.views.plan import render_plan_json, render_plan_markdown, render_plan_text
 
     plan, _ = _documents(ALIBABA)
     assert render_plan_text(plan, color=False).splitlines()[:3] == [
@@ -546,7 +546,7 @@ def test_plan_headers_name_the_endpoint() -> None:
 
 def test_drift_headers_name_the_endpoint() -> None:
     from provisioner.drift import make_drift
-    from provisioner.render import render_drift_json, render_drift_markdown, render_drift_text
+    from provisioner.views.drift import render_drift_json, render_drift_markdown, render_drift_text
 
     _, report = _documents(ALIBABA)
     assert render_drift_text(report, color=False).splitlines()[:3] == [
@@ -581,7 +581,7 @@ def report_live() -> Any:
 def test_a_local_endpoint_cannot_break_its_header() -> None:
     """A path from a manifest: control characters are shown as escapes, backticks cannot close the
     markdown code span, and no line break can start a heading."""
-    from provisioner.render import render_plan_markdown, render_plan_text
+    from provisioner.views.plan import render_plan_markdown, render_plan_text
 
     path = "st`ate\u202e/\x1b[31m``\n# pwned/kms.db"
     plan, _ = _documents({"type": "local", "path": path, "endpoint": f"local:{path}"})

@@ -1,0 +1,62 @@
+"""The apply views: what apply prints before it asks, and its result as text or as the JSON apply
+document. Progress lines (one per key, on standard error) come from apply.py and are the same in
+every format.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from provisioner.apply import ApplyResult
+from provisioner.escape import visible
+from provisioner.plan.values import Plan
+from provisioner.views import View
+from provisioner.views.plan import render_plan_text
+from provisioner.views.text import json_document
+
+
+@runtime_checkable
+class ApplyView(Protocol):
+    def preview(self, plan: Plan) -> str:
+        """What to print before confirming (and before a blocked plan's error)."""
+        ...
+
+    def unchanged(self, plan: Plan) -> str:
+        """What to print when the plan has no changes: nothing is applied."""
+        ...
+
+    def result(self, result: ApplyResult) -> str:
+        """What to print once the plan was carried out (each key done or failed)."""
+        ...
+
+
+class ApplyText(View):
+    def preview(self, plan: Plan) -> str:
+        return render_plan_text(plan, color=self.color)
+
+    def unchanged(self, plan: Plan) -> str:
+        return ""  # the preview said so
+
+    def result(self, result: ApplyResult) -> str:
+        failed = [o for o in result.outcomes if not o.ok]
+        changed = len(result.outcomes) - len(failed)
+        lines = [f"Apply complete: {changed} key(s) changed, {len(failed)} failed."]
+        lines += [visible(f"  {o.key}: {o.error}") for o in failed]
+        return "".join(line + "\n" for line in lines)
+
+
+class ApplyJson(View):
+    """The JSON apply document is the result alone: no preview, and an empty result when unchanged."""
+
+    def preview(self, plan: Plan) -> str:
+        return ""
+
+    def unchanged(self, plan: Plan) -> str:
+        return self.result(ApplyResult(plan.stack, []))
+
+    def result(self, result: ApplyResult) -> str:
+        return json_document(result.to_dict(), ascii_only=True)
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTED: tuple[type[ApplyView], ...] = (ApplyText, ApplyJson)

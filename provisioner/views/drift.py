@@ -1,0 +1,85 @@
+"""The drift views: text for a terminal, the JSON drift document (DESIGN section 6), markdown for a
+pull request or an issue. They format a DriftReport; they decide nothing and print nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from provisioner.drift import DriftItem, DriftReport
+from provisioner.views import View
+from provisioner.views.markdown import md_code, md_endpoint_lines, md_text
+from provisioner.views.text import BOLD, DIM, YELLOW, endpoint_lines, json_document, painter, quoted, shown
+
+
+@runtime_checkable
+class DriftView(Protocol):
+    def report(self, report: DriftReport) -> str:
+        """The drift document."""
+        ...
+
+
+class DriftText(View):
+    def report(self, report: DriftReport) -> str:
+        return render_drift_text(report, color=self.color)
+
+
+class DriftJson(View):
+    def report(self, report: DriftReport) -> str:
+        return render_drift_json(report)
+
+
+class DriftMarkdown(View):
+    def report(self, report: DriftReport) -> str:
+        return render_drift_markdown(report)
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTED: tuple[type[DriftView], ...] = (DriftText, DriftJson, DriftMarkdown)
+
+
+def _found_words(item: DriftItem) -> str:
+    return f"expected {quoted(item.expected)}, found {quoted(item.found)}"
+
+
+def render_drift_text(report: DriftReport, *, color: bool) -> str:
+    paint = painter(color)
+    stack = shown(repr(report.stack))
+    if report.in_sync:
+        head = [f"Stack {stack}: in sync, no drift.", *endpoint_lines(report.backend)]
+        return "\n".join(head) + "\n"
+    out = [f"Stack {stack}: drift found", *endpoint_lines(report.backend), ""]
+    for item in report.items:
+        out.append(
+            f"  {paint('!', YELLOW)} {paint(shown(item.key), BOLD)}: "
+            f"{paint(item.kind.value, YELLOW)}: {shown(item.detail)}"
+        )
+        out.append(paint(f"      {shown(_found_words(item))}", DIM))
+    out.append("")
+    counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
+    out.append(f"Drift: {len(report.items)} item(s) ({counts}).")
+    return "\n".join(out) + "\n"
+
+
+def render_drift_json(report: DriftReport) -> str:
+    """The drift document, escaped as the plan document is."""
+    return json_document(report.to_dict())
+
+
+def render_drift_markdown(report: DriftReport) -> str:
+    out = [f"## Drift for stack {md_code(report.stack)}", "", *md_endpoint_lines(report.backend)]
+    checked_at = report.to_dict()["checked_at"]
+    if report.in_sync:
+        out += [f"In sync at {checked_at}: no drift.", ""]
+        return "\n".join(out)
+    out += [f"**{len(report.items)} item(s) of drift** found at {checked_at}.", ""]
+    out += ["| kind | count |", "|---|---|"]
+    out += [f"| `{kind}` | {n} |" for kind, n in report.counts.items()]
+    out += ["", "| key | kind | detail | expected | found |", "|---|---|---|---|---|"]
+    for item in report.items:
+        out.append(
+            f"| {md_code(item.key, cell=True)} | `{item.kind.value}` | {md_text(item.detail)} | "
+            f"{md_text(quoted(item.expected))} | {md_text(quoted(item.found))} |"
+        )
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,266 @@
+"""The plan views: Terraform-like text, the JSON plan document (DESIGN section 5) and a pull-request
+comment in markdown.
+
+A view only formats what a Plan holds: it decides nothing and prints nothing. A Plan holds no private
+material, so no view can show any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from provisioner.model import format_time
+from provisioner.plan.planfile import plan_to_dict
+from provisioner.plan.values import Action, Change, Plan
+from provisioner.views import View
+from provisioner.views.markdown import MARKDOWN_LIMIT, md_code, md_endpoint_lines, md_fenced, md_text
+from provisioner.views.text import (
+    BOLD,
+    CYAN,
+    DIM,
+    GREEN,
+    RED,
+    YELLOW,
+    backend_words,
+    endpoint_lines,
+    json_document,
+    painter,
+    quoted,
+    shown,
+)
+
+
+@runtime_checkable
+class PlanView(Protocol):
+    def plan(self, plan: Plan) -> str:
+        """The plan document."""
+        ...
+
+
+class PlanText(View):
+    def plan(self, plan: Plan) -> str:
+        return render_plan_text(plan, color=self.color)
+
+
+class PlanJson(View):
+    def plan(self, plan: Plan) -> str:
+        return render_plan_json(plan)
+
+
+class PlanMarkdown(View):
+    def plan(self, plan: Plan) -> str:
+        return render_plan_markdown(plan)
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTED: tuple[type[PlanView], ...] = (PlanText, PlanJson, PlanMarkdown)
+
+
+#: One symbol per change, the strongest action winning.
+_SYMBOLS: tuple[tuple[Action, str, str], ...] = (
+    (Action.SCHEDULE_DELETION, "-", RED),
+    (Action.CREATE, "+", GREEN),
+    (Action.DELETE_MATERIAL, "x", RED),
+    (Action.REIMPORT, "↻", CYAN),
+    (Action.UPDATE, "~", YELLOW),
+)
+_LEGEND = "+ create   ~ update   ↻ reimport   x delete material   - schedule deletion   ! violation"
+
+_SUMMARY_WORDS = (
+    (Action.CREATE, "to create"),
+    (Action.IMPORT, "to import"),
+    (Action.REIMPORT, "to reimport"),
+    (Action.DELETE_MATERIAL, "to delete material"),
+    (Action.UPDATE, "to update"),
+    (Action.SCHEDULE_DELETION, "to schedule for deletion"),
+)
+
+
+def _symbol(change: Change) -> tuple[str, str]:
+    for action, sym, code in _SYMBOLS:
+        if action in change.actions:
+            return sym, code
+    return "-", RED  # a change with duplicates only: they are scheduled for deletion
+
+
+def _detail_lines(change: Change) -> list[tuple[str, str]]:
+    """(sign, text) lines: the attribute differences of one change, Terraform style."""
+    before, after = change.before, change.after
+    lines: list[tuple[str, str]] = []
+    if Action.CREATE in change.actions and after is not None:
+        for attr, value in (
+            ("spec", after.spec.value),
+            ("usage", after.usage.value),
+            ("protection", after.protection.value),
+            ("instance", after.instance),
+        ):
+            lines.append(("+", f"{attr} = {quoted(value)}"))
+        lines.append(("+", f"description = {quoted(change.description or '')}"))
+        for k, v in sorted(change.tags_to_set.items()):
+            lines.append(("+", f"tag {k} = {quoted(v)}"))
+        for a in change.aliases_to_create:
+            lines.append(("+", f"alias {a}"))
+        for a in change.aliases_to_move:
+            lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
+        lines.append(("+", f"deletion_protection = {quoted(bool(change.deletion_protection))}"))
+        lines.append(("+", f"expiry = {quoted(format_time(after.expiry) or 'never')}"))
+    else:
+        before_tags: Mapping[str, str] = {} if before is None else before.tags
+        for k, v in sorted(change.tags_to_set.items()):
+            if k in before_tags:
+                lines.append(("~", f"tag {k}: {quoted(before_tags[k])} -> {quoted(v)}"))
+            else:
+                lines.append(("+", f"tag {k} = {quoted(v)}"))
+        for k in change.tags_to_remove:
+            lines.append(("-", f"tag {k} = {quoted(before_tags.get(k))}"))
+        for a in change.aliases_to_create:
+            lines.append(("+", f"alias {a}"))
+        for a in change.aliases_to_move:
+            lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
+        for a in change.aliases_to_delete:
+            lines.append(("-", f"alias {a}"))
+        if change.description is not None:
+            old_words = None if before is None else before.description
+            lines.append(("~", f"description: {quoted(old_words)} -> {quoted(change.description)}"))
+        if change.deletion_protection is not None:
+            was = None if before is None else before.deletion_protection
+            lines.append(("~", f"deletion_protection: {quoted(was)} -> {quoted(change.deletion_protection)}"))
+        if Action.REIMPORT in change.actions:
+            old = (None if before is None else format_time(before.material_expires_at)) or "never"
+            new = (None if after is None else format_time(after.expiry)) or "never"
+            moved = f"material expiry: {quoted(old)} -> {quoted(new)}"
+            lines.append(("↻", moved if old != new else f"expiry = {quoted(new)}"))
+        if Action.DELETE_MATERIAL in change.actions:
+            lines.append(("x", "material (the key stays, unusable until reimported)"))
+        if Action.SCHEDULE_DELETION in change.actions:
+            lines.append(("-", f"key, after a pending window of {change.pending_window_days} days"))
+    if change.material is not None:
+        src = change.material.describe()
+        lines.append((" ", f"material from {src}, fingerprint {change.material.fingerprint}"))
+    for dup in change.duplicates:
+        lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
+    # Aliases, tag keys, paths and argv are interpolated as they are: one escape for the whole line.
+    return [(sign, shown(text)) for sign, text in lines]
+
+
+def _summary_line(plan: Plan) -> str:
+    s = plan.summary
+    return "Plan: " + ", ".join(f"{s[a.value]} {words}" for a, words in _SUMMARY_WORDS) + "."
+
+
+_SIGN_COLOURS = {"+": GREEN, "-": RED, "~": YELLOW, "↻": CYAN, "x": RED}
+
+
+def render_plan_text(plan: Plan, *, color: bool) -> str:
+    paint = painter(color)
+    out = [f"Stack {shown(repr(plan.stack))}, backend {backend_words(plan.backend)}"]
+    out += [*endpoint_lines(plan.backend), ""]
+    if plan.changes:
+        out.append(paint(f"Symbols: {_LEGEND}", DIM))
+        out.append("")
+    for change in plan.changes:
+        sym, code = _symbol(change)
+        ident = f" ({shown(change.key_id)})" if change.key_id else ""
+        words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+        out.append(f"  {paint(sym, code)} {paint(shown(change.key), BOLD)}{ident}: {words}")
+        out.append(f"      # {shown(change.reason)}")
+        for sign, text in _detail_lines(change):
+            out.append(f"      {paint(sign, _SIGN_COLOURS.get(sign, DIM))} {text}")
+        out.append("")
+    if plan.notes:
+        for note in plan.notes:
+            out.append(paint(f"  # {shown(note.key)}: {shown(note.message)}", DIM))
+        out.append("")
+    if plan.violations:
+        out.append(paint("Violations:", RED + ";" + BOLD))
+        for v in plan.violations:
+            out.append(f"  {paint('!', RED + ';' + BOLD)} {shown(v.key)}: {v.code.value}: {shown(v.message)}")
+        out.append("")
+    if plan.has_changes:
+        out.append(_summary_line(plan))
+    elif not plan.violations:
+        out.append("No changes. The live keys match the manifests.")
+    if plan.violations:
+        blocked = f"Plan blocked: {len(plan.violations)} violation(s); nothing will be applied."
+        out.append(paint(blocked, RED + ";" + BOLD))
+    return "\n".join(out) + "\n"
+
+
+def render_plan_json(plan: Plan) -> str:
+    """The plan document; every string escaped as in text, so `jq -r` prints no raw control character."""
+    return json_document(plan_to_dict(plan))
+
+
+_DIFF_SIGNS = {"+": "+", "-": "-", "x": "-"}
+
+
+def _change_heading(change: Change) -> str:
+    sym, _ = _symbol(change)
+    ident = f" ({md_code(change.key_id)})" if change.key_id else ""
+    words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+    return f"`{sym}` {md_code(change.key)}{ident}: {words}"
+
+
+def _markdown_changes(plan: Plan) -> list[str]:
+    out = ["### Changes", ""]
+    for change in plan.changes:
+        out += [f"#### {_change_heading(change)}", "", f"_{md_text(change.reason)}_", ""]
+        diff: list[str] = []
+        for sign, text in _detail_lines(change):
+            # diff highlighting knows only + and -; a change or reimport reads as context.
+            mark = _DIFF_SIGNS.get(sign)
+            diff.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
+        out += [*md_fenced(diff, "diff"), ""]
+    return out
+
+
+def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
+    out = [
+        "### Changes",
+        "",
+        "_Attribute details are left out to fit a comment; the job log has the full plan._",
+        "",
+    ]
+    used = sum(len(line) + 1 for line in out)
+    for i, change in enumerate(plan.changes):
+        line = f"- {_change_heading(change)}: {md_text(change.reason)}"
+        if used + len(line) + 1 > budget:
+            out.append(f"- ... and {len(plan.changes) - i} more")
+            break
+        out.append(line)
+        used += len(line) + 1
+    out.append("")
+    return out
+
+
+def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
+    """A pull-request comment: status, summary table, violations first, then each key's changes."""
+    head = [f"## Plan for stack {md_code(plan.stack)}", "", *md_endpoint_lines(plan.backend)]
+    if plan.violations:
+        head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
+    elif not plan.has_changes:
+        head += ["No changes. The live keys match the manifests.", ""]
+    summary = plan.summary
+    head.append("| " + " | ".join(a.value for a in Action) + " |")
+    head.append("|" + "---|" * len(Action))
+    head.append("| " + " | ".join(str(summary[a.value]) for a in Action) + " |")
+    head.append("")
+    tail: list[str] = []
+    if plan.violations:
+        tail += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
+        for v in plan.violations:
+            tail.append(f"| {md_code(v.key, cell=True)} | `{v.code.value}` | {md_text(v.message)} |")
+        tail.append("")
+    notes: list[str] = []
+    if plan.notes:
+        notes += ["### Notes", ""]
+        notes += [f"- {md_code(n.key)}: {md_text(n.message)}" for n in plan.notes]
+        notes.append("")
+    changes = _markdown_changes(plan) if plan.changes else []
+    text = "\n".join(head + tail + changes + notes)
+    if len(text) > limit and plan.changes:
+        fixed = len("\n".join(head + tail + notes)) + 2
+        changes = _markdown_changes_brief(plan, max(limit - fixed, 0))
+        text = "\n".join(head + tail + changes + notes)
+    return text
