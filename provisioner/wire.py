@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     ILLEGAL_TIMESTAMP = "IllegalTimestamp"
     INCOMPLETE_SIGNATURE = "IncompleteSignature"
     SIGNATURE_DOES_NOT_MATCH = "SignatureDoesNotMatch"
+    INVALID_SIGNATURE_METHOD = "InvalidSignatureMethod"
     SIGNATURE_NONCE_USED = "SignatureNonceUsed"
     INVALID_ACCESS_KEY_ID = "InvalidAccessKeyId"
     INVALID_ACCESS_KEY_ID_NOT_FOUND = "InvalidAccessKeyId.NotFound"
@@ -61,6 +62,7 @@ class ErrorCode(StrEnum):
 #: HTTP status of the codes whose status is not 400.
 HTTP_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.INVALID_API_NOT_FOUND: 404,
+    ErrorCode.INVALID_ACTION_NOT_FOUND: 404,
     ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND: 404,
     ErrorCode.MISSING_CONTENT_LENGTH: 411,
     ErrorCode.FORBIDDEN_NO_PERMISSION: 403,

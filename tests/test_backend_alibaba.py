@@ -339,7 +339,7 @@ def test_wrong_secret_says_credentials_were_refused(
             kms.describe_key("key-1")
     finally:
         kms.close()
-    assert e.value.code == "IncompleteSignature"
+    assert e.value.code == "SignatureDoesNotMatch"
     assert e.value.message == (
         "the credentials were refused (set ALIBABA_CLOUD_ACCESS_KEY_ID and "
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET, a profile, a RAM role or OIDC)"

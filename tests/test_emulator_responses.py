@@ -122,7 +122,7 @@ def test_every_documented_action_is_routed() -> None:
 
 
 def test_unknown_action(rpc: KmsResponses) -> None:
-    with kms_error("InvalidAction.NotFound", 400, "Specified api 'CreateSecret' is not found"):
+    with kms_error("InvalidAction.NotFound", 404, "Specified api is not found, please check your url"):
         rpc.handle("CreateSecret", {})
 
 
@@ -186,8 +186,11 @@ def test_key_metadata_shape(rpc: KmsResponses, clock: FakeClock) -> None:
     assert (meta.creation_date, meta.material_expire_time, meta.delete_date) == (
         "2026-01-01T12:00:00Z",
         "",
-        "",
+        None,
     )
+    # Absent, not "": the service sends these only in the states where they mean something.
+    absent = {"DeleteDate", "RotationInterval", "LastRotationDate", "NextRotationDate"}
+    assert absent.isdisjoint(body["KeyMetadata"])
     assert meta.deletion_protection == "Disabled" and meta.primary_key_version
     import_material(rpc, key_id, expire=str(int(START.timestamp()) + 86400))
     meta = sdk.DescribeKeyResponseBody().from_map(rpc.handle("DescribeKey", {"KeyId": key_id})).key_metadata
@@ -341,7 +344,7 @@ def _error_cases(rpc: KmsResponses) -> dict[str, tuple[str, dict[str, str], str]
             {"KeyId": pending, "PendingWindowInDays": "3"},
             "PendingWindowInDays must be between 7 and 366, got 3",
         ),
-        "InvalidAction.NotFound": ("Encrypt", {}, "Specified api 'Encrypt' is not found"),
+        "InvalidAction.NotFound": ("Encrypt", {}, "Specified api is not found"),
         "Rejected.LimitExceeded": (
             "TagResource",
             {"KeyId": pending, "Tags": '[{"TagKey":"x","TagValue":"y"}]'},
@@ -476,7 +479,11 @@ def test_status_table_matches_the_notes() -> None:
         "Rejected.PendingDeletion",
         "Rejected.PendingImport",
     }
-    assert {c for c, s in STATUS.items() if s == 404} == {"Forbidden.KeyNotFound", "Forbidden.AliasNotFound"}
+    assert {c for c, s in STATUS.items() if s == 404} == {
+        "Forbidden.KeyNotFound",
+        "Forbidden.AliasNotFound",
+        "InvalidAction.NotFound",
+    }
     assert STATUS["Forbidden.NoPermission"] == 403
 
 

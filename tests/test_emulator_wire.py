@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,12 +24,11 @@ from alibabacloud_tea_openapi import utils_models as openapi_models
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
 from conftest import RunningEmulator
 from darabonba.runtime import RuntimeOptions
+from wire_support import CREATE_QUERY, now_stamp, raw_v2, raw_v3, send
 
 from provisioner.emulator import signing
 from provisioner.emulator.server import (
     API_VERSION,
-    DEFAULT_ACCESS_KEY_ID,
-    DEFAULT_ACCESS_KEY_SECRET,
     UNKNOWN_ACTION,
     EmulatorConfig,
     EmulatorServer,
@@ -39,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 Factory = Callable[..., RunningEmulator]
 SIGNATURE_MESSAGE = "The request signature does not conform to Aliyun standards."
+WRONG_SIGNATURE_MESSAGE = "Specified signature is not matched with our calculation."
 
 
 def create_key(client: Client, description: str = "wire test") -> str:
@@ -61,82 +61,6 @@ def key_count(client: Client) -> int:
     return total
 
 
-def now_stamp(offset: timedelta = timedelta(0)) -> str:
-    return (datetime.now(UTC) + offset).strftime(signing.TIMESTAMP_FORMAT)
-
-
-def send(emu: RunningEmulator, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
-         ) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection(emu.host, emu.port, timeout=10)
-    try:
-        conn.request(method, path, body=body or None, headers=dict(headers))
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
-
-
-def raw_v3(
-    emu: RunningEmulator,
-    action: str,
-    query: Mapping[str, str],
-    *,
-    body: bytes = b"",
-    date: str | None = None,
-    nonce: str | None = None,
-    secret: str = DEFAULT_ACCESS_KEY_SECRET,
-    payload_hash: str | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """A V3 request as the SDK builds it, with every field that matters under the test's control."""
-    headers = {
-        "host": emu.endpoint,
-        "x-acs-action": action,
-        "x-acs-version": API_VERSION,
-        "x-acs-date": date if date is not None else now_stamp(),
-        "x-acs-signature-nonce": nonce or uuid.uuid4().hex,
-        "x-acs-content-sha256": payload_hash or signing.sha256_hex(body),
-    }
-    if body:
-        headers["content-type"] = "application/x-www-form-urlencoded"
-    payload = headers["x-acs-content-sha256"]
-    canonical = signing.v3_canonical_request("POST", "/", query.items(), headers, payload)
-    signature = signing.v3_signature(secret, canonical)
-    headers["Authorization"] = signing.v3_authorization(DEFAULT_ACCESS_KEY_ID, headers, signature)
-    return send(emu, "POST", "/?" + urlencode(dict(query)), headers, body)
-
-
-def raw_v2(
-    emu: RunningEmulator,
-    action: str,
-    query: Mapping[str, str],
-    *,
-    method: str = "POST",
-    timestamp: str | None = None,
-    nonce: str | None = None,
-    version: str = API_VERSION,
-) -> tuple[int, dict[str, Any]]:
-    params = {
-        "Action": action,
-        "Version": version,
-        "Format": "json",
-        "Timestamp": timestamp if timestamp is not None else now_stamp(),
-        "SignatureNonce": nonce or uuid.uuid4().hex,
-        "SignatureMethod": signing.V2_METHOD,
-        "SignatureVersion": signing.V2_VERSION,
-        "AccessKeyId": DEFAULT_ACCESS_KEY_ID,
-        **query,
-    }
-    params["Signature"] = signing.v2_signature(DEFAULT_ACCESS_KEY_SECRET, method, params)
-    return send(emu, method, "/?" + urlencode(params), {"host": emu.endpoint})
-
-
-CREATE_QUERY = {
-    "KeySpec": "RSA_2048",
-    "KeyUsage": "SIGN/VERIFY",
-    "Origin": "EXTERNAL",
-    "ProtectionLevel": "SOFTWARE",
-    "DKMSInstanceId": "kst-local-software",
-}
 
 
 # -- both signature versions accepted ---------------------------------------------------------------
@@ -176,9 +100,9 @@ def test_wrong_secret_is_refused_and_changes_nothing(
     with pytest.raises(ClientException) as info:
         create_key(forger)
 
-    assert info.value.code == "IncompleteSignature"
+    assert info.value.code == "SignatureDoesNotMatch"
     assert info.value.status_code == 400
-    assert info.value.data["Message"] == SIGNATURE_MESSAGE
+    assert info.value.data["Message"] == WRONG_SIGNATURE_MESSAGE
     assert key_count(emulator.sdk_client()) == 0
 
 
@@ -286,8 +210,8 @@ def test_unknown_action_is_answered_invalid_action(emulator: RunningEmulator) ->
         client.call_api(params, openapi_models.OpenApiRequest(query={"KeyId": "x"}), RuntimeOptions())
 
     assert info.value.code == "InvalidAction.NotFound"
-    assert info.value.status_code == 400
-    assert "not found" in info.value.data["Message"].lower()
+    assert info.value.status_code == 404
+    assert info.value.data["Message"] == "Specified api is not found, please check your url and method."
 
 
 # -- switches ---------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def test_statuses_follow_the_notes() -> None:
         ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND,
         ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND,
         ErrorCode.INVALID_API_NOT_FOUND,
+        ErrorCode.INVALID_ACTION_NOT_FOUND,
     }
     assert ErrorCode.REJECTED_THROTTLING.status == 429
     assert ErrorCode.SERVICE_UNAVAILABLE_TEMPORARY.status == 503

@@ -74,6 +74,11 @@ DEFAULT_PAGE_SIZE = 10
 MIN_PENDING_WINDOW_DAYS = 7
 MAX_PENDING_WINDOW_DAYS = 366
 MAX_DESCRIPTION_CHARS = 8192
+#: Bounds of a JSON-valued parameter (see parse_json) and of an integer one.
+MAX_JSON_CHARS = 64 * 1024
+MAX_JSON_DEPTH = 8
+MAX_INT_CHARS = 20
+MAX_SHOWN_CHARS = 64
 KEY_ID_CHARS = string.ascii_lowercase + string.digits
 KEY_ID_LENGTH = 24
 
@@ -192,11 +197,11 @@ class Page(Generic[T]):
 # --- parameter parsing helpers (the wire's strings -> Python values; errors are KMS errors) --------
 
 
-def unknown_action(action: str) -> KmsError:
-    """An action the service does not know (inferred code: other Alibaba Cloud RPC services)."""
+def unknown_action() -> KmsError:
+    """An action the service does not know: 404 and the words of the vendor's gateway, which name
+    no action (inferred for KMS from public reports of other Alibaba Cloud RPC services)."""
     return KmsError(
-        ErrorCode.INVALID_ACTION_NOT_FOUND,
-        f"Specified api {action!r} is not found, please check your url and method.",
+        ErrorCode.INVALID_ACTION_NOT_FOUND, "Specified api is not found, please check your url and method."
     )
 
 
@@ -214,15 +219,25 @@ def require(name: str, value: T | None) -> T:
     return value
 
 
+def _shown(value: str) -> str:
+    """A parameter value quoted in a message, cut short: a message must not echo megabytes."""
+    return repr(value) if len(value) <= MAX_SHOWN_CHARS else repr(value[:MAX_SHOWN_CHARS]) + "..."
+
+
 def parse_int(name: str, value: str | int | None) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, int):
         return value
+    text = value.strip()
+    # Past 20 digits no parameter means anything; int() of thousands of digits is slow or refused.
+    if len(text) > MAX_INT_CHARS:
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {_shown(value)}")
     try:
-        return int(value.strip())
+        return int(text)
     except ValueError:
-        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {value!r}") from None
+        message = f"{name} must be an integer, got {_shown(value)}"
+        raise KmsError(ErrorCode.INVALID_PARAMETER, message) from None
 
 
 def parse_bool(name: str, value: str | bool | None) -> bool | None:
@@ -234,15 +249,53 @@ def parse_bool(name: str, value: str | bool | None) -> bool | None:
         return True
     if value in ("False", "false"):
         return False
-    raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {value!r}")
+    raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {_shown(value)}")
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """True when arrays and objects in `text` nest deeper than `limit` (brackets inside strings
+    do not count). A flat scan, so that json.loads never recurses into a hostile nesting."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def parse_json(name: str, value: str | None) -> Any:
+    """A JSON-valued parameter (Tags, TagKeys, Filters), bounded before it is parsed: by size, by
+    nesting depth, and by the digits of a number (Python refuses ints of over 4,300 digits with a
+    ValueError that is not a JSONDecodeError). The bounds are the emulator's (inferred): the
+    largest valid value, 20 tags of 128-character keys and values, is under 8 KiB and 2 deep."""
     if value is None or value == "":
         return None
+    if len(value) > MAX_JSON_CHARS:
+        raise KmsError(
+            ErrorCode.INVALID_PARAMETER, f"{name} is longer than {MAX_JSON_CHARS} characters of JSON"
+        )
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise KmsError(
+            ErrorCode.INVALID_PARAMETER, f"{name} is JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
+    except RecursionError:  # unreachable after the depth scan; kept so no input can crash a call
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is JSON nested too deep") from None
+    except ValueError:  # JSONDecodeError, and numbers of more digits than int() takes
         raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is not valid JSON") from None
 
 
@@ -355,6 +408,11 @@ class KmsEngine:
     def close(self) -> None:
         self._store.close()
 
+    @property
+    def store(self) -> Store:
+        """The state database, for what the server keeps beside the KMS state (request nonces)."""
+        return self._store
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
@@ -430,6 +488,15 @@ class KmsEngine:
         if row is None:
             raise KmsError(ErrorCode.FORBIDDEN_KEY_NOT_FOUND, f"The specified Key is not found: {ref}")
         return row
+
+    @staticmethod
+    def _refuse_pending_deletion(row: sqlite3.Row, action: str, code: ErrorCode) -> None:
+        """The vendor's key-state table refuses some management calls on a key pending deletion,
+        each with its own code (Rejected.PendingDeletion or Rejected.StateModifiedFailed)."""
+        if row["state"] == KeyState.PENDING_DELETION.value:
+            raise KmsError(
+                code, f"key {row['key_id']} is PendingDeletion; {action} is not allowed in that state"
+            )
 
     def _view(self, row: sqlite3.Row) -> Key:
         created = _time(row["created"])
@@ -645,6 +712,7 @@ class KmsEngine:
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._row(tx, key_id)
+            self._refuse_pending_deletion(row, "UpdateKeyDescription", ErrorCode.REJECTED_PENDING_DELETION)
             tx.execute("UPDATE keys SET description = ? WHERE key_id = ?", (description, row["key_id"]))
 
     def enable_key(self, key_id: str | None) -> None:
@@ -1079,11 +1147,12 @@ class KmsEngine:
         return name
 
     def create_alias(self, alias_name: str | None, key_id: str | None) -> None:
-        # Aliases may name a key in any state: the notes set no state rule for them.
+        # The key-state table: CreateAlias succeeds in Enabled, Disabled and PendingImport.
         name = self._check_alias_name(alias_name)
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._row(tx, key_id)
+            self._refuse_pending_deletion(row, "CreateAlias", ErrorCode.REJECTED_STATE_MODIFIED_FAILED)
             if tx.one("SELECT 1 FROM aliases WHERE alias_name = ?", (name,)) is not None:
                 raise KmsError(ErrorCode.ALIAS_ALREADY_EXISTS, f"The alias already exists: {name}")
             tx.execute("INSERT INTO aliases (alias_name, key_id) VALUES (?, ?)", (name, row["key_id"]))
@@ -1093,6 +1162,9 @@ class KmsEngine:
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._row(tx, key_id)
+            # The key-state page's note on UpdateAlias: only the target key's state counts, and a
+            # target pending deletion is refused as CreateAlias refuses it.
+            self._refuse_pending_deletion(row, "UpdateAlias", ErrorCode.REJECTED_STATE_MODIFIED_FAILED)
             if tx.one("SELECT 1 FROM aliases WHERE alias_name = ?", (name,)) is None:
                 raise KmsError(
                     ErrorCode.FORBIDDEN_ALIAS_NOT_FOUND, f"The specified Alias is not found: {name}"
@@ -1137,13 +1209,18 @@ class KmsEngine:
         given = require("Tags", tags)
         with self._store.transaction() as tx:
             self._begin(tx)
-            self._put_tags(tx, self._row(tx, key_id)["key_id"], given)
+            row = self._row(tx, key_id)
+            self._refuse_pending_deletion(row, "TagResource", ErrorCode.REJECTED_PENDING_DELETION)
+            self._put_tags(tx, row["key_id"], given)
 
     def untag_resource(self, key_id: str | None, tag_keys: Sequence[str] | None) -> None:
         keys = require("TagKeys", tag_keys)
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._row(tx, key_id)
+            # Inferred: the table's UntagResource row is cut off where we read it; TagResource's is
+            # Rejected.PendingDeletion, and untagging is the same kind of change.
+            self._refuse_pending_deletion(row, "UntagResource", ErrorCode.REJECTED_PENDING_DELETION)
             for tag_key in keys:
                 tx.execute("DELETE FROM tags WHERE key_id = ? AND tag_key = ?", (row["key_id"], tag_key))
 

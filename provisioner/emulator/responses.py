@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
+from xml.etree import ElementTree
 
 from provisioner.emulator.models import (
     Alias,
@@ -77,7 +78,10 @@ def _indexed_tags(params: Mapping[str, str], name: str) -> list[tuple[str, str]]
 
 
 def _key_metadata(key: Key) -> dict[str, Any]:
-    return {
+    """DescribeKey's KeyMetadata. Fields the service sends only in some states are left out, not
+    sent as "": DeleteDate outside PendingDeletion; RotationInterval, LastRotationDate and
+    NextRotationDate always, since a key with imported material never rotates automatically."""
+    meta: dict[str, Any] = {
         "KeyId": key.key_id,
         "Arn": key.arn,
         "KeyState": key.state.value,
@@ -89,16 +93,50 @@ def _key_metadata(key: Key) -> dict[str, Any]:
         "Description": key.description,
         "CreationDate": _time(key.creation_date),
         "MaterialExpireTime": _time(key.material_expire_time),
-        "DeleteDate": _time(key.delete_date),
         "DeletionProtection": "Enabled" if key.deletion_protection else "Disabled",
         "DeletionProtectionDescription": key.deletion_protection_description,
         "PrimaryKeyVersion": key.primary_key_version,
         "Creator": key.creator,
         "AutomaticRotation": "Disabled",
-        "RotationInterval": "",
-        "LastRotationDate": "",
-        "NextRotationDate": "",
     }
+    if key.delete_date is not None:
+        meta["DeleteDate"] = _time(key.delete_date)
+    return meta
+
+
+#: Characters XML 1.0 cannot carry even as references (C0 controls but tab, newline, return;
+#: surrogates; U+FFFE/U+FFFF). Such a character in a description is sent as U+FFFD in XML only.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _NOT_XML.sub("\ufffd", str(value))
+
+
+def _xml_fill(element: ElementTree.Element, value: Any) -> None:
+    """A dict becomes child elements; a list repeats its parent element, one per item, the way
+    the SDKs' XML reader folds repeated elements back into a list."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if item is None:
+                continue
+            if isinstance(item, list | tuple):
+                for entry in item:
+                    _xml_fill(ElementTree.SubElement(element, str(name)), entry)
+            else:
+                _xml_fill(ElementTree.SubElement(element, str(name)), item)
+    else:
+        element.text = _xml_text(value)
+
+
+def to_xml(root: str, body: Mapping[str, Any]) -> bytes:
+    """An answer or error body as the service's XML (`Format=XML`), under one root element."""
+    element = ElementTree.Element(root)
+    _xml_fill(element, body)
+    text: str = ElementTree.tostring(element, encoding="unicode")
+    return ('<?xml version="1.0" encoding="UTF-8"?>' + text).encode("utf-8")
 
 
 def _paged(page: Page[Any], outer: str, inner: str, item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
@@ -144,7 +182,7 @@ class KmsResponses:
     def handle(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         handler = _ACTIONS.get(action)
         if handler is None:
-            raise unknown_action(action)
+            raise unknown_action()
         body = handler(self, params)
         return {"RequestId": str(uuid.uuid4()), **body}
 

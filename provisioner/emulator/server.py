@@ -7,6 +7,8 @@ never logs request parameters or bodies: they carry import tokens and wrapped ma
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 import json
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from provisioner.emulator import signing
 from provisioner.emulator.defaults import (
@@ -33,7 +35,7 @@ from provisioner.emulator.defaults import (
     DEFAULT_PORT,
 )
 from provisioner.emulator.models import KmsEngine, KmsError
-from provisioner.emulator.responses import KmsResponses
+from provisioner.emulator.responses import KmsResponses, to_xml
 from provisioner.wire import QPS_MAX, QPS_MIN, QUOTA_GROUPS, ErrorCode
 
 API_VERSION = "2016-01-20"
@@ -42,6 +44,11 @@ STATS_PATH = "/_emulator/stats"
 MAX_CLOCK_SKEW = timedelta(minutes=15)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 UNKNOWN_ACTION = "<unknown>"
+JSON_CONTENT_TYPE = "application/json;charset=utf-8"
+#: Exactly the value on which the SDKs parse an error body as XML.
+XML_CONTENT_TYPE = "text/xml;charset=utf-8"
+#: The vendor's error diagnosis page, which every error body links to as `Recommend`.
+TROUBLESHOOT_URL = "https://api.aliyun.com/troubleshoot"
 QUOTA_GROUP_NAMES = frozenset(QUOTA_GROUPS.values())
 INSTANCE_KINDS = ("software", "hardware")
 
@@ -70,6 +77,29 @@ class ActionHandler(Protocol):
 
 class _Closable(Protocol):
     def close(self) -> None: ...
+
+
+class NonceBook(Protocol):
+    """Where used signature nonces are kept until they expire (unix seconds)."""
+
+    def use_nonce(self, nonce: str, now: int, expires: int) -> bool: ...
+
+
+class _MemoryNonces:
+    """Nonces in process memory: for a server whose engine a test replaced (no state database)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def use_nonce(self, nonce: str, now: int, expires: int) -> bool:
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen = {n: t for n, t in self._seen.items() if t > now}
+            if self._seen.get(nonce, now) > now:
+                return False
+            self._seen[nonce] = expires
+            return True
 
 
 class WireError(Exception):
@@ -174,6 +204,16 @@ def parse_instances(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """What one request is answered: status, body, the action it named, and whether in XML."""
+
+    status: int
+    body: dict[str, Any]
+    action: str
+    xml: bool
+
+
 def new_request_id() -> str:
     return str(uuid.uuid4()).upper()
 
@@ -267,8 +307,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, body: Mapping[str, Any], request_id: str | None = None) -> None:
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self.send_body(status, data, JSON_CONTENT_TYPE, request_id)
+
+    def send_body(self, status: int, data: bytes, content_type: str, request_id: str | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if request_id:
             self.send_header("x-acs-request-id", request_id)
@@ -293,15 +336,19 @@ class EmulatorServer:
         self.config = config
         self._clock = clock or (lambda: datetime.now(UTC))
         self._engine: _Closable | None = None
+        self._nonces: NonceBook
         if responses is None:
             engine = KmsEngine(config.db, instances=config.instances)
             self._engine = engine
+            # Nonces live in the state database beside the keys, so a replay is refused across a
+            # restart on the same --db as before it; an in-memory database keeps them in memory.
+            self._nonces = engine.store
             responses = KmsResponses(engine)
+        else:
+            self._nonces = _MemoryNonces()
         self._responses = responses
         self._calls: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
-        self._nonces: dict[str, float] = {}
-        self._nonce_lock = threading.Lock()
         now = time.monotonic()
         self._buckets = {g: _TokenBucket(r, now) for g, r in config.qps.items()}
         self._bucket_lock = threading.Lock()
@@ -396,13 +443,30 @@ class EmulatorServer:
             query_action = dict(parse_qsl(url.query)).get("Action")
             self._count(h.headers.get("x-acs-action") or query_action or UNKNOWN_ACTION)
             h.close_connection = True
-            h.send_json(e.status, {"Code": e.code, "Message": e.message, "RequestId": request_id}, request_id)
+            h.send_json(e.status, self._error_body(e.code, e.message, request_id), request_id)
             return
         authorization = h.headers.get("Authorization")
-        status, answer = self._answer(h, url.path, url.query, body, authorization, request_id)
+        reply = self._answer(h, url.path, url.query, body, authorization, request_id)
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000.0)
-        h.send_json(status, answer, str(answer.get("RequestId") or request_id))
+        answer_id = str(reply.body.get("RequestId") or request_id)
+        if reply.xml:
+            # The SDKs' XML shape: the error under <Error>, an answer under <ActionResponse>.
+            root = "Error" if reply.status >= 400 else f"{reply.action}Response"
+            h.send_body(reply.status, to_xml(root, reply.body), XML_CONTENT_TYPE, answer_id)
+        else:
+            h.send_json(reply.status, reply.body, answer_id)
+
+    def _error_body(self, code: ErrorCode, message: str, request_id: str) -> dict[str, Any]:
+        """The vendor's error body: HostId is the endpoint called, Recommend its diagnosis page."""
+        query = urlencode({"q": code.value, "product": "Kms", "requestId": request_id})
+        return {
+            "RequestId": request_id,
+            "HostId": self.endpoint,
+            "Code": code.value,
+            "Message": message,
+            "Recommend": f"{TROUBLESHOOT_URL}?{query}",
+        }
 
     def _answer(
         self,
@@ -412,9 +476,10 @@ class EmulatorServer:
         body: bytes,
         authorization: str | None,
         request_id: str,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> _Reply:
         params: dict[str, str] = {}
         action = UNKNOWN_ACTION
+        xml = False
         try:
             query_pairs = parse_qsl(raw_query, keep_blank_values=True)
             params.update(query_pairs)
@@ -425,6 +490,8 @@ class EmulatorServer:
                 header_action = h.headers.get("x-acs-action") if authorization else None
                 action = header_action or params.get("Action") or UNKNOWN_ACTION
                 self._count(action)
+                # Format=XML (either case, as the SDKs send it) asks for XML, errors included.
+                xml = params.get("Format", "").upper() == "XML"
             if path not in ("", "/"):
                 raise WireError(ErrorCode.INVALID_API_NOT_FOUND, "Specified api is not found, check the url.")
             if authorization is not None:
@@ -445,9 +512,9 @@ class EmulatorServer:
             # KmsEngine is thread-safe (one transaction under one lock per call).
             result = self._responses.handle(action, rest)
             result.setdefault("RequestId", request_id)
-            return 200, result
+            return _Reply(200, result, action, xml)
         except (WireError, KmsError) as e:
-            return e.status, {"Code": e.code, "Message": e.message, "RequestId": request_id}
+            return _Reply(e.status, self._error_body(e.code, e.message, request_id), action, xml)
         except Exception as e:
             # No parameters and no exception text: either may hold key material or a token.
             frames = "".join(traceback.format_tb(e.__traceback__))
@@ -457,11 +524,8 @@ class EmulatorServer:
                 file=sys.stderr,
                 flush=True,
             )
-            return 500, {
-                "Code": ErrorCode.INTERNAL_FAILURE,
-                "Message": "Internal Failure",
-                "RequestId": request_id,
-            }
+            failure = self._error_body(ErrorCode.INTERNAL_FAILURE, "Internal Failure", request_id)
+            return _Reply(500, failure, action, xml)
 
     def _count(self, action: str) -> None:
         with self._stats_lock:
@@ -495,9 +559,26 @@ class EmulatorServer:
             )
 
     def _bad_signature(self) -> WireError:
+        """A signature that is missing parts or is not one at all (not a wrong one)."""
         return WireError(
             ErrorCode.INCOMPLETE_SIGNATURE,
             "The request signature does not conform to Aliyun standards.",
+        )
+
+    def _wrong_signature(self) -> WireError:
+        """A well-formed signature made with another secret (or over other content): the vendor's
+        code and words, on which the older SDK tells its user that the secret is wrong."""
+        return WireError(
+            ErrorCode.SIGNATURE_DOES_NOT_MATCH, "Specified signature is not matched with our calculation."
+        )
+
+    @staticmethod
+    def _unsupported_method(what: str) -> WireError:
+        # The vendor's common code for a signature method it does not take ("Specified signature
+        # method is not valid."); the rest of the message says honestly what this emulator checks.
+        return WireError(
+            ErrorCode.INVALID_SIGNATURE_METHOD,
+            f"Specified signature method is not valid: this emulator checks {what}.",
         )
 
     def _use_nonce(self, nonce: str | None) -> None:
@@ -507,16 +588,11 @@ class EmulatorServer:
                 "The input parameter SignatureNonce that is mandatory "
                 "for processing this request is not supplied.",
             )
-        now = time.monotonic()
+        now = int(self._clock().timestamp())
         # Kept twice the skew: a timestamp may sit 15 minutes ahead of the clock and still be valid.
-        horizon = 2 * MAX_CLOCK_SKEW.total_seconds()
-        with self._nonce_lock:
-            if len(self._nonces) > 10_000:
-                self._nonces = {n: t for n, t in self._nonces.items() if now - t < horizon}
-            seen = self._nonces.get(nonce)
-            if seen is not None and now - seen < horizon:
-                raise WireError(ErrorCode.SIGNATURE_NONCE_USED, "Specified signature nonce was used already.")
-            self._nonces[nonce] = now
+        expires = now + int(2 * MAX_CLOCK_SKEW.total_seconds())
+        if not self._nonces.use_nonce(nonce, now, expires):
+            raise WireError(ErrorCode.SIGNATURE_NONCE_USED, "Specified signature nonce was used already.")
 
     def _verify_v3(
         self,
@@ -525,28 +601,28 @@ class EmulatorServer:
         body: bytes,
         authorization: str,
     ) -> str:
+        # The scheme first: a V4 (ACS4-, AWS4-) header names its credential AK/date/region/..., which
+        # would otherwise be refused as an unknown access key, a misleading answer.
+        if signing.authorization_scheme(authorization) not in signing.V3_ALGORITHMS:
+            raise self._unsupported_method(
+                f"{' and '.join(signing.V3_ALGORITHMS)} (V3) and {signing.V2_METHOD} (V2) signatures only"
+            )
         auth = signing.parse_v3_authorization(authorization)
         if auth is None:
             raise self._bad_signature()
         self._check_access_key(auth.access_key_id)
-        if auth.algorithm != signing.V3_ALGORITHM:
-            raise WireError(
-                ErrorCode.INCOMPLETE_SIGNATURE,
-                f"The signature algorithm is not supported, use {signing.V3_ALGORITHM}.",
-            )
         self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
-        required = {
-            "host",
-            "x-acs-action",
-            "x-acs-version",
-            "x-acs-date",
-            "x-acs-signature-nonce",
-            "x-acs-content-sha256",
-        }
-        if not required <= set(auth.signed_headers):
+        # The Python and Node SDKs send the SM3 payload hash as x-acs-content-sha256 too; the gateway
+        # clients as x-acs-content-sm3. Either is taken for ACS3-HMAC-SM3 (inferred from the SDKs).
+        content_header = "x-acs-content-sha256"
+        if auth.algorithm == signing.V3_SM3_ALGORITHM and "x-acs-content-sm3" in h.headers:
+            content_header = "x-acs-content-sm3"
+        required = {"host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce"}
+        if not required | {content_header} <= set(auth.signed_headers):
             raise self._bad_signature()
-        payload_hash = h.headers.get("x-acs-content-sha256", "")
-        if not signing.signatures_equal(payload_hash.lower(), signing.sha256_hex(body)):
+        payload_hash = h.headers.get(content_header, "")
+        if not signing.signatures_equal(payload_hash.lower(), signing.v3_hash_hex(auth.algorithm, body)):
+            # The body is not the one signed: a damaged or tampered request, not a wrong secret.
             raise self._bad_signature()
         headers: dict[str, str] = {}
         for name in auth.signed_headers:
@@ -554,10 +630,12 @@ class EmulatorServer:
             if values is None:
                 raise self._bad_signature()
             headers[name] = ",".join(sorted(v.strip() for v in values))
-        canonical = signing.v3_canonical_request(h.command, "/", query_pairs, headers, payload_hash)
-        expected = signing.v3_signature(self.config.access_key_secret, canonical)
-        if not signing.signatures_equal(auth.signature.lower(), expected):
+        if not _is_hex(auth.signature, len(signing.v3_hash_hex(auth.algorithm, b""))):
             raise self._bad_signature()
+        canonical = signing.v3_canonical_request(h.command, "/", query_pairs, headers, payload_hash)
+        expected = signing.v3_signature(self.config.access_key_secret, canonical, auth.algorithm)
+        if not signing.signatures_equal(auth.signature.lower(), expected):
+            raise self._wrong_signature()
         self._use_nonce(h.headers.get("x-acs-signature-nonce"))
         return h.headers.get("x-acs-version", "")
 
@@ -570,14 +648,13 @@ class EmulatorServer:
             )
         self._check_access_key(params.get("AccessKeyId"))
         if params.get("SignatureMethod") != signing.V2_METHOD:
-            raise WireError(
-                ErrorCode.INCOMPLETE_SIGNATURE,
-                f"The signature method is not supported, use {signing.V2_METHOD}.",
-            )
+            raise self._unsupported_method(f"{signing.V2_METHOD} for V2 signatures")
         self._check_timestamp(params.get("Timestamp"), "Timestamp")
+        if not _is_sha1_base64(params["Signature"]):
+            raise self._bad_signature()
         expected = signing.v2_signature(self.config.access_key_secret, method, params)
         if not signing.signatures_equal(params["Signature"], expected):
-            raise self._bad_signature()
+            raise self._wrong_signature()
         self._use_nonce(params.get("SignatureNonce"))
         return params.get("Version", "")
 
@@ -601,6 +678,18 @@ class EmulatorServer:
             allowed = bucket.take(time.monotonic())
         if not allowed:
             raise WireError(ErrorCode.REJECTED_THROTTLING, "QPS Limit Exceeded")
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _is_sha1_base64(value: str) -> bool:
+    """Base64 of 20 bytes: the shape of a V2 signature, whatever secret made it."""
+    try:
+        return len(base64.b64decode(value, validate=True)) == 20
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _read_body(h: _RequestHandler) -> bytes:

@@ -1,4 +1,5 @@
-"""The two Alibaba Cloud RPC request signatures (V3 ACS3-HMAC-SHA256 and V2 HMAC-SHA1), as pure functions.
+"""The Alibaba Cloud RPC request signatures (V3 ACS3-HMAC-SHA256 or ACS3-HMAC-SM3, V2 HMAC-SHA1), as pure
+functions.
 
 The server verifies with them and tests craft raw requests with them. No I/O, no clock, no state:
 timestamp skew and nonce replay are the server's business.
@@ -13,9 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+
 from provisioner.model import WIRE_TIME_FORMAT
 
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
+#: The Chinese national variant: SM3 in place of SHA-256, for the payload hash, the canonical
+#: request's hash and the HMAC (the SDKs' `signature_algorithm='ACS3-HMAC-SM3'`).
+V3_SM3_ALGORITHM = "ACS3-HMAC-SM3"
+V3_ALGORITHMS = (V3_ALGORITHM, V3_SM3_ALGORITHM)
 V2_METHOD = "HMAC-SHA1"
 V2_VERSION = "1.0"
 TIMESTAMP_FORMAT = WIRE_TIME_FORMAT
@@ -28,6 +36,26 @@ def percent_encode(value: str) -> str:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sm3_hex(data: bytes) -> str:
+    """SM3 (GB/T 32905-2016) through OpenSSL, which the cryptography wheels are built with."""
+    digest = hashes.Hash(hashes.SM3())
+    digest.update(data)
+    return digest.finalize().hex()
+
+
+def v3_hash_hex(algorithm: str, data: bytes) -> str:
+    """The payload and canonical-request hash of a V3 algorithm: SM3 for ACS3-HMAC-SM3, else SHA-256."""
+    return sm3_hex(data) if algorithm == V3_SM3_ALGORITHM else sha256_hex(data)
+
+
+def _hmac_hex(algorithm: str, key: bytes, message: bytes) -> str:
+    if algorithm == V3_SM3_ALGORITHM:
+        mac = crypto_hmac.HMAC(key, hashes.SM3())
+        mac.update(message)
+        return mac.finalize().hex()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
@@ -54,16 +82,24 @@ def v3_canonical_request(
     )
 
 
-def v3_signature(secret: str, canonical_request: str) -> str:
-    string_to_sign = f"{V3_ALGORITHM}\n{sha256_hex(canonical_request.encode('utf-8'))}"
-    return hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+def v3_signature(secret: str, canonical_request: str, algorithm: str = V3_ALGORITHM) -> str:
+    string_to_sign = f"{algorithm}\n{v3_hash_hex(algorithm, canonical_request.encode('utf-8'))}"
+    return _hmac_hex(algorithm, secret.encode("utf-8"), string_to_sign.encode("utf-8"))
 
 
-def v3_authorization(access_key_id: str, signed_header_names: Iterable[str], signature: str) -> str:
+def v3_authorization(
+    access_key_id: str, signed_header_names: Iterable[str], signature: str, algorithm: str = V3_ALGORITHM
+) -> str:
     return (
-        f"{V3_ALGORITHM} Credential={access_key_id},"
+        f"{algorithm} Credential={access_key_id},"
         f"SignedHeaders={';'.join(sorted(signed_header_names))},Signature={signature}"
     )
+
+
+def authorization_scheme(header: str) -> str:
+    """The first word of an `Authorization` header: the algorithm it claims (`ACS3-HMAC-SHA256`,
+    `ACS4-HMAC-SHA256`, `AWS4-HMAC-SHA256`, ...), "" for an empty header."""
+    return header.strip().partition(" ")[0]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ chooses whether private material is written at all.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sqlite3
@@ -63,6 +64,8 @@ CREATE TABLE IF NOT EXISTS import_tokens (
     expires INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS import_tokens_expires ON import_tokens (expires);
+CREATE TABLE IF NOT EXISTS nonces (nonce_hash TEXT PRIMARY KEY, expires INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires);
 """
 
 
@@ -213,6 +216,18 @@ class Store:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for callback in tx.after_commit:
                 callback()
+
+    def use_nonce(self, nonce: str, now: int, expires: int) -> bool:
+        """Record a request's signature nonce until `expires` (unix seconds); False when it is
+        recorded already and not yet expired. Expired ones are purged first, so the table holds only
+        the nonces of the last few minutes. Stored as SHA-256 hashes: a nonce may be long."""
+        digest = hashlib.sha256(nonce.encode("utf-8")).hexdigest()
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM nonces WHERE expires <= ?", (now,))
+            if tx.one("SELECT 1 FROM nonces WHERE nonce_hash = ?", (digest,)) is not None:
+                return False
+            tx.execute("INSERT INTO nonces (nonce_hash, expires) VALUES (?, ?)", (digest, expires))
+        return True
 
     def close(self) -> None:
         with self._lock:
