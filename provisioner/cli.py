@@ -260,11 +260,12 @@ def emulator() -> None:
 )
 @click.option(
     "--access-key-secret", default=emulator_defaults.DEFAULT_ACCESS_KEY_SECRET, show_default=True,
-    help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256 or V2 HMAC-SHA1).",
+    help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256 or ACS3-HMAC-SM3, V2 HMAC-SHA1).",
 )
 @click.option(
-    "--instance", "instances", multiple=True, metavar="ID=software|hardware",
-    help="KMS instance (repeatable; default kst-local-software and kst-local-hardware).",
+    "--instance", "instances", multiple=True, metavar="ID=software|hardware[,asymmetric-import=no]",
+    help="KMS instance (repeatable; default kst-local-software and kst-local-hardware); "
+    "asymmetric-import=no: it refuses EXTERNAL asymmetric keys.",
 )
 @click.option(
     "--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every answer."

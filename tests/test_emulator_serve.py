@@ -19,6 +19,7 @@ from alibabacloud_kms20160120 import models as kms
 from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.exceptions import ClientException
 from alibabacloud_tea_openapi.models import Config
+from wire_support import CREATE_QUERY, now_stamp, raw_v3
 
 from provisioner.cli import main
 from provisioner.emulator.server import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET
@@ -35,6 +36,8 @@ class Served:
         self.proc = proc
         self.url = url
         self.endpoint = url.removeprefix("http://")
+        host, _, port = self.endpoint.rpartition(":")
+        self.host, self.port = host, int(port)
 
     def client(self, **overrides: str) -> Client:
         options = {
@@ -145,6 +148,42 @@ def test_serve_applies_credentials_instances_and_qps(serve: Callable[..., Served
     assert served.stop()[0] == 0
 
 
+def test_serve_refuses_a_replay_after_a_restart_on_the_same_db(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    db = tmp_path / "kms.db"
+    signed = {"nonce": "replayed-nonce-1", "date": now_stamp()}
+    first = serve("--db", str(db))
+    assert raw_v3(first, "CreateKey", CREATE_QUERY, **signed)[0] == 200
+    assert first.stop()[0] == 0
+
+    second = serve("--db", str(db))
+    status, body = raw_v3(second, "CreateKey", CREATE_QUERY, **signed)
+
+    assert (status, body["Code"]) == (400, "SignatureNonceUsed")
+    assert body["Message"] == "Specified signature nonce was used already."
+    assert second.client().list_keys(kms.ListKeysRequest()).body.total_count == 1
+    assert second.stop()[0] == 0
+
+
+def test_serve_instance_without_asymmetric_import_refuses_external_keys(serve: Callable[..., Served]) -> None:
+    served = serve(
+        "--instance", "kst-local-software=software", "--instance", "kst-closed=hardware,asymmetric-import=no",
+    )
+    client = served.client()
+
+    with pytest.raises(ClientException) as refused:
+        create_key(client, "nowhere to import", instance="kst-closed")
+    key_id = create_key(client, "the open one")
+
+    assert (refused.value.code, refused.value.status_code) == ("Unsupported.Origin", 400)
+    assert refused.value.data["Message"] == (
+        "KMS instance kst-closed does not take asymmetric keys with imported material (Origin EXTERNAL)"
+    )
+    assert client.list_keys(kms.ListKeysRequest()).body.keys.key[0].key_id == key_id
+    assert served.stop()[0] == 0
+
+
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -168,7 +207,15 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         (["--qps", "read=-1"], "and N a number from 0.01 to 10000, got 'read=-1'"),
         (["--qps", "read=0"], "got 'read=0'"),
         (["--qps", "read"], "got 'read'"),
-        (["--instance", "kst-x=cloud"], "expected ID=software|hardware, got 'kst-x=cloud'"),
+        (
+            ["--instance", "kst-x=cloud"],
+            "expected ID=software|hardware[,asymmetric-import=yes|no], got 'kst-x=cloud'",
+        ),
+        (
+            ["--instance", "kst-x=software,asymmetric-import=maybe"],
+            "expected ID=software|hardware[,asymmetric-import=yes|no], got "
+            "'kst-x=software,asymmetric-import=maybe'",
+        ),
         (["--fault-rate", "2"], "2.0 is not in the range 0.0<=x<=1.0"),
         (["--latency-ms", "-1"], "-1.0 is not in the range x>=0"),
         (["--port", "70000"], "70000 is not in the range 0<=x<=65535"),

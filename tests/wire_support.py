@@ -10,13 +10,20 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
-
-from conftest import RunningEmulator
 
 from provisioner.emulator import signing
 from provisioner.emulator.server import API_VERSION, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET
+
+
+class RunningEmulator(Protocol):
+    """Where a server listens: a conftest.RunningEmulator, or a `provision emulator serve` process."""
+
+    host: str
+    port: int
+    endpoint: str
+
 
 CREATE_QUERY = {
     "KeySpec": "RSA_2048",
@@ -112,6 +119,7 @@ def v2_request(
     response_format: str = "json",
     secret: str = DEFAULT_ACCESS_KEY_SECRET,
     signature: str | None = None,
+    signature_method: str = signing.V2_METHOD,
 ) -> RawAnswer:
     params = {
         "Action": action,
@@ -119,7 +127,7 @@ def v2_request(
         "Format": response_format,
         "Timestamp": timestamp if timestamp is not None else now_stamp(),
         "SignatureNonce": nonce or uuid.uuid4().hex,
-        "SignatureMethod": signing.V2_METHOD,
+        "SignatureMethod": signature_method,
         "SignatureVersion": signing.V2_VERSION,
         "AccessKeyId": DEFAULT_ACCESS_KEY_ID,
         **query,

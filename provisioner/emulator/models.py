@@ -16,6 +16,7 @@ import re
 import secrets
 import sqlite3
 import string
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ DEFAULT_INSTANCES: Mapping[str, str] = {
     "kst-local-software": "software",
     "kst-local-hardware": "hardware",
 }
+INSTANCE_KINDS = ("software", "hardware")
+
+
+@dataclass(frozen=True)
+class InstanceSetup:
+    """How one emulated KMS instance is set up: its kind, and whether it takes asymmetric keys
+    with imported material (the vendor's pages disagree on hardware instances: DESIGN section 3)."""
+
+    kind: str
+    asymmetric_import: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in INSTANCE_KINDS:
+            raise ValueError(f"kind must be software or hardware, not {self.kind!r}")
 
 #: Every error code the engine answers, with its HTTP status (kms-api-notes.md, "Error codes").
 STATUS: Mapping[ErrorCode, int] = {
@@ -295,8 +310,13 @@ def parse_json(name: str, value: str | None) -> Any:
         return json.loads(value)
     except RecursionError:  # unreachable after the depth scan; kept so no input can crash a call
         raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is JSON nested too deep") from None
-    except ValueError:  # JSONDecodeError, and numbers of more digits than int() takes
+    except json.JSONDecodeError:
         raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} is not valid JSON") from None
+    except ValueError:  # an integer of more digits than int() takes (sys.get_int_max_str_digits)
+        raise KmsError(
+            ErrorCode.INVALID_PARAMETER,
+            f"{name} is JSON with a number of more than {sys.get_int_max_str_digits()} digits",
+        ) from None
 
 
 def parse_tags_json(name: str, value: str | None) -> list[tuple[str, str]] | None:
@@ -384,19 +404,24 @@ class KmsEngine:
         self,
         db_path: str | None = None,
         *,
-        instances: Mapping[str, str] | None = None,
+        instances: Mapping[str, str | InstanceSetup] | None = None,
         clock: Callable[[], datetime] | None = None,
         region: str = "cn-hangzhou",
         account_id: str = "1234567890123456",
         persist_private_keys: bool = True,
         read_only: bool = False,
     ) -> None:
-        """`read_only`: work on an in-memory copy of `db_path` and never write the file."""
-        chosen = dict(DEFAULT_INSTANCES if instances is None else instances)
-        for instance_id, kind in chosen.items():
-            if kind not in ("software", "hardware"):
-                raise ValueError(f"instance {instance_id}: kind must be software or hardware, not {kind!r}")
-        self.instances: dict[str, str] = chosen
+        """`instances`: id -> kind (`software`, `hardware`) or an InstanceSetup.
+        `read_only`: work on an in-memory copy of `db_path` and never write the file."""
+        chosen: dict[str, InstanceSetup] = {}
+        for instance_id, setup in (DEFAULT_INSTANCES if instances is None else instances).items():
+            try:
+                chosen[instance_id] = setup if isinstance(setup, InstanceSetup) else InstanceSetup(setup)
+            except ValueError as e:
+                raise ValueError(f"instance {instance_id}: {e}") from None
+        #: The kind of each instance, by id.
+        self.instances: dict[str, str] = {i: s.kind for i, s in chosen.items()}
+        self._no_asymmetric_import = frozenset(i for i, s in chosen.items() if not s.asymmetric_import)
         self.region = region
         self.account_id = account_id
         self.persist_private_keys = persist_private_keys
@@ -622,6 +647,15 @@ class KmsEngine:
         if kind is None:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER, f"DKMSInstanceId {instance} is not a KMS instance of this region"
+            )
+        if instance in self._no_asymmetric_import:
+            # Inferred code: where an instance takes no asymmetric import, the vendor's guide says
+            # only "contact technical support"; refusing at CreateKey leaves no key behind that
+            # could never be used, and Unsupported.Origin names what is refused (EXTERNAL here).
+            raise KmsError(
+                ErrorCode.UNSUPPORTED_ORIGIN,
+                f"KMS instance {instance} does not take asymmetric keys with imported material "
+                f"(Origin {key_origin.value})",
             )
         native = ProtectionLevel.HSM if kind == "hardware" else ProtectionLevel.SOFTWARE
         level: ProtectionLevel = _enum("ProtectionLevel", ProtectionLevel, protection_level or native.value)

@@ -34,7 +34,7 @@ from provisioner.emulator.defaults import (
     DEFAULT_HOST,
     DEFAULT_PORT,
 )
-from provisioner.emulator.models import KmsEngine, KmsError
+from provisioner.emulator.models import INSTANCE_KINDS, InstanceSetup, KmsEngine, KmsError
 from provisioner.emulator.responses import KmsResponses, to_xml
 from provisioner.wire import QPS_MAX, QPS_MIN, QUOTA_GROUPS, ErrorCode
 
@@ -50,7 +50,7 @@ XML_CONTENT_TYPE = "text/xml;charset=utf-8"
 #: The vendor's error diagnosis page, which every error body links to as `Recommend`.
 TROUBLESHOOT_URL = "https://api.aliyun.com/troubleshoot"
 QUOTA_GROUP_NAMES = frozenset(QUOTA_GROUPS.values())
-INSTANCE_KINDS = ("software", "hardware")
+INSTANCE_FORMAT = "ID=software|hardware[,asymmetric-import=yes|no]"
 
 #: Signature and routing parameters; the rest is the action's own input.
 COMMON_PARAMS = frozenset(
@@ -140,7 +140,7 @@ class EmulatorConfig:
     db: str | None = None
     access_key_id: str = DEFAULT_ACCESS_KEY_ID
     access_key_secret: str = field(default=DEFAULT_ACCESS_KEY_SECRET, repr=False)
-    instances: Mapping[str, str] | None = None
+    instances: Mapping[str, str | InstanceSetup] | None = None
     latency_ms: float = 0.0
     qps: dict[str, float] = field(default_factory=dict)
     fault_rate: float = 0.0
@@ -170,9 +170,10 @@ class EmulatorConfig:
                 raise ValueError(f"unknown quota group {group!r} (one of {known})")
             if not QPS_MIN <= rate <= QPS_MAX:
                 raise ValueError(f"qps for {group} must be from {QPS_MIN:g} to {QPS_MAX:g}, got {rate:g}")
-        for instance_id, kind in (self.instances or {}).items():
+        for instance_id, setup in (self.instances or {}).items():
+            kind = setup.kind if isinstance(setup, InstanceSetup) else setup
             if not instance_id or kind not in INSTANCE_KINDS:
-                raise ValueError(f"instance must be ID=software|hardware, got {instance_id}={kind}")
+                raise ValueError(f"instance must be {INSTANCE_FORMAT}, got {instance_id}={kind}")
 
 
 def parse_qps(items: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -193,14 +194,22 @@ def parse_qps(items: list[str] | tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def parse_instances(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """`ID=software|hardware` strings (repeatable flag) to a dict; ValueError names the bad item."""
-    out: dict[str, str] = {}
+#: The values `asymmetric-import=` takes.
+_YES_NO = {"yes": True, "no": False}
+
+
+def parse_instances(items: list[str] | tuple[str, ...]) -> dict[str, InstanceSetup]:
+    """`ID=software|hardware[,asymmetric-import=yes|no]` strings (repeatable flag) to a dict;
+    ValueError names the bad item. Asymmetric import is allowed unless turned off."""
+    out: dict[str, InstanceSetup] = {}
     for item in items:
-        instance_id, sep, kind = item.partition("=")
-        if not sep or not instance_id or kind not in INSTANCE_KINDS:
-            raise ValueError(f"expected ID=software|hardware, got {item!r}")
-        out[instance_id] = kind
+        instance_id, sep, rest = item.partition("=")
+        kind, comma, options = rest.partition(",")
+        name, equals, value = options.partition("=")
+        good_options = not comma or (name == "asymmetric-import" and equals and value in _YES_NO)
+        if not sep or not instance_id or kind not in INSTANCE_KINDS or not good_options:
+            raise ValueError(f"expected {INSTANCE_FORMAT}, got {item!r}")
+        out[instance_id] = InstanceSetup(kind, asymmetric_import=_YES_NO.get(value, True))
     return out
 
 
@@ -294,6 +303,35 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # Headers and body leave in one segment: split writes meet Nagle plus delayed ACK (40 ms a call).
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
+
+    def handle_one_request(self) -> None:
+        """One request, as the stdlib reads it but for the request line: the stdlib refuses one over
+        64 KiB with an HTML 414, and the SDKs put every parameter in the query, so a long parameter
+        must reach the parameter checks and their InvalidParameter instead (up to MAX_BODY_BYTES)."""
+        try:
+            line = self.rfile.readline(MAX_BODY_BYTES + 1)
+            if not line:
+                self.close_connection = True
+                return
+            if len(line) > MAX_BODY_BYTES:
+                self.close_connection = True
+                self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+                emulator = self.server.emulator
+                refusal = emulator.error_body(
+                    ErrorCode.INVALID_PARAMETER, "The request line is too long.", new_request_id()
+                )
+                self.send_json(ErrorCode.INVALID_PARAMETER.status, refusal)
+                return
+            self.raw_requestline = line
+            if not self.parse_request():
+                return
+            if self.command not in ("GET", "POST"):
+                self.send_error(501, f"Unsupported method ({self.command})")
+                return
+            self.server.emulator.dispatch(self)
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
 
     def do_POST(self) -> None:
         self.server.emulator.dispatch(self)
@@ -443,7 +481,7 @@ class EmulatorServer:
             query_action = dict(parse_qsl(url.query)).get("Action")
             self._count(h.headers.get("x-acs-action") or query_action or UNKNOWN_ACTION)
             h.close_connection = True
-            h.send_json(e.status, self._error_body(e.code, e.message, request_id), request_id)
+            h.send_json(e.status, self.error_body(e.code, e.message, request_id), request_id)
             return
         authorization = h.headers.get("Authorization")
         reply = self._answer(h, url.path, url.query, body, authorization, request_id)
@@ -457,7 +495,7 @@ class EmulatorServer:
         else:
             h.send_json(reply.status, reply.body, answer_id)
 
-    def _error_body(self, code: ErrorCode, message: str, request_id: str) -> dict[str, Any]:
+    def error_body(self, code: ErrorCode, message: str, request_id: str) -> dict[str, Any]:
         """The vendor's error body: HostId is the endpoint called, Recommend its diagnosis page."""
         query = urlencode({"q": code.value, "product": "Kms", "requestId": request_id})
         return {
@@ -514,7 +552,7 @@ class EmulatorServer:
             result.setdefault("RequestId", request_id)
             return _Reply(200, result, action, xml)
         except (WireError, KmsError) as e:
-            return _Reply(e.status, self._error_body(e.code, e.message, request_id), action, xml)
+            return _Reply(e.status, self.error_body(e.code, e.message, request_id), action, xml)
         except Exception as e:
             # No parameters and no exception text: either may hold key material or a token.
             frames = "".join(traceback.format_tb(e.__traceback__))
@@ -524,7 +562,7 @@ class EmulatorServer:
                 file=sys.stderr,
                 flush=True,
             )
-            failure = self._error_body(ErrorCode.INTERNAL_FAILURE, "Internal Failure", request_id)
+            failure = self.error_body(ErrorCode.INTERNAL_FAILURE, "Internal Failure", request_id)
             return _Reply(500, failure, action, xml)
 
     def _count(self, action: str) -> None:
