@@ -260,7 +260,7 @@ def emulator() -> None:
 )
 @click.option(
     "--access-key-secret", default=emulator_defaults.DEFAULT_ACCESS_KEY_SECRET, show_default=True,
-    help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256 or ACS3-HMAC-SM3, V2 HMAC-SHA1).",
+    help="Its secret; requests must be signed with it (V3 ACS3-HMAC-SHA256, ACS3-HMAC-SM3 or V2).",
 )
 @click.option(
     "--instance", "instances", multiple=True, metavar="ID=software|hardware[,asymmetric-import=no]",
