@@ -176,51 +176,17 @@ def _render_now(
     source: str, display: str, variables: Mapping[str, object], environ: Mapping[str, str],
     diags: list[Diagnostic], policy: EnvPolicy | None, record: EnvReads,
 ) -> str | None:
-    try:
-        template = _JINJA.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        # The line's text is not quoted: a file that is no manifest (a token, a key) must not be shown.
-        message = f"template syntax error: {without_quotes(e.message or 'invalid template')}"
-        diags.append(Diagnostic(Location(display, e.lineno, 1), message))
-        return None
-    except Exception as e:  # a deeply nested expression, say: report it, never crash
-        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {type(e).__name__}"))
+    template = _template(source, display, diags)
+    if template is None:
         return None
     record.template = template
     env_fn = _env_function(record, policy or EnvPolicy.from_sources((), environ), environ)
     context: dict[str, object] = {**variables, "env": env_fn}
-    undefined: list[tuple[str, int]] = []  # (name, template line), in the order met
-    rendered: str | None = None
-    failure: Diagnostic | None = None
-    while rendered is None and len(undefined) < _MAX_UNDEFINED_REPORTED:
-        try:
-            rendered = sandbox.render_bounded(template, context)
-        except Exception as e:  # a user's template can raise anything: report it, never crash
-            line = _template_line(e.__traceback__)
-            m = _UNDEFINED_NAME.match(str(e)) if isinstance(e, jinja2.UndefinedError) else None
-            if m is not None and m.group(1) not in context and _ENV_NAME.fullmatch(m.group(1)) \
-                    and m.group(1) in source:
-                # Render on with a stand-in, so that one run reports every undefined name.
-                undefined.append((m.group(1), line))
-                context[m.group(1)] = ""
-                continue
-            if not undefined:  # a later error is likely an effect of a stand-in: not reported
-                problem = _template_problem(e, record)
-                failure = Diagnostic(Location(display, line, 1 if line else 0), f"template error: {problem}")
-            break
+    rendered, undefined, failure = _render_all(template, context, source, display, record)
     if record.refused or record.bad_names:
         # A refused read ends the file: nothing else it caused is reported (a stand-in "" may cause
         # errors of its own), and its rendered text is dropped.
-        for name, line, rule in record.refused:
-            at = env_location(display, source, line, name)
-            diags.append(Diagnostic(at, refusal_message(record, name, rule)))
-        for line in record.bad_names:
-            diags.append(
-                Diagnostic(
-                    env_location(display, source, line, None),
-                    "env() takes the name of an environment variable (letters, digits and _)",
-                )
-            )
+        diags.extend(_refused_reads(display, source, record))
         return None
     if failure is not None:
         diags.append(failure)
@@ -239,6 +205,60 @@ def _render_now(
             diags.append(Diagnostic(env_location(display, source, line, name), message))
         return None
     return rendered
+
+
+def _template(source: str, display: str, diags: list[Diagnostic]) -> jinja2.Template | None:
+    try:
+        return _JINJA.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        # The line's text is not quoted: a file that is no manifest (a token, a key) must not be shown.
+        message = f"template syntax error: {without_quotes(e.message or 'invalid template')}"
+        diags.append(Diagnostic(Location(display, e.lineno, 1), message))
+        return None
+    except Exception as e:  # a deeply nested expression, say: report it, never crash
+        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {type(e).__name__}"))
+        return None
+
+
+def _render_all(
+    template: jinja2.Template, context: dict[str, object], source: str, display: str, record: EnvReads
+) -> tuple[str | None, list[tuple[str, int]], Diagnostic | None]:
+    """Render, standing in "" for each undefined name the file spells out, so one run reports
+    them all: (the text or None, the undefined names with their template lines, a failure)."""
+    undefined: list[tuple[str, int]] = []  # (name, template line), in the order met
+    while len(undefined) < _MAX_UNDEFINED_REPORTED:
+        try:
+            return sandbox.render_bounded(template, context), undefined, None
+        except Exception as e:  # a user's template can raise anything: report it, never crash
+            line = _template_line(e.__traceback__)
+            m = _UNDEFINED_NAME.match(str(e)) if isinstance(e, jinja2.UndefinedError) else None
+            if m is not None and m.group(1) not in context and _ENV_NAME.fullmatch(m.group(1)) \
+                    and m.group(1) in source:
+                undefined.append((m.group(1), line))
+                context[m.group(1)] = ""
+                continue
+            if undefined:  # a later error is likely an effect of a stand-in: not reported
+                return None, undefined, None
+            problem = _template_problem(e, record)
+            return None, undefined, Diagnostic(
+                Location(display, line, 1 if line else 0), f"template error: {problem}"
+            )
+    return None, undefined, None
+
+
+def _refused_reads(display: str, source: str, record: EnvReads) -> list[Diagnostic]:
+    out = [
+        Diagnostic(env_location(display, source, line, name), refusal_message(record, name, rule))
+        for name, line, rule in record.refused
+    ]
+    out.extend(
+        Diagnostic(
+            env_location(display, source, line, None),
+            "env() takes the name of an environment variable (letters, digits and _)",
+        )
+        for line in record.bad_names
+    )
+    return out
 
 
 def _template_problem(e: Exception, record: EnvReads) -> str:

@@ -477,18 +477,24 @@ def _check_material_block(
             fingerprint=block.get("fingerprint"), location=at,
         )
     if kind is SourceKind.COMMAND and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        from provisioner.trust import never_readable_rule
-
         names = tuple(v for v in pass_env or () if isinstance(v, str))
-        for i, variable in enumerate(names):
-            # The name rule here, also for --offline-material; the value rule when material is read.
-            rule = never_readable_rule(variable, {})
-            if rule is not None:
-                where = doc.loc((*base, "material", "pass_env", i))
-                diags.append(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))
+        _check_pass_env_names(doc, name, base, names, diags)
         return MaterialSource(
             kind=kind, command=tuple(value), passphrase_env=block.get("passphrase_env"),
             fingerprint=block.get("fingerprint"), location=at, pass_env=names,
         )
     return None  # ill-typed: the schema reported it
 
+
+def _check_pass_env_names(
+    doc: Doc, name: str, base: DocPath, names: tuple[str, ...], diags: list[Diagnostic]
+) -> None:
+    """The name rule of pass_env, here so it holds for --offline-material too; the value rule
+    applies when the material is read."""
+    from provisioner.trust import never_readable_rule
+
+    for i, variable in enumerate(names):
+        rule = never_readable_rule(variable, {})
+        if rule is not None:
+            where = doc.loc((*base, "material", "pass_env", i))
+            diags.append(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))
