@@ -348,6 +348,17 @@ def test_every_plan_and_drift_header_names_its_endpoint(
     rc, out, _ = run_main(["drift", "manifests", "--format", "markdown", *args], capsys)
     assert rc == 2
     assert out.splitlines()[:3] == ["## Drift for stack `payments`", "", f"Endpoint: `{emulator.url}`"]
+    rc, out, _ = run_main(["show", "manifests", *args], capsys)
+    assert rc == 0
+    assert out.splitlines()[:2] == [
+        f"Stack 'payments', backend alibaba (region {REGION})", f"Endpoint: {emulator.url}"
+    ]
+    rc, out, _ = run_main(["show", "manifests", "--format", "json", *args], capsys)
+    assert rc == 0
+    assert json.loads(out)["backend"] == {"type": "alibaba", "endpoint": emulator.url, "region": REGION}
+    rc, out, _ = run_main(["discover", *args], capsys)
+    assert rc == 0
+    assert out.splitlines()[0] == f"# Written by `provision discover` from {emulator.url}:"
 
 
 # ---------------------------------------------------------------------- reading writes nothing
@@ -357,7 +368,7 @@ def listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_validate_plan_and_drift_write_nothing_then_apply_works(
+def test_validate_plan_drift_show_and_discover_write_nothing_then_apply_works(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = listing(workdir)
@@ -369,6 +380,10 @@ def test_validate_plan_and_drift_write_nothing_then_apply_works(
         "type": "local", "path": ".provision/kms.db", "endpoint": "local:.provision/kms.db"
     }
     assert run_main(["drift", "manifests"], capsys)[0] == 2
+    rc, out, _ = run_main(["show", "manifests"], capsys)
+    assert (rc, out.splitlines()[-1]) == (0, "0 managed key(s).")
+    rc, out, _ = run_main(["discover"], capsys)
+    assert (rc, out.splitlines()[-1]) == (0, "keys: {}")
     assert listing(workdir) == before
     assert not (workdir / ".provision").exists()
 
@@ -385,6 +400,9 @@ def test_validate_plan_and_drift_write_nothing_then_apply_works(
     assert rc == 0
     assert "No changes." in out
     assert run_main(["drift", "manifests"], capsys)[0] == 0
+    rc, out, _ = run_main(["show", "manifests"], capsys)
+    assert (rc, out.splitlines()[-1]) == (0, "3 managed key(s).")
+    assert run_main(["discover"], capsys)[0] == 0
     assert listing(workdir) == before
 
 
@@ -400,7 +418,7 @@ def foreign_database(path: Path, *, wal: bool) -> bytes:
 
 
 @pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
-@pytest.mark.parametrize("command", [["plan"], ["drift"], ["apply", "--auto-approve"]])
+@pytest.mark.parametrize("command", [["plan"], ["drift"], ["show"], ["apply", "--auto-approve"]])
 def test_another_programs_database_is_refused_and_unchanged(
     workdir: Path, command: list[str], wal: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
