@@ -99,7 +99,11 @@ def make_show(
     """Every live key of the stack (of the `targets` names only, when given). Pure."""
     chosen = None if targets is None else frozenset(targets)
     names = sorted(name for name in live.keys if chosen is None or name in chosen)
-    keys = tuple(ShownKey.of(name, key) for name in names for key in live.keys[name])
+    keys = tuple(
+        ShownKey.of(name, key)
+        for name in names
+        for key in sorted(live.keys[name], key=lambda k: (k.created_at, k.key_id))
+    )
     missing = tuple(
         d.name
         for d in desired.keys
