@@ -30,7 +30,7 @@ from provisioner.model import (
     format_time,
     is_reserved_alias,
 )
-from provisioner.refresh import TAG_CHUNK, actual_from_metadata, proven_fingerprint
+from provisioner.refresh import TAG_CHUNK, actual_from_metadata, describe_if_exists, proven_fingerprint
 
 #: The stack of the generated document when --stack does not name one.
 DEFAULT_STACK = "discovered"
@@ -70,29 +70,31 @@ def discover(kms: Kms, *, now: datetime, concurrency: int = 8) -> Discovery:
     """Read every key of the region and keep the EXTERNAL ones that carry no stack's tag and no
     reserved alias (a claim or a lock: the provisioner's own)."""
     ids = sorted(kms.list_keys())
+    chunks = [ids[i : i + TAG_CHUNK] for i in range(0, len(ids), TAG_CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="discover") as pool:
         aliases_future = pool.submit(kms.list_aliases)
-        tag_futures = [
-            pool.submit(kms.list_tag_resources, resource_ids=ids[i : i + TAG_CHUNK])
-            for i in range(0, len(ids), TAG_CHUNK)
-        ]
-        described = list(pool.map(kms.describe_key, ids))
         tags: dict[str, dict[str, str]] = {key_id: {} for key_id in ids}
-        for future in tag_futures:
-            for row in future.result():
+        for rows in pool.map(lambda chunk: kms.list_tag_resources(resource_ids=chunk), chunks):
+            for row in rows:
                 tags.setdefault(row.resource_id, {})[row.key] = row.value
         aliases: dict[str, list[str]] = {}
         for entry in aliases_future.result():
             aliases.setdefault(entry.key_id, []).append(entry.alias_name)
+        # A stack's key, or one holding a claim or the lock alias (the provisioner's bookkeeping), is
+        # someone's already: only the others cost a DescribeKey.
+        unclaimed = [
+            key_id
+            for key_id in ids
+            if TAG_STACK not in tags[key_id]
+            and not any(is_reserved_alias(a) for a in aliases.get(key_id, ()))
+        ]
+        described = [m for m in pool.map(lambda key_id: describe_if_exists(kms, key_id), unclaimed) if m]
 
         notes: list[str] = []
         kept: list[KeyMetadata] = []
         for meta in described:
-            held = aliases.get(meta.key_id, [])
-            if meta.origin is not Origin.EXTERNAL or TAG_STACK in tags[meta.key_id]:
+            if meta.origin is not Origin.EXTERNAL:
                 continue
-            if any(is_reserved_alias(a) for a in held):
-                continue  # a claim or a lock key: the provisioner's bookkeeping
             if meta.key_state is KeyState.PENDING_DELETION:
                 notes.append(f"key {meta.key_id}: left out: it is pending deletion")
                 continue

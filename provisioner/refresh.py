@@ -145,7 +145,7 @@ def _read(
 
     def describe_soon(key_id: str, found: Mapping[str, str]) -> None:
         if key_id not in describing and chosen(found):
-            describing[key_id] = pool.submit(_describe, kms, key_id)
+            describing[key_id] = pool.submit(describe_if_exists, kms, key_id)
 
     tags = _stack_tags(kms, stack, on_stack_key=describe_soon)
     ids = sorted(key_id for key_id, found in tags.items() if chosen(found))
@@ -203,7 +203,8 @@ def _stack_tags(
     return {key_id: dict(found) for key_id, found in tags.items() if found.get(TAG_STACK) == stack}
 
 
-def _describe(kms: Kms, key_id: str) -> KeyMetadata | None:
+def describe_if_exists(kms: Kms, key_id: str) -> KeyMetadata | None:
+    """DescribeKey, or None for a key deleted since it was listed."""
     try:
         return kms.describe_key(key_id)
     except KmsApiError as e:

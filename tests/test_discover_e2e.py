@@ -167,8 +167,10 @@ def test_discover_prints_yaml_for_unmanaged_external_keys_only(account: Backend,
     run, calls = discover(account, "--stack", "found")
     assert run.code == 0, run.stderr
     assert set(calls) <= READ_ONLY_ACTIONS - {"GetParametersForImport"}, calls
-    # One GetPublicKey: the enabled key with material; the disabled and the empty one are not asked.
-    assert calls["GetPublicKey"] == 1 and calls["ListKeys"] == 1 and calls["ListAliases"] == 1
+    # The tags and aliases of all seven keys come in one page each; DescribeKey only for the four that
+    # no stack tag or reserved alias claims; GetPublicKey only for the enabled one with material.
+    pages = {"ListKeys": 1, "ListTagResources": 1, "ListAliases": 1}
+    assert calls == {**pages, "DescribeKey": 4, "GetPublicKey": 1}
     assert run.stderr.splitlines()[-1] == f"warning: key {doomed}: left out: it is pending deletion"
     assert "\x1b" not in run.stdout and SECRET not in run.stdout
     fp = fingerprint_of_key_file(signing_pem)
