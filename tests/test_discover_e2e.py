@@ -167,7 +167,7 @@ def test_discover_prints_yaml_for_unmanaged_external_keys_only(account: Backend,
     run, calls = discover(account, "--stack", "found")
     assert run.code == 0, run.stderr
     assert set(calls) <= READ_ONLY_ACTIONS - {"GetParametersForImport"}, calls
-    # The tags and aliases of all seven keys come in one page each; DescribeKey only for the four that
+    # The tags and aliases of all six keys come in one page each; DescribeKey only for the four that
     # no stack tag or reserved alias claims; GetPublicKey only for the enabled one with material.
     pages = {"ListKeys": 1, "ListTagResources": 1, "ListAliases": 1}
     assert calls == {**pages, "DescribeKey": 4, "GetPublicKey": 1}
