@@ -605,6 +605,22 @@ def test_tag_and_alias_accept_edges() -> None:
     assert manifest.alias_problem("alias/a/b_c-d") is None
     assert manifest.alias_problem("alias/" + "a" * 256) is not None
     assert manifest.alias_problem("alias/ACS-x") == 'alias "alias/ACS-x" must not start with "alias/acs"'
+    reserved = (
+        ' is reserved for the provisioner ("alias/byok-provisioner/..." claims an identity, '
+        '"alias/byok-provisioner-lock/..." locks a stack)'
+    )
+    for alias in ("alias/byok-provisioner/payments/receipts", "alias/byok-provisioner-lock/payments"):
+        assert manifest.alias_problem(alias) == f'alias "{alias}"' + reserved
+    assert manifest.alias_problem("alias/byok-provisioners") is None
+
+
+def test_a_reserved_alias_in_a_manifest_is_a_located_error(tmp_path: Path) -> None:
+    extra = "    aliases: [alias/ok, alias/byok-provisioner/s/k]\n"
+    f = write(tmp_path, "a.yaml", GOOD.format(stack="s", keys=key_yaml("k", extra=extra)))
+    assert errors_of(f) == [
+        f'{f}:10:25: error: alias "alias/byok-provisioner/s/k" is reserved for the provisioner '
+        '("alias/byok-provisioner/..." claims an identity, "alias/byok-provisioner-lock/..." locks a stack)'
+    ]
 
 
 def _plain_yaml_documents() -> list[tuple[str, Any]]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from provisioner import manifest
 from provisioner.errors import ManifestError
+from provisioner.model import is_reserved_alias
 
 TAG_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 /\\_-.+=:@"
 ALIAS_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/"
@@ -30,7 +31,7 @@ tag_sets = st.dictionaries(tag_keys, tag_values, max_size=manifest.MAX_USER_TAGS
 alias_names = (
     st.text(ALIAS_ALPHABET, min_size=1, max_size=255)
     .map(lambda s: "alias/" + s)
-    .filter(lambda a: not a.lower().startswith("alias/acs"))
+    .filter(lambda a: not a.lower().startswith("alias/acs") and not is_reserved_alias(a))
 )
 alias_sets = st.lists(alias_names, unique=True, max_size=6)
 

@@ -18,7 +18,9 @@ from typing import Any
 from provisioner.manifest.positions import Doc
 from provisioner.manifest.words import DocPath, show_value
 from provisioner.model import (
+    CLAIM_ALIAS_PREFIX,
     DEFAULT_DELETION_WINDOW_DAYS,
+    LOCK_ALIAS_PREFIX,
     MAX_TAGS_PER_KEY,
     RESERVED_TAGS,
     BackendConfig,
@@ -31,6 +33,7 @@ from provisioner.model import (
     MaterialSource,
     ProtectionLevel,
     SourceKind,
+    is_reserved_alias,
 )
 from provisioner.specs import importable_specs
 
@@ -92,6 +95,11 @@ def alias_problem(alias: str, show: Callable[..., str] | None = None) -> str | N
         return f'alias {quote(alias)} must start with "alias/"'
     if alias.lower().startswith(FORBIDDEN_ALIAS_PREFIX):
         return f'alias {quote(alias)} must not start with "{FORBIDDEN_ALIAS_PREFIX}"'
+    if is_reserved_alias(alias):
+        return (
+            f'alias {quote(alias)} is reserved for the provisioner ("{CLAIM_ALIAS_PREFIX}..." claims an '
+            f'identity, "{LOCK_ALIAS_PREFIX}..." locks a stack)'
+        )
     rest = alias.removeprefix("alias/")
     if not rest:
         return f'alias {quote(alias)} needs a name after "alias/"'
