@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from plan_builders import actual_key, desired_key, live_state, manifest
 
-from provisioner import render
+from provisioner import views
 from provisioner.model import KeyState
 from provisioner.show import make_show
 
@@ -52,11 +52,11 @@ def test_views_escape_what_kms_returns() -> None:
     hostile = "key-\x1b[2J\u202eevil\nline"
     live = live_state([actual_key({"name": "a", "key_id": hostile, "aliases": ["alias/a"]})])
     report = make_show(manifest([desired_key("a")]), live, backend={**BACKEND, "endpoint": "x\x1b]0;t\x07"})
-    text = render.render_show_text(report)
+    text = views.SHOW.view("text").show(report)
     assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
     assert text.splitlines()[1] == "Endpoint: x\\u001b]0;t\\u0007"
     assert text.splitlines()[3] == "  a (key-\\u001b[2J\\u202eevil\\u000aline): enabled"
-    doc = render.render_show_json(report)
+    doc = views.SHOW.view("json").show(report)
     assert "\x1b" not in doc and "\u202e" not in doc
     assert json.loads(doc)["keys"][0]["key_id"] == "key-\\u001b[2J\\u202eevil\\u000aline"
     assert json.loads(doc)["keys"][0]["arn"].endswith("key/key-\\u001b[2J\\u202eevil\\u000aline")
@@ -66,7 +66,7 @@ def test_text_view_says_no_material_for_a_key_without_any() -> None:
     key = actual_key({"name": "a", "status": "pending-import", "fingerprint": None})
     empty = replace(key, key_state=KeyState.PENDING_IMPORT)
     report = make_show(manifest([desired_key("a")]), live_state([empty]), backend=BACKEND)
-    text = render.render_show_text(report)
+    text = views.SHOW.view("text").show(report)
     lines = text.splitlines()
     assert lines[3] == "  a (key-a): PendingImport"
     assert '      material_expiry = "no material"' in lines and "      fingerprint = null" in lines
