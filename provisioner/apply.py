@@ -21,6 +21,7 @@ from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
     KeyState,
+    KeyStatus,
     LiveState,
     ManifestSet,
 )
@@ -203,8 +204,31 @@ class _Applier:
     def _run(self, change: Change, outcome: KeyOutcome) -> None:
         key_id = change.key_id
         version = arn = ""
+        emptied = False  # a cancelled deletion gave back a key without material
         for action in change.actions:
-            if action is Action.CREATE:
+            if action is Action.CANCEL_DELETION:
+                assert key_id is not None
+                emptied = self._cancel_deletion(key_id) is KeyState.PENDING_IMPORT
+                outcome.done.append(
+                    "deletion cancelled" + (" (back in PendingImport: no material)" if emptied else "")
+                )
+            elif action is Action.ENABLE:
+                assert key_id is not None
+                self.kms.enable_key(key_id)
+                self._expect_state(key_id, KeyState.ENABLED)
+                outcome.done.append("enabled")
+            elif action is Action.DISABLE:
+                assert key_id is not None
+                if emptied:
+                    raise ApplyError(
+                        f"key {key_id} came back from its deletion in PendingImport (it holds no material), "
+                        f"so it cannot be disabled yet: run plan again: it imports the material, then "
+                        f"disables the key"
+                    )
+                self.kms.disable_key(key_id)
+                self._expect_state(key_id, KeyState.DISABLED)
+                outcome.done.append("disabled")
+            elif action is Action.CREATE:
                 meta = self._create(change)
                 key_id, version, arn = meta.key_id, meta.primary_key_version, meta.arn
                 outcome.key_id = key_id
@@ -223,13 +247,22 @@ class _Applier:
                     if change.deletion_protection:
                         self.kms.set_deletion_protection(key_id, arn, True)
                         outcome.done.append("deletion protection on")
-                self._verify_material(change, key_id, version)
+                if self._disabled_at_import(change):
+                    # GetPublicKey needs an Enabled key. This one held its material, and KMS takes
+                    # back only that material, so the import itself shows that it is the one bound.
+                    self._expect_state(key_id, KeyState.DISABLED)
+                else:
+                    self._verify_material(change, key_id, version)
+                emptied = False
             elif action is Action.UPDATE:
                 assert key_id is not None
                 self._update(change, key_id)
                 outcome.done.append("updated")
             elif action is Action.DELETE_MATERIAL:
                 assert key_id is not None
+                if emptied:
+                    outcome.done.append("material already absent")
+                    continue
                 self.kms.delete_key_material(key_id)
                 self._expect_state(key_id, KeyState.PENDING_IMPORT)
                 outcome.done.append("material deleted")
@@ -282,6 +315,30 @@ class _Applier:
             raise ApplyError(
                 f"read-back: key {key_id} reports public key {live} after import, planned {planned}"
             )
+
+    @staticmethod
+    def _disabled_at_import(change: Change) -> bool:
+        """The import goes into a key that is Disabled and stays so (a reimport of a disabled key)."""
+        before = change.before
+        return (
+            before is not None and before.status is KeyStatus.DISABLED and Action.ENABLE not in change.actions
+        )
+
+    def _cancel_deletion(self, key_id: str) -> KeyState:
+        """CancelKeyDeletion; the state the key came back in: Enabled, or PendingImport without material."""
+        try:
+            self.kms.cancel_key_deletion(key_id)
+        except KmsApiError as e:
+            # A retried call whose first attempt landed: the key is no longer pending deletion.
+            if e.code != ErrorCode.REJECTED_STATE_MODIFIED_FAILED:
+                raise
+        state = self.kms.describe_key(key_id).key_state
+        if state not in (KeyState.ENABLED, KeyState.PENDING_IMPORT):
+            raise ApplyError(
+                f"read-back: key {key_id} is {state.value} after CancelKeyDeletion, expected Enabled or "
+                f"PendingImport"
+            )
+        return state
 
     def _schedule_deletion(self, key_id: str, days: int) -> None:
         try:

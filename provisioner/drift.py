@@ -22,7 +22,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.plan.planner import sort_identity
+from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
 
 FORMAT_VERSION = 1
 DEFAULT_EXPIRY_WARNING_DAYS = 30
@@ -151,8 +151,9 @@ class _Drift:
             return
         key = ident.primary
         if key is None:
-            if d.state is DesiredState.PRESENT:
-                self.add(d.name, DriftKind.MISSING, "no key exists for this manifest entry", "present", None)
+            if d.state in KEEPS_MATERIAL:
+                missing = "no key exists for this manifest entry"
+                self.add(d.name, DriftKind.MISSING, missing, d.state.value, None)
             return
         for dup in ident.duplicates:
             self.add(
@@ -231,8 +232,16 @@ class _Drift:
                 format_time(d.expiry) or "never",
                 format_time(expires),
             )
-        if status is KeyStatus.DISABLED:
+        if status is KeyStatus.DISABLED and d.state is DesiredState.PRESENT:
             self.add(d.name, DriftKind.STATE, f"key {key.key_id} is disabled", "enabled", status.value)
+        elif status is KeyStatus.ENABLED and d.state is DesiredState.DISABLED:
+            self.add(
+                d.name,
+                DriftKind.STATE,
+                f"key {key.key_id} is enabled but the manifest says disabled",
+                DesiredState.DISABLED.value,
+                status.value,
+            )
 
     def check_fingerprint(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
         m = diff.public_key_mismatch

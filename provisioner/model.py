@@ -80,6 +80,7 @@ class WrappingAlgorithm(StrEnum):
 
 class DesiredState(StrEnum):
     PRESENT = "present"
+    DISABLED = "disabled"  # holds its material, switched off (DisableKey)
     MATERIAL_DELETED = "material-deleted"
     ABSENT = "absent"
 

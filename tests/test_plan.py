@@ -259,6 +259,9 @@ def test_plan_document_golden() -> None:
             "delete-material": 0,
             "update": 0,
             "schedule-deletion": 1,
+            "enable": 0,
+            "disable": 0,
+            "cancel-deletion": 0,
         },
     }
     assert datetime.fromtimestamp(1814313600, UTC) == datetime(2027, 6, 30, tzinfo=UTC)
@@ -574,3 +577,17 @@ def test_deep_or_huge_plan_file_is_a_clear_error() -> None:
     with pytest.raises(ProvisionerError) as info:
         load_plan(" " * (MAX_PLAN_BYTES + 1))
     assert str(info.value) == "plan file is larger than 32 MiB: not a plan file"
+
+
+def test_a_plan_saved_before_the_state_actions_still_loads() -> None:
+    """A plan file of the format before enable/disable/cancel-deletion has no count for them: 0."""
+    doc = plan_to_dict(_golden_plan())
+    for word in ("enable", "disable", "cancel-deletion"):
+        del doc["summary"][word]
+    assert plan_from_dict(json.loads(json.dumps(doc))) == _golden_plan()
+    doc["summary"]["enable"] = 1
+    with pytest.raises(ProvisionerError) as e:
+        plan_from_dict(doc)
+    assert str(e.value) == (
+        "plan file is malformed: plan.summary: does not match the changes (was the file edited by hand?)"
+    )

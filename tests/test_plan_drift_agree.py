@@ -11,7 +11,7 @@ from plan_builders import default_fingerprints, desired_key, live_state, manifes
 from test_plan_properties import NOW, desired_sets, live_sets
 
 from provisioner.drift import DriftKind, make_drift
-from provisioner.model import ActualKey, DesiredState, KeyStatus, ManifestSet
+from provisioner.model import ActualKey, DesiredState, ManifestSet
 from provisioner.plan.planner import make_plan, sort_identity
 from provisioner.plan.values import Action, Plan
 
@@ -26,8 +26,6 @@ def _exempt(name: str, desired: ManifestSet, keys: tuple[ActualKey, ...], plan: 
     if primary is None and state is DesiredState.MATERIAL_DELETED:
         # A finding, kept as it is (behaviour unchanged): see the report of issue 11, point 2.
         return "drift reports a foreign alias of a key that is not created; the plan claims none for it"
-    if primary is not None and primary.status is KeyStatus.DISABLED:
-        return "drift reports a disabled key (state); the plan never enables one"
     change = plan.change_for(name)
     if change is not None and change.actions == (Action.REIMPORT,) and "expiry changes" in change.reason:
         return "the plan reimports for a new expiry; drift reports expiry only when it is near or past"

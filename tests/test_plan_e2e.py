@@ -97,6 +97,7 @@ def test_empty_kms_plans_create_and_import_for_every_key_and_writes_nothing(
     assert by_key["receipts"]["material"]["fingerprint"] == stack.fingerprints["receipts"]
     assert doc["summary"] == {
         "create": 3, "import": 3, "reimport": 0, "delete-material": 0, "update": 0, "schedule-deletion": 0,
+        "enable": 0, "disable": 0, "cancel-deletion": 0,
     }
     calls = account.stats()["calls"]
     # Only reads, and not even GetParametersForImport (it mints an import token).
@@ -130,9 +131,12 @@ def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
     assert markdown.code == 0, markdown.stderr
     lines = markdown.stdout.splitlines()
     assert lines[0] == f"## Plan for stack `{STACK}`"
-    header = lines.index("| create | import | reimport | delete-material | update | schedule-deletion |")
-    assert lines[header + 1] == "|---|---|---|---|---|---|"
-    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 |"
+    header = lines.index(
+        "| create | import | reimport | delete-material | update | schedule-deletion | enable | disable "
+        "| cancel-deletion |"
+    )
+    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|---|"
+    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |"
     assert "#### `+` `receipts`: create, import" in lines
     assert_no_secret(markdown.stdout + changes.stdout + changes.stderr, pem_files(stack))
 

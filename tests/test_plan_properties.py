@@ -33,7 +33,7 @@ def desired_sets(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     owner_of = {a: draw(st.sampled_from([None, *names])) for a in ALIASES} if names else {}
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        state = draw(st.sampled_from(["present", "present", "material-deleted", "absent"]))
+        state = draw(st.sampled_from(["present", "present", "disabled", "material-deleted", "absent"]))
         out[name] = {
             "description": draw(DESCRIPTIONS),
             "tags": draw(TAGS),
@@ -130,6 +130,13 @@ def simulate(live: LiveState, plan: Plan, now: datetime) -> LiveState:
                 _move_alias(keys, alias, key_id)
         assert key_id is not None
         k = keys[key_id]
+        if Action.CANCEL_DELETION in change.actions:
+            # Back Enabled: the planner cannot know beforehand that a key holds no material.
+            assert k.status is KeyStatus.PENDING_DELETION
+            keys[key_id] = k = replace(k, status=KeyStatus.ENABLED, deletion_date=None)
+        if Action.ENABLE in change.actions:
+            assert k.status is KeyStatus.DISABLED, "only a disabled key is enabled"
+            keys[key_id] = k = replace(k, status=KeyStatus.ENABLED)
         if Action.UPDATE in change.actions:
             tags = {t: v for t, v in k.tags.items() if t not in change.tags_to_remove}
             tags.update(change.tags_to_set)
@@ -153,6 +160,9 @@ def simulate(live: LiveState, plan: Plan, now: datetime) -> LiveState:
             keys[key_id] = k = replace(k, status=status, material_expires_at=_expires(change))
         if Action.DELETE_MATERIAL in change.actions:
             keys[key_id] = k = replace(k, status=KeyStatus.PENDING_IMPORT, material_expires_at=None)
+        if Action.DISABLE in change.actions:
+            assert k.status is KeyStatus.ENABLED, "KMS disables only an Enabled key (not an empty one)"
+            keys[key_id] = k = replace(k, status=KeyStatus.DISABLED)
         if Action.SCHEDULE_DELETION in change.actions:
             assert change.pending_window_days is not None
             assert not k.deletion_protection, "protection must be lifted before the deletion"
@@ -203,7 +213,8 @@ def _claimed(desired_spec: dict[str, dict[str, Any]], live: LiveState) -> set[st
     return {
         a
         for name, want in desired_spec.items()
-        if want["state"] == "present" or (want["state"] == "material-deleted" and live.keys.get(name))
+        if want["state"] in ("present", "disabled")
+        or (want["state"] == "material-deleted" and live.keys.get(name))
         for a in want["aliases"]
     }
 
@@ -225,8 +236,9 @@ def assert_matches(desired_spec: dict[str, dict[str, Any]], live: LiveState) -> 
         assert key.deletion_protection == want["deletion_protection"], name
         assert set(want["aliases"]) <= set(key.aliases), name
         assert key.recorded_fingerprint == fp(name), name
-        if want["state"] == "present":
-            assert key.status in (KeyStatus.ENABLED, KeyStatus.DISABLED), name
+        if want["state"] in ("present", "disabled"):
+            wanted = KeyStatus.ENABLED if want["state"] == "present" else KeyStatus.DISABLED
+            assert key.status is wanted, name
             assert key.material_expires_at == parse_time(want["expiry"]), name
         else:
             assert key.status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED), name

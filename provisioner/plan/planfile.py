@@ -237,7 +237,8 @@ def plan_from_dict(data: Any) -> Plan:
     )
     summary = r.opt("summary", dict)
     r.no_extra()
-    if summary is not None and summary != plan.summary:
+    # A plan saved before an action word existed has no count for it: that count is 0.
+    if summary is not None and {**dict.fromkeys(plan.summary, 0), **summary} != plan.summary:
         raise _malformed("plan.summary", "does not match the changes (was the file edited by hand?)")
     # A key created under one stack's identity tags while apply checks another stack's live state
     # would make a duplicate that the rightful stack's next plan schedules for deletion.

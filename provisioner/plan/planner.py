@@ -4,11 +4,12 @@ that check a saved plan (derive_change, check_instructions, stale_reason, resolv
 It does no I/O, reads no clock and encodes nothing (planfile.py does); the caller passes `now` and the
 fingerprints of the desired material. What `before` and `after` mean per action: values.py.
 
-`actions` lists what a key needs in execution order, an `update` first. A key whose live deletion
-protection is on is never scheduled for deletion (violation `deletion-protected`): the protection is
-lifted by an earlier apply. `duplicates` are extra keys of the same identity
-(they never held material): apply schedules each of them for deletion with DUPLICATE_WINDOW_DAYS, on top of
-whatever `actions` says for `key_id`; a change may carry duplicates and no action.
+`actions` lists what a key needs in execution order (values.py); state_actions() says which state
+actions a key needs. A key whose live deletion protection is on is never scheduled for deletion
+(violation `deletion-protected`): the protection is lifted by an earlier apply. `duplicates` are extra
+keys of the same identity (they never held material): apply schedules each of them for deletion with
+DUPLICATE_WINDOW_DAYS, on top of whatever `actions` says for `key_id`; a change may carry duplicates
+and no action.
 """
 
 from __future__ import annotations
@@ -59,6 +60,35 @@ def digest_actual(key: ActualKey) -> str:
 
 
 _HOLDS_MATERIAL = frozenset({KeyStatus.ENABLED, KeyStatus.DISABLED})
+#: Declared states in which a key holds its material.
+KEEPS_MATERIAL = frozenset({DesiredState.PRESENT, DesiredState.DISABLED})
+
+
+def state_actions(
+    status: KeyStatus, want: DesiredState, *, expiry_changes: bool
+) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
+    """The actions that take an existing key in `status` to the declared state `want` (not absent):
+    (those before an update, those after it), each in apply order. Pure; the planner and
+    derive_change both read it, so a saved plan is checked against the same rule.
+
+    A key pending deletion comes back Enabled, or PendingImport when it holds no material (KMS does
+    not say which beforehand): it is treated as Enabled, and a key that comes back empty is reimported
+    by the next plan.
+    """
+    first: list[Action] = []
+    if status is KeyStatus.PENDING_DELETION:
+        first.append(Action.CANCEL_DELETION)
+    if status is KeyStatus.DISABLED and want is DesiredState.PRESENT:
+        first.append(Action.ENABLE)
+    then: list[Action] = []
+    if want in KEEPS_MATERIAL:
+        if status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED) or expiry_changes:
+            then.append(Action.REIMPORT)
+    elif status in _HOLDS_MATERIAL or status is KeyStatus.PENDING_DELETION:
+        then.append(Action.DELETE_MATERIAL)
+    if want is DesiredState.DISABLED and status is not KeyStatus.DISABLED:
+        then.append(Action.DISABLE)
+    return tuple(first), tuple(then)
 
 
 @dataclass(frozen=True)
@@ -129,7 +159,7 @@ class _Planner:
                 not self.targeted(d.name)
                 or self.identities.get(d.name, Identity(None, (), ())).primary is not None
             )
-            if d.state is DesiredState.PRESENT or (d.state is DesiredState.MATERIAL_DELETED and exists):
+            if d.state in KEEPS_MATERIAL or (d.state is DesiredState.MATERIAL_DELETED and exists):
                 for a in d.aliases:
                     self.claimed[a] = d.name
 
@@ -240,12 +270,13 @@ class _Planner:
         aliases_create, aliases_move = claims
         tags = {k: v for k, v in d.tags.items() if k not in RESERVED_TAGS}
         tags.update({TAG_STACK: self.desired.stack, TAG_NAME: d.name, TAG_FINGERPRINT: fp})
+        disable = (Action.DISABLE,) if d.state is DesiredState.DISABLED else ()
         self.changes.append(
             Change(
                 key=d.name,
                 key_id=None,
-                actions=(Action.CREATE, Action.IMPORT),
-                reason="key does not exist",
+                actions=(Action.CREATE, Action.IMPORT, *disable),
+                reason="key does not exist" + ("; state is disabled" if disable else ""),
                 before=None,
                 after=DesiredAttributes.of(d, fp),
                 tags_to_set=dict(sorted(tags.items())),
@@ -351,25 +382,25 @@ class _Planner:
 
     def plan_existing(self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...]) -> None:
         n_before = len(self.violations)
-        if key.status is KeyStatus.PENDING_DELETION:
-            self.violate(
-                d.name,
-                ViolationCode.UNSUPPORTED,
-                f"key {key.key_id} is pending deletion (on {format_time(key.deletion_date)}) but the "
-                f"manifest wants it {d.state.value}: cancel the deletion by hand (CancelKeyDeletion) "
-                f"or set state: absent",
-            )
-            return
         fingerprint = self.fingerprints.get(d.name)
         diff = compare(d, key, live=self.live, our_ids=self.our_ids, fingerprint=fingerprint)
         self.check_immutable(d, key, diff)
         self.unprotected(d, duplicates)
-        if d.state is DesiredState.PRESENT:
+        if d.state in KEEPS_MATERIAL:
             self.check_expiry(d)
             self.check_material(d, key, diff)
 
+        first, then = state_actions(key.status, d.state, expiry_changes=diff.expiry_changes)
+        actions: list[Action] = list(first)
         reasons: list[str] = []
-        actions: list[Action] = []
+        if Action.CANCEL_DELETION in first:
+            reasons.append(
+                f"key is pending deletion (on {format_time(key.deletion_date) or 'an unknown date'}) but "
+                f"the manifest wants it {d.state.value}"
+            )
+        if Action.ENABLE in first:
+            reasons.append("key is disabled but the manifest wants it present")
+        n_first = len(reasons)
         # -- update
         tags_set, tags_remove = diff.tags_to_set, diff.tags_to_remove
         wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
@@ -387,32 +418,32 @@ class _Planner:
             reasons.append("description differs")
         if protection is not None:
             reasons.append(f"deletion protection turns {'on' if protection else 'off'}")
-        if reasons:
+        if len(reasons) > n_first:
             actions.append(Action.UPDATE)
-        # -- material
+        # -- material and state
         material: MaterialReference | None = None
         expire: int | None = None
-        if d.state is DesiredState.PRESENT:
-            why = None
+        if Action.REIMPORT in then:
             if key.status is KeyStatus.PENDING_IMPORT:
                 why = "key has no material"
             elif key.status is KeyStatus.MATERIAL_EXPIRED:
                 why = "material expired"
-            elif diff.expiry_changes:
+            else:
                 why = (
                     f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
                     f"to {format_time(d.expiry) or 'never'}"
                 )
-            if why is not None:
-                ref = self.material_ref(d, why)
-                if ref is not None:
-                    material = ref[0]
-                    expire = expire_unix(d.expiry)
-                    actions.append(Action.REIMPORT)
-                    reasons.append(why)
-        elif diff.holds_material:
-            actions.append(Action.DELETE_MATERIAL)
-            reasons.append("state is material-deleted and the key holds material")
+            ref = self.material_ref(d, why)
+            if ref is not None:
+                material = ref[0]
+                expire = expire_unix(d.expiry)
+                reasons.append(why)
+        if Action.DELETE_MATERIAL in then:
+            holds = "may hold" if key.status is KeyStatus.PENDING_DELETION else "holds"
+            reasons.append(f"state is material-deleted and the key {holds} material")
+        if Action.DISABLE in then:
+            reasons.append(f"state is disabled and the key is {key.status.value}")
+        actions += then
 
         if len(self.violations) > n_before:
             return
@@ -518,6 +549,16 @@ def stale_reason(change: Change, found: Iterable[ActualKey]) -> str | None:
     actual = by_id.get(change.key_id)
     if actual is None:
         return f"key {change.key!r} ({change.key_id}) no longer exists: make a new plan"
+    if Action.CANCEL_DELETION in change.actions:
+        others = sorted(
+            i for i, k in by_id.items() if i != change.key_id and k.status is not KeyStatus.PENDING_DELETION
+        )
+        if others:
+            return (
+                f"key {change.key!r}: the plan cancels the deletion of {change.key_id}, but "
+                f"{', '.join(others)} now carries that identity and is not pending deletion; a deletion is "
+                f"never cancelled while another live key holds the identity: make a new plan"
+            )
     if change.state_digest is not None and digest_actual(actual) != change.state_digest:
         return f"key {change.key!r} ({change.key_id}) changed since the plan was made: make a new plan"
     for dup, digest in zip(change.duplicates, change.duplicate_digests, strict=False):
@@ -551,10 +592,11 @@ def derive_change(change: Change, stack: str) -> Change:
         tags = {k: v for k, v in after.tags.items() if k not in RESERVED_TAGS}
         tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: str(fp)})
         create, move = _alias_split(change, sorted(after.aliases))
+        disable = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
         return replace(
             change,
             key_id=None,
-            actions=(Action.CREATE, Action.IMPORT),
+            actions=(Action.CREATE, Action.IMPORT, *disable),
             tags_to_set=dict(sorted(tags.items())),
             tags_to_remove=(),
             aliases_to_create=create,
@@ -601,23 +643,23 @@ def derive_change(change: Change, stack: str) -> Change:
     description = after.description if after.description != before.description else None
     protection: bool | None = after.deletion_protection
     protection = protection if protection != before.deletion_protection else None
-    actions: list[Action] = []
+    want_expiry = expire_unix(after.expiry)
+    if after.state is DesiredState.ABSENT:
+        raise ValueError("an `after` of state absent")
+    first, then = state_actions(
+        status, after.state, expiry_changes=expire_unix(before.material_expires_at) != want_expiry
+    )
+    actions: list[Action] = list(first)
     if tags_set or tags_remove or create or move or delete or (description, protection) != (None, None):
         actions.append(Action.UPDATE)
+    actions += then
     material: MaterialReference | None = None
     expire: int | None = None
-    want_expiry = expire_unix(after.expiry)
-    if after.state is DesiredState.PRESENT and (
-        status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED)
-        or expire_unix(before.material_expires_at) != want_expiry
-    ):
-        actions.append(Action.REIMPORT)
+    if Action.REIMPORT in then:
         if change.material is None:
             raise ValueError("a reimport without material")
         material = replace(change.material, fingerprint=after.fingerprint)
         expire = want_expiry
-    elif after.state is not DesiredState.PRESENT and status in _HOLDS_MATERIAL:
-        actions.append(Action.DELETE_MATERIAL)
     return replace(
         change,
         key_id=before.key_id,

@@ -5,10 +5,16 @@ maker of plans. What `before` and `after` mean per action (Terraform's table, DE
 
     action             before           after                 apply does, in this order
     create, import     None             desired key           CreateKey(all tags), 1st alias, import, rest
+    cancel-deletion    actual key       desired key           CancelKeyDeletion: Enabled, or PendingImport
+    enable             actual key       desired key           EnableKey
+    update             actual key       desired key           tags, aliases, description, protection
     reimport           actual key       desired key           import the same material with expire_unix
     delete-material    actual key       desired key           DeleteKeyMaterial
-    update             actual key       desired key           tags, aliases, description, protection
+    disable            actual key|None  desired key           DisableKey (after any import)
     schedule-deletion  actual key       None                  ScheduleKeyDeletion(pending_window_days)
+
+A change's `actions` are in that order (DESIGN section 10: create | adopt, cancel-deletion, enable,
+update, import | reimport, rotate, delete-material, disable, schedule-deletion).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class Action(StrEnum):
     DELETE_MATERIAL = "delete-material"
     UPDATE = "update"
     SCHEDULE_DELETION = "schedule-deletion"
+    ENABLE = "enable"
+    DISABLE = "disable"
+    CANCEL_DELETION = "cancel-deletion"
 
 
 class ViolationCode(StrEnum):

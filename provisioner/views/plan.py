@@ -64,6 +64,10 @@ _SYMBOLS: tuple[tuple[Action, str, str], ...] = (
     (Action.DELETE_MATERIAL, "x", RED),
     (Action.REIMPORT, "↻", CYAN),
     (Action.UPDATE, "~", YELLOW),
+    # A state change is a change in place, as an update is.
+    (Action.CANCEL_DELETION, "~", YELLOW),
+    (Action.ENABLE, "~", YELLOW),
+    (Action.DISABLE, "~", YELLOW),
 )
 _LEGEND = "+ create   ~ update   ↻ reimport   x delete material   - schedule deletion   ! violation"
 
@@ -74,6 +78,13 @@ _SUMMARY_WORDS = (
     (Action.DELETE_MATERIAL, "to delete material"),
     (Action.UPDATE, "to update"),
     (Action.SCHEDULE_DELETION, "to schedule for deletion"),
+)
+#: Shown in the text summary only when some key needs them (the JSON and markdown summaries always
+#: list every word), so the line stays as short as Terraform's for the everyday plan.
+_STATE_SUMMARY_WORDS = (
+    (Action.CANCEL_DELETION, "to cancel deletion"),
+    (Action.ENABLE, "to enable"),
+    (Action.DISABLE, "to disable"),
 )
 
 
@@ -105,8 +116,19 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
             lines.append(("~", f"alias {a} (moved here from another key of this stack)"))
         lines.append(("+", f"deletion_protection = {quoted(bool(change.deletion_protection))}"))
         lines.append(("+", f"expiry = {quoted(format_time(after.expiry) or 'never')}"))
+        if Action.DISABLE in change.actions:
+            lines.append(("+", f"state = {quoted('disabled')}"))
     else:
         before_tags: Mapping[str, str] = {} if before is None else before.tags
+        status = None if before is None else before.status.value
+        if Action.CANCEL_DELETION in change.actions:
+            when = None if before is None else format_time(before.deletion_date)
+            lines.append(
+                ("~", f"deletion on {quoted(when)} cancelled (the key comes back enabled, or pending-import "
+                      f"without material)")
+            )
+        if Action.ENABLE in change.actions:
+            lines.append(("~", f"state: {quoted(status)} -> {quoted('enabled')}"))
         for k, v in sorted(change.tags_to_set.items()):
             if k in before_tags:
                 lines.append(("~", f"tag {k}: {quoted(before_tags[k])} -> {quoted(v)}"))
@@ -133,6 +155,8 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
             lines.append(("↻", moved if old != new else f"expiry = {quoted(new)}"))
         if Action.DELETE_MATERIAL in change.actions:
             lines.append(("x", "material (the key stays, unusable until reimported)"))
+        if Action.DISABLE in change.actions:
+            lines.append(("~", f"state: {quoted(status)} -> {quoted('disabled')}"))
         if Action.SCHEDULE_DELETION in change.actions:
             lines.append(("-", f"key, after a pending window of {change.pending_window_days} days"))
     if change.material is not None:
@@ -146,7 +170,8 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
 
 def _summary_line(plan: Plan) -> str:
     s = plan.summary
-    return "Plan: " + ", ".join(f"{s[a.value]} {words}" for a, words in _SUMMARY_WORDS) + "."
+    words = [*_SUMMARY_WORDS, *((a, w) for a, w in _STATE_SUMMARY_WORDS if s[a.value])]
+    return "Plan: " + ", ".join(f"{s[a.value]} {w}" for a, w in words) + "."
 
 
 _SIGN_COLOURS = {"+": GREEN, "-": RED, "~": YELLOW, "↻": CYAN, "x": RED}
@@ -223,9 +248,12 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
         "",
     ]
     used = sum(len(line) + 1 for line in out)
+    # Room for the "... and N more" line, at its longest.
+    reserve = len(f"- ... and {len(plan.changes)} more") + 1
     for i, change in enumerate(plan.changes):
         line = f"- {_change_heading(change)}: {md_text(change.reason)}"
-        if used + len(line) + 1 > budget:
+        last = i == len(plan.changes) - 1
+        if used + len(line) + 1 + (0 if last else reserve) > budget:
             out.append(f"- ... and {len(plan.changes) - i} more")
             break
         out.append(line)
