@@ -105,6 +105,14 @@ def allow_commands_option(f: F) -> F:
     )(f)
 
 
+def expiry_warning_option(what: str) -> Callable[[F], F]:
+    """--expiry-warning DAYS, as drift, plan and apply share it (default 30)."""
+    return click.option(
+        "--expiry-warning", "expiry_warning", type=click.IntRange(0, 3650), default=30, show_default=True,
+        metavar="DAYS", help=what,
+    )
+
+
 def color_option(f: F) -> F:
     return click.option("--no-color", is_flag=True, default=False, help="Plain text output.")(f)
 
@@ -572,18 +580,29 @@ def _make_plan_stage(
     fingerprints: dict[str, str],
     kms: Any,
     *,
+    expiry_warning: int,
     offline_material: bool = False,
     targets: tuple[str, ...] = (),
 ) -> Any:
-    """refresh -> plan."""
+    """refresh -> plan, and its expiry warnings on standard error."""
     from provisioner.plan.planner import make_plan
 
     now = _now()
     live = _refresh_stage(ms, kms, now, targets)
-    return make_plan(
+    the_plan = make_plan(
         ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material,
         targets=targets or None,
     )
+    _warn_expiring(ms, live, the_plan, now, expiry_warning)
+    return the_plan
+
+
+def _warn_expiring(ms: Any, live: Any, the_plan: Any, now: Any, days: int) -> None:
+    """One `warning:` line per key whose material expires within the window (not in the plan document)."""
+    from provisioner.plan.warnings import expiry_warnings
+
+    for w in expiry_warnings(ms, live, the_plan, now=now, days=days):
+        _warn(str(w))
 
 
 def _target_stage(ms: Any, targets: tuple[str, ...], verb: str) -> tuple[str, ...]:
@@ -647,11 +666,13 @@ def _read_plan_file(path: Path) -> Any:
 @click.option("--offline-material", is_flag=True, default=False,
               help="Read no private material and run no command; fingerprints from material.fingerprint.")
 @target_option
+@expiry_warning_option("Warn (on standard error) about material that expires within this many days.")
 @handle_errors
 def plan(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, out: Path | None,
     fmt: str, detailed_exitcode: bool, allow_commands: bool, offline_material: bool, targets: tuple[str, ...],
+    expiry_warning: int,
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
     from provisioner.plan.planfile import save_plan
@@ -666,7 +687,8 @@ def plan(
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
         the_plan = _make_plan_stage(
-            ms, fingerprints, kms, offline_material=offline_material, targets=chosen
+            ms, fingerprints, kms, expiry_warning=expiry_warning, offline_material=offline_material,
+            targets=chosen,
         )
     finally:
         kms.close()
@@ -698,11 +720,13 @@ def plan(
 @_format_option(views.APPLY)
 @allow_commands_option
 @target_option
+@expiry_warning_option("Warn (on standard error) about material that expires within this many days.")
 @handle_errors
 def apply(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
     auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool, targets: tuple[str, ...],
+    expiry_warning: int,
 ) -> int:
     """Carry out a fresh plan (after confirmation), or a saved one with --plan.
 
@@ -770,8 +794,9 @@ def apply(
                 )
             the_plan = resolve_fingerprints(saved, fingerprints)
             applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
+            _warn_expiring(ms, live, fresh, now, expiry_warning)
         else:
-            the_plan = _make_plan_stage(ms, fingerprints, kms, targets=chosen)
+            the_plan = _make_plan_stage(ms, fingerprints, kms, expiry_warning=expiry_warning, targets=chosen)
         click.echo(view.preview(the_plan), nl=False)
         if the_plan.blocked:
             n = len(the_plan.violations)
@@ -811,8 +836,7 @@ def apply(
 @backend_options
 @color_option
 @_format_option(views.DRIFT)
-@click.option("--expiry-warning", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
-              help="Report material that expires within this many days.")
+@expiry_warning_option("Report material that expires within this many days.")
 @click.option("--verify-material", is_flag=True, default=False,
               help="Confirm every live public key (GetPublicKey) against the pinned or recorded fingerprint.")
 @target_option

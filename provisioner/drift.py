@@ -23,9 +23,9 @@ from provisioner.model import (
     format_time,
 )
 from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
+from provisioner.plan.warnings import DEFAULT_EXPIRY_WARNING_DAYS, expiring_detail
 
 FORMAT_VERSION = 1
-DEFAULT_EXPIRY_WARNING_DAYS = 30
 
 
 class DriftKind(StrEnum):
@@ -223,12 +223,10 @@ class _Drift:
             )
             return
         if expires is not None and expires - self.now <= self.warning:
-            days = (expires - self.now).days
             self.add(
                 d.name,
                 DriftKind.MATERIAL_EXPIRING,
-                f"material of key {key.key_id} expires at {format_time(expires)}, in {days} day(s) "
-                f"(warning window {self.warning_days} days)",
+                expiring_detail(f"key {key.key_id}", expires, self.now, self.warning_days),
                 format_time(d.expiry) or "never",
                 format_time(expires),
             )

@@ -39,6 +39,7 @@ class Entry:
     tags: Mapping[str, str] = field(default_factory=dict)
     expiry: str = "never"
     pin: bool = False
+    state: str = "present"
 
 
 @dataclass
@@ -92,6 +93,8 @@ class Stack:
             ]
             if k.pin:
                 lines.append(f"      fingerprint: {self.fingerprints[k.name]}")
+            if k.state != "present":
+                lines.append(f"    state: {k.state}")
         self.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return self.manifest
 
