@@ -208,3 +208,37 @@ def test_markdown_fits_a_comment() -> None:
     tiny = render_plan_markdown(plan, limit=2_000)
     assert len(tiny) <= 2_000
     assert re.search(r"- \.\.\. and \d+ more", tiny)
+
+
+def test_state_actions_in_text_and_markdown() -> None:
+    desired = manifest(
+        [desired_key("back", {}), desired_key("cold", {"state": "disabled"}), desired_key("on", {})]
+    )
+    live = live_state(
+        [
+            actual_key(
+                {"name": "back", "status": "pending-deletion", "deletion_date": "2026-06-20T00:00:00Z"}
+            ),
+            actual_key({"name": "cold"}),
+            actual_key({"name": "on", "status": "disabled"}),
+        ]
+    )
+    plan = make_plan(desired, live, now=NOW, fingerprints=default_fingerprints(desired), backend=BACKEND)
+    lines = render_plan_text(plan, color=False).splitlines()
+    assert "  ~ back (key-back): cancel-deletion" in lines
+    assert (
+        '      ~ deletion on "2026-06-20T00:00:00Z" cancelled (the key comes back enabled, or pending-import '
+        "without material)"
+    ) in lines
+    assert "  ~ cold (key-cold): disable" in lines
+    assert '      ~ state: "enabled" -> "disabled"' in lines
+    assert "  ~ on (key-on): enable" in lines
+    assert '      ~ state: "disabled" -> "enabled"' in lines
+    assert lines[-1] == (
+        "Plan: 0 to create, 0 to import, 0 to reimport, 0 to delete material, 0 to update, "
+        "0 to schedule for deletion, 1 to cancel deletion, 1 to enable, 1 to disable."
+    )
+    md = render_plan_markdown(plan)
+    assert "| 0 | 0 | 0 | 0 | 0 | 0 | 1 | 1 | 1 |" in md
+    assert "#### `~` `cold` (`key-cold`): disable" in md
+    assert '```diff\n  ~ state: "enabled" -> "disabled"\n```' in md
