@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from alibabacloud_kms20160120 import models
+from apply_support import writes
 from backends import Backend
 from e2e_support import STACK, Entry, Stack, assert_no_secret, run_cli
 
@@ -49,6 +50,13 @@ def apply(stack: Stack, account: Backend, *args: str) -> Any:
     assert run.code == 0, run.stdout + run.stderr
     assert_no_secret(run.stdout + run.stderr, sorted(stack.key_folder.glob("*.pem")))
     return run
+
+
+def apply_writes(stack: Stack, account: Backend) -> dict[str, int]:
+    """Apply; the write calls it made."""
+    before = account.stats()
+    apply(stack, account)
+    return dict(writes(before, account.stats()))
 
 
 def plan_doc(stack: Stack, account: Backend) -> dict[str, Any]:
@@ -103,7 +111,9 @@ def test_a_key_disabled_by_hand_is_enabled(account: Backend, tmp_path: Path) -> 
     assert '      ~ state: "disabled" -> "enabled"' in lines
     assert lines[-1] == TEXT_SUMMARY + ", 1 to enable."
 
+    before = account.stats()
     run = apply(stack, account)
+    assert writes(before, account.stats()) == {"EnableKey": 1}
     assert f"signer: enabled ({kid})" in run.stderr.splitlines()
     assert state(account, kid) == "Enabled"
     assert_converged(stack, account)
@@ -134,7 +144,7 @@ def test_state_disabled_creates_disables_and_keeps_the_key_disabled(account: Bac
     assert actions(doc) == {"cold": ["disable"]}
     assert doc["changes"][0]["reason"] == "state is disabled and the key is enabled"
     assert doc["summary"] == {**ZERO, "disable": 1}
-    apply(stack, account)
+    assert apply_writes(stack, account) == {"DisableKey": 1}
     assert state(account, cold) == "Disabled"
     assert_converged(stack, account)
 
@@ -143,7 +153,7 @@ def test_state_disabled_creates_disables_and_keeps_the_key_disabled(account: Bac
     stack.keys[0].expiry = expiry
     stack.write()
     assert actions(plan_doc(stack, account)) == {"cold": ["reimport"]}
-    apply(stack, account)
+    assert apply_writes(stack, account) == {"ImportKeyMaterial": 1}
     meta = account.view.describe(cold)
     assert (meta.key_state, meta.material_expire_time) == ("Disabled", expiry)
     assert_converged(stack, account)
@@ -152,7 +162,7 @@ def test_state_disabled_creates_disables_and_keeps_the_key_disabled(account: Bac
     stack.keys[0].state = "present"
     stack.write()
     assert actions(plan_doc(stack, account)) == {"cold": ["enable"]}
-    apply(stack, account)
+    assert apply_writes(stack, account) == {"EnableKey": 1}
     assert state(account, cold) == "Enabled"
     assert_converged(stack, account)
 
@@ -192,7 +202,9 @@ def test_a_deletion_scheduled_by_hand_is_cancelled_and_other_fixes_still_apply(
         "0 to schedule for deletion, 2 to cancel deletion."
     )
 
+    before = account.stats()
     run = apply(stack, account)
+    assert writes(before, account.stats()) == {"CancelKeyDeletion": 2, "UpdateKeyDescription": 1}
     err = run.stderr.splitlines()
     assert f"kept: deletion cancelled ({kept})" in err
     assert f"emptied: deletion cancelled (back in PendingImport: no material) ({emptied})" in err
@@ -219,7 +231,7 @@ def test_a_disabled_key_scheduled_for_deletion_comes_back_disabled(account: Back
         models.ScheduleKeyDeletionRequest(key_id=cold, pending_window_in_days=7)
     )
     assert actions(plan_doc(stack, account)) == {"cold": ["cancel-deletion", "disable"]}
-    apply(stack, account)
+    assert apply_writes(stack, account) == {"CancelKeyDeletion": 1, "DisableKey": 1}
     assert state(account, cold) == "Disabled"
     assert_converged(stack, account)
 
