@@ -213,10 +213,11 @@ def test_violation_and_note_text() -> None:
 
 def test_brief_markdown_escapes_too() -> None:
     plan = _plan(*(_change(key=f"{H}{i}", reason=H, description="x" * 200) for i in range(20)))
-    md = render_plan_markdown(plan, limit=3_000)
+    # Room for all 20 lines, hostile or benign, beside the summary table (every action word a column).
+    md = render_plan_markdown(plan, limit=3_500)
     assert "```diff" not in md
     assert f"- `+` ````{H_TEXT}0````: create, import: {H_MD}" in md.splitlines()
-    assert _structure(md) == _structure(render_plan_markdown(_benign(plan), limit=3_000))
+    assert _structure(md) == _structure(render_plan_markdown(_benign(plan), limit=3_500))
 
 
 def _drift(**fields: Any) -> DriftReport:
