@@ -677,3 +677,13 @@ def test_templates_are_sandboxed(tmp_path: Path) -> None:
     f = write(tmp_path, "a.yaml", "stack: s\n# {{ ''.__class__.__mro__ }}\n")
     (err,) = errors_of(f)
     assert err.startswith(f"{f}:2:1: error: template error: ") and "__class__" in err
+
+
+def test_state_disabled_is_a_declared_state(tmp_path: Path) -> None:
+    f = write(
+        tmp_path, "a.yaml",
+        "version: 1\nstack: s\nkeys:\n  k:\n    spec: EC_P256\n    usage: SIGN/VERIFY\n    instance: kst-x\n"
+        "    material: {fingerprint: sha256:" + "a" * 64 + ", file: k.pem}\n    state: disabled\n",
+    )
+    ms = load(f)
+    assert [(k.name, k.state) for k in ms.keys] == [("k", DesiredState.DISABLED)]

@@ -273,7 +273,8 @@ def test_rule_and_schema_errors_never_quote_an_env_value(tmp_path: Path, value: 
 def test_a_file_that_reads_no_env_still_gets_quoted_values(tmp_path: Path) -> None:
     f = write(tmp_path, "a.yaml", HEAD + key("    state: gone\n"))
     assert errors(f) == [
-        f'{f}:9:12: error: keys.signer.state: "gone" is not one of present, material-deleted, absent'
+        f'{f}:9:12: error: keys.signer.state: "gone" is not one of '
+        "present, disabled, material-deleted, absent"
     ]
 
 

@@ -174,6 +174,68 @@ def test_a_deletion_scheduled_by_hand_is_cancelled_and_other_fixes_still_apply(
     assert_converged(stack, account)
 
 
+def test_state_disabled_creates_disables_and_keeps_the_key_disabled(account: Backend, tmp_path: Path) -> None:
+    stack = Stack(
+        tmp_path / "m", [Entry("cold", state="disabled"), Entry("hot")], backend=account.manifest_backend
+    )
+    stack.write()
+    doc = plan_doc(stack, account)
+    assert actions(doc) == {"cold": ["create", "import", "disable"], "hot": ["create", "import"]}
+    assert doc["summary"] == {**ZERO, "create": 2, "import": 2, "disable": 1}
+    apply(stack, account)
+    cold = key_id(account, "cold")
+    assert state(account, cold) == "Disabled"
+    assert account.view.tags(cold)[TAG_FINGERPRINT] == stack.fingerprints["cold"]
+    assert state(account, key_id(account, "hot")) == "Enabled"
+    assert_converged(stack, account)
+
+    # Enabled by hand: the plan disables it again.
+    account.sdk_client().enable_key(models.EnableKeyRequest(key_id=cold))
+    drift = cli(stack, account, "drift", "--format", "json")
+    assert [(i["key"], i["kind"], i["detail"]) for i in json.loads(drift.stdout)["drift"]] == [
+        ("cold", "state", f"key {cold} is enabled but the manifest says disabled")
+    ]
+    doc = plan_doc(stack, account)
+    assert actions(doc) == {"cold": ["disable"]}
+    assert doc["changes"][0]["reason"] == "state is disabled and the key is enabled"
+    assert doc["summary"] == {**ZERO, "disable": 1}
+    assert apply_writes(stack, account) == {"DisableKey": 1}
+    assert state(account, cold) == "Disabled"
+    assert_converged(stack, account)
+
+    # A new expiry on a disabled key: the same material again, and the key stays disabled.
+    expiry = "2099-01-01T00:00:00Z"
+    stack.keys[0].expiry = expiry
+    stack.write()
+    assert actions(plan_doc(stack, account)) == {"cold": ["reimport"]}
+    assert apply_writes(stack, account) == {"ImportKeyMaterial": 1}
+    meta = account.view.describe(cold)
+    assert (meta.key_state, meta.material_expire_time) == ("Disabled", expiry)
+    assert_converged(stack, account)
+
+    # Back to present: enabled.
+    stack.keys[0].state = "present"
+    stack.write()
+    assert actions(plan_doc(stack, account)) == {"cold": ["enable"]}
+    assert apply_writes(stack, account) == {"EnableKey": 1}
+    assert state(account, cold) == "Enabled"
+    assert_converged(stack, account)
+
+
+def test_a_disabled_key_scheduled_for_deletion_comes_back_disabled(account: Backend, tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "m", [Entry("cold", state="disabled")], backend=account.manifest_backend)
+    stack.write()
+    apply(stack, account)
+    cold = key_id(account, "cold")
+    account.sdk_client().schedule_key_deletion(
+        models.ScheduleKeyDeletionRequest(key_id=cold, pending_window_in_days=7)
+    )
+    assert actions(plan_doc(stack, account)) == {"cold": ["cancel-deletion", "disable"]}
+    assert apply_writes(stack, account) == {"CancelKeyDeletion": 1, "DisableKey": 1}
+    assert state(account, cold) == "Disabled"
+    assert_converged(stack, account)
+
+
 def test_no_deletion_is_cancelled_while_another_live_key_holds_the_identity(
     account: Backend, tmp_path: Path
 ) -> None:
