@@ -165,6 +165,12 @@ def test_target_plans_applies_drifts_and_shows_only_the_keys_named(account: Back
     doc = run.json()
     assert [(c["key"], c["actions"]) for c in doc["changes"]] == [("alpha", ["update"]), ("beta", ["update"])]
     assert doc["targets"] == ["alpha", "beta"] and doc["notes"] == [] and doc["violations"] == []
+    run, _ = cli(account, "plan", str(stack.folder), *targets)
+    assert run.stdout.splitlines()[1:3] == [
+        f"Endpoint: {account.endpoint}",
+        "Targeted: only alpha, beta (--target); the stack's other keys were not read, so this plan may not "
+        "show every change the manifests ask for.",
+    ]
 
     run, calls = cli(account, "drift", str(stack.folder), *targets, "--format", "json")
     assert run.code == 2, run.stderr

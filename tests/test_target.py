@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from plan_builders import actual_key, default_fingerprints, desired_key, live_state, manifest
 
+from provisioner import views
 from provisioner.backend.base import Kms
 from provisioner.backend.local import LocalTransport
 from provisioner.errors import ProvisionerError
@@ -35,7 +36,7 @@ from provisioner.plan.planner import make_plan
 from provisioner.refresh import refresh
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-BACKEND = {"type": "local", "path": "kms.db"}
+BACKEND = {"type": "local", "path": "kms.db", "endpoint": "local:kms.db"}
 
 
 def test_reserved_aliases_are_the_claim_and_the_lock_prefixes_only() -> None:
@@ -152,3 +153,20 @@ def test_refresh_describes_only_targets_and_hides_reserved_aliases(tmp_path: Pat
     assert live.keys["a"][0].aliases == ("alias/a",)  # the claim alias is not a's own
     assert live.alias_owners[claim_alias("payments", "a")] == ids["a"]
     kms.close()
+
+
+def test_a_targeted_plan_says_so_in_its_text_and_markdown_headers() -> None:
+    desired = manifest([desired_key("a"), desired_key("b", {"description": "new"})])
+    live = live_state([actual_key({"name": "a"}), actual_key({"name": "b"})])
+    partial = plan(desired, live, ["a"])
+    words = (
+        "only {} (--target); the stack's other keys were not read, so this plan may not show every change "
+        "the manifests ask for."
+    )
+    text = views.PLAN.view("text").plan(partial).splitlines()
+    nothing = "No changes. The targeted keys match the manifests."
+    assert text[1:5] == ["Endpoint: local:kms.db", f"Targeted: {words.format('a')}", "", nothing]
+    markdown = views.PLAN.view("markdown").plan(partial).splitlines()
+    assert markdown[4:8] == [f"**Targeted**: {words.format('`a`')}", "", nothing, ""]
+    whole = views.PLAN.view("text").plan(plan(desired, live, None)).splitlines()
+    assert not any(line.startswith("Targeted") for line in whole)

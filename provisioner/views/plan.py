@@ -7,7 +7,7 @@ material, so no view can show any.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.model import format_time
@@ -180,7 +180,10 @@ _SIGN_COLOURS = {"+": GREEN, "-": RED, "~": YELLOW, "↻": CYAN, "x": RED}
 def render_plan_text(plan: Plan, *, color: bool) -> str:
     paint = painter(color)
     out = [f"Stack {shown(repr(plan.stack))}, backend {backend_words(plan.backend)}"]
-    out += [*endpoint_lines(plan.backend), ""]
+    out += endpoint_lines(plan.backend)
+    if plan.targets:
+        out.append(paint(f"Targeted: {_targeted_words(plan, shown)}", YELLOW))
+    out.append("")
     if plan.changes:
         out.append(paint(f"Symbols: {_LEGEND}", DIM))
         out.append("")
@@ -205,11 +208,27 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
     if plan.has_changes:
         out.append(_summary_line(plan))
     elif not plan.violations:
-        out.append("No changes. The live keys match the manifests.")
+        out.append(_NO_CHANGES[bool(plan.targets)])
     if plan.violations:
         blocked = f"Plan blocked: {len(plan.violations)} violation(s); nothing will be applied."
         out.append(paint(blocked, RED + ";" + BOLD))
     return "\n".join(out) + "\n"
+
+
+#: What a plan without changes or violations says, whole (False) or targeted (True).
+_NO_CHANGES = {
+    False: "No changes. The live keys match the manifests.",
+    True: "No changes. The targeted keys match the manifests.",
+}
+
+
+def _targeted_words(plan: Plan, name: Callable[[str], str]) -> str:
+    """Terraform's -target warning, in our words: the plan is partial."""
+    names = ", ".join(name(t) for t in plan.targets)
+    return (
+        f"only {names} (--target); the stack's other keys were not read, so this plan may not show "
+        f"every change the manifests ask for."
+    )
 
 
 def render_plan_json(plan: Plan) -> str:
@@ -265,10 +284,12 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
 def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     """A pull-request comment: status, summary table, violations first, then each key's changes."""
     head = [f"## Plan for stack {md_code(plan.stack)}", "", *md_endpoint_lines(plan.backend)]
+    if plan.targets:
+        head += [f"**Targeted**: {_targeted_words(plan, md_code)}", ""]
     if plan.violations:
         head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
     elif not plan.has_changes:
-        head += ["No changes. The live keys match the manifests.", ""]
+        head += [_NO_CHANGES[bool(plan.targets)], ""]
     summary = plan.summary
     head.append("| " + " | ".join(a.value for a in Action) + " |")
     head.append("|" + "---|" * len(Action))
