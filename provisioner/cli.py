@@ -916,13 +916,14 @@ def show(
     "--stack", default="discovered", show_default=True, metavar="NAME",
     help="The stack of the generated manifest.",
 )
+@_format_option(views.DISCOVER, "Output format: the manifest YAML.")
 @handle_errors
 def discover(
-    backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...], stack: str
+    backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...], stack: str, fmt: str
 ) -> int:
     """Print manifest YAML for every EXTERNAL key that no stack manages, each with `adopt: KEYID` and the
     fingerprint of its live public key: add each material source and plan to adopt them. Read-only."""
-    from provisioner.discover import NAME_PATTERN, render_discovery_yaml
+    from provisioner.discover import NAME_PATTERN
     from provisioner.discover import discover as read_unmanaged
     from provisioner.errors import UsageError
 
@@ -933,13 +934,12 @@ def discover(
         )
     kms = _open_stage(None, backend, endpoint, region, qps, create=False)
     try:
-        found = read_unmanaged(kms, now=_now())
+        found = read_unmanaged(kms, now=_now(), stack=stack)
     finally:
         kms.close()
     for note in found.notes:
         _warn(note)
-    source = kms.info.get("endpoint") or kms.description
-    click.echo(render_discovery_yaml(found, stack=stack, source=source), nl=False)
+    click.echo(views.DISCOVER.view(fmt).discover(found), nl=False)
     return 0
 
 

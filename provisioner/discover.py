@@ -1,10 +1,9 @@
-"""`provision discover`: manifest YAML for every EXTERNAL key that no stack manages (Terraform's
-`-generate-config-out`), each with `adopt: <KeyId>` so that a plan of it adopts the key.
+"""`provision discover`: every EXTERNAL key that no stack manages, as the manifest entry that would adopt
+it (Terraform's `-generate-config-out`); views/discover.py writes the YAML.
 
-Read-only: ListKeys, DescribeKey, ListTagResources by id, ListAliases, and GetPublicKey for enabled
-keys. What a live key holds (aliases, tags, description) was written by whoever has KMS access, and the
-YAML is later rendered as a Jinja template: every string is quoted as YAML quotes it, anything outside
-printable ASCII is a YAML escape, and template syntax is written so that it renders as itself.
+Read-only: ListKeys, ListTagResources by id, ListAliases, DescribeKey for keys no stack claims, and
+GetPublicKey for enabled ones. What a live key holds (aliases, tags, description) was written by
+whoever has KMS access: it is data here, and the view makes sure it stays data.
 """
 
 from __future__ import annotations
@@ -14,12 +13,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
-
-import yaml
 
 from provisioner.backend.base import KeyMetadata, Kms
-from provisioner.escape import visible
 from provisioner.model import (
     TAG_STACK,
     KeySpec,
@@ -27,7 +22,6 @@ from provisioner.model import (
     KeyUsage,
     Origin,
     ProtectionLevel,
-    format_time,
     is_reserved_alias,
 )
 from provisioner.refresh import TAG_CHUNK, actual_from_metadata, describe_if_exists, proven_fingerprint
@@ -64,11 +58,13 @@ class Discovery:
     keys: tuple[FoundKey, ...]  # sorted by name
     #: Why a key was left out, or what of it was: for the user, one line each.
     notes: tuple[str, ...] = ()
+    stack: str = DEFAULT_STACK  # of the generated document
+    source: str = ""  # where the keys were read (the endpoint)
 
 
-def discover(kms: Kms, *, now: datetime, concurrency: int = 8) -> Discovery:
+def discover(kms: Kms, *, now: datetime, stack: str = DEFAULT_STACK, concurrency: int = 8) -> Discovery:
     """Read every key of the region and keep the EXTERNAL ones that carry no stack's tag and no
-    reserved alias (a claim or a lock: the provisioner's own)."""
+    reserved alias (a claim or a lock: the provisioner's own), for a document of stack `stack`."""
     ids = sorted(kms.list_keys())
     chunks = [ids[i : i + TAG_CHUNK] for i in range(0, len(ids), TAG_CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="discover") as pool:
@@ -132,7 +128,8 @@ def discover(kms: Kms, *, now: datetime, concurrency: int = 8) -> Discovery:
                 fingerprint=fp,
             )
         )
-    return Discovery(keys=_named(found), notes=tuple(notes))
+    source = kms.info.get("endpoint") or kms.description
+    return Discovery(keys=_named(found), notes=tuple(notes), stack=stack, source=source)
 
 
 def key_name(aliases: Iterable[str], key_id: str) -> str:
@@ -158,90 +155,3 @@ def _named(found: list[FoundKey]) -> tuple[FoundKey, ...]:
         taken.add(name)
         out.append(replace(key, name=name))
     return tuple(sorted(out, key=lambda k: k.name))
-
-
-# ----------------------------------------------------------------------------------------- YAML
-
-
-class _Dumper(yaml.SafeDumper):
-    """safe_dump's dumper, with every string outside printable ASCII double-quoted (YAML escapes)."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Printable ASCII: PyYAML picks plain or quoted as the content needs. Anything else (newlines, ESC,
-    # bidi controls, any non-ASCII letter) is double-quoted, where each becomes an escape like \e or
-    # \u202e: the value round-trips exactly and no raw control character reaches the terminal.
-    printable = all(" " <= ch <= "~" for ch in value)
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if printable else '"')
-
-
-_Dumper.add_representer(str, _represent_str)
-
-#: Jinja's openers: an expression, a statement, a comment.
-_TEMPLATE_OPENER = re.compile(r"\{([{%#])")
-
-
-def neutralise_template(text: str) -> str:
-    """`text` written so that Jinja renders it as itself: each `{{`, `{%` and `{#` becomes an expression
-    that prints those two characters, so nothing a live key holds is ever evaluated."""
-    return _TEMPLATE_OPENER.sub(lambda m: "{{ '{" + m.group(1) + "' }}", text)
-
-
-def _entry(key: FoundKey) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "adopt": key.key_id,
-        "spec": key.spec.value,
-        "usage": key.usage.value,
-        "protection": key.protection.value,
-    }
-    if key.instance is not None:
-        entry["instance"] = key.instance
-    entry["description"] = key.description
-    entry["aliases"] = list(key.aliases)
-    entry["tags"] = dict(key.tags)
-    entry["expiry"] = format_time(key.expiry) or "never"
-    if key.deletion_protection:
-        entry["deletion_protection"] = True
-    if key.fingerprint is not None:
-        entry["material"] = {"fingerprint": key.fingerprint}
-    return entry
-
-
-def _comment(key: FoundKey) -> str | None:
-    if key.fingerprint is not None:
-        return None
-    if key.state is KeyState.DISABLED:
-        return "Disabled: no fingerprint read (GetPublicKey needs an enabled key); enable it before adopting"
-    if key.state is KeyState.PENDING_IMPORT:
-        return "PendingImport: holds no material; add the material to import into it"
-    return f"{key.state.value}: its public key could not be read; pin material.fingerprint by hand"
-
-
-def _dump(value: Any) -> str:
-    return yaml.dump(
-        value, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=False, width=2**31
-    )
-
-
-def render_discovery_yaml(discovery: Discovery, *, stack: str, source: str) -> str:
-    """The manifest document: a header comment, `version`, `stack`, then one entry per key. `source`
-    says where the keys were read (the endpoint)."""
-    n = len(discovery.keys)
-    lines = [
-        f"# Written by `provision discover` from {visible(source)}:",
-        f"# {n} EXTERNAL key(s) that no stack manages.",
-        "# Add each key's material source (file:, env: or command:) next to its fingerprint; a plan",
-        "# then adopts each key (action adopt) without creating or importing anything.",
-        _dump({"version": 1, "stack": stack}).rstrip("\n"),
-    ]
-    if not discovery.keys:
-        lines.append("keys: {}")
-    else:
-        lines.append("keys:")
-        for key in discovery.keys:
-            comment = _comment(key)
-            if comment is not None:
-                lines.append(f"  # {comment}")
-            lines += ["  " + line for line in _dump({key.name: _entry(key)}).rstrip("\n").split("\n")]
-    # Every line is escaped by YAML already; visible() is the last word on what reaches a terminal.
-    return visible(neutralise_template("\n".join(lines) + "\n"), keep="\n")

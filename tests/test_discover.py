@@ -16,17 +16,11 @@ from hypothesis import strategies as st
 
 from provisioner.backend.base import Kms
 from provisioner.backend.local import LocalTransport
-from provisioner.discover import (
-    Discovery,
-    FoundKey,
-    discover,
-    key_name,
-    neutralise_template,
-    render_discovery_yaml,
-)
+from provisioner.discover import Discovery, FoundKey, discover, key_name
 from provisioner.escape import visible
 from provisioner.model import KeySpec, KeyState, KeyUsage, ProtectionLevel
 from provisioner.sandbox import ManifestSandbox
+from provisioner.views.discover import neutralise_template, render_discovery_yaml
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -64,7 +58,7 @@ def test_names_are_unique_in_the_document() -> None:
         [found("key-2", ("alias/a/b",)), found("key-1", ("alias/a-b",)), found("key-3", ("alias/a/b",))]
     )
     assert [(k.name, k.key_id) for k in keys] == [("a-b", "key-1"), ("a-b-2", "key-2"), ("a-b-3", "key-3")]
-    doc = rendered(render_discovery_yaml(Discovery(keys), stack="s", source="local:kms.db"))
+    doc = rendered(render_discovery_yaml(Discovery(keys, stack="s", source="local:kms.db")))
     assert list(doc["keys"]) == ["a-b", "a-b-2", "a-b-3"]
     assert [doc["keys"][k.name]["adopt"] for k in keys] == ["key-1", "key-2", "key-3"]
 
@@ -81,7 +75,7 @@ def test_any_description_and_tags_round_trip_and_print_nothing_raw(
 ) -> None:
     pin = "sha256:" + "a" * 64
     key = found("key-1", ("alias/x",), name="x", description=description, tags=tags, fingerprint=pin)
-    text = render_discovery_yaml(Discovery((key,)), stack="s", source="local:kms.db")
+    text = render_discovery_yaml(Discovery((key,), stack="s", source="local:kms.db"))
     assert visible(text, keep="\n") == text  # no control, bidi or invisible character, escaped or not
     doc = rendered(text)
     entry = doc["keys"]["x"]
@@ -90,7 +84,7 @@ def test_any_description_and_tags_round_trip_and_print_nothing_raw(
 
 
 def test_an_empty_discovery_is_a_valid_document() -> None:
-    text = render_discovery_yaml(Discovery(()), stack="s", source="local:kms.db")
+    text = render_discovery_yaml(Discovery((), stack="s", source="local:kms.db"))
     assert rendered(text) == {"version": 1, "stack": "s", "keys": {}}
 
 

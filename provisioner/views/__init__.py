@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from provisioner.views.apply import ApplyView
+    from provisioner.views.discover import DiscoverView
     from provisioner.views.drift import DriftView
     from provisioner.views.plan import PlanView
     from provisioner.views.show import ShowView
@@ -41,6 +42,7 @@ REGISTRY: Final[dict[tuple[str, str], str]] = {
     ("drift", "markdown"): "drift:DriftMarkdown",
     ("show", "text"): "show:ShowText",
     ("show", "json"): "show:ShowJson",
+    ("discover", "yaml"): "discover:DiscoverYaml",
 }
 
 
@@ -77,3 +79,4 @@ PLAN: Final[Command[PlanView]] = Command("plan")
 APPLY: Final[Command[ApplyView]] = Command("apply")
 DRIFT: Final[Command[DriftView]] = Command("drift")
 SHOW: Final[Command[ShowView]] = Command("show")
+DISCOVER: Final[Command[DiscoverView]] = Command("discover")
