@@ -182,7 +182,7 @@ def handle_errors(f: F) -> F:
         except ManifestError as e:
             for d in e.diagnostics:
                 click.echo(str(d), err=True)
-            _fail(f"{sum(1 for d in e.diagnostics if d.severity == 'error')} error(s)")
+            _fail(f"{len(e.diagnostics.errors)} error(s)")
         except ProvisionerError as e:
             _fail(f"error: {e}")
         except OSError as e:
@@ -238,8 +238,7 @@ def validate(
         if not view.lists_diagnostics:
             raise  # the diagnostics on standard error, as every command prints them
         click.echo(view.document(Validation(None, e.diagnostics, checked)), nl=False)
-        errors = sum(1 for d in e.diagnostics if d.severity == "error")
-        click.echo(f"{errors} error(s)", err=True)
+        click.echo(f"{len(e.diagnostics.errors)} error(s)", err=True)
         return 1
     click.echo(view.document(Validation(ms, warnings, checked)), nl=False)
     return 0
@@ -652,6 +651,14 @@ def _read_plan_file(path: Path) -> Any:
     return load_plan(text)
 
 
+def _echo_violations(plan: Any) -> None:
+    """Each violation on stderr as FILE:LINE:COL: error: KEY: CODE: MESSAGE, like validate's lines."""
+    from provisioner.views.plan import violation_lines
+
+    for line in violation_lines(plan):
+        click.echo(line, err=True)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
@@ -694,6 +701,7 @@ def plan(
         kms.close()
     click.echo(views.PLAN.view(fmt, color=use_color(no_color)).plan(the_plan), nl=False)
     if the_plan.blocked:
+        _echo_violations(the_plan)
         click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)
         return 1
     if out is not None:
@@ -758,6 +766,7 @@ def apply(
     if plan_file is not None:
         saved = _read_plan_file(plan_file)
         if saved.blocked:
+            _echo_violations(saved)
             raise PlanBlocked(f"the plan is blocked by {len(saved.violations)} violation(s); nothing applied")
         # The manifests as reviewed, checked before any material source is read or command run.
         reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True)
@@ -787,6 +796,7 @@ def apply(
                 ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None
             )
             if fresh.blocked:
+                _echo_violations(fresh)
                 found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
                 raise PlanBlocked(
                     f"the plan is blocked by {len(fresh.violations)} violation(s) found with the material "
@@ -799,6 +809,7 @@ def apply(
             the_plan = _make_plan_stage(ms, fingerprints, kms, expiry_warning=expiry_warning, targets=chosen)
         click.echo(view.preview(the_plan), nl=False)
         if the_plan.blocked:
+            _echo_violations(the_plan)
             n = len(the_plan.violations)
             raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
         if not the_plan.has_changes:

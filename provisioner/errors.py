@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
-from provisioner.model import Diagnostic
+from provisioner.diagnostics import Diagnostic, Diagnostics
 from provisioner.wire import ErrorCode
 
 
@@ -32,8 +32,8 @@ class UsageError(ProvisionerError):
 class ManifestError(ProvisionerError):
     """Manifests that do not render, parse or validate."""
 
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
-        self.diagnostics = tuple(diagnostics)
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = Diagnostics(diagnostics)
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 

@@ -13,7 +13,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, overload
 
-from provisioner.escape import visible
+# Located problems live in diagnostics.py; these names stay importable from here.
+from provisioner.diagnostics import Diagnostic as Diagnostic
+from provisioner.diagnostics import Diagnostics as Diagnostics
+from provisioner.diagnostics import Location as Location
+from provisioner.diagnostics import Severity as Severity
 
 #: How KMS writes times on the wire (`2021-05-20T06:34:21Z`); plan and drift documents use it too.
 WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -139,42 +143,6 @@ DEFAULT_DELETION_WINDOW_DAYS = 30
 
 #: The name of the one backend of a manifest set without `backends:` (DESIGN section 12).
 DEFAULT_TARGET = "default"
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a value was written: file (as given on the command line), 1-based line and column."""
-
-    file: str
-    line: int = 0
-    column: int = 0
-
-    def __str__(self) -> str:
-        if self.line:
-            return f"{self.file}:{self.line}:{self.column}"
-        return self.file
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One problem found in the input, compiler style."""
-
-    location: Location
-    message: str
-    severity: str = "error"  # "error" | "warning"
-
-    def __str__(self) -> str:
-        # A message may quote a manifest's value and a path may be anything: one line, no escapes.
-        return f"{visible(str(self.location))}: {self.severity}: {visible(self.message)}"
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "file": self.location.file,
-            "line": self.location.line,
-            "column": self.location.column,
-            "severity": self.severity,
-            "message": self.message,
-        }
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from provisioner import leakscan
 from provisioner.errors import ManifestError, MaterialError
 from provisioner.manifest.load import in_file_order, load_manifests
-from provisioner.model import DesiredKey, Diagnostic, ManifestSet, SourceKind
+from provisioner.model import DesiredKey, Diagnostic, ManifestSet, Severity, SourceKind
 from provisioner.specs import Material
 
 
@@ -106,7 +106,7 @@ def _read_one(
     raw: list[bytes] = []
 
     def warn(message: str) -> None:
-        diags.append(Diagnostic(source.location, f'key "{key.name}": {message}', severity="warning"))
+        diags.append(Diagnostic(source.location, f'key "{key.name}": {message}', severity=Severity.WARNING))
 
     try:
         material = verify_material(

@@ -142,6 +142,7 @@ class _Planner:
         self.changes: list[Change] = []
         self.violations: list[Violation] = []
         self.notes: list[Note] = []
+        self.locations = {d.name: d.location for d in desired.keys}
         self.identities = {name: sort_identity(keys) for name, keys in live.keys.items()}
         self.our_ids = live.stack_key_ids
         # Who of ours holds each alias, from the keys themselves (the most direct fact).
@@ -167,7 +168,7 @@ class _Planner:
         return self.targets is None or name in self.targets
 
     def violate(self, key: str, code: ViolationCode, message: str) -> None:
-        self.violations.append(Violation(key, code, message))
+        self.violations.append(Violation(key, code, message, self.locations.get(key)))
 
     def run(self) -> None:
         desired_names = {d.name for d in self.desired.keys}

@@ -31,6 +31,7 @@ from provisioner.model import (
     KeySpec,
     KeyStatus,
     KeyUsage,
+    Location,
     MaterialSource,
     ProtectionLevel,
     SourceKind,
@@ -249,6 +250,9 @@ class Violation:
     key: str
     code: ViolationCode
     message: str
+    #: Where the manifest declares the key (None for a live key no manifest names, or one read from a plan
+    #: file): for the CLI's compiler-style lines only; neither the plan document nor equality holds it.
+    location: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from provisioner.diagnostics import Diagnostic, Severity
 from provisioner.model import format_time
 from provisioner.plan.planfile import plan_to_dict
 from provisioner.plan.values import Action, Change, Plan
@@ -229,6 +230,20 @@ def _targeted_words(plan: Plan, name: Callable[[str], str]) -> str:
         f"only {names} (--target); the stack's other keys were not read, so this plan may not show "
         f"every change the manifests ask for."
     )
+
+
+def violation_lines(plan: Plan) -> list[str]:
+    """One line per violation for standard error, compiler style like validate's diagnostics:
+    `FILE:LINE:COL: error: KEY: CODE: MESSAGE`, or `error: KEY: CODE: MESSAGE` when the key has no
+    manifest location (a live key no manifest names, a plan read from a file)."""
+    lines = []
+    for v in plan.violations:
+        what = f"{v.key}: {v.code.value}: {v.message}"
+        if v.location is None:
+            lines.append(f"{Severity.ERROR.value}: {shown(what)}")
+        else:
+            lines.append(str(Diagnostic(v.location, what)))
+    return lines
 
 
 def render_plan_json(plan: Plan) -> str:

@@ -6,7 +6,7 @@ they are the document on standard output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,7 +22,7 @@ class Validation:
     diagnostics (warnings only when they loaded), and whether material was read and checked."""
 
     manifests: ManifestSet | None
-    diagnostics: Sequence[Diagnostic]
+    diagnostics: Iterable[Diagnostic]
     material_checked: bool
 
 
