@@ -1,0 +1,82 @@
+"""Diagnostics: the severity enum, the collection's order and its views."""
+
+from __future__ import annotations
+
+import json
+
+from provisioner import model
+from provisioner.diagnostics import Diagnostic, Diagnostics, Location, Severity
+from provisioner.errors import ManifestError
+
+
+def at(file: str, line: int = 0, column: int = 0, message: str = "m", warning: bool = False) -> Diagnostic:
+    return Diagnostic(Location(file, line, column), message, Severity.WARNING if warning else Severity.ERROR)
+
+
+def test_severity_compares_and_serialises_as_the_words_it_replaced() -> None:
+    assert Severity.ERROR == "error" and Severity.WARNING == "warning"
+    assert Diagnostic(Location("a.yaml"), "m").severity == "error"
+    d = at("a.yaml", 3, 7, "tag key \"acs:x\"", warning=True)
+    assert str(d) == 'a.yaml:3:7: warning: tag key "acs:x"'
+    assert json.dumps(d.to_dict()) == json.dumps(
+        {"file": "a.yaml", "line": 3, "column": 7, "severity": "warning", "message": 'tag key "acs:x"'}
+    )
+    assert type(d.to_dict()["severity"]) is str
+
+
+def test_the_old_import_path_still_names_the_same_types() -> None:
+    assert model.Diagnostic is Diagnostic and model.Location is Location
+    assert model.Diagnostics is Diagnostics and model.Severity is Severity
+
+
+def test_iteration_is_by_line_column_then_message_within_a_file() -> None:
+    diags = Diagnostics()
+    for d in (at("a", 9, 1, "z"), at("a", 2, 5, "y"), at("a", 2, 5, "b"), at("a", 2, 1, "x"), at("a")):
+        diags.add(d)
+
+    assert [(d.location.line, d.location.column, d.message) for d in diags] == [
+        (0, 0, "m"), (2, 1, "x"), (2, 5, "b"), (2, 5, "y"), (9, 1, "z"),
+    ]
+
+
+def test_files_come_in_the_order_they_first_appear_and_ties_keep_insertion_order() -> None:
+    first_warning = at("b.yaml", 4, 2, "same", warning=True)
+    then_error = at("b.yaml", 4, 2, "same")
+    diags = Diagnostics([at("b.yaml", 8), first_warning, at("a.yaml", 1), at("b.yaml", 1)])
+    diags.extend([then_error, at("c.yaml", 5), at("a.yaml", 0)])
+
+    assert [(d.location.file, d.location.line) for d in diags] == [
+        ("b.yaml", 1), ("b.yaml", 4), ("b.yaml", 4), ("b.yaml", 8),
+        ("a.yaml", 0), ("a.yaml", 1), ("c.yaml", 5),
+    ]
+    same = [d for d in diags if d.message == "same"]
+    assert same[0] is first_warning and same[1] is then_error
+
+
+def test_has_errors_and_the_two_views() -> None:
+    diags = Diagnostics()
+    assert not diags.has_errors and len(diags) == 0 and diags.errors == () and diags.warnings == ()
+
+    diags.add(at("a", 5, warning=True))
+    assert not diags.has_errors and len(diags) == 1
+    assert diags.warnings == (at("a", 5, warning=True),)
+
+    diags.extend([at("a", 9), at("a", 1)])
+    assert diags.has_errors and len(diags) == 3
+    assert diags.errors == (at("a", 1), at("a", 9))
+    assert diags.warnings == (at("a", 5, warning=True),)
+
+
+def test_equality_is_by_content_in_order() -> None:
+    assert Diagnostics([at("a", 2), at("a", 1)]) == Diagnostics([at("a", 1), at("a", 2)])
+    assert Diagnostics([at("a", 1)]) != Diagnostics([at("a", 1, warning=True)])
+    assert repr(Diagnostics([at("a", 1)])).startswith("Diagnostics([Diagnostic(location=Location(")
+
+
+def test_manifest_error_reports_in_order_and_counts_errors() -> None:
+    e = ManifestError(
+        [at("m.yaml", 7, 1, "second"), at("m.yaml", 2, 3, "first"), at("m.yaml", 1, warning=True)]
+    )
+
+    assert str(e) == "m.yaml:1:0: warning: m\nm.yaml:2:3: error: first\nm.yaml:7:1: error: second"
+    assert len(e.diagnostics.errors) == 2
