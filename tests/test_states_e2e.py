@@ -79,6 +79,14 @@ def state(account: Backend, kid: str) -> str:
     return str(account.view.describe(kid).key_state)
 
 
+def applied(account: Backend, tmp_path: Path, *entries: Entry) -> tuple[Stack, list[str]]:
+    """A stack of `entries` written and applied; its key ids in the same order."""
+    stack = Stack(tmp_path / "m", list(entries), backend=account.manifest_backend)
+    stack.write()
+    apply(stack, account)
+    return stack, [key_id(account, e.name) for e in entries]
+
+
 def assert_converged(stack: Stack, account: Backend) -> None:
     doc = plan_doc(stack, account)
     assert (doc["changes"], doc["violations"], doc["summary"]) == ([], [], ZERO)
@@ -87,10 +95,7 @@ def assert_converged(stack: Stack, account: Backend) -> None:
 
 
 def test_a_key_disabled_by_hand_is_enabled(account: Backend, tmp_path: Path) -> None:
-    stack = Stack(tmp_path / "m", [Entry("signer"), Entry("other")], backend=account.manifest_backend)
-    stack.write()
-    apply(stack, account)
-    kid = key_id(account, "signer")
+    stack, (kid, _) = applied(account, tmp_path, Entry("signer"), Entry("other"))
     account.sdk_client().disable_key(models.DisableKeyRequest(key_id=kid))
 
     drift = cli(stack, account, "drift", "--format", "json")
@@ -122,12 +127,10 @@ def test_a_key_disabled_by_hand_is_enabled(account: Backend, tmp_path: Path) -> 
 def test_a_deletion_scheduled_by_hand_is_cancelled_and_other_fixes_still_apply(
     account: Backend, tmp_path: Path
 ) -> None:
-    entries = [Entry("kept"), Entry("emptied"), Entry("fixed", description="old words")]
-    stack = Stack(tmp_path / "m", entries, backend=account.manifest_backend)
-    stack.write()
-    apply(stack, account)
+    stack, (kept, emptied, fixed) = applied(
+        account, tmp_path, Entry("kept"), Entry("emptied"), Entry("fixed", description="old words")
+    )
     client = account.sdk_client()
-    kept, emptied, fixed = (key_id(account, n) for n in ("kept", "emptied", "fixed"))
     client.delete_key_material(models.DeleteKeyMaterialRequest(key_id=emptied))
     for kid in (kept, emptied):
         client.schedule_key_deletion(models.ScheduleKeyDeletionRequest(key_id=kid, pending_window_in_days=7))
@@ -223,10 +226,7 @@ def test_state_disabled_creates_disables_and_keeps_the_key_disabled(account: Bac
 
 
 def test_a_disabled_key_scheduled_for_deletion_comes_back_disabled(account: Backend, tmp_path: Path) -> None:
-    stack = Stack(tmp_path / "m", [Entry("cold", state="disabled")], backend=account.manifest_backend)
-    stack.write()
-    apply(stack, account)
-    cold = key_id(account, "cold")
+    stack, (cold,) = applied(account, tmp_path, Entry("cold", state="disabled"))
     account.sdk_client().schedule_key_deletion(
         models.ScheduleKeyDeletionRequest(key_id=cold, pending_window_in_days=7)
     )
@@ -236,14 +236,32 @@ def test_a_disabled_key_scheduled_for_deletion_comes_back_disabled(account: Back
     assert_converged(stack, account)
 
 
+def test_a_saved_plan_of_state_actions_is_applied(account: Backend, tmp_path: Path) -> None:
+    entries = (Entry("on"), Entry("off", state="disabled"), Entry("back"))
+    stack, (on, off, back) = applied(account, tmp_path, *entries)
+    client = account.sdk_client()
+    client.disable_key(models.DisableKeyRequest(key_id=on))
+    client.enable_key(models.EnableKeyRequest(key_id=off))
+    client.schedule_key_deletion(models.ScheduleKeyDeletionRequest(key_id=back, pending_window_in_days=7))
+    saved = tmp_path / "plan.json"
+    run = cli(stack, account, "plan", "--out", str(saved))
+    assert run.code == 0, run.stderr
+    doc = json.loads(saved.read_text())
+    assert actions(doc) == {"back": ["cancel-deletion"], "off": ["disable"], "on": ["enable"]}
+    assert doc["summary"] == {**ZERO, "enable": 1, "disable": 1, "cancel-deletion": 1}
+    before = account.stats()
+    run = run_cli(["apply", "--plan", str(saved), str(stack.folder), *account.args])
+    assert run.code == 0, run.stdout + run.stderr
+    assert writes(before, account.stats()) == {"EnableKey": 1, "DisableKey": 1, "CancelKeyDeletion": 1}
+    assert [state(account, k) for k in (on, off, back)] == ["Enabled", "Disabled", "Enabled"]
+    assert_converged(stack, account)
+
+
 def test_no_deletion_is_cancelled_while_another_live_key_holds_the_identity(
     account: Backend, tmp_path: Path
 ) -> None:
-    stack = Stack(tmp_path / "m", [Entry("x")], backend=account.manifest_backend)
-    stack.write()
-    apply(stack, account)
+    stack, (old,) = applied(account, tmp_path, Entry("x"))
     client = account.sdk_client()
-    old = key_id(account, "x")
     client.schedule_key_deletion(models.ScheduleKeyDeletionRequest(key_id=old, pending_window_in_days=7))
     saved = tmp_path / "plan.json"
     run = cli(stack, account, "plan", "--out", str(saved))

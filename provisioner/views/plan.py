@@ -70,7 +70,9 @@ _SYMBOLS: tuple[tuple[Action, str, str], ...] = (
     (Action.ENABLE, "~", YELLOW),
     (Action.DISABLE, "~", YELLOW),
 )
-_LEGEND = "+ create   ~ update   ↻ reimport   x delete material   - schedule deletion   ! violation"
+_LEGEND = (
+    "+ create   ~ update or state change   ↻ reimport   x delete material   - schedule deletion   ! violation"
+)
 
 _SUMMARY_WORDS = (
     (Action.CREATE, "to create"),
