@@ -236,6 +236,34 @@ def test_a_disabled_key_scheduled_for_deletion_comes_back_disabled(account: Back
     assert_converged(stack, account)
 
 
+def test_a_disabled_key_that_comes_back_empty_is_disabled_by_the_next_plan(
+    account: Backend, tmp_path: Path
+) -> None:
+    stack, (cold,) = applied(account, tmp_path, Entry("cold", state="disabled"))
+    client = account.sdk_client()
+    client.delete_key_material(models.DeleteKeyMaterialRequest(key_id=cold))
+    client.schedule_key_deletion(models.ScheduleKeyDeletionRequest(key_id=cold, pending_window_in_days=7))
+    # KMS does not say that a key pending deletion is empty: the plan expects it back Enabled.
+    assert actions(plan_doc(stack, account)) == {"cold": ["cancel-deletion", "disable"]}
+    run = cli(stack, account, "apply", "--auto-approve")
+    assert run.code == 1
+    error = (
+        f"key {cold} came back from its deletion in PendingImport (it holds no material), so it cannot be "
+        f"disabled yet: run plan again: it imports the material, then disables the key"
+    )
+    assert f"cold: FAILED after [deletion cancelled (back in PendingImport: no material)]: {error}" in (
+        run.stderr.splitlines()
+    )
+    assert run.stdout.splitlines()[-2:] == [
+        "Apply complete: 0 key(s) changed, 1 failed.", f"  cold: {error}"
+    ]
+    assert state(account, cold) == "PendingImport"
+    assert actions(plan_doc(stack, account)) == {"cold": ["reimport", "disable"]}
+    apply(stack, account)
+    assert state(account, cold) == "Disabled"
+    assert_converged(stack, account)
+
+
 def test_a_saved_plan_of_state_actions_is_applied(account: Backend, tmp_path: Path) -> None:
     entries = (Entry("on"), Entry("off", state="disabled"), Entry("back"))
     stack, (on, off, back) = applied(account, tmp_path, *entries)
