@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from alibabacloud_kms20160120 import models as kms
@@ -270,6 +271,13 @@ class Expected:
 
 
 ERRORS: dict[str, Expected] = {
+    # The service goes on with " server string to sign is:..." on a V2 request.
+    "wrong_secret": Expected(
+        400, "SignatureDoesNotMatch", "Specified signature is not matched with our calculation.", exact=False
+    ),
+    "unknown_action": Expected(
+        404, "InvalidAction.NotFound", "Specified api is not found, please check your url and method."
+    ),
     "replayed_nonce": Expected(400, "SignatureNonceUsed", "Specified signature nonce was used already."),
     "missing_parameter": Expected(
         400,
@@ -279,5 +287,16 @@ ERRORS: dict[str, Expected] = {
     # The service's text ends at "found."; the emulator names the key after a colon.
     "unknown_key": Expected(404, "Forbidden.KeyNotFound", "The specified Key is not found", exact=False),
 }
+#: Cases for the clients that parse an XML error body (`Format=XML`): the same answer, in XML.
+XML_ERRORS: dict[str, Expected] = {"unknown_key_xml": ERRORS["unknown_key"]}
 
 UNKNOWN_ACTION = "NoSuchAction"
+TROUBLESHOOT = "https://api.aliyun.com/troubleshoot?"
+
+
+def check_error_body(body: Mapping[str, Any], expected: Expected) -> None:
+    """The parts of the vendor's error body beyond Code and Message, for the clients that keep it."""
+    assert (body["Code"], bool(body["RequestId"]), bool(body["HostId"])) == (expected.code, True, True), body
+    recommend = urlsplit(body["Recommend"])
+    assert body["Recommend"].startswith(TROUBLESHOOT), body
+    assert parse_qs(recommend.query)["q"] == [expected.code], body

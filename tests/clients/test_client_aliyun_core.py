@@ -31,6 +31,7 @@ from client_support import (  # noqa: E402
     REGION,
     UNKNOWN_ACTION,
     WRONG_SECRET,
+    Expected,
     Served,
     check_flow,
     run_flow,
@@ -43,6 +44,17 @@ from provisioner.model import KeySpec  # noqa: E402
 pytestmark = pytest.mark.slow
 
 LABEL = "aliyun-python-sdk-core"
+
+#: Where this SDK surfaces an answer otherwise than the service gives it. On a V2 SignatureDoesNotMatch
+#: it compares the string to sign that the service quotes after "server string to sign is:" with its
+#: own, and when they are equal tells its user that the secret is wrong.
+SURFACED = {
+    "wrong_secret": Expected(
+        400,
+        "InvalidAccessKeySecret",
+        "The AccessKeySecret is incorrect. Please check your AccessKeyId and AccessKeySecret.",
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +123,7 @@ def provoke(case: str, served: Served, monkeypatch: pytest.MonkeyPatch) -> Serve
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_error_answers(case: str, served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = ERRORS[case]
+    expected = SURFACED.get(case, ERRORS[case])
 
     error = provoke(case, served, monkeypatch)
 

@@ -139,6 +139,8 @@ async function main(makeClient) {
     },
     missing_parameter: () => client.call('DescribeKey', {}),
     unknown_key: () => client.call('DescribeKey', { KeyId: config.missingKeyId }),
+    // Format=XML wins over the client's own Format=json; it reads an XML error from its content type.
+    unknown_key_xml: () => client.raw('DescribeKey', { KeyId: config.missingKeyId, Format: 'XML' }),
   };
   for (const name of config.cases) {
     result.errors[name] = await refusal(cases[name]);
