@@ -61,14 +61,6 @@ class Served:
 
     endpoint: str  # host:port, as the SDKs take it
 
-    def config(self, secret: str = ACCESS_KEY_SECRET) -> dict[str, str]:
-        return {
-            "endpoint": self.endpoint,
-            "accessKeyId": ACCESS_KEY_ID,
-            "accessKeySecret": secret,
-            "regionId": REGION,
-        }
-
 
 @contextmanager
 def serve_emulator() -> Iterator[Served]:

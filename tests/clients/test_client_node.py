@@ -180,3 +180,20 @@ def test_error_answers(name: str, case: str, runs: Runs) -> None:
     assert error["message"] == (
         f"{code}: code: {expected.status}, {body['Message']} {client.request_id_label}: {body['RequestId']}"
     )
+
+
+def test_missing_node_or_packages_skip_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="^node not found$"):
+        node_or_skip()
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setitem(globals(), "NODE_DIR", tmp_path)
+    with pytest.raises(pytest.skip.Exception) as info:
+        node_or_skip()
+    assert str(info.value.msg) == (
+        "node_modules missing (@alicloud/kms20160120, @alicloud/openapi-client, @alicloud/tea-util): "
+        "run npm ci in tests/clients/node"
+    )
