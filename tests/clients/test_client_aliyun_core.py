@@ -34,6 +34,7 @@ from client_support import (  # noqa: E402
     Expected,
     Served,
     check_flow,
+    check_with_official_sdk,
     run_flow,
     serve_emulator,
 )
@@ -94,6 +95,7 @@ def test_byok_flow(served: Served) -> None:
     record = run_flow(OldSdk(served).call, m, LABEL)
 
     check_flow(record, m.public_key_der(), LABEL)
+    check_with_official_sdk(served, record)
 
 
 def refused(send: Any, *args: Any) -> ServerException:

@@ -26,6 +26,7 @@ from client_support import (
     Served,
     check_error_body,
     check_flow,
+    check_with_official_sdk,
     run_flow,
     serve_emulator,
 )
@@ -89,6 +90,7 @@ def test_byok_flow(signature: str, served: Served) -> None:
     record = run_flow(Generic(served, signature).call, m, label)
 
     check_flow(record, m.public_key_der(), label)
+    check_with_official_sdk(served, record)
 
 
 def provoke(case: str, served: Served, signature: str) -> ClientException:
