@@ -119,14 +119,21 @@ def test_sm3_payload_hash_may_come_as_x_acs_content_sm3(emulator: RunningEmulato
 @pytest.mark.parametrize("algorithm", ["ACS3-HMAC-SHA256", "ACS3-HMAC-SM3", "v2"])
 def test_wrong_secret_is_signature_does_not_match(emulator: RunningEmulator, algorithm: str) -> None:
     """Gateway common codes: SignatureDoesNotMatch, 400, "Specified signature is not matched with
-    our calculation." The older SDK tells its user the secret is wrong on this code alone."""
+    our calculation."; on V2 followed by " server string to sign is:" and the string the service
+    computed, which the older SDK compares with its own to tell its user the secret is wrong
+    (tests/clients/test_client_aliyun_core.py)."""
     forger = emulator.sdk_client(access_key_secret="not-the-secret", signature_algorithm=algorithm)
 
     with pytest.raises(ClientException) as info:
         forger.create_key(create_request())
 
     assert (info.value.code, info.value.status_code) == ("SignatureDoesNotMatch", 400)
-    assert info.value.data["Message"] == WRONG_SIGNATURE
+    message = info.value.data["Message"]
+    if algorithm == "v2":
+        assert message.startswith(f"{WRONG_SIGNATURE} server string to sign is:POST&%2F&"), message
+        assert "Action%3DCreateKey" in message, message
+    else:
+        assert message == WRONG_SIGNATURE
     assert key_count(emulator) == 0
 
 

@@ -102,7 +102,12 @@ def test_wrong_secret_is_refused_and_changes_nothing(
 
     assert info.value.code == "SignatureDoesNotMatch"
     assert info.value.status_code == 400
-    assert info.value.data["Message"] == WRONG_SIGNATURE_MESSAGE
+    if algorithm == "v2":
+        # The service quotes the V2 string to sign it computed (aliyun-python-sdk-core reads it).
+        tail = info.value.data["Message"].removeprefix(WRONG_SIGNATURE_MESSAGE)
+        assert tail.startswith(" server string to sign is:POST&%2F&"), info.value.data["Message"]
+    else:
+        assert info.value.data["Message"] == WRONG_SIGNATURE_MESSAGE
     assert key_count(emulator.sdk_client()) == 0
 
 

@@ -603,12 +603,17 @@ class EmulatorServer:
             "The request signature does not conform to Aliyun standards.",
         )
 
-    def _wrong_signature(self) -> WireError:
+    def _wrong_signature(self, string_to_sign: str | None = None) -> WireError:
         """A well-formed signature made with another secret (or over other content): the vendor's
-        code and words, on which the older SDK tells its user that the secret is wrong."""
-        return WireError(
-            ErrorCode.SIGNATURE_DOES_NOT_MATCH, "Specified signature is not matched with our calculation."
-        )
+        code and words. A V2 answer goes on, as the service's does, with the string to sign it computed
+        ("... our calculation. server string to sign is:POST&%2F&..."): aliyun-python-sdk-core splits the
+        message at its first ':' and, when the tail equals its own string to sign, tells its user that
+        the secret is wrong (InvalidAccessKeySecret); without the tail that SDK fails on an IndexError.
+        The V2 string to sign holds no raw ':' (it is percent-encoded twice)."""
+        message = "Specified signature is not matched with our calculation."
+        if string_to_sign is not None:
+            message += f" server string to sign is:{string_to_sign}"
+        return WireError(ErrorCode.SIGNATURE_DOES_NOT_MATCH, message)
 
     @staticmethod
     def _unsupported_method(what: str) -> WireError:
@@ -692,7 +697,7 @@ class EmulatorServer:
             raise self._bad_signature()
         expected = signing.v2_signature(self.config.access_key_secret, method, params)
         if not signing.signatures_equal(params["Signature"], expected):
-            raise self._wrong_signature()
+            raise self._wrong_signature(signing.v2_string_to_sign(method, params))
         self._use_nonce(params.get("SignatureNonce"))
         return params.get("Version", "")
 
