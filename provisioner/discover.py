@@ -66,16 +66,9 @@ def discover(kms: Kms, *, now: datetime, stack: str = DEFAULT_STACK, concurrency
     """Read every key of the region and keep the EXTERNAL ones that carry no stack's tag and no
     reserved alias (a claim or a lock: the provisioner's own), for a document of stack `stack`."""
     ids = sorted(kms.list_keys())
-    chunks = [ids[i : i + TAG_CHUNK] for i in range(0, len(ids), TAG_CHUNK)]
+    notes: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="discover") as pool:
-        aliases_future = pool.submit(kms.list_aliases)
-        tags: dict[str, dict[str, str]] = {key_id: {} for key_id in ids}
-        for rows in pool.map(lambda chunk: kms.list_tag_resources(resource_ids=chunk), chunks):
-            for row in rows:
-                tags.setdefault(row.resource_id, {})[row.key] = row.value
-        aliases: dict[str, list[str]] = {}
-        for entry in aliases_future.result():
-            aliases.setdefault(entry.key_id, []).append(entry.alias_name)
+        tags, aliases = _tags_and_aliases(kms, ids, pool)
         # A stack's key, or one holding a claim or the lock alias (the provisioner's bookkeeping), is
         # someone's already: only the others cost a DescribeKey.
         unclaimed = [
@@ -84,12 +77,9 @@ def discover(kms: Kms, *, now: datetime, stack: str = DEFAULT_STACK, concurrency
             if TAG_STACK not in tags[key_id]
             and not any(is_reserved_alias(a) for a in aliases.get(key_id, ()))
         ]
-        described = [m for m in pool.map(lambda key_id: describe_if_exists(kms, key_id), unclaimed) if m]
-
-        notes: list[str] = []
         kept: list[KeyMetadata] = []
-        for meta in described:
-            if meta.origin is not Origin.EXTERNAL:
+        for meta in pool.map(lambda key_id: describe_if_exists(kms, key_id), unclaimed):
+            if meta is None or meta.origin is not Origin.EXTERNAL:
                 continue
             if meta.key_state is KeyState.PENDING_DELETION:
                 notes.append(f"key {meta.key_id}: left out: it is pending deletion")
@@ -100,36 +90,56 @@ def discover(kms: Kms, *, now: datetime, stack: str = DEFAULT_STACK, concurrency
         enabled = [k for k in actual if k.key_state is KeyState.ENABLED]
         proven = pool.map(lambda k: proven_fingerprint(kms, k), enabled)
         read = dict(zip((k.key_id for k in enabled), proven, strict=True))
-        fingerprints = [read.get(k.key_id) for k in actual]
-
-    found: list[FoundKey] = []
-    for meta, fp in zip(kept, fingerprints, strict=True):
-        live_tags = tags[meta.key_id]
-        declared = {k: v for k, v in live_tags.items() if not k.startswith(_UNDECLARABLE_TAG_PREFIXES)}
-        left_out = sorted(set(live_tags) - set(declared))
-        if left_out:
-            notes.append(
-                f"key {meta.key_id}: tag(s) {', '.join(left_out)} left out: a manifest cannot declare them"
-            )
-        found.append(
-            FoundKey(
-                name="",
-                key_id=meta.key_id,
-                state=meta.key_state,
-                spec=meta.key_spec,
-                usage=meta.key_usage,
-                protection=meta.protection_level,
-                instance=meta.instance_id,
-                description=meta.description,
-                aliases=tuple(sorted(aliases.get(meta.key_id, ()))),
-                tags=dict(sorted(declared.items())),
-                expiry=meta.material_expire_time,
-                deletion_protection=meta.deletion_protection,
-                fingerprint=fp,
-            )
-        )
+    found = [_found_key(meta, tags[meta.key_id], aliases, read.get(meta.key_id), notes) for meta in kept]
     source = kms.info.get("endpoint") or kms.description
     return Discovery(keys=_named(found), notes=tuple(notes), stack=stack, source=source)
+
+
+def _tags_and_aliases(
+    kms: Kms, ids: list[str], pool: ThreadPoolExecutor
+) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:
+    """(tags by key id, aliases by key id) of the keys `ids`: tag rows 50 ids a call, aliases in pages."""
+    aliases_future = pool.submit(kms.list_aliases)
+    chunks = [ids[i : i + TAG_CHUNK] for i in range(0, len(ids), TAG_CHUNK)]
+    tags: dict[str, dict[str, str]] = {key_id: {} for key_id in ids}
+    for rows in pool.map(lambda chunk: kms.list_tag_resources(resource_ids=chunk), chunks):
+        for row in rows:
+            tags.setdefault(row.resource_id, {})[row.key] = row.value
+    aliases: dict[str, list[str]] = {}
+    for entry in aliases_future.result():
+        aliases.setdefault(entry.key_id, []).append(entry.alias_name)
+    return tags, aliases
+
+
+def _found_key(
+    meta: KeyMetadata,
+    live_tags: Mapping[str, str],
+    aliases: Mapping[str, list[str]],
+    fingerprint: str | None,
+    notes: list[str],
+) -> FoundKey:
+    """The manifest entry of one kept key (named later); a tag a manifest cannot declare is left out,
+    with a note."""
+    declared = {k: v for k, v in live_tags.items() if not k.startswith(_UNDECLARABLE_TAG_PREFIXES)}
+    left_out = sorted(set(live_tags) - set(declared))
+    if left_out:
+        words = ", ".join(left_out)
+        notes.append(f"key {meta.key_id}: tag(s) {words} left out: a manifest cannot declare them")
+    return FoundKey(
+        name="",
+        key_id=meta.key_id,
+        state=meta.key_state,
+        spec=meta.key_spec,
+        usage=meta.key_usage,
+        protection=meta.protection_level,
+        instance=meta.instance_id,
+        description=meta.description,
+        aliases=tuple(sorted(aliases.get(meta.key_id, ()))),
+        tags=dict(sorted(declared.items())),
+        expiry=meta.material_expire_time,
+        deletion_protection=meta.deletion_protection,
+        fingerprint=fingerprint,
+    )
 
 
 def key_name(aliases: Iterable[str], key_id: str) -> str:

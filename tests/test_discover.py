@@ -106,17 +106,21 @@ class OneForeignOrigin:
         self.inner.close()
 
 
-def test_only_external_keys_are_discovered(tmp_path: Path) -> None:
+def test_only_external_keys_are_discovered_with_the_tags_a_manifest_may_declare(tmp_path: Path) -> None:
     local = LocalTransport(tmp_path / "kms.db")
     kms = Kms(local)
+    # A key stripped of its stack tag by hand still carries a name tag: no manifest may declare that one.
+    tags = [{}, {"team": "a", "byok-provisioner:name": "x"}]
     made = [
         kms.create_key(
             spec=KeySpec.EC_P256, usage=KeyUsage.SIGN_VERIFY, protection=ProtectionLevel.SOFTWARE,
-            instance="kst-local-software", description=f"key {i}", tags={},
+            instance="kst-local-software", description=f"key {i}", tags=tags[i],
         ).key_id
         for i in range(2)
     ]
     seen = discover(Kms(OneForeignOrigin(local, made[0])), now=NOW)
-    assert [k.key_id for k in seen.keys] == [made[1]]
-    assert seen.notes == ()
+    assert [(k.key_id, dict(k.tags)) for k in seen.keys] == [(made[1], {"team": "a"})]
+    assert seen.notes == (
+        f"key {made[1]}: tag(s) byok-provisioner:name left out: a manifest cannot declare them",
+    )
     kms.close()
