@@ -25,7 +25,7 @@ from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.escape import visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
-from provisioner.model import Diagnostic, WrappingAlgorithm
+from provisioner.model import Diagnostics, WrappingAlgorithm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -478,7 +478,7 @@ def _load_stage(
     echo_warnings: bool = True,
     keep: dict[str, Any] | None = None,
     allow_commands: bool = False,
-) -> tuple[Any, dict[str, str], list[Diagnostic]]:
+) -> tuple[Any, dict[str, str], Diagnostics]:
     """validate: render, parse, check manifests and (unless offline) read material fingerprints.
 
     `keep` receives the material itself, by key name, for an apply (see read_material)."""

@@ -6,7 +6,7 @@ No I/O: the CLI prints them. A message may quote a manifest's value, so str() es
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -58,22 +58,26 @@ class Diagnostic:
 
 class Diagnostics:
     """Every problem a stage found, in reading order: file by file, each file's by line, column, then
-    message; equal ones keep the order they were added in.
+    message; diagnostics equal in all four keep the order they were added in.
 
-    Files come in the order they first appear, which is the order they were loaded (the command line's,
-    then each folder's sorted), not the alphabet: `validate b.yaml a.yaml` reports b.yaml first.
+    `files` is the order of the files a stage loaded (the command line's, each folder's sorted);
+    diagnostics of any other file (a path that does not exist, the command line) come first, file by
+    file in the order they first appear. With no `files`, every file ranks by first appearance.
     """
 
-    __slots__ = ("_items", "_files", "_sorted")
+    __slots__ = ("_items", "_files", "_others", "_sorted")
 
-    def __init__(self, diagnostics: Iterable[Diagnostic] = ()) -> None:
+    def __init__(self, diagnostics: Iterable[Diagnostic] = (), *, files: Sequence[str] = ()) -> None:
         self._items: list[Diagnostic] = []
-        self._files: dict[str, int] = {}  # file -> rank, by first appearance
+        self._files = {file: i for i, file in enumerate(dict.fromkeys(files))}
+        self._others: dict[str, int] = {}  # a file not in `files` -> its rank, by first appearance
         self._sorted = True
         self.extend(diagnostics)
 
     def add(self, diagnostic: Diagnostic) -> None:
-        self._files.setdefault(diagnostic.location.file, len(self._files))
+        file = diagnostic.location.file
+        if file not in self._files:
+            self._others.setdefault(file, len(self._others))
         self._items.append(diagnostic)
         self._sorted = False
 
@@ -81,8 +85,11 @@ class Diagnostics:
         for d in diagnostics:
             self.add(d)
 
-    def _order(self, d: Diagnostic) -> tuple[int, int, int, str]:
-        return self._files[d.location.file], d.location.line, d.location.column, d.message
+    def _order(self, d: Diagnostic) -> tuple[int, int, int, int, str]:
+        file, line, column = d.location.file, d.location.line, d.location.column
+        rank = self._files.get(file)
+        group = (0, self._others[file]) if rank is None else (1, rank)
+        return *group, line, column, d.message
 
     def _in_order(self) -> list[Diagnostic]:
         if not self._sorted:

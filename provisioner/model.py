@@ -213,7 +213,7 @@ class ManifestSet:
     manifest_digest: str = ""
     #: Scans every rendered string for the material given (a leakscan.MaterialIndex): the located
     #: errors, which never show the string. Set by manifest.load_manifests; check_material calls it.
-    material_scan: Callable[[Any], list[Diagnostic]] | None = field(default=None, repr=False, compare=False)
+    material_scan: Callable[[Any], Diagnostics] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
+from cli_support import example_workdir, run_main
 
 from provisioner import model
 from provisioner.diagnostics import Diagnostic, Diagnostics, Location, Severity
@@ -53,6 +57,17 @@ def test_files_come_in_the_order_they_first_appear_and_ties_keep_insertion_order
     assert same[0] is first_warning and same[1] is then_error
 
 
+def test_declared_files_come_in_their_order_after_the_others() -> None:
+    diags = Diagnostics(files=["b.yaml", "a.yaml"])
+    diags.extend([at("a.yaml", 1), at("b.yaml", 9), at("<command line>"), at("nope.yaml"), at("b.yaml", 2)])
+
+    assert [(d.location.file, d.location.line) for d in diags] == [
+        ("<command line>", 0), ("nope.yaml", 0), ("b.yaml", 2), ("b.yaml", 9), ("a.yaml", 1),
+    ]
+    # Rebuilt from its own iteration (as ManifestError does), the order stays.
+    assert list(Diagnostics(diags)) == list(diags)
+
+
 def test_has_errors_and_the_two_views() -> None:
     diags = Diagnostics()
     assert not diags.has_errors and len(diags) == 0 and diags.errors == () and diags.warnings == ()
@@ -80,3 +95,46 @@ def test_manifest_error_reports_in_order_and_counts_errors() -> None:
 
     assert str(e) == "m.yaml:1:0: warning: m\nm.yaml:2:3: error: first\nm.yaml:7:1: error: second"
     assert len(e.diagnostics.errors) == 2
+
+
+# ------------------------------------------------------------------------------ through validate
+
+A_RULE_ERRORS = """\
+version: 1
+stack: s
+keys:
+  k:
+    spec: RSA_2048
+    usage: SIGN/VERIFY
+    tags: {"acs:x": "1"}
+    aliases: [alias/acs-mine]
+"""
+
+B_SYNTAX_ERROR = "version: 1\nstack: s\nkeys: [\n"
+
+
+def test_validate_lists_files_in_load_order_each_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # b.yaml's syntax error is found while parsing, before a.yaml's rules run: still a.yaml first.
+    work = example_workdir(tmp_path, monkeypatch)
+    folder = work / "set"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(A_RULE_ERRORS, encoding="utf-8")
+    (folder / "b.yaml").write_text(B_SYNTAX_ERROR, encoding="utf-8")
+
+    rc, out, err = run_main(["validate", "--offline-material", "set", "nowhere.yaml"], capsys)
+
+    assert rc == 1 and out == ""
+    assert err.splitlines() == [
+        "nowhere.yaml: error: no such file or folder",
+        'set/a.yaml:4:3: error: key "k" has no KMS instance: asymmetric import needs one; set instance on '
+        "the key or under defaults",
+        'set/a.yaml:4:3: error: key "k" has no material: give material with one of file, env, command '
+        "(only a key with state absent may omit it)",
+        'set/a.yaml:7:12: error: tag key "acs:x" must not start with "acs:"',
+        'set/a.yaml:8:15: error: alias "alias/acs-mine" must not start with "alias/acs"',
+        "set/b.yaml:4:1: error: YAML syntax error: did not find expected node content (while parsing a flow "
+        "node)",
+        "6 error(s)",
+    ]

@@ -120,7 +120,7 @@ def test_a_material_file_is_opened_once_per_check(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(os, "open", counting_open)
     fingerprints, diags = manifest.check_material(ms, environ={})
-    assert list(fingerprints) == ["good"] and diags == []
+    assert list(fingerprints) == ["good"] and list(diags) == []
     assert opened == [key_file]
 
 

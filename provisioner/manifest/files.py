@@ -13,18 +13,19 @@ from pathlib import Path
 
 from provisioner.model import (
     Diagnostic,
+    Diagnostics,
     Location,
 )
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-def manifest_files(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple[str, Path]]:
+def manifest_files(paths: Sequence[Path], diags: Diagnostics) -> list[tuple[str, Path]]:
     """Expand files and folders (their *.yaml / *.yml, sorted, not recursive) to (display, path)."""
     return [(display, path) for display, path, _ in find_manifests(paths, diags)]
 
 
-def find_manifests(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple[str, Path, str]]:
+def find_manifests(paths: Sequence[Path], diags: Diagnostics) -> list[tuple[str, Path, str]]:
     """(display, path, path relative to the PATH it was found through) for each manifest file.
 
     A file must be regular and its real path must lie under the PATH (a folder's real path; for a
@@ -38,15 +39,15 @@ def find_manifests(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple
             real = path.resolve(strict=True)
             info = real.stat()
         except (OSError, RuntimeError):
-            diags.append(Diagnostic(Location(display), "a symbolic link that leads nowhere (or in a loop)"))
+            diags.add(Diagnostic(Location(display), "a symbolic link that leads nowhere (or in a loop)"))
             return
         if path.is_symlink() and not real.is_relative_to(tree):
-            diags.append(
+            diags.add(
                 Diagnostic(Location(display), "a symbolic link out of the manifest folder: refused")
             )
             return
         if not stat.S_ISREG(info.st_mode):
-            diags.append(Diagnostic(Location(display), "not a regular file"))
+            diags.add(Diagnostic(Location(display), "not a regular file"))
             return
         if real not in seen:
             seen.add(real)
@@ -58,15 +59,15 @@ def find_manifests(paths: Sequence[Path], diags: list[Diagnostic]) -> list[tuple
             tree = given.resolve()
             found = sorted(p for p in given.iterdir() if p.suffix in MANIFEST_SUFFIXES and not p.is_dir())
             if not found:
-                diags.append(Diagnostic(Location(display), "folder has no manifest files (*.yaml, *.yml)"))
+                diags.add(Diagnostic(Location(display), "folder has no manifest files (*.yaml, *.yml)"))
             for p in found:
                 add(os.path.join(display, p.name), p, tree)
         elif given.is_symlink() or given.is_file():
             add(display, given, given.parent.resolve())
         elif given.exists():
-            diags.append(Diagnostic(Location(display), "not a regular file or folder"))
+            diags.add(Diagnostic(Location(display), "not a regular file or folder"))
         else:
-            diags.append(Diagnostic(Location(display), "no such file or folder"))
+            diags.add(Diagnostic(Location(display), "no such file or folder"))
     return out
 
 

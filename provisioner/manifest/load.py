@@ -27,6 +27,7 @@ from provisioner.manifest.words import TYPE_NAMES, DocPath, json_kind, path_word
 from provisioner.model import (
     DesiredKey,
     Diagnostic,
+    Diagnostics,
     Location,
     ManifestSet,
 )
@@ -45,7 +46,7 @@ def load_manifests(
     `allow_env`: the --allow-env globs (PROVISION_ALLOW_ENV in `environ` adds to them)."""
     env = os.environ if environ is None else environ
     policy = EnvPolicy.from_sources(allow_env, env)
-    diags: list[Diagnostic] = []
+    diags = Diagnostics()
     found = find_manifests(paths, diags)
     displays = tuple(display for display, _, _ in found)
     docs, records, digest = _parse_files(found, variables, env, policy, diags)
@@ -57,11 +58,9 @@ def load_manifests(
     diags = _refuse_material_reads(records, docs, diags)
     diags = _scrub(docs, diags)
     if not displays and not diags:
-        diags.append(Diagnostic(Location("<command line>"), "no manifest files given"))
-    diags = in_file_order(diags, displays)
-    errors = _unique(d for d in diags if d.severity == "error")
-    if errors:
-        raise ManifestError(errors)
+        diags.add(Diagnostic(Location("<command line>"), "no manifest files given"))
+    if diags.has_errors:
+        raise ManifestError(Diagnostics(dict.fromkeys(diags.errors), files=displays))
     assert state.stack is not None  # the schema requires stack in every file
     return ManifestSet(
         stack=state.stack[0],
@@ -75,7 +74,7 @@ def load_manifests(
 
 def _parse_files(
     found: Sequence[tuple[str, Path, str]], variables: Mapping[str, object], env: Mapping[str, str],
-    policy: EnvPolicy, diags: list[Diagnostic],
+    policy: EnvPolicy, diags: Diagnostics,
 ) -> tuple[list[Doc], list[tuple[str, EnvReads]], str]:
     """Read, render, parse and schema-check each file: the parsed documents, each file's env()
     reads, and the set's digest (over each file's relative path and rendered text)."""
@@ -86,7 +85,7 @@ def _parse_files(
         try:
             source = read_text(path.resolve())
         except Unreadable as e:
-            diags.append(Diagnostic(Location(display), f"cannot read the file: {e}"))
+            diags.add(Diagnostic(Location(display), f"cannot read the file: {e}"))
             continue
         reads = EnvReads(source)
         records.append((display, reads))
@@ -106,12 +105,6 @@ def _parse_files(
     return docs, records, "sha256:" + digest.hexdigest()
 
 
-def in_file_order(diags: Iterable[Diagnostic], files: Sequence[str]) -> list[Diagnostic]:
-    """`diags` sorted by file (in the order given; others first), then line and column."""
-    order = {display: i for i, display in enumerate(files)}
-    return sorted(diags, key=lambda d: (order.get(d.location.file, -1), d.location.line, d.location.column))
-
-
 def _material_names(docs: Iterable[Doc]) -> set[str]:
     """Every variable the set names as a material `env:` source or `passphrase_env`."""
     names: set[str] = set()
@@ -125,8 +118,8 @@ def _material_names(docs: Iterable[Doc]) -> set[str]:
 
 
 def _refuse_material_reads(
-    records: list[tuple[str, EnvReads]], docs: list[Doc], diags: list[Diagnostic]
-) -> list[Diagnostic]:
+    records: list[tuple[str, EnvReads]], docs: list[Doc], diags: Diagnostics
+) -> Diagnostics:
     """A template's env() of a variable the set names as material, known once every file is parsed:
     the file's other diagnostics are dropped (they were made from the rendered value)."""
     names = _material_names(docs)
@@ -136,7 +129,7 @@ def _refuse_material_reads(
         late = list(dict.fromkeys((n, line) for n, line in reads.reads if n in names))
         if not late:
             continue
-        diags = [d for d in diags if d.location.file != display]
+        diags = Diagnostics(d for d in diags if d.location.file != display)
         rule = "it is named as a material source (env or passphrase_env) in the manifests"
         diags.extend(
             Diagnostic(env_location(display, reads.source, line, name), refusal_message(reads, name, rule))
@@ -145,13 +138,13 @@ def _refuse_material_reads(
     return diags
 
 
-def _scrub(docs: list[Doc], diags: list[Diagnostic]) -> list[Diagnostic]:
+def _scrub(docs: list[Doc], diags: Diagnostics) -> Diagnostics:
     """In a file that read env(), a quoted name (a key, a tag key, a field) that the file does not
     spell out, or that holds an env() value, is replaced by words: rule messages quote names."""
     tainted = {doc.display: doc for doc in docs if doc.tainted}
     if not tainted:
         return diags
-    out: list[Diagnostic] = []
+    out = Diagnostics()
     computed: dict[str, set[str]] = {}
     for d in diags:
         doc = tainted.get(d.location.file)
@@ -164,7 +157,7 @@ def _scrub(docs: list[Doc], diags: list[Diagnostic]) -> list[Diagnostic]:
                 message = message.replace(json.dumps(text, ensure_ascii=False), "the value")
                 message = message.replace(f'"{text}"', "the value")
             d = Diagnostic(d.location, message, d.severity)
-        out.append(d)
+        out.add(d)
     return out
 
 
@@ -201,7 +194,7 @@ def _string_groups(doc: Doc) -> Iterable[tuple[Location, str, list[tuple[DocPath
 
 
 def _locate(
-    doc: Doc, found: Callable[[str], bool], what: str, diags: list[Diagnostic]
+    doc: Doc, found: Callable[[str], bool], what: str, diags: Diagnostics
 ) -> None:
     """Report each string, else each group joined, else the file, that `found` says holds `what`."""
     def joined_found(items: Iterable[tuple[DocPath, bool, str]]) -> bool:
@@ -218,12 +211,12 @@ def _locate(
         located = True
         single = [(p, is_key) for p, is_key, t in group if found(t)]
         if not single:
-            diags.append(Diagnostic(at, f"{where}: its strings joined hold {what}; they are not shown"))
+            diags.add(Diagnostic(at, f"{where}: its strings joined hold {what}; they are not shown"))
         for p, is_key in single:
             loc = doc.key_loc(p) if is_key else doc.loc(p)
-            diags.append(Diagnostic(loc, f"{path_words(p)}: the value holds {what}; it is not shown"))
+            diags.add(Diagnostic(loc, f"{path_words(p)}: the value holds {what}; it is not shown"))
     if not located:
-        diags.append(
+        diags.add(
             Diagnostic(Location(doc.display, 1, 1), f"the file's strings joined hold {what}; not shown")
         )
 
@@ -231,25 +224,21 @@ def _locate(
 _PEM_WORDS = "a PEM BEGIN line (-----BEGIN): key material and certificates never belong in a manifest"
 
 
-def _check_strings(doc: Doc, diags: list[Diagnostic]) -> None:
+def _check_strings(doc: Doc, diags: Diagnostics) -> None:
     """Rules on every rendered string: no NUL character, no PEM BEGIN line (alone or joined)."""
     for p, is_key, text in _strings(doc.data, ()):
         if "\0" in text:
             loc = doc.key_loc(p) if is_key else doc.loc(p)
-            diags.append(Diagnostic(loc, f"{path_words(p)}: a NUL character is not allowed in a manifest"))
+            diags.add(Diagnostic(loc, f"{path_words(p)}: a NUL character is not allowed in a manifest"))
     _locate(doc, leakscan.holds_pem_begin, _PEM_WORDS, diags)
 
 
-def _scan_for_material(docs: list[Doc], index: leakscan.MaterialIndex) -> list[Diagnostic]:
-    diags: list[Diagnostic] = []
+def _scan_for_material(docs: list[Doc], index: leakscan.MaterialIndex) -> Diagnostics:
+    diags = Diagnostics()
     if index:
         for doc in docs:
             _locate(doc, index.found_in, "16 or more bytes of private material the manifests read", diags)
     return diags
-
-
-def _unique(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
-    return list(dict.fromkeys(diags))
 
 
 def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> dict[str, object]:
@@ -257,13 +246,13 @@ def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> di
     from provisioner.files import InputFileError, read_regular_text
 
     out: dict[str, object] = {}
-    diags: list[Diagnostic] = []
+    diags = Diagnostics()
     for path in var_files:
         display = str(path)
         try:
             text = read_regular_text(path, "--var-file")
         except InputFileError as e:
-            diags.append(Diagnostic(Location(display), f"variable file (--var-file): {e.reason}"))
+            diags.add(Diagnostic(Location(display), f"variable file (--var-file): {e.reason}"))
             continue
         try:
             # JSON is YAML, so one parser reads both formats.
@@ -273,21 +262,21 @@ def load_variables(var_args: Mapping[str, str], var_files: Sequence[Path]) -> di
             mark = e.problem_mark or e.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
             message = f"variable file: syntax error: {without_quotes(e.problem or 'invalid YAML')}"
-            diags.append(Diagnostic(Location(display, line, col), message))
+            diags.add(Diagnostic(Location(display, line, col), message))
             continue
         except yaml.YAMLError as e:
             line, col = error_position(text, e)
-            diags.append(Diagnostic(Location(display, line, col), f"variable file: {yaml_problem(e)}"))
+            diags.add(Diagnostic(Location(display, line, col), f"variable file: {yaml_problem(e)}"))
             continue
         except ValueError:
-            diags.append(
+            diags.add(
                 Diagnostic(Location(display), "variable file: a number too long to read (over 4,300 digits)")
             )
             continue
         if data is None:
             continue
         if not isinstance(data, dict):
-            diags.append(
+            diags.add(
                 Diagnostic(
                     Location(display, 1, 1),
                     "variable file must be a mapping of names to values, not "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from provisioner import leakscan
 from provisioner.errors import ManifestError, MaterialError
-from provisioner.manifest.load import in_file_order, load_manifests
-from provisioner.model import DesiredKey, Diagnostic, ManifestSet, Severity, SourceKind
+from provisioner.manifest.load import load_manifests
+from provisioner.model import DesiredKey, Diagnostic, Diagnostics, ManifestSet, Severity, SourceKind
 from provisioner.specs import Material
 
 
@@ -24,12 +24,12 @@ class MaterialRead:
     when asked for, the material itself by key name, for an apply to import."""
 
     fingerprints: dict[str, str] = field(default_factory=dict)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
     materials: dict[str, Material] = field(default_factory=dict)
 
     @property
     def has_errors(self) -> bool:
-        return any(d.severity == "error" for d in self.diagnostics)
+        return self.diagnostics.has_errors
 
     def wipe(self) -> None:
         """Wipe and forget every material kept."""
@@ -54,7 +54,7 @@ def read_material(
     # Imported here so that loading manifests never pulls in the crypto stack.
     from provisioner.material import pass_env_refusal
 
-    result = MaterialRead()
+    result = MaterialRead(diagnostics=Diagnostics(files=ms.files))
     index = leakscan.MaterialIndex()  # every form of every material read, for the 16-byte rule
     env: Mapping[str, str] = os.environ if environ is None else environ
     material_names = frozenset(
@@ -94,7 +94,7 @@ def read_material(
 
 def _read_one(
     key: DesiredKey, environ: Mapping[str, str] | None, allow_commands: bool | None,
-    diags: list[Diagnostic],
+    diags: Diagnostics,
 ) -> tuple[Material, list[bytes]] | None:
     """One key's verified material and the byte strings a manifest must not carry 16 bytes of:
     the source's bytes as read (a command's output is not among them: its key's forms cover it),
@@ -106,7 +106,7 @@ def _read_one(
     raw: list[bytes] = []
 
     def warn(message: str) -> None:
-        diags.append(Diagnostic(source.location, f'key "{key.name}": {message}', severity=Severity.WARNING))
+        diags.add(Diagnostic(source.location, f'key "{key.name}": {message}', severity=Severity.WARNING))
 
     try:
         material = verify_material(
@@ -114,7 +114,7 @@ def _read_one(
             on_read=None if source.kind is SourceKind.COMMAND else raw.append,
         )
     except MaterialError as e:
-        diags.append(Diagnostic(source.location, f'key "{key.name}": {e}'))
+        diags.add(Diagnostic(source.location, f'key "{key.name}": {e}'))
         return None
     return material, [*raw, *material.secret_forms()]
 
@@ -124,7 +124,7 @@ def check_material(
     *,
     environ: Mapping[str, str] | None = None,
     allow_commands: bool | None = None,
-) -> tuple[dict[str, str], list[Diagnostic]]:
+) -> tuple[dict[str, str], Diagnostics]:
     """`read_material` for the fingerprints only: (fingerprint by key name, diagnostics)."""
     result = read_material(ms, environ=environ, allow_commands=allow_commands)
     return result.fingerprints, result.diagnostics
@@ -145,7 +145,6 @@ def validate_with_material(
     `keep`: as for read_material; `allow_env`: as for load_manifests."""
     ms = load_manifests(paths, variables=variables, environ=environ, allow_env=allow_env)
     result = read_material(ms, environ=environ, allow_commands=allow_commands, keep=keep)
-    result.diagnostics = in_file_order(result.diagnostics, ms.files)
     if result.has_errors:
         result.wipe()
         raise ManifestError(result.diagnostics)
@@ -160,14 +159,14 @@ def validate_manifests(
     offline_material: bool = False,
     allow_env: Sequence[str] = (),
     allow_commands: bool | None = None,
-) -> tuple[ManifestSet, dict[str, str], list[Diagnostic]]:
+) -> tuple[ManifestSet, dict[str, str], Diagnostics]:
     """Load, then (unless offline) read every key's material, wiping it once fingerprinted.
 
     Returns the set, the fingerprint of each key whose material was read, and the warnings;
     raises ManifestError carrying every error (and the warnings) otherwise."""
     if offline_material:
         ms = load_manifests(paths, variables=variables, environ=environ, allow_env=allow_env)
-        return ms, {}, []
+        return ms, {}, Diagnostics()
     ms, result = validate_with_material(
         paths, variables=variables, environ=environ, allow_env=allow_env, allow_commands=allow_commands
     )

@@ -22,6 +22,7 @@ from provisioner.manifest.words import (
 )
 from provisioner.model import (
     Diagnostic,
+    Diagnostics,
     Location,
 )
 
@@ -98,14 +99,14 @@ def _pos(node: yaml.Node) -> Pos:
 class _Converter:
     """Turns a composed YAML node tree into plain data, recording each node's position."""
 
-    def __init__(self, loader: Any, doc: Doc, diags: list[Diagnostic]) -> None:
+    def __init__(self, loader: Any, doc: Doc, diags: Diagnostics) -> None:
         self.loader = loader
         self.doc = doc
         self.diags = diags
         self.nodes = 0
 
     def error(self, node: yaml.Node, message: str) -> None:
-        self.diags.append(Diagnostic(Location(self.doc.display, *_pos(node)), message))
+        self.diags.add(Diagnostic(Location(self.doc.display, *_pos(node)), message))
 
     def convert(self, node: yaml.Node, path: DocPath, depth: int = 0) -> Any:
         self.nodes += 1
@@ -169,7 +170,7 @@ class _Converter:
             out[key] = self.convert(vnode, (*path, key), depth + 1)
 
 
-def parse_yaml(text: str, doc: Doc, diags: list[Diagnostic]) -> bool:
+def parse_yaml(text: str, doc: Doc, diags: Diagnostics) -> bool:
     """Parse `text` into `doc`; False (with a located diagnostic) on a YAML syntax error.
 
     No message quotes the file: a file that is no manifest (a token, a key) must not be shown."""
@@ -178,12 +179,12 @@ def parse_yaml(text: str, doc: Doc, diags: list[Diagnostic]) -> bool:
     try:
         node = loader.get_single_node()
         if node is None:
-            diags.append(Diagnostic(Location(doc.display), "the file is empty: expected a manifest"))
+            diags.add(Diagnostic(Location(doc.display), "the file is empty: expected a manifest"))
             return False
         doc.data = _Converter(loader, doc, diags).convert(node, ())
         return True
     except _TooManyNodes as e:
-        diags.append(
+        diags.add(
             Diagnostic(
                 Location(doc.display, *_pos(e.node)),
                 f"the document expands to more than {_MAX_NODES:,} values (aliases repeated in aliases?)",
@@ -196,12 +197,12 @@ def parse_yaml(text: str, doc: Doc, diags: list[Diagnostic]) -> bool:
         what = without_quotes(e.problem or "invalid YAML")
         if e.context:
             what = f"{what} ({without_quotes(e.context)})"
-        diags.append(Diagnostic(Location(doc.display, line, col), f"YAML syntax error: {what}"))
+        diags.add(Diagnostic(Location(doc.display, line, col), f"YAML syntax error: {what}"))
         return False
     except yaml.YAMLError as e:
         # A reader error (a control character, say): its text quotes the input and its position.
         line, col = error_position(text, e)
-        diags.append(Diagnostic(Location(doc.display, line, col), f"YAML error: {yaml_problem(e)}"))
+        diags.add(Diagnostic(Location(doc.display, line, col), f"YAML error: {yaml_problem(e)}"))
         return False
     finally:
         loader.dispose()

@@ -18,6 +18,7 @@ from provisioner import sandbox
 from provisioner.manifest.words import without_quotes
 from provisioner.model import (
     Diagnostic,
+    Diagnostics,
     Location,
 )
 from provisioner.trust import EnvPolicy
@@ -153,7 +154,7 @@ def refusal_message(reads: EnvReads, name: str, rule: str) -> str:
 
 def render(
     source: str, display: str, variables: Mapping[str, object], environ: Mapping[str, str],
-    diags: list[Diagnostic], policy: EnvPolicy | None = None, reads: EnvReads | None = None,
+    diags: Diagnostics, policy: EnvPolicy | None = None, reads: EnvReads | None = None,
 ) -> str | None:
     """Render one file; None (with located diagnostics) when it cannot be rendered.
 
@@ -168,13 +169,13 @@ def render(
             lambda: _render_now(source, display, variables, environ, diags, policy, record)
         )
     except sandbox.TemplateTimeout as e:
-        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {e}"))
+        diags.add(Diagnostic(Location(display, 1, 1), f"template error: {e}"))
         return None
 
 
 def _render_now(
     source: str, display: str, variables: Mapping[str, object], environ: Mapping[str, str],
-    diags: list[Diagnostic], policy: EnvPolicy | None, record: EnvReads,
+    diags: Diagnostics, policy: EnvPolicy | None, record: EnvReads,
 ) -> str | None:
     template = _template(source, display, diags)
     if template is None:
@@ -189,12 +190,12 @@ def _render_now(
         diags.extend(_refused_reads(display, source, record))
         return None
     if failure is not None:
-        diags.append(failure)
+        diags.add(failure)
     if undefined:
         for name, line in undefined:
             col = _name_column(source, line, name) if line else 0
             message = f'undefined template variable "{name}"'
-            diags.append(Diagnostic(Location(display, line, col), message))
+            diags.add(Diagnostic(Location(display, line, col), message))
         return None
     if rendered is None:
         return None
@@ -202,21 +203,21 @@ def _render_now(
         for name, line in record.missing:
             shown = record.shown_name(name)
             message = f"environment variable {shown} is not set (env({shown}))"
-            diags.append(Diagnostic(env_location(display, source, line, name), message))
+            diags.add(Diagnostic(env_location(display, source, line, name), message))
         return None
     return rendered
 
 
-def _template(source: str, display: str, diags: list[Diagnostic]) -> jinja2.Template | None:
+def _template(source: str, display: str, diags: Diagnostics) -> jinja2.Template | None:
     try:
         return _JINJA.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         # The line's text is not quoted: a file that is no manifest (a token, a key) must not be shown.
         message = f"template syntax error: {without_quotes(e.message or 'invalid template')}"
-        diags.append(Diagnostic(Location(display, e.lineno, 1), message))
+        diags.add(Diagnostic(Location(display, e.lineno, 1), message))
         return None
     except Exception as e:  # a deeply nested expression, say: report it, never crash
-        diags.append(Diagnostic(Location(display, 1, 1), f"template error: {type(e).__name__}"))
+        diags.add(Diagnostic(Location(display, 1, 1), f"template error: {type(e).__name__}"))
         return None
 
 
@@ -246,11 +247,11 @@ def _render_all(
     return None, undefined, None
 
 
-def _refused_reads(display: str, source: str, record: EnvReads) -> list[Diagnostic]:
-    out = [
+def _refused_reads(display: str, source: str, record: EnvReads) -> Diagnostics:
+    out = Diagnostics(
         Diagnostic(env_location(display, source, line, name), refusal_message(record, name, rule))
         for name, line, rule in record.refused
-    ]
+    )
     out.extend(
         Diagnostic(
             env_location(display, source, line, None),

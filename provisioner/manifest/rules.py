@@ -27,6 +27,7 @@ from provisioner.model import (
     DesiredKey,
     DesiredState,
     Diagnostic,
+    Diagnostics,
     KeySpec,
     KeyUsage,
     Location,
@@ -153,7 +154,7 @@ class SetState:
 
 
 def _check_tags(
-    doc: Doc, tags: Any, path: DocPath, diags: list[Diagnostic]
+    doc: Doc, tags: Any, path: DocPath, diags: Diagnostics
 ) -> dict[str, str]:
     """Check a tags mapping; return its well-formed entries."""
     good: dict[str, str] = {}
@@ -162,13 +163,13 @@ def _check_tags(
     for key, value in tags.items():
         problem = tag_key_problem(key, doc.show if doc.tainted else None)
         if problem:
-            diags.append(Diagnostic(doc.key_loc((*path, key)), problem))
+            diags.add(Diagnostic(doc.key_loc((*path, key)), problem))
             continue
         if not isinstance(value, str):
             continue  # the schema reported it
         problem = tag_value_problem(key, value, doc.show if doc.tainted else None)
         if problem:
-            diags.append(Diagnostic(doc.loc((*path, key)), problem))
+            diags.add(Diagnostic(doc.loc((*path, key)), problem))
             continue
         good[key] = value
     return good
@@ -186,7 +187,7 @@ def _resolve(folder: Path, relative: str) -> Path:
     return Path(os.path.abspath(folder / relative))
 
 
-def check_doc(doc: Doc, state: SetState, diags: list[Diagnostic]) -> list[DesiredKey]:
+def check_doc(doc: Doc, state: SetState, diags: Diagnostics) -> list[DesiredKey]:
     """Semantic rules for one file; also feeds the cross-file rules. Tolerates ill-typed data."""
     data = doc.data
     if not isinstance(data, dict):
@@ -198,7 +199,7 @@ def check_doc(doc: Doc, state: SetState, diags: list[Diagnostic]) -> list[Desire
             state.stack = (stack, here)
         elif state.stack[0] != stack:
             first, where = state.stack
-            diags.append(
+            diags.add(
                 Diagnostic(
                     here,
                     f'stack "{stack}" differs from stack "{first}" declared at {where}; '
@@ -232,13 +233,13 @@ def check_doc(doc: Doc, state: SetState, diags: list[Diagnostic]) -> list[Desire
     return out
 
 
-def _check_backend(doc: Doc, backend: Any, state: SetState, diags: list[Diagnostic]) -> None:
+def _check_backend(doc: Doc, backend: Any, state: SetState, diags: Diagnostics) -> None:
     if not isinstance(backend, dict):
         return
     kind = backend.get("type", "local")
     path = backend.get("path")
     if kind == "alibaba" and path is not None:
-        diags.append(
+        diags.add(
             Diagnostic(
                 doc.loc(("backend", "path")),
                 f"backend.path {doc.show(path)} applies only to the local backend",
@@ -258,13 +259,13 @@ def _check_backend(doc: Doc, backend: Any, state: SetState, diags: list[Diagnost
     if state.backend is None:
         state.backend = (config, here)
     elif state.backend[0] != config:
-        diags.append(
+        diags.add(
             Diagnostic(here, f"backend differs from the one declared at {state.backend[1]}; give it once")
         )
 
 
 def _check_key(
-    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: list[Diagnostic], *,
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: Diagnostics, *,
     stack: str, default_tags: dict[str, str], default_instance: str | None,
     default_protection: ProtectionLevel,
 ) -> DesiredKey | None:
@@ -282,7 +283,7 @@ def _check_key(
 
     instance = body.get("instance", default_instance)
     if instance is None:
-        diags.append(
+        diags.add(
             Diagnostic(
                 here,
                 f'key "{name}" has no KMS instance: asymmetric import needs one; '
@@ -317,9 +318,9 @@ def _check_key(
     )
 
 
-def _declare_name(name: str, here: Location, state: SetState, diags: list[Diagnostic]) -> None:
+def _declare_name(name: str, here: Location, state: SetState, diags: Diagnostics) -> None:
     if name in state.names:
-        diags.append(
+        diags.add(
             Diagnostic(
                 here, f'key name "{name}" is declared twice in the stack (first at {state.names[name]})'
             )
@@ -330,11 +331,11 @@ def _declare_name(name: str, here: Location, state: SetState, diags: list[Diagno
 
 def _check_spec(
     doc: Doc, name: str, base: DocPath, spec: KeySpec | None, protection: ProtectionLevel,
-    diags: list[Diagnostic],
+    diags: Diagnostics,
 ) -> None:
     if spec is not None and spec not in importable_specs(protection):
         allowed = ", ".join(sorted(importable_specs(protection)))
-        diags.append(
+        diags.add(
             Diagnostic(
                 doc.loc((*base, "spec")),
                 f'key "{name}": spec "{spec}" cannot take imported material at protection {protection} '
@@ -344,7 +345,7 @@ def _check_spec(
 
 
 def _key_tags(
-    doc: Doc, name: str, body: dict[str, Any], default_tags: dict[str, str], diags: list[Diagnostic]
+    doc: Doc, name: str, body: dict[str, Any], default_tags: dict[str, str], diags: Diagnostics
 ) -> dict[str, str]:
     """Defaults merged under the key's own tags, counted with the provisioner's reserved tags."""
     base: DocPath = ("keys", name)
@@ -352,7 +353,7 @@ def _key_tags(
     raw_tags: dict[str, Any] = body["tags"] if isinstance(body.get("tags"), dict) else {}
     total = len({**default_tags, **raw_tags})
     if total > MAX_USER_TAGS:
-        diags.append(
+        diags.add(
             Diagnostic(
                 doc.loc((*base, "tags")) if raw_tags else doc.key_loc(base),
                 f'key "{name}" has {total} tags (defaults included); at most {MAX_USER_TAGS} are allowed '
@@ -364,7 +365,7 @@ def _key_tags(
 
 
 def _key_aliases(
-    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: list[Diagnostic]
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: Diagnostics
 ) -> list[str]:
     """The key's well-formed aliases not used before in the set (each is then taken)."""
     aliases: list[str] = []
@@ -377,17 +378,17 @@ def _key_aliases(
         at = doc.loc(("keys", name, "aliases", i))
         problem = alias_problem(alias, doc.show if doc.tainted else None)
         if problem:
-            diags.append(Diagnostic(at, problem))
+            diags.add(Diagnostic(at, problem))
             continue
         if alias in state.aliases:
-            diags.append(Diagnostic(at, f'alias "{alias}" is used twice (first at {state.aliases[alias]})'))
+            diags.add(Diagnostic(at, f'alias "{alias}" is used twice (first at {state.aliases[alias]})'))
             continue
         state.aliases[alias] = at
         aliases.append(alias)
     return aliases
 
 
-def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: list[Diagnostic]) -> datetime | None:
+def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: Diagnostics) -> datetime | None:
     raw_expiry = body.get("expiry", "never")
     if not isinstance(raw_expiry, str):
         return None  # the schema reported it
@@ -395,7 +396,7 @@ def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: list[Diagnosti
     try:
         return parse_expiry(raw_expiry)
     except ExpiryOutOfRange:
-        diags.append(
+        diags.add(
             Diagnostic(
                 at,
                 f"expiry {doc.show(raw_expiry)} is not a time in UTC years 1..9999; "
@@ -403,7 +404,7 @@ def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: list[Diagnosti
             )
         )
     except ValueError:
-        diags.append(
+        diags.add(
             Diagnostic(
                 at,
                 f'expiry {doc.show(raw_expiry)} is neither "never" nor an RFC 3339 time with a zone, '
@@ -415,13 +416,13 @@ def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: list[Diagnosti
 
 def _key_deletion(
     doc: Doc, name: str, body: dict[str, Any], desired_state: DesiredState | None,
-    diags: list[Diagnostic],
+    diags: Diagnostics,
 ) -> tuple[bool, int]:
     """(deletion_protection, deletion_window_days) as planned."""
     base: DocPath = ("keys", name)
     protected = body.get("deletion_protection", False)
     if desired_state is DesiredState.ABSENT and protected is True:
-        diags.append(
+        diags.add(
             Diagnostic(
                 doc.loc((*base, "deletion_protection")),
                 f'key "{name}" has state "absent" and deletion_protection true: '
@@ -431,7 +432,7 @@ def _key_deletion(
     window = body.get("deletion_window_days", DEFAULT_DELETION_WINDOW_DAYS)
     if isinstance(window, float):
         # JSON Schema counts 7.0 as an integer; a planned window must be what was written.
-        diags.append(
+        diags.add(
             Diagnostic(
                 doc.loc((*base, "deletion_window_days")),
                 "deletion_window_days: write a whole number of days (7..366), without a decimal point",
@@ -442,12 +443,12 @@ def _key_deletion(
 
 def _check_material_block(
     doc: Doc, name: str, body: dict[str, Any], base: DocPath, desired_state: DesiredState | None,
-    diags: list[Diagnostic],
+    diags: Diagnostics,
 ) -> MaterialSource | None:
     block = body.get("material")
     if block is None:
         if desired_state is not DesiredState.ABSENT and "material" not in body:
-            diags.append(
+            diags.add(
                 Diagnostic(
                     doc.key_loc(base),
                     f'key "{name}" has no material: give material with one of file, env, command '
@@ -461,7 +462,7 @@ def _check_material_block(
     given = [k for k in ("file", "env", "command") if k in block]
     if len(given) != 1:
         detail = "none of them is given" if not given else "got " + " and ".join(given)
-        diags.append(
+        diags.add(
             Diagnostic(at, f'key "{name}": material takes exactly one of file, env, command; {detail}')
         )
         return None
@@ -469,7 +470,7 @@ def _check_material_block(
     value = block[given[0]]
     pass_env = block.get("pass_env")
     if pass_env is not None and kind is not SourceKind.COMMAND:
-        diags.append(
+        diags.add(
             Diagnostic(doc.key_loc((*base, "material", "pass_env")),
                        f'key "{name}": material.pass_env is for command sources only')
         )
@@ -495,7 +496,7 @@ def _check_material_block(
 
 
 def _check_pass_env_names(
-    doc: Doc, name: str, base: DocPath, names: tuple[str, ...], diags: list[Diagnostic]
+    doc: Doc, name: str, base: DocPath, names: tuple[str, ...], diags: Diagnostics
 ) -> None:
     """The name rule of pass_env, here so it holds for --offline-material too; the value rule
     applies when the material is read."""
@@ -505,4 +506,4 @@ def _check_pass_env_names(
         rule = never_readable_rule(variable, {})
         if rule is not None:
             where = doc.loc((*base, "material", "pass_env", i))
-            diags.append(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))
+            diags.add(Diagnostic(where, f'key "{name}": material.pass_env {variable}: {rule}'))

@@ -25,6 +25,7 @@ from provisioner.manifest.words import (
 )
 from provisioner.model import (
     Diagnostic,
+    Diagnostics,
 )
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / "manifest.schema.json"
@@ -180,8 +181,8 @@ def schema_is_valid(data: Any) -> bool:
     check = _fast_check()
     return check(data) if check is not None else bool(_validator().is_valid(data))
 
-def schema_diagnostics(doc: Doc) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
+def schema_diagnostics(doc: Doc) -> Diagnostics:
+    out = Diagnostics()
     if schema_is_valid(doc.data):
         return out
     for error in _validator().iter_errors(doc.data):

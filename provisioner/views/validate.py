@@ -6,12 +6,11 @@ they are the document on standard output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.escape import visible
-from provisioner.model import Diagnostic, ManifestSet
+from provisioner.model import Diagnostics, ManifestSet
 from provisioner.views import View
 from provisioner.views.text import json_document
 
@@ -22,7 +21,7 @@ class Validation:
     diagnostics (warnings only when they loaded), and whether material was read and checked."""
 
     manifests: ManifestSet | None
-    diagnostics: Iterable[Diagnostic]
+    diagnostics: Diagnostics
     material_checked: bool
 
 
