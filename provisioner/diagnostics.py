@@ -44,14 +44,14 @@ class Diagnostic:
 
     def __str__(self) -> str:
         # A message may quote a manifest's value and a path may be anything: one line, no escapes.
-        return f"{visible(str(self.location))}: {self.severity.value}: {visible(self.message)}"
+        return f"{visible(str(self.location))}: {self.severity!s}: {visible(self.message)}"
 
     def to_dict(self) -> dict[str, object]:
         return {
             "file": self.location.file,
             "line": self.location.line,
             "column": self.location.column,
-            "severity": self.severity.value,
+            "severity": str(self.severity),
             "message": self.message,
         }
 
@@ -99,15 +99,15 @@ class Diagnostics:
 
     @property
     def has_errors(self) -> bool:
-        return any(d.severity is Severity.ERROR for d in self._items)
+        return any(d.severity == Severity.ERROR for d in self._items)
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self._in_order() if d.severity is Severity.ERROR)
+        return tuple(d for d in self._in_order() if d.severity == Severity.ERROR)
 
     @property
     def warnings(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self._in_order() if d.severity is Severity.WARNING)
+        return tuple(d for d in self._in_order() if d.severity == Severity.WARNING)
 
     def __iter__(self) -> Iterator[Diagnostic]:
         return iter(tuple(self._in_order()))
