@@ -427,13 +427,17 @@ def test_every_planned_change_re_derives_from_its_before_and_after(path: Path) -
 
 
 def _edit_plan() -> Plan:
-    """A plan of every kind of change: create, update, reimport, schedule-deletion."""
+    """A plan of every kind of change: create, update, reimport, schedule-deletion, enable, disable,
+    cancel-deletion."""
     desired = manifest(
         [
             desired_key("new", {"aliases": ["alias/new"], "tags": {"team": "t"}}),
             desired_key("upd", {"description": "new words", "tags": {"team": "u"}, "aliases": ["alias/u2"]}),
             desired_key("re", {"expiry": "2027-01-01T00:00:00Z"}),
             desired_key("old", {"state": "absent", "deletion_window_days": 9}),
+            desired_key("on", {}),
+            desired_key("off", {"state": "disabled"}),
+            desired_key("back", {}),
         ]
     )
     live = live_state(
@@ -441,6 +445,9 @@ def _edit_plan() -> Plan:
             actual_key({"name": "upd", "tags": {"gone": "x"}, "aliases": ["alias/u1"]}),
             actual_key({"name": "re"}),
             actual_key({"name": "old"}),
+            actual_key({"name": "on", "status": "disabled"}),
+            actual_key({"name": "off"}),
+            actual_key({"name": "back", "status": "pending-deletion"}),
         ]
     )
     return make_plan(desired, live, now=NOW, fingerprints=default_fingerprints(desired), backend=BACKEND)
@@ -453,6 +460,9 @@ def test_edit_plan_has_every_kind_of_change() -> None:
         "old": ["schedule-deletion"],
         "re": ["reimport"],
         "upd": ["update"],
+        "on": ["enable"],
+        "off": ["disable"],
+        "back": ["cancel-deletion"],
     }
     check_instructions(plan)
 
@@ -484,6 +494,12 @@ def _index(plan: Plan, key: str) -> int:
         ("old", "actions", ["update", "schedule-deletion"]),
         ("old", "deletion_protection", False),
         ("old", "tags_to_set", {"a": "b"}),
+        ("on", "actions", []),
+        ("on", "actions", ["enable", "disable"]),
+        ("off", "actions", ["disable", "schedule-deletion"]),
+        ("back", "actions", ["update"]),
+        ("re", "actions", ["cancel-deletion", "reimport"]),
+        ("new", "actions", ["create", "import", "disable"]),
     ],
 )
 def test_hand_edited_instruction_is_refused(key: str, field: str, value: Any) -> None:
