@@ -407,6 +407,21 @@ def test_stale_reason_for_saved_plans() -> None:
     assert stale_reason(create, [gone]) is None
 
 
+def test_a_cancel_is_stale_once_another_live_key_holds_the_identity() -> None:
+    pending = actual_key({"name": "a", "key_id": "k1", "status": "pending-deletion"})
+    desired = manifest([desired_key("a")])
+    plan = make_plan(desired, live_state([pending]), now=NOW, fingerprints={"a": fp("a")}, backend=BACKEND)
+    (change,) = plan.changes
+    assert change.actions == (Action.CANCEL_DELETION,)
+    other_pending = actual_key({"name": "a", "key_id": "k3", "status": "pending-deletion"})
+    assert stale_reason(change, [pending, other_pending]) is None
+    live = actual_key({"name": "a", "key_id": "k2", "status": "pending-import"})
+    assert stale_reason(change, [pending, live, other_pending]) == (
+        "key 'a': the plan cancels the deletion of k1, but k2 now carries that identity and is not pending "
+        "deletion; a deletion is never cancelled while another live key holds the identity: make a new plan"
+    )
+
+
 def test_backend_values_are_strings() -> None:
     plan = make_plan(
         manifest([]), live_state([]), now=NOW, fingerprints={}, backend={"type": "alibaba", "region": None}
