@@ -17,6 +17,7 @@ from alibabacloud_kms20160120 import models
 from apply_support import writes
 from backends import Backend
 from e2e_support import STACK, Entry, Stack, assert_no_secret, run_cli
+from Tea.exceptions import TeaException
 
 from provisioner.model import TAG_FINGERPRINT, TAG_NAME, TAG_STACK, format_time
 
@@ -93,6 +94,53 @@ def assert_converged(stack: Stack, account: Backend) -> None:
     assert (doc["changes"], doc["violations"], doc["summary"]) == ([], [], ZERO)
     drift = cli(stack, account, "drift")
     assert drift.code == 0, drift.stdout + drift.stderr
+
+
+def test_both_backends_share_the_state_calls(account: Backend, tmp_path: Path) -> None:
+    """EnableKey, DisableKey and CancelKeyDeletion answer the same on the local engine and the emulator,
+    through the SDK's models: the plan's new actions rest on them."""
+    _, (kid,) = applied(account, tmp_path, Entry("k"))
+    client = account.sdk_client()
+    empty = client.create_key(
+        models.CreateKeyRequest(
+            origin="EXTERNAL", key_spec="EC_P256", key_usage="SIGN/VERIFY", protection_level="SOFTWARE",
+            dkmsinstance_id="kst-local-software",
+        )
+    ).body.key_metadata.key_id
+    seen = []
+    for call in (
+        lambda: client.disable_key(models.DisableKeyRequest(key_id=kid)),
+        lambda: client.enable_key(models.EnableKeyRequest(key_id=kid)),
+        lambda: client.schedule_key_deletion(
+            models.ScheduleKeyDeletionRequest(key_id=kid, pending_window_in_days=7)
+        ),
+        lambda: client.cancel_key_deletion(models.CancelKeyDeletionRequest(key_id=kid)),
+    ):
+        call()
+        seen.append(state(account, kid))
+    assert seen == ["Disabled", "Enabled", "PendingDeletion", "Enabled"]
+    client.schedule_key_deletion(models.ScheduleKeyDeletionRequest(key_id=empty, pending_window_in_days=7))
+    client.cancel_key_deletion(models.CancelKeyDeletionRequest(key_id=empty))
+    assert state(account, empty) == "PendingImport"
+    for refused, message in (
+        (
+            lambda: client.enable_key(models.EnableKeyRequest(key_id=empty)),
+            f"key {empty} is PendingImport; only an Enabled or Disabled key can become Enabled",
+        ),
+        (
+            lambda: client.disable_key(models.DisableKeyRequest(key_id=empty)),
+            f"key {empty} is PendingImport; only an Enabled or Disabled key can become Disabled",
+        ),
+        (
+            lambda: client.cancel_key_deletion(models.CancelKeyDeletionRequest(key_id=kid)),
+            f"key {kid} is Enabled, not PendingDeletion",
+        ),
+    ):
+        with pytest.raises(TeaException) as e:
+            refused()
+        # The SDK wraps the service's message ("code: 409, ... request id: ..."); the local one is bare.
+        assert e.value.code == "Rejected.StateModifiedFailed"
+        assert message in e.value.message
 
 
 def test_a_key_disabled_by_hand_is_enabled(account: Backend, tmp_path: Path) -> None:
