@@ -12,11 +12,10 @@ import errno
 import functools
 import io
 import os
-import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import click
 
@@ -25,7 +24,19 @@ from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.escape import visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
-from provisioner.model import Diagnostics, WrappingAlgorithm
+from provisioner.model import WrappingAlgorithm
+
+if TYPE_CHECKING:
+    # The stages' types, for mypy only: the stages import their modules when a command runs, so that
+    # `provision --help` loads none of them.
+    from datetime import datetime
+
+    from provisioner.apply import ApplyResult
+    from provisioner.backend.base import Kms
+    from provisioner.emulator.server import EmulatorConfig
+    from provisioner.manifest import MaterialRead
+    from provisioner.model import BackendConfig, Diagnostic, Diagnostics, LiveState, ManifestSet
+    from provisioner.plan.values import Plan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -141,7 +152,7 @@ _OUTPUT_ERRNOS = frozenset(
 )
 
 
-def _silence(stream: Any) -> None:
+def _silence(stream: TextIO) -> None:
     """Point a stream's file descriptor at /dev/null, so what it still buffers goes nowhere and the
     interpreter's exit reports no second error."""
     try:
@@ -304,10 +315,6 @@ def serve(
     Prints one line, `listening on http://HOST:PORT`, once ready. `GET /_emulator/stats` returns call
     counts per Action. Default credentials are public: the emulator guards nothing.
     """
-    import signal
-    import sqlite3
-    import threading
-
     from provisioner.emulator import server as emulator_server
     from provisioner.errors import UsageError
 
@@ -331,18 +338,32 @@ def serve(
         raise UsageError(str(e)) from None
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
+    _serve_until_stopped(config)
+    return 0
+
+
+def _serve_until_stopped(config: EmulatorConfig) -> None:
+    """Run the emulator until SIGTERM or SIGINT; a port or state file it cannot use is one line, exit 1."""
+    import signal
+    import sqlite3
+    import threading
+
+    from provisioner.emulator.server import EmulatorServer
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda _s, _f: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            server = emulator_server.EmulatorServer(config)
+            server = EmulatorServer(config)
         except OSError as e:
-            _fail(f"error: cannot serve on {host}:{port} with db {db or ':memory:'}: {e.strerror or e}")
+            where = f"{config.host}:{config.port} with db {config.db or ':memory:'}"
+            _fail(f"error: cannot serve on {where}: {e.strerror or e}")
         except sqlite3.Error as e:
-            _fail(f"error: cannot open emulator state {db}: {e}")
+            _fail(f"error: cannot open emulator state {config.db}: {e}")
         except ValueError:
             # The store's schema check: another version's or another program's database.
-            _fail(f"error: cannot open emulator state {db}: not an emulator state file of this version")
+            state = f"emulator state {config.db}"
+            _fail(f"error: cannot open {state}: not an emulator state file of this version")
         try:
             server.start()
             click.echo(f"listening on {server.url}")
@@ -355,7 +376,6 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
 
 
 def _warn(message: str) -> None:
@@ -366,6 +386,8 @@ def _write_owner_only(path: Path, text: str, what: str = "--out") -> None:
     """Write `text` to `path` with mode 0600 from the first byte: a fresh file in the same folder
     (O_EXCL, mode 0600, umask can only narrow it), then renamed over the target. A target that is a
     symlink, FIFO, device or folder is refused (InputFileError naming `what`), nothing written."""
+    import secrets
+
     refuse_special_target(path, what)
     folder = path.parent if str(path.parent) else Path(".")
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -476,46 +498,61 @@ def _load_stage(
     *,
     offline_material: bool,
     echo_warnings: bool = True,
-    keep: dict[str, Any] | None = None,
     allow_commands: bool = False,
-) -> tuple[Any, dict[str, str], Diagnostics]:
-    """validate: render, parse, check manifests and (unless offline) read material fingerprints.
+) -> tuple[ManifestSet, dict[str, str], Diagnostics]:
+    """validate: render, parse, check manifests and (unless offline) read material fingerprints."""
+    from provisioner.manifest import validate_manifests
 
-    `keep` receives the material itself, by key name, for an apply (see read_material)."""
-    from provisioner.manifest import load_variables, validate_manifests, validate_with_material
-
-    variables = load_variables(_parse_vars(var), var_files)
-    manifest_paths = paths or (DEFAULT_MANIFEST_PATH,)
-    if keep is None or offline_material:
-        ms, fingerprints, warnings = validate_manifests(
-            manifest_paths,
-            variables=variables,
-            offline_material=offline_material,
-            allow_env=allow_env_flags(),
-            allow_commands=allow_commands,
-        )
-    else:
-        ms, read = validate_with_material(
-            manifest_paths, variables=variables, keep=True, allow_env=allow_env_flags(),
-            allow_commands=allow_commands,
-        )
-        fingerprints, warnings = read.fingerprints, read.diagnostics
-        keep.update(read.materials)
+    ms, fingerprints, warnings = validate_manifests(
+        paths or (DEFAULT_MANIFEST_PATH,),
+        variables=_variables(var, var_files),
+        offline_material=offline_material,
+        allow_env=allow_env_flags(),
+        allow_commands=allow_commands,
+    )
     if echo_warnings:
-        for w in warnings:
-            click.echo(str(w), err=True)
+        _echo_diagnostics(warnings)
     return ms, fingerprints, warnings
 
 
+def _material_stage(
+    paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], *, allow_commands: bool
+) -> tuple[ManifestSet, MaterialRead]:
+    """validate for an apply: the manifests and their material, kept so that each source is read once
+    a run (the material read to plan is the material applied). The caller wipes it."""
+    from provisioner.manifest import validate_with_material
+
+    ms, read = validate_with_material(
+        paths or (DEFAULT_MANIFEST_PATH,),
+        variables=_variables(var, var_files),
+        keep=True,
+        allow_env=allow_env_flags(),
+        allow_commands=allow_commands,
+    )
+    _echo_diagnostics(read.diagnostics)
+    return ms, read
+
+
+def _variables(var: tuple[str, ...], var_files: tuple[Path, ...]) -> dict[str, object]:
+    from provisioner.manifest import load_variables
+
+    return load_variables(_parse_vars(var), var_files)
+
+
+def _echo_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
+    for d in diagnostics:
+        click.echo(str(d), err=True)
+
+
 def _open_stage(
-    manifest_backend: Any,
+    manifest_backend: BackendConfig | None,
     backend: str | None,
     endpoint: str | None,
     region: str | None,
     qps: tuple[str, ...],
     *,
     create: bool = True,
-) -> Any:
+) -> Kms:
     from provisioner.backend import open_kms
     from provisioner.backend.resilience import parse_qps
 
@@ -554,13 +591,13 @@ def _retry_seconds() -> float:
     return value
 
 
-def _now() -> Any:
+def _now() -> datetime:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _refresh_stage(ms: Any, kms: Any, now: Any, targets: tuple[str, ...] = ()) -> Any:
+def _refresh_stage(ms: ManifestSet, kms: Kms, now: datetime, targets: tuple[str, ...] = ()) -> LiveState:
     """refresh for a plan. GetPublicKey only for keys that carry no recorded fingerprint."""
     from provisioner.refresh import refresh
 
@@ -575,14 +612,14 @@ def _refresh_stage(ms: Any, kms: Any, now: Any, targets: tuple[str, ...] = ()) -
 
 
 def _make_plan_stage(
-    ms: Any,
+    ms: ManifestSet,
     fingerprints: dict[str, str],
-    kms: Any,
+    kms: Kms,
     *,
     expiry_warning: int,
     offline_material: bool = False,
     targets: tuple[str, ...] = (),
-) -> Any:
+) -> Plan:
     """refresh -> plan, and its expiry warnings on standard error."""
     from provisioner.plan.planner import make_plan
 
@@ -596,7 +633,7 @@ def _make_plan_stage(
     return the_plan
 
 
-def _warn_expiring(ms: Any, live: Any, the_plan: Any, now: Any, days: int) -> None:
+def _warn_expiring(ms: ManifestSet, live: LiveState, the_plan: Plan, now: datetime, days: int) -> None:
     """One `warning:` line per key whose material expires within the window (not in the plan document)."""
     from provisioner.plan.warnings import expiry_warnings
 
@@ -604,7 +641,7 @@ def _warn_expiring(ms: Any, live: Any, the_plan: Any, now: Any, days: int) -> No
         _warn(str(w))
 
 
-def _target_stage(ms: Any, targets: tuple[str, ...], verb: str) -> tuple[str, ...]:
+def _target_stage(ms: ManifestSet, targets: tuple[str, ...], verb: str) -> tuple[str, ...]:
     """The --target names, sorted and distinct, each a key the manifests declare; else UsageError.
     With names, a warning that the run is partial (as Terraform warns of -target)."""
     import difflib
@@ -637,7 +674,7 @@ def _target_stage(ms: Any, targets: tuple[str, ...], verb: str) -> tuple[str, ..
     return chosen
 
 
-def _read_plan_file(path: Path) -> Any:
+def _read_plan_file(path: Path) -> Plan:
     """The saved plan in `path`: a regular file of bounded size (never /dev/zero, a FIFO or 50 MB)."""
     from provisioner.errors import UsageError
     from provisioner.plan.planfile import MAX_PLAN_BYTES, load_plan
@@ -651,7 +688,7 @@ def _read_plan_file(path: Path) -> Any:
     return load_plan(text)
 
 
-def _echo_violations(plan: Any) -> None:
+def _echo_violations(plan: Plan) -> None:
     """Each violation on stderr as FILE:LINE:COL: error: KEY: CODE: MESSAGE, like validate's lines."""
     from provisioner.views.plan import violation_lines
 
@@ -743,16 +780,50 @@ def apply(
     the plan made now with the material must be the same plan. Backend and material sources come from
     the command line, the environment and the manifests, never from the plan file.
     """
-    from provisioner import apply as applying
-    from provisioner.errors import UsageError
-    from provisioner.plan.planfile import relative_materials
-    from provisioner.plan.planner import check_instructions, make_plan, resolve_fingerprints
-    from provisioner.specs import Material
-
-    kept: dict[str, Material] = {}
     view = views.APPLY.view(fmt, color=use_color(no_color))
-    interactive = sys.stdin.isatty()
-    if plan_file is None and not auto_approve and not interactive:
+    _refuse_unconfirmed_apply(plan_file, auto_approve, targets)
+    saved = None if plan_file is None else _reviewed_plan(plan_file, paths, var, var_files)
+    ms, read = _material_stage(paths, var, var_files, allow_commands=allow_commands)
+    try:
+        if saved is not None:
+            _check_saved_material(saved, ms, read.fingerprints)
+        chosen = saved.targets if saved is not None else _target_stage(ms, targets, "apply")
+        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+    except BaseException:
+        read.wipe()
+        raise
+    try:
+        if saved is None:
+            the_plan = _make_plan_stage(
+                ms, read.fingerprints, kms, expiry_warning=expiry_warning, targets=chosen
+            )
+        else:
+            the_plan = _saved_plan_stage(saved, ms, read.fingerprints, kms, chosen, expiry_warning)
+        click.echo(view.preview(the_plan), nl=False)
+        if the_plan.blocked:
+            _echo_violations(the_plan)
+            n = len(the_plan.violations)
+            raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
+        if not the_plan.has_changes:
+            click.echo(view.unchanged(the_plan), nl=False)
+            return 0
+        if plan_file is None and not auto_approve and not _confirmed():
+            click.echo("apply cancelled: nothing changed", err=True)
+            return 1
+        result = _apply_stage(the_plan, kms, read, parallelism)
+    finally:
+        read.wipe()
+        kms.close()
+    click.echo(view.result(result), nl=False)
+    return 0 if result.ok else 1
+
+
+def _refuse_unconfirmed_apply(plan_file: Path | None, auto_approve: bool, targets: tuple[str, ...]) -> None:
+    """Before anything is read: a fresh apply needs a yes (a terminal or --auto-approve); a saved plan
+    brings its own targets."""
+    from provisioner.errors import UsageError
+
+    if plan_file is None and not auto_approve and not sys.stdin.isatty():
         raise UsageError(
             "apply needs confirmation and there is no terminal to ask on: "
             "pass --auto-approve, or apply a saved plan with --plan FILE"
@@ -762,83 +833,91 @@ def apply(
             "--target cannot be combined with --plan: a saved plan made with --target records its targets "
             "and applies only those"
         )
-    saved = None
-    if plan_file is not None:
-        saved = _read_plan_file(plan_file)
-        if saved.blocked:
-            _echo_violations(saved)
-            raise PlanBlocked(f"the plan is blocked by {len(saved.violations)} violation(s); nothing applied")
-        # The manifests as reviewed, checked before any material source is read or command run.
-        reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True)
-        applying.check_manifest_digest(saved, reviewed)
-        check_instructions(saved)
-    # The material read to plan is the material applied: each source is read once a run.
-    ms, fingerprints, _ = _load_stage(
-        paths, var, var_files, offline_material=False, keep=kept, allow_commands=allow_commands
-    )
+
+
+def _reviewed_plan(
+    plan_file: Path, paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...]
+) -> Plan:
+    """apply --plan, first step: the saved plan, unblocked, made from the manifests rendered now,
+    checked before any material source is read or command run."""
+    from provisioner.apply import check_manifest_digest
+    from provisioner.plan.planner import check_instructions
+
+    saved = _read_plan_file(plan_file)
+    if saved.blocked:
+        _echo_violations(saved)
+        raise PlanBlocked(f"the plan is blocked by {len(saved.violations)} violation(s); nothing applied")
+    reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+    check_manifest_digest(saved, reviewed)
+    check_instructions(saved)
+    return saved
+
+
+def _check_saved_material(saved: Plan, ms: ManifestSet, fingerprints: dict[str, str]) -> None:
+    """apply --plan, once the material is read: the manifests did not change meanwhile, and the
+    material is the one the plan names."""
+    from provisioner.apply import check_manifest_digest, check_plan_material
+
+    check_manifest_digest(saved, ms)
+    check_plan_material(saved, fingerprints)
+
+
+def _saved_plan_stage(
+    saved: Plan,
+    ms: ManifestSet,
+    fingerprints: dict[str, str],
+    kms: Kms,
+    chosen: tuple[str, ...],
+    expiry_warning: int,
+) -> Plan:
+    """apply --plan, on the live keys: the same backend, every key as the plan saw it, and the plan
+    made now with the material the same plan; the saved plan with the fingerprints read now, and
+    the expiry warnings of the plan made now."""
+    from provisioner import apply as applying
+    from provisioner.plan.planfile import relative_materials
+    from provisioner.plan.planner import make_plan, resolve_fingerprints
+
+    applying.check_plan_backend(saved, kms.info)
+    now = _now()
+    live = _refresh_stage(ms, kms, now, chosen)
+    applying.check_saved_plan(saved, live)
+    # Every material rule the plan may have skipped (--offline-material), on the live keys.
+    fresh = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None)
+    if fresh.blocked:
+        _echo_violations(fresh)
+        found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
+        raise PlanBlocked(
+            f"the plan is blocked by {len(fresh.violations)} violation(s) found with the material "
+            f"read now; nothing applied: {found}"
+        )
+    the_plan = resolve_fingerprints(saved, fingerprints)
+    applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
+    _warn_expiring(ms, live, fresh, now, expiry_warning)
+    return the_plan
+
+
+def _confirmed() -> bool:
+    answer = click.prompt("Apply these changes? Only 'yes' is accepted", default="", show_default=False)
+    return bool(answer.strip() == "yes")
+
+
+def _apply_stage(the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int | None) -> ApplyResult:
+    """apply: carry out the plan, one progress line per key on standard error; the material of the
+    keys it imports to is all it is given, and every material is wiped once it is done."""
+    from provisioner import apply as applying
+
+    planned = {c.key for c in the_plan.changes if c.material is not None}
+    materials = {name: m for name, m in read.materials.items() if name in planned}
     try:
-        if saved is not None:
-            applying.check_manifest_digest(saved, ms)  # unchanged while the material was read
-            applying.check_plan_material(saved, fingerprints)
-        chosen = saved.targets if saved is not None else _target_stage(ms, targets, "apply")
-        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
-    except BaseException:
-        applying.wipe_all(kept)
-        raise
-    try:
-        if saved is not None:
-            applying.check_plan_backend(saved, kms.info)
-            now = _now()
-            live = _refresh_stage(ms, kms, now, chosen)
-            applying.check_saved_plan(saved, live)
-            # Every material rule the plan may have skipped (--offline-material), on the live keys.
-            fresh = make_plan(
-                ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None
-            )
-            if fresh.blocked:
-                _echo_violations(fresh)
-                found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
-                raise PlanBlocked(
-                    f"the plan is blocked by {len(fresh.violations)} violation(s) found with the material "
-                    f"read now; nothing applied: {found}"
-                )
-            the_plan = resolve_fingerprints(saved, fingerprints)
-            applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
-            _warn_expiring(ms, live, fresh, now, expiry_warning)
-        else:
-            the_plan = _make_plan_stage(ms, fingerprints, kms, expiry_warning=expiry_warning, targets=chosen)
-        click.echo(view.preview(the_plan), nl=False)
-        if the_plan.blocked:
-            _echo_violations(the_plan)
-            n = len(the_plan.violations)
-            raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
-        if not the_plan.has_changes:
-            click.echo(view.unchanged(the_plan), nl=False)
-            return 0
-        if plan_file is None and not auto_approve:
-            answer = click.prompt(
-                "Apply these changes? Only 'yes' is accepted", default="", show_default=False
-            )
-            if answer.strip() != "yes":
-                click.echo("apply cancelled: nothing changed", err=True)
-                return 1
-        planned = {c.key for c in the_plan.changes if c.material is not None}
-        materials = {name: m for name, m in kept.items() if name in planned}
-        try:
-            result = applying.apply_plan(
-                the_plan,
-                kms,
-                materials,
-                parallelism=parallelism or applying.DEFAULT_PARALLELISM,
-                progress=lambda line: click.echo(visible(line), err=True),
-            )
-        finally:
-            applying.wipe_all(materials)
+        return applying.apply_plan(
+            the_plan,
+            kms,
+            materials,
+            parallelism=parallelism or applying.DEFAULT_PARALLELISM,
+            progress=lambda line: click.echo(visible(line), err=True),
+        )
     finally:
-        applying.wipe_all(kept)
-        kms.close()
-    click.echo(view.result(result), nl=False)
-    return 0 if result.ok else 1
+        read.wipe()
 
 
 @cli.command()
@@ -982,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _output_lost.clear()
     try:
         try:
-            code: Any = _run(argv)
+            code: int | str | None = _run(argv)
         except SystemExit as e:
             code = e.code
         sys.stdout.flush()  # here, not at the interpreter's exit, where a full disk is a traceback
