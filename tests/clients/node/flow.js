@@ -150,8 +150,10 @@ async function main(makeClient) {
 
 function run(makeClient) {
   main(makeClient).catch((error) => {
-    // The message only: a stack or a request dump could carry parameters.
-    process.stderr.write(`client run failed: ${error.code || error.name}: ${error.message}\n`);
+    // The message only, less any quoted string to sign: a stack, a request dump or that string could
+    // carry parameters (an import token among them).
+    const message = String(error.message).replace(/\s*server string to sign is:.*$/s, '');
+    process.stderr.write(`client run failed: ${error.code || error.name}: ${message}\n`);
     process.exit(1);
   });
 }
