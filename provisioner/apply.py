@@ -18,8 +18,10 @@ from typing import Any
 from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import ApplyError, KmsApiError, ProvisionerError, StalePlan
 from provisioner.model import (
+    MANAGED_TAGS,
     TAG_NAME,
     TAG_STACK,
+    ActualKey,
     KeyState,
     KeyStatus,
     LiveState,
@@ -160,7 +162,7 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
     if plan.stack != live.stack:
         raise StalePlan(f"the plan is for stack {plan.stack!r}, not {live.stack!r}")
     for change in plan.changes:
-        reason = stale_reason(change, live.keys.get(change.key, ()))
+        reason = stale_reason(change, _found_for(change, live))
         if reason is not None:
             raise StalePlan(reason)
 
@@ -181,6 +183,16 @@ def check_saved_plan(plan: Plan, live: LiveState) -> None:
             if owner is None or owner not in ours:
                 now = "no longer exists" if owner is None else f"now points at key {owner}, not of this stack"
                 raise StalePlan(f"key {change.key!r}: alias {alias} {now}: make a new plan")
+
+
+def _found_for(change: Change, live: LiveState) -> tuple[ActualKey, ...]:
+    """The live keys a saved change is checked against: those of its name, and the key it works on and
+    its duplicates wherever they are (under the old name of a rename, or a key to adopt)."""
+    own = live.keys.get(change.key, ())
+    wanted = {change.key_id, *change.duplicates} - {k.key_id for k in own} - {None}
+    elsewhere = [k for keys in live.keys.values() for k in keys]
+    elsewhere += [a.key for a in live.adopted.values() if a.key is not None]
+    return (*own, *{k.key_id: k for k in elsewhere if k.key_id in wanted}.values())
 
 
 class _Applier:
@@ -254,9 +266,14 @@ class _Applier:
                 else:
                     self._verify_material(change, key_id, version)
                 emptied = False
+            elif action is Action.ADOPT:
+                assert key_id is not None
+                self._adopt(change, key_id)
+                outcome.done.append("adopted")
             elif action is Action.UPDATE:
                 assert key_id is not None
-                self._update(change, key_id)
+                adopted = Action.ADOPT in change.actions  # the reserved tags are written already
+                self._update(change, key_id, skip_tags=MANAGED_TAGS if adopted else ())
                 outcome.done.append("updated")
             elif action is Action.DELETE_MATERIAL:
                 assert key_id is not None
@@ -396,12 +413,34 @@ class _Applier:
         for alias in change.aliases_to_move:
             self.kms.update_alias(alias, key_id)
 
-    def _update(self, change: Change, key_id: str) -> None:
+    def _adopt(self, change: Change, key_id: str) -> None:
+        """Write the reserved identity tags on a key no stack manages, re-checking first that none does
+        now: between plan and apply another stack may have adopted it."""
+        stack = change.tags_to_set.get(TAG_STACK)
+        found = self.kms.list_resource_tags(key_id)
+        claimed = found.get(TAG_STACK)
+        retried = (claimed, found.get(TAG_NAME)) == (stack, change.key)  # an earlier attempt landed
+        if claimed is not None and not retried:
+            raise ApplyError(
+                f"key {key_id} is managed by stack {claimed!r} since the plan was made; not adopted: "
+                f"make a new plan"
+            )
+        identity = {k: v for k, v in change.tags_to_set.items() if k in MANAGED_TAGS}
+        self.kms.tag_resource(key_id, identity)
+        tags = self.kms.list_resource_tags(key_id)
+        wrong = [k for k, v in identity.items() if tags.get(k) != v]
+        if wrong:
+            raise ApplyError(
+                f"read-back of key {key_id} after adopt: tag {', '.join(wrong)} not as planned"
+            )
+
+    def _update(self, change: Change, key_id: str, skip_tags: tuple[str, ...] = ()) -> None:
         kms = self.kms
         if change.description is not None:
             kms.update_key_description(key_id, change.description)
-        if change.tags_to_set:
-            kms.tag_resource(key_id, change.tags_to_set)
+        tags_to_set = {k: v for k, v in change.tags_to_set.items() if k not in skip_tags}
+        if tags_to_set:
+            kms.tag_resource(key_id, tags_to_set)
         if change.tags_to_remove:
             kms.untag_resource(key_id, change.tags_to_remove)
         for alias in change.aliases_to_delete:

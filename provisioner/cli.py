@@ -13,7 +13,7 @@ import functools
 import io
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
@@ -597,17 +597,28 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _refresh_stage(ms: ManifestSet, kms: Kms, now: datetime, targets: tuple[str, ...] = ()) -> LiveState:
-    """refresh for a plan. GetPublicKey only for keys that carry no recorded fingerprint."""
+def _refresh_stage(
+    ms: ManifestSet,
+    kms: Kms,
+    now: datetime,
+    targets: tuple[str, ...] = (),
+    fingerprints: Mapping[str, str] | None = None,
+) -> LiveState:
+    """refresh for a plan: the keys `adopt:` names too; GetPublicKey only for keys whose recorded
+    fingerprint is missing or disagrees with the material (planner.confirm_policy). A targeted key's
+    `moved_from` names are read with it (its live key may carry one of them)."""
+    from provisioner.plan.planner import confirm_policy
     from provisioner.refresh import refresh
 
+    chosen = [k for k in ms.keys if not targets or k.name in targets]
     return refresh(
         kms,
         ms.stack,
         now=now,
-        managed_names=[k.name for k in ms.keys if not targets or k.name in targets],
-        confirm=lambda key: key.recorded_fingerprint is None,
-        targets=targets or None,
+        managed_names=[k.name for k in chosen],
+        confirm=confirm_policy(ms, fingerprints or {}),
+        targets=[n for k in chosen for n in (k.name, *k.moved_from)] if targets else None,
+        adopt={k.name: k.adopt for k in chosen if k.adopt is not None},
     )
 
 
@@ -624,7 +635,7 @@ def _make_plan_stage(
     from provisioner.plan.planner import make_plan
 
     now = _now()
-    live = _refresh_stage(ms, kms, now, targets)
+    live = _refresh_stage(ms, kms, now, targets, fingerprints)
     the_plan = make_plan(
         ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material,
         targets=targets or None,
@@ -879,7 +890,7 @@ def _saved_plan_stage(
 
     applying.check_plan_backend(saved, kms.info)
     now = _now()
-    live = _refresh_stage(ms, kms, now, chosen)
+    live = _refresh_stage(ms, kms, now, chosen, fingerprints)
     applying.check_saved_plan(saved, live)
     # Every material rule the plan may have skipped (--offline-material), on the live keys.
     fresh = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None)

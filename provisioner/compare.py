@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from provisioner.model import RESERVED_TAGS, ActualKey, DesiredKey, KeyStatus, LiveState
+from provisioner.model import MANAGED_TAGS, ActualKey, DesiredKey, KeyStatus, LiveState, Origin
 from provisioner.plan.values import expire_unix
 
 #: (label, fingerprint or None): a fingerprint a comparison wants, or one a key shows.
@@ -30,7 +30,8 @@ class Mismatch:
 class KeyDiff:
     """How the live key differs from the desired one. Empty fields mean "the same"."""
 
-    #: (attribute, live, desired) for spec, usage, protection and a named instance: these never change.
+    #: (attribute, live, desired) for origin, spec, usage, protection and a named instance: these never
+    #: change.
     immutable: tuple[tuple[str, str, str], ...]
     tags_to_set: Mapping[str, str]  # user tags the key lacks or holds with another value
     tags_to_remove: tuple[str, ...]  # user tags the key holds and the manifest does not list
@@ -41,7 +42,8 @@ class KeyDiff:
     deletion_protection: bool | None  # the desired protection when it differs
     status: KeyStatus
     expiry_changes: bool  # the material's expiry is not the desired one (to the second)
-    #: The material's fingerprint (or the pin) against the recorded tag and the confirmed public key.
+    #: The material's fingerprint (or the pin) against the confirmed public key when it was read, else
+    #: against the recorded tag: the tag is a claim, the live key the fact (tag repair).
     material_mismatch: Mismatch | None
     #: The key against itself and the pin: the confirmed public key against the pin and the recorded
     #: tag, then the pin against the recorded tag (no material is read).
@@ -97,7 +99,10 @@ def compare(
     """`desired` against `actual`. `fingerprint` is that of the material read for the key, if any;
     `our_ids` are the ids of every key of the stack in `live`."""
     d, key = desired, actual
-    immutable = [
+    immutable: list[tuple[str, str, str]] = []
+    if key.origin is not Origin.EXTERNAL:  # only an adopted key can be another origin
+        immutable.append(("origin", key.origin.value, Origin.EXTERNAL.value))
+    immutable += [
         (attr, str(getattr(key, attr)), str(getattr(d, attr)))
         for attr in ("spec", "usage", "protection")
         if getattr(key, attr) != getattr(d, attr)
@@ -112,7 +117,7 @@ def compare(
     key_mismatch = first_mismatch([("pinned", pinned), ("recorded", recorded)], [("confirmed", confirmed)])
     return KeyDiff(
         immutable=tuple(immutable),
-        tags_to_set={k: v for k, v in d.tags.items() if k not in RESERVED_TAGS and key.tags.get(k) != v},
+        tags_to_set={k: v for k, v in d.tags.items() if k not in MANAGED_TAGS and key.tags.get(k) != v},
         tags_to_remove=tuple(sorted(k for k in key.user_tags if k not in d.tags)),
         aliases_missing=tuple(sorted(wanted_aliases - set(key.aliases))),
         aliases_unexpected=tuple(sorted(set(key.aliases) - wanted_aliases)),
@@ -125,7 +130,7 @@ def compare(
         expiry_changes=expire_unix(key.material_expires_at) != expire_unix(d.expiry),
         material_mismatch=first_mismatch(
             [("material", fingerprint), ("pinned fingerprint", pinned)],
-            [("recorded", recorded), ("live public key", confirmed)],
+            [("live public key", confirmed)] if confirmed is not None else [("recorded", recorded)],
         ),
         public_key_mismatch=key_mismatch or first_mismatch([("pinned", pinned)], [("recorded", recorded)]),
         fingerprint_tag_missing=recorded is None,

@@ -109,11 +109,17 @@ class SourceKind(StrEnum):
     COMMAND = "command"
 
 
-# Reserved tags, set at CreateKey time and never changed afterwards (DESIGN section 4).
+# Reserved tags, set at CreateKey time; afterwards only adopt, rename and tag repair change them (DESIGN
+# section 10). RESERVED_TAGS are those every key carries, counted in its tag budget.
 TAG_STACK = "byok-provisioner:stack"
 TAG_NAME = "byok-provisioner:name"
 TAG_FINGERPRINT = "byok-provisioner:fingerprint"
 RESERVED_TAGS = (TAG_STACK, TAG_NAME, TAG_FINGERPRINT)
+#: The key's generation, written from generation 2 on only (rotation), so that the tag budget of a key
+#: that never rotated is the first edition's. No tag means generation 1.
+TAG_GENERATION = "byok-provisioner:generation"
+#: Every tag the provisioner owns: never a user tag, never removed as one.
+MANAGED_TAGS = (*RESERVED_TAGS, TAG_GENERATION)
 MAX_TAGS_PER_KEY = 20
 
 # Reserved aliases (DESIGN section 10, "No identity twice"): a claim on an identity,
@@ -167,6 +173,12 @@ class MaterialSource:
         return "command " + " ".join(self.command)
 
 
+def generation_of(tags: Mapping[str, str]) -> int:
+    """A key's generation from its tags: 1 without the tag (or with one that is no positive number)."""
+    value = tags.get(TAG_GENERATION, "")
+    return int(value) if value.isdigit() and value.isascii() and int(value) > 0 else 1
+
+
 @dataclass(frozen=True)
 class DesiredKey:
     """A key as the manifest says it should be, `defaults` already merged in."""
@@ -186,6 +198,12 @@ class DesiredKey:
     material: MaterialSource | None
     state: DesiredState
     location: Location
+    #: `adopt:`: the KeyId, ARN or alias of an existing key this one takes over (None: none).
+    adopt: str | None = None
+    #: `moved_from:`: earlier names of this key; the live key of one of them is this key.
+    moved_from: tuple[str, ...] = ()
+    #: Where `adopt:` was written, for located errors; not part of equality.
+    adopt_at: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -238,6 +256,7 @@ class ActualKey:
     public_key_fingerprint: str | None = None  # confirmed by GetPublicKey, when read
     #: KeyState as DescribeKey said it, for what `show` prints verbatim; decisions read `status`.
     key_state: KeyState | None = None
+    origin: Origin = Origin.EXTERNAL
 
     @property
     def stack(self) -> str | None:
@@ -252,8 +271,21 @@ class ActualKey:
         return self.tags.get(TAG_FINGERPRINT)
 
     @property
+    def generation(self) -> int:
+        return generation_of(self.tags)
+
+    @property
     def user_tags(self) -> dict[str, str]:
-        return {k: v for k, v in self.tags.items() if k not in RESERVED_TAGS}
+        return {k: v for k, v in self.tags.items() if k not in MANAGED_TAGS}
+
+
+@dataclass(frozen=True)
+class AdoptedKey:
+    """What an `adopt:` reference names: the live key, or None and why there is none."""
+
+    reference: str
+    key: ActualKey | None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +298,8 @@ class LiveState:
     foreign_keys: frozenset[str] = frozenset()  # ids of alias-holding keys that are not this stack's
     #: ids of this stack's keys left out by --target: not read, not in `keys`, but not foreign either.
     outside_target: frozenset[str] = frozenset()
+    #: desired key name -> the key its `adopt:` names (read whatever its tags say)
+    adopted: Mapping[str, AdoptedKey] = field(default_factory=dict)
 
     @property
     def stack_key_ids(self) -> frozenset[str]:

@@ -1,5 +1,6 @@
 """Read what KMS holds for one stack, with the fewest calls: tags by filter, one DescribeKey per key,
-aliases in pages, GetPublicKey only where asked. Read-only: it never calls a write action.
+aliases in pages, GetPublicKey only where asked, and the keys `adopt:` names (whatever their tags say).
+Read-only: it never calls a write action.
 
 It judges nothing: each key gets one explicit KeyStatus and the planner decides what that means.
 """
@@ -20,6 +21,7 @@ from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
     ActualKey,
+    AdoptedKey,
     KeyState,
     KeyStatus,
     LiveState,
@@ -71,6 +73,7 @@ def actual_from_metadata(
         tags=dict(tags),
         aliases=tuple(sorted(aliases)),
         key_state=meta.key_state,
+        origin=meta.origin,
     )
 
 
@@ -89,6 +92,7 @@ def refresh(
     confirm: Callable[[ActualKey], bool] | None = None,
     concurrency: int = 8,
     targets: Collection[str] | None = None,
+    adopt: Mapping[str, str] | None = None,
 ) -> LiveState:
     """The live state of `stack`. Every name in `managed_names` appears in `keys` (empty when absent).
 
@@ -96,12 +100,15 @@ def refresh(
     `public_key_fingerprint`; keys without material are never asked about. `targets` (--target):
     only keys of those names are described; the stack's other keys are listed in `outside_target`.
     Aliases reserved by the provisioner (model.is_reserved_alias) are no key's own aliases; they
-    stay in `alias_owners`.
+    stay in `alias_owners`. `adopt` maps a desired key's name to the KeyId, ARN or alias its
+    `adopt:` names: each is read into `adopted`, its public key confirmed when it is Enabled; one of
+    this stack's keys costs no further call.
     """
     names = None if targets is None else frozenset(targets)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="refresh") as pool:
         try:
             ids, outside, keys, alias_owners = _read(kms, stack, pool, now, confirm, names)
+            adopted = _adopted(kms, dict(adopt or {}), keys, alias_owners, pool, now)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # queued calls would only add to the failure
             raise
@@ -112,6 +119,7 @@ def refresh(
             by_name.setdefault(key.name, []).append(key)
     ours = set(ids) | outside
     return LiveState(
+        adopted=adopted,
         stack=stack,
         keys={
             name: tuple(sorted(found, key=lambda k: (k.created_at, k.key_id)))
@@ -176,6 +184,65 @@ def _read(
             for k in keys
         ]
     return ids, outside, keys, alias_owners
+
+
+def _adopted(
+    kms: Kms,
+    references: Mapping[str, str],
+    stack_keys: Sequence[ActualKey],
+    alias_owners: Mapping[str, str],
+    pool: ThreadPoolExecutor,
+    now: datetime,
+) -> dict[str, AdoptedKey]:
+    """name -> the key its `adopt:` reference names. Aliases resolve through the alias list already read;
+    an ARN must be the very ARN DescribeKey reports (this account and region); a KeyId is described."""
+    ours = {k.key_id: k for k in stack_keys}
+    wanted: dict[str, str | None] = {}  # name -> key id, None when the reference names none
+    problems: dict[str, str] = {}
+    for name, ref in sorted(references.items()):
+        if ref.startswith("alias/"):
+            wanted[name] = alias_owners.get(ref)
+            if wanted[name] is None:
+                problems[name] = f"alias {ref} does not exist in this account and region"
+        elif ref.startswith("acs:"):
+            head, sep, tail = ref.rpartition(":key/")
+            wanted[name] = tail if sep and head and tail else None
+            if wanted[name] is None:
+                problems[name] = f"{ref} is not a KMS key ARN (acs:kms:REGION:ACCOUNT:key/KEY-ID)"
+        else:
+            wanted[name] = ref
+    others = sorted({i for i in wanted.values() if i is not None and i not in ours})
+    described = dict(zip(others, pool.map(lambda i: describe_if_exists(kms, i), others), strict=True))
+    found = [m for m in described.values() if m is not None]
+    tags: dict[str, dict[str, str]] = {m.key_id: {} for m in found}
+    for chunk in _chunks(sorted(tags), TAG_CHUNK):
+        for row in kms.list_tag_resources(resource_ids=chunk):
+            if row.resource_id in tags:
+                tags[row.resource_id][row.key] = row.value
+    aliases_of: dict[str, list[str]] = defaultdict(list)
+    for alias, owner in alias_owners.items():
+        if not is_reserved_alias(alias):
+            aliases_of[owner].append(alias)
+    keys = {
+        m.key_id: actual_from_metadata(m, tags[m.key_id], aliases_of.get(m.key_id, ()), now) for m in found
+    }
+    # The live public key is the fact an adoption is judged by; GetPublicKey needs an enabled key.
+    unconfirmed = [k for k in keys.values() if k.status is KeyStatus.ENABLED and _has_public_key(k)]
+    for k, fp in zip(unconfirmed, pool.map(lambda k: _confirm(kms, k), unconfirmed), strict=True):
+        keys[k.key_id] = dataclasses.replace(k, public_key_fingerprint=fp)
+    keys.update(ours)
+    out: dict[str, AdoptedKey] = {}
+    for name, key_id in wanted.items():
+        ref = references[name]
+        key = None if key_id is None else keys.get(key_id)
+        problem: str | None = problems.get(name)
+        if key is None and problem is None:
+            problem = f"no key {key_id} exists in this account and region"
+        elif key is not None and ref.startswith("acs:") and key.arn != ref:
+            here = f"key {key_id} here is {key.arn}"
+            key, problem = None, f"{ref} is not an ARN of this account and region ({here})"
+        out[name] = AdoptedKey(ref, key, problem)
+    return out
 
 
 def _stack_tags(

@@ -14,9 +14,11 @@ from typing import Any
 
 from provisioner.model import (
     TAG_FINGERPRINT,
+    TAG_GENERATION,
     TAG_NAME,
     TAG_STACK,
     ActualKey,
+    AdoptedKey,
     DesiredKey,
     DesiredState,
     KeySpec,
@@ -26,6 +28,7 @@ from provisioner.model import (
     Location,
     ManifestSet,
     MaterialSource,
+    Origin,
     ProtectionLevel,
     SourceKind,
 )
@@ -85,6 +88,9 @@ def desired_key(name: str, spec: Mapping[str, Any] | None = None) -> DesiredKey:
         material=material,
         state=DesiredState(s.get("state", "present")),
         location=Location("manifests/keys.yaml", 3, 3),
+        adopt=s.get("adopt"),
+        moved_from=tuple(s.get("moved_from", ())),
+        adopt_at=Location("manifests/keys.yaml", 4, 12) if "adopt" in s else None,
     )
 
 
@@ -92,10 +98,14 @@ def actual_key(spec: Mapping[str, Any]) -> ActualKey:
     s = expand(dict(spec))
     name = s["name"]
     key_id = s.get("key_id", f"key-{name}")
-    tags = {TAG_STACK: s.get("stack", STACK), TAG_NAME: name}
-    recorded = s.get("fingerprint", fp(name))
+    # `stack: null`: a key no stack manages (made outside the tool): no reserved tag at all.
+    managed = s.get("stack", STACK) is not None
+    tags = {TAG_STACK: s.get("stack", STACK), TAG_NAME: name} if managed else {}
+    recorded = s.get("fingerprint", fp(name) if managed else None)
     if recorded is not None:
         tags[TAG_FINGERPRINT] = recorded
+    if "generation" in s:
+        tags[TAG_GENERATION] = str(s["generation"])
     tags.update(s.get("tags", {}))
     status = KeyStatus(s.get("status", "enabled"))
     deletion_date = when(s.get("deletion_date"))
@@ -118,6 +128,7 @@ def actual_key(spec: Mapping[str, Any]) -> ActualKey:
         tags=tags,
         aliases=tuple(sorted(s.get("aliases", []))),
         public_key_fingerprint=s.get("public_key_fingerprint"),
+        origin=Origin(s.get("origin", "EXTERNAL")),
     )
 
 
@@ -134,12 +145,15 @@ def live_state(
     keys: Iterable[ActualKey],
     alias_owners: Mapping[str, str] | None = None,
     foreign_keys: Iterable[str] = (),
+    adopted: Mapping[str, AdoptedKey] | None = None,
 ) -> LiveState:
     by_name: dict[str, list[ActualKey]] = {}
     owners = dict(alias_owners or {})
     for k in keys:
         assert k.name is not None
         by_name.setdefault(k.name, []).append(k)
+    to_adopt = [a.key for a in (adopted or {}).values() if a.key is not None]
+    for k in [*(k for ks in by_name.values() for k in ks), *to_adopt]:
         for a in k.aliases:
             owners[a] = k.key_id
     return LiveState(
@@ -147,7 +161,24 @@ def live_state(
         keys={n: tuple(ks) for n, ks in sorted(by_name.items())},
         alias_owners=owners,
         foreign_keys=frozenset(foreign_keys),
+        adopted=dict(adopted or {}),
     )
+
+
+def adopted_keys(
+    desired: ManifestSet, specs: Mapping[str, Any] | None, live: Iterable[ActualKey]
+) -> dict[str, AdoptedKey]:
+    """name -> what its `adopt:` names: a live key spec (actual_key's), the id of a key in `live` (one of
+    the stack's own), or null for a reference that names no key."""
+    by_id = {k.key_id: k for k in live}
+    out: dict[str, AdoptedKey] = {}
+    for d in desired.keys:
+        if d.adopt is None or d.name not in (specs or {}):
+            continue
+        spec = (specs or {})[d.name]
+        key = by_id[spec] if isinstance(spec, str) else None if spec is None else actual_key(spec)
+        out[d.name] = AdoptedKey(d.adopt, key, None if key is not None else "no key exists")
+    return out
 
 
 def default_fingerprints(desired: ManifestSet, overrides: Mapping[str, str] | None = None) -> dict[str, str]:

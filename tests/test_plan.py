@@ -12,6 +12,7 @@ import pytest
 import yaml
 from plan_builders import (
     actual_key,
+    adopted_keys,
     default_fingerprints,
     desired_key,
     expand,
@@ -50,10 +51,12 @@ def _case_files() -> list[Path]:
 
 def _plan_case(case: dict[str, Any]) -> Plan:
     desired = manifest(desired_key(n, s) for n, s in (case.get("desired") or {}).items())
+    keys = [actual_key(k) for k in case.get("live") or []]
     live = live_state(
-        (actual_key(k) for k in case.get("live") or []),
+        keys,
         alias_owners=case.get("alias_owners"),
         foreign_keys=case.get("foreign_keys") or (),
+        adopted=adopted_keys(desired, case.get("adopted"), keys),
     )
     now = when(case["now"])
     assert now is not None
@@ -125,6 +128,7 @@ def test_every_rule_has_a_case() -> None:
         "expiry-in-past",
         "duplicate-identity",
         "deletion-protected",
+        "managed-elsewhere",
         "duplicates",
     }
     assert wanted <= seen, f"no case for {sorted(wanted - seen)}"
@@ -255,6 +259,7 @@ def test_plan_document_golden() -> None:
         "summary": {
             "create": 1,
             "import": 1,
+            "adopt": 0,
             "reimport": 0,
             "delete-material": 0,
             "update": 0,

@@ -126,11 +126,11 @@ def test_plan_markdown() -> None:
     md = render_plan_markdown(_plan())
     assert md.startswith("## Plan for stack `payments`\n")
     assert (
-        "| create | import | reimport | delete-material | update | schedule-deletion | enable | disable "
-        "| cancel-deletion |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" in md
+        "| create | import | adopt | reimport | delete-material | update | schedule-deletion | enable "
+        "| disable | cancel-deletion |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" in md
     )
-    assert "| 1 | 1 | 1 | 1 | 1 | 1 | 0 | 0 | 0 |" in md
+    assert "| 1 | 1 | 0 | 1 | 1 | 1 | 1 | 0 | 0 | 0 |" in md
     assert "#### `+` `new`: create, import" in md
     assert '```diff\n+ spec = "RSA_2048"' in md
     assert "- alias alias/old" in md
@@ -204,7 +204,7 @@ def test_markdown_fits_a_comment() -> None:
     assert "```diff" not in md
     assert "_Attribute details are left out to fit a comment; the job log has the full plan._" in md
     assert "- `+` `key-000`: create, import: key does not exist" in md
-    assert "| 400 | 400 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |" in md
+    assert "| 400 | 400 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |" in md
     tiny = render_plan_markdown(plan, limit=2_000)
     assert len(tiny) <= 2_000
     assert re.search(r"- \.\.\. and \d+ more", tiny)

@@ -4,6 +4,12 @@ that check a saved plan (derive_change, check_instructions, stale_reason, resolv
 It does no I/O, reads no clock and encodes nothing (planfile.py does); the caller passes `now` and the
 fingerprints of the desired material. What `before` and `after` mean per action: values.py.
 
+The key of a desired name is the live key carrying that identity (stack, name; the current generation
+only), else the key of a `moved_from:` name (a rename: `update` rewrites its name tag), else the key
+`adopt:` names (action `adopt`: its reserved tags are written, then it converges like any other).
+The fingerprint tag is a claim and the live public key the fact: a tag that disagrees with the material
+is restored when GetPublicKey proves the key holds that material (tag repair).
+
 `actions` lists what a key needs in execution order (values.py); state_actions() says which state
 actions a key needs. A key whose live deletion protection is on is never scheduled for deletion
 (violation `deletion-protected`): the protection is lifted by an earlier apply. `duplicates` are extra
@@ -14,20 +20,21 @@ and no action.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from provisioner.compare import KeyDiff, compare
-from provisioner.errors import MaterialError, ProvisionerError, StalePlan
+from provisioner.errors import ManifestError, MaterialError, ProvisionerError, StalePlan
 from provisioner.model import (
-    RESERVED_TAGS,
+    MANAGED_TAGS,
     TAG_FINGERPRINT,
     TAG_NAME,
     TAG_STACK,
     ActualKey,
     DesiredKey,
     DesiredState,
+    Diagnostic,
     KeyStatus,
     LiveState,
     ManifestSet,
@@ -49,6 +56,7 @@ from provisioner.plan.values import (
     ViolationCode,
     expire_unix,
 )
+from provisioner.specs import Verification, facts
 
 
 def digest_actual(key: ActualKey) -> str:
@@ -104,7 +112,23 @@ def _oldest_first(keys: Iterable[ActualKey]) -> list[ActualKey]:
     return sorted(keys, key=lambda k: (k.created_at, k.key_id))
 
 
+NO_KEY = Identity(None, (), ())
+
+
+def current_generation(keys: Iterable[ActualKey]) -> tuple[ActualKey, ...]:
+    """The keys of an identity's current generation: the highest among its keys not pending deletion
+    (among all of them when every one is). Older generations are a rotation's previous keys
+    (DESIGN section 11): never duplicates, never the key a plan works on."""
+    keys = tuple(keys)
+    standing = [k for k in keys if k.status is not KeyStatus.PENDING_DELETION] or list(keys)
+    if not standing:
+        return ()
+    current = max(k.generation for k in standing)
+    return tuple(k for k in keys if k.generation == current)
+
+
 def sort_identity(keys: tuple[ActualKey, ...]) -> Identity:
+    keys = current_generation(keys)
     active = _oldest_first(k for k in keys if k.status is not KeyStatus.PENDING_DELETION)
     if not active:
         # Keys already pending deletion are left alone; the oldest stands for the identity.
@@ -116,6 +140,71 @@ def sort_identity(keys: tuple[ActualKey, ...]) -> Identity:
         return Identity(None, (), tuple(holders))
     primary = holders[0] if holders else active[0]
     return Identity(primary, tuple(k for k in active if k is not primary), ())
+
+
+def _standing(ident: Identity) -> bool:
+    """Whether an identity has a key that is not pending deletion."""
+    return ident.primary is not None and ident.primary.status is not KeyStatus.PENDING_DELETION
+
+
+def identity_tags(stack: str, name: str, before: KeySnapshot, fingerprint: str | None) -> dict[str, str]:
+    """The reserved tags an existing key is to be given: all of them when it is adopted (its stack tag is
+    not `stack`), the name tag after a rename, the fingerprint tag when it disagrees with `fingerprint`
+    and the live public key proves the key holds that material (tag repair). Pure; the planner and
+    derive_change both call it. `fingerprint` is the desired one: None or UNKNOWN_FINGERPRINT when the
+    plan read no material and no pin names it; an adopted key then records its live public key."""
+    have, live = before.tags, before.public_key_fingerprint
+    adopting = have.get(TAG_STACK) != stack
+    want = {TAG_STACK: stack, TAG_NAME: name}
+    if fingerprint is not None and fingerprint != UNKNOWN_FINGERPRINT:
+        if adopting or live == fingerprint:
+            want[TAG_FINGERPRINT] = fingerprint
+    elif adopting and (live or fingerprint):
+        want[TAG_FINGERPRINT] = live or str(fingerprint)
+    return {k: v for k, v in sorted(want.items()) if have.get(k) != v}
+
+
+def confirm_policy(desired: ManifestSet, fingerprints: Mapping[str, str]) -> Callable[[ActualKey], bool]:
+    """Which live keys refresh reads the public key of (GetPublicKey): those without a fingerprint tag,
+    and those whose tag disagrees with their desired key's material (or pin), so that the planner can
+    tell a tampered tag (repaired) from other material (`material-immutable`). A renamed key is judged
+    by the desired key it moves to."""
+    wanted: dict[str, str | None] = {}
+    for d in desired.keys:
+        fp = fingerprints.get(d.name) or (d.material.fingerprint if d.material is not None else None)
+        for name in (*d.moved_from, d.name):
+            wanted[name] = fp
+
+    def confirm(key: ActualKey) -> bool:
+        recorded = key.recorded_fingerprint
+        want = wanted.get(key.name or "")
+        return recorded is None or (want is not None and recorded != want)
+
+    return confirm
+
+
+def missing_adoptions(
+    desired: ManifestSet, live: LiveState, targets: Iterable[str] | None = None
+) -> list[Diagnostic]:
+    """Located errors for each `adopt:` (of a targeted key) that names no key. As Terraform's import
+    block does with an object that does not exist, this is an error, not a plan: there is nothing to
+    show a change of."""
+    chosen = None if targets is None else frozenset(targets)
+    out: list[Diagnostic] = []
+    for d in desired.keys:
+        if d.adopt is None or (chosen is not None and d.name not in chosen):
+            continue
+        found = live.adopted.get(d.name)
+        if found is None or found.key is None:
+            why = "it was not read" if found is None else found.problem
+            out.append(
+                Diagnostic(
+                    d.adopt_at or d.location,
+                    f"key {d.name!r}: adopt: {d.adopt}: {why}: a key to adopt must exist; fix the reference, "
+                    f"or remove adopt: to create a new key",
+                )
+            )
+    return out
 
 
 class _Planner:
@@ -144,21 +233,27 @@ class _Planner:
         self.notes: list[Note] = []
         self.locations = {d.name: d.location for d in desired.keys}
         self.identities = {name: sort_identity(keys) for name, keys in live.keys.items()}
-        self.our_ids = live.stack_key_ids
+        # A key to adopt that no stack manages becomes this stack's: its aliases are ours to keep or move.
+        adoptable = [
+            a.key for a in live.adopted.values() if a.key is not None and a.key.stack in (None, live.stack)
+        ]
+        self.our_ids = live.stack_key_ids | {k.key_id for k in adoptable}
+        self.live = replace(live, foreign_keys=live.foreign_keys - {k.key_id for k in adoptable})
         # Who of ours holds each alias, from the keys themselves (the most direct fact).
         self.our_alias_owner: dict[str, str] = {}
-        for keys in live.keys.values():
-            for k in keys:
-                for a in k.aliases:
-                    self.our_alias_owner[a] = k.key_id
+        for k in [*adoptable, *(k for keys in live.keys.values() for k in keys)]:
+            for a in k.aliases:
+                self.our_alias_owner[a] = k.key_id
         # Aliases that a key the plan keeps (or creates) claims: those move rather than get deleted.
         # A material-deleted key that does not exist is not created, so it claims nothing. A key left out
         # by --target was not read: it counts as existing, so no alias it wants is deleted under it.
         self.claimed: dict[str, str] = {}
         for d in desired.keys:
+            names = (d.name, *d.moved_from)
             exists = (
                 not self.targeted(d.name)
-                or self.identities.get(d.name, Identity(None, (), ())).primary is not None
+                or d.adopt is not None
+                or any(self.identities.get(n, NO_KEY).primary for n in names)
             )
             if d.state in KEEPS_MATERIAL or (d.state is DesiredState.MATERIAL_DELETED and exists):
                 for a in d.aliases:
@@ -171,7 +266,7 @@ class _Planner:
         self.violations.append(Violation(key, code, message, self.locations.get(key)))
 
     def run(self) -> None:
-        desired_names = {d.name for d in self.desired.keys}
+        desired_names = {n for d in self.desired.keys for n in (d.name, *d.moved_from)}
         for d in self.desired.keys:
             if not self.targeted(d.name):
                 continue
@@ -199,22 +294,81 @@ class _Planner:
     # -- one key
 
     def plan_key(self, d: DesiredKey) -> None:
-        ident = self.identities.get(d.name, Identity(None, (), ()))
-        if ident.conflict:
-            ids = ", ".join(k.key_id for k in ident.conflict)
-            self.violate(
-                d.name,
-                ViolationCode.DUPLICATE_IDENTITY,
-                f"keys {ids} all carry the identity {d.name!r} and all hold material; the provisioner cannot "
-                f"tell which one is meant: schedule the unwanted ones for deletion by hand",
-            )
+        found = self.identity_of(d)
+        if found is None:
             return
+        ident, adopting = found
         if ident.primary is None:
             self.plan_new(d)
+        elif d.state is DesiredState.ABSENT and adopting:
+            self.violate(
+                d.name,
+                ViolationCode.UNSUPPORTED,
+                f"state is absent but key {ident.primary.key_id} is not managed yet: adopt it first "
+                f"(state: present), or remove the key from the manifests to leave it alone",
+            )
         elif d.state is DesiredState.ABSENT:
             self.plan_absent(d, ident.primary, ident.duplicates)
         else:
-            self.plan_existing(d, ident.primary, ident.duplicates)
+            self.plan_existing(d, ident.primary, ident.duplicates, adopting=adopting)
+
+    def identity_of(self, d: DesiredKey) -> tuple[Identity, bool] | None:
+        """The live keys of `d` and whether it is to be adopted: its own name's, else a `moved_from`
+        name's, else the key `adopt:` names. None after a violation."""
+        standing: list[tuple[str, Identity]] = []
+        for name in (d.name, *d.moved_from):
+            ident = self.identities.get(name, NO_KEY)
+            if ident.conflict:
+                ids = ", ".join(k.key_id for k in ident.conflict)
+                self.violate(
+                    d.name,
+                    ViolationCode.DUPLICATE_IDENTITY,
+                    f"keys {ids} all carry the identity {name!r} and all hold material; the provisioner "
+                    f"cannot tell which one is meant: schedule the unwanted ones for deletion by hand",
+                )
+                return None
+            if _standing(ident):
+                standing.append((name, ident))
+        if len(standing) > 1:
+            both = " and ".join(f"key {i.primary.key_id} ({n!r})" for n, i in standing if i.primary)
+            self.violate(
+                d.name,
+                ViolationCode.DUPLICATE_IDENTITY,
+                f"{both} are both live, but moved_from says they are one key: retire the unwanted one "
+                f"(schedule its deletion by hand, or declare it under its own name with state: absent and "
+                f"no moved_from), then plan again",
+            )
+            return None
+        ident = standing[0][1] if standing else self.identities.get(d.name, NO_KEY)
+        if d.adopt is None:
+            return ident, False
+        target = self.live.adopted[d.name].key
+        assert target is not None  # make_plan refuses an adopt: that names no key
+        if _standing(ident) and ident.primary is not None:
+            if ident.primary.key_id == target.key_id:
+                return ident, False  # adopted already: `adopt:` is redundant and harmless
+            self.violate(
+                d.name,
+                ViolationCode.DUPLICATE_IDENTITY,
+                f"adopt: names key {target.key_id}, but key {ident.primary.key_id} already carries the "
+                f"identity {d.name!r}: remove adopt:, or retire key {ident.primary.key_id} first",
+            )
+            return None
+        if target.stack is not None:
+            if target.stack != self.desired.stack:
+                where = f"by stack {target.stack!r}" + (f" as {target.name!r}" if target.name else "")
+                fix = "remove it from that stack's manifests first, or remove adopt:"
+            else:
+                where = f"by this stack as {target.name!r}"
+                fix = f"to rename it, write moved_from: [{target.name}] instead of adopt:"
+            self.violate(
+                d.name,
+                ViolationCode.MANAGED_ELSEWHERE,
+                f"key {target.key_id} is already managed {where}: a key belongs to one stack and one "
+                f"name; {fix}",
+            )
+            return None
+        return Identity(target, (), ()), True
 
     def fingerprint_of(self, d: DesiredKey) -> str | None:
         fp = self.fingerprints.get(d.name)
@@ -269,7 +423,7 @@ class _Planner:
             return
         material, fp = ref
         aliases_create, aliases_move = claims
-        tags = {k: v for k, v in d.tags.items() if k not in RESERVED_TAGS}
+        tags = {k: v for k, v in d.tags.items() if k not in MANAGED_TAGS}
         tags.update({TAG_STACK: self.desired.stack, TAG_NAME: d.name, TAG_FINGERPRINT: fp})
         disable = (Action.DISABLE,) if d.state is DesiredState.DISABLED else ()
         self.changes.append(
@@ -381,19 +535,39 @@ class _Planner:
             duplicate_digests=tuple(digest_actual(k) for k in duplicates),
         )
 
-    def plan_existing(self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...]) -> None:
+    def plan_existing(
+        self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...], *, adopting: bool = False
+    ) -> None:
         n_before = len(self.violations)
         fingerprint = self.fingerprints.get(d.name)
         diff = compare(d, key, live=self.live, our_ids=self.our_ids, fingerprint=fingerprint)
+        if adopting and key.status in (KeyStatus.DISABLED, KeyStatus.PENDING_DELETION):
+            self.check_immutable(d, key, diff)
+            pending = key.status is KeyStatus.PENDING_DELETION
+            before = "cancel its deletion (CancelKeyDeletion) and " if pending else ""
+            self.violate(
+                d.name,
+                ViolationCode.MATERIAL_IMMUTABLE,
+                f"key {key.key_id} to adopt is {key.status.value}: GetPublicKey needs an enabled key, so the "
+                f"material it holds cannot be checked against the manifest's: {before}enable it first, "
+                f"then plan again",
+            )
+            return
         self.check_immutable(d, key, diff)
         self.unprotected(d, duplicates)
         if d.state in KEEPS_MATERIAL:
             self.check_expiry(d)
-            self.check_material(d, key, diff)
+        if d.state is DesiredState.PRESENT or adopting:
+            self.check_material(d, key, diff, adopting)
 
         first, then = state_actions(key.status, d.state, expiry_changes=diff.expiry_changes)
         actions: list[Action] = list(first)
         reasons: list[str] = []
+        # -- adopt, rename, tag repair: the reserved tags
+        ident_tags = identity_tags(self.desired.stack, d.name, KeySnapshot.of(key), self.fingerprint_of(d))
+        if adopting:
+            actions.insert(0, Action.ADOPT)
+            reasons.append(f"adopt: {d.adopt} names key {key.key_id}, which no stack manages")
         if Action.CANCEL_DELETION in first:
             reasons.append(
                 f"key is pending deletion (on {format_time(key.deletion_date) or 'an unknown date'}) but "
@@ -401,8 +575,12 @@ class _Planner:
             )
         if Action.ENABLE in first:
             reasons.append("key is disabled but the manifest wants it present")
-        n_first = len(reasons)
-        # -- update
+        if not adopting and TAG_NAME in ident_tags:
+            reasons.append(f"renamed from {key.name!r} (moved_from): name tag rewritten")
+        if not adopting and TAG_FINGERPRINT in ident_tags:
+            reasons.append("fingerprint tag restored: the live public key matches the material")
+        # -- update (of the reserved tags too, unless adopt writes them)
+        update = bool(ident_tags) and not adopting
         tags_set, tags_remove = diff.tags_to_set, diff.tags_to_remove
         wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
         aliases_create, aliases_move = self.plan_alias_claims(d, key.key_id, wanted) or ((), ())
@@ -419,8 +597,11 @@ class _Planner:
             reasons.append("description differs")
         if protection is not None:
             reasons.append(f"deletion protection turns {'on' if protection else 'off'}")
-        if len(reasons) > n_first:
+        if update or tags_set or tags_remove or aliases_create or aliases_move or aliases_delete or (
+            (description, protection) != (None, None)
+        ):
             actions.append(Action.UPDATE)
+        tags_set = {**tags_set, **ident_tags}
         # -- material and state
         material: MaterialReference | None = None
         expire: int | None = None
@@ -488,9 +669,25 @@ class _Planner:
                 f"values, or retire this key (state: absent) and declare a new one under another name",
             )
 
-    def check_material(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
+    def check_material(self, d: DesiredKey, key: ActualKey, diff: KeyDiff, adopting: bool = False) -> None:
         m = diff.material_mismatch
-        if m is not None:
+        verifiable = facts(key.spec).verification is Verification.PUBLIC_KEY_FINGERPRINT
+        if adopting and key.status is KeyStatus.ENABLED and verifiable and key.public_key_fingerprint is None:
+            self.violate(
+                d.name,
+                ViolationCode.MATERIAL_IMMUTABLE,
+                f"key {key.key_id} to adopt is enabled but its public key could not be read (GetPublicKey), "
+                f"so the material it holds cannot be checked against the manifest's: plan again",
+            )
+        elif adopting and m is not None:
+            self.violate(
+                d.name,
+                ViolationCode.MATERIAL_IMMUTABLE,
+                f"key {key.key_id} to adopt holds material {m.live} ({m.live_label}) but the manifest's "
+                f"{m.wanted_label} is {m.wanted}: material never changes on a key; point `material` at the "
+                f"key's own material, or remove adopt: to create a new key",
+            )
+        elif m is not None:
             self.violate(
                 d.name,
                 ViolationCode.MATERIAL_IMMUTABLE,
@@ -517,6 +714,9 @@ def make_plan(
     or UNKNOWN_FINGERPRINT with a `fingerprint-unknown` note; apply resolves it (resolve_fingerprints).
     `targets` (--target): only keys of those names are planned; no other name gets a change or a note.
     """
+    missing = missing_adoptions(desired, live, targets)
+    if missing:
+        raise ManifestError(missing)
     chosen = None if targets is None else frozenset(targets)
     planner = _Planner(desired, live, now, fingerprints, offline_material, chosen)
     planner.run()
@@ -590,7 +790,7 @@ def derive_change(change: Change, stack: str) -> Change:
         if change.material is None:
             raise ValueError("a create without material")
         fp = after.fingerprint
-        tags = {k: v for k, v in after.tags.items() if k not in RESERVED_TAGS}
+        tags = {k: v for k, v in after.tags.items() if k not in MANAGED_TAGS}
         tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: str(fp)})
         create, move = _alias_split(change, sorted(after.aliases))
         disable = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
@@ -634,8 +834,10 @@ def derive_change(change: Change, stack: str) -> Change:
             state_digest=digest_snapshot(before),
         )
     have_tags, want_tags = before.tags, after.tags
-    tags_set = {k: v for k, v in want_tags.items() if k not in RESERVED_TAGS and have_tags.get(k) != v}
-    tags_remove = tuple(sorted(k for k in have_tags if k not in RESERVED_TAGS and k not in want_tags))
+    tags_set = {k: v for k, v in want_tags.items() if k not in MANAGED_TAGS and have_tags.get(k) != v}
+    tags_remove = tuple(sorted(k for k in have_tags if k not in MANAGED_TAGS and k not in want_tags))
+    adopting = have_tags.get(TAG_STACK) != stack
+    ident_tags = identity_tags(stack, change.key, before, after.fingerprint)
     create, move = _alias_split(change, sorted(set(after.aliases) - set(before.aliases)))
     removed = set(before.aliases) - set(after.aliases)
     delete = change.aliases_to_delete
@@ -650,9 +852,12 @@ def derive_change(change: Change, stack: str) -> Change:
     first, then = state_actions(
         status, after.state, expiry_changes=expire_unix(before.material_expires_at) != want_expiry
     )
-    actions: list[Action] = list(first)
-    if tags_set or tags_remove or create or move or delete or (description, protection) != (None, None):
+    actions: list[Action] = [Action.ADOPT, *first] if adopting else list(first)
+    if (ident_tags and not adopting) or tags_set or tags_remove or create or move or delete or (
+        (description, protection) != (None, None)
+    ):
         actions.append(Action.UPDATE)
+    tags_set.update(ident_tags)
     actions += then
     material: MaterialReference | None = None
     expire: int | None = None

@@ -5,9 +5,11 @@ maker of plans. What `before` and `after` mean per action (Terraform's table, DE
 
     action             before           after                 apply does, in this order
     create, import     None             desired key           CreateKey(all tags), 1st alias, import, rest
+    adopt              actual key       desired key           TagResource(identity tags), then the rest
     cancel-deletion    actual key       desired key           CancelKeyDeletion: Enabled, or PendingImport
     enable             actual key       desired key           EnableKey
-    update             actual key       desired key           tags, aliases, description, protection
+    update             actual key       desired key           tags (identity tags of a rename or a tag
+                                                              repair too), aliases, description, protection
     reimport           actual key       desired key           import the same material with expire_unix
     delete-material    actual key       desired key           DeleteKeyMaterial
     disable            actual key|None  desired key           DisableKey (after any import)
@@ -47,6 +49,7 @@ UNKNOWN_FINGERPRINT = "unknown"
 class Action(StrEnum):
     CREATE = "create"
     IMPORT = "import"
+    ADOPT = "adopt"
     REIMPORT = "reimport"
     DELETE_MATERIAL = "delete-material"
     UPDATE = "update"
@@ -64,6 +67,7 @@ class ViolationCode(StrEnum):
     EXPIRY_IN_PAST = "expiry-in-past"
     DUPLICATE_IDENTITY = "duplicate-identity"
     DELETION_PROTECTED = "deletion-protected"
+    MANAGED_ELSEWHERE = "managed-elsewhere"
 
 
 class NoteCode(StrEnum):
@@ -222,9 +226,10 @@ class Change:
     reason: str
     before: KeySnapshot | None = None
     after: DesiredAttributes | None = None
-    # create: every tag, reserved ones included; update: user tags added or changed.
+    # create: every tag, reserved ones included; adopt, update: user tags added or changed, and the
+    # reserved tags that adopt, a rename (name) or a tag repair (fingerprint) writes.
     tags_to_set: Mapping[str, str] = field(default_factory=dict)
-    tags_to_remove: tuple[str, ...] = ()  # user tags only; reserved tags are never touched after creation
+    tags_to_remove: tuple[str, ...] = ()  # user tags only; reserved tags are never removed
     aliases_to_create: tuple[str, ...] = ()  # CreateAlias
     aliases_to_move: tuple[str, ...] = ()  # held by another key of this stack: UpdateAlias to this key
     aliases_to_delete: tuple[str, ...] = ()  # DeleteAlias

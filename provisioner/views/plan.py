@@ -64,6 +64,7 @@ _SYMBOLS: tuple[tuple[Action, str, str], ...] = (
     (Action.CREATE, "+", GREEN),
     (Action.DELETE_MATERIAL, "x", RED),
     (Action.REIMPORT, "↻", CYAN),
+    (Action.ADOPT, "<", GREEN),
     (Action.UPDATE, "~", YELLOW),
     # A state change is a change in place, as an update is.
     (Action.CANCEL_DELETION, "~", YELLOW),
@@ -71,7 +72,8 @@ _SYMBOLS: tuple[tuple[Action, str, str], ...] = (
     (Action.DISABLE, "~", YELLOW),
 )
 _LEGEND = (
-    "+ create   ~ update or state change   ↻ reimport   x delete material   - schedule deletion   ! violation"
+    "+ create   < adopt   ~ update or state change   ↻ reimport   x delete material   - schedule deletion   "
+    "! violation"
 )
 
 _SUMMARY_WORDS = (
@@ -85,6 +87,7 @@ _SUMMARY_WORDS = (
 #: Shown in the text summary only when some key needs them (the JSON and markdown summaries always
 #: list every word), so the line stays as short as Terraform's for the everyday plan.
 _STATE_SUMMARY_WORDS = (
+    (Action.ADOPT, "to adopt"),
     (Action.CANCEL_DELETION, "to cancel deletion"),
     (Action.ENABLE, "to enable"),
     (Action.DISABLE, "to disable"),
