@@ -362,3 +362,80 @@ def test_stack_key_without_a_name_is_not_listed_and_not_foreign(kms: Kms) -> Non
     assert state.foreign_keys == frozenset()
     # Its rows lacked the name tag, so they were read once more by id: that is the only extra call.
     assert calls == {"ListTagResources": 2, "DescribeKey": 1, "ListAliases": 1}
+
+
+# --- adopt: the keys `adopt:` names, whatever their tags say ---------------------------------------
+
+
+def make_unmanaged(
+    kms: Kms, material: PrivateMaterial | None = None, tags: Mapping[str, str] | None = None
+) -> str:
+    """A key made outside the tool: no reserved tag; imported when `material` is given."""
+    meta = kms.create_key(
+        spec=KeySpec.EC_P256, usage=KeyUsage.SIGN_VERIFY, protection=ProtectionLevel.SOFTWARE,
+        instance="kst-local-software", description="by hand", tags=dict(tags or {}),
+    )
+    if material is not None:
+        algorithm = facts(KeySpec.EC_P256).wrapping_algorithm
+        params = kms.get_parameters_for_import(meta.key_id, algorithm)
+        blob = wrap(material, params.public_key_der, algorithm)
+        kms.import_key_material(meta.key_id, blob, params.import_token, 0)
+    return meta.key_id
+
+
+def test_adopt_by_key_id_alias_and_arn_reads_the_key_its_tags_and_public_key(kms: Kms) -> None:
+    mat = new_material()
+    by_id = make_unmanaged(kms, mat, {"team": "ops"})
+    by_alias = make_unmanaged(kms)
+    kms.create_alias("alias/hand/made", by_alias)
+    by_arn = make_unmanaged(kms, new_material())
+    arn = kms.describe_key(by_arn).arn
+    make_key(kms, "ours")
+
+    state, calls = refresh_counted(kms, adopt={"a": by_id, "b": "alias/hand/made", "c": arn})
+    a, b, c = (state.adopted[n] for n in "abc")
+    assert (a.reference, b.reference, c.reference) == (by_id, "alias/hand/made", arn)
+    assert a.key is not None and b.key is not None and c.key is not None
+    assert (a.key.key_id, b.key.key_id, c.key.key_id) == (by_id, by_alias, by_arn)
+    assert a.key.user_tags == {"team": "ops"} and a.key.stack is None and a.key.origin is Origin.EXTERNAL
+    assert b.key.aliases == ("alias/hand/made",)
+    # Enabled keys show their public key; a key without material has none to show.
+    assert a.key.public_key_fingerprint == mat.fingerprint
+    assert b.key.status is KeyStatus.PENDING_IMPORT and b.key.public_key_fingerprint is None
+    assert c.key.public_key_fingerprint is not None
+    # One DescribeKey per stack key and per key to adopt, their tags in one call by id.
+    assert calls["DescribeKey"] == 4 and calls["GetPublicKey"] == 2
+    assert calls["ListTagResources"] == 2  # the stack's by filter, the adopted ones by id
+    # A key to adopt is not foreign to the stack (its aliases are not someone else's).
+    assert by_alias in state.foreign_keys  # refresh only reports; the planner takes adoptable keys in
+
+
+def test_adopt_that_names_no_key_says_why(kms: Kms) -> None:
+    other = make_unmanaged(kms)
+    arn = kms.describe_key(other).arn
+    region, rest = arn.removeprefix("acs:kms:").split(":", 1)
+    elsewhere = f"acs:kms:{'eu-central-1' if region != 'eu-central-1' else 'cn-hangzhou'}:{rest}"
+    state, _ = refresh_counted(
+        kms,
+        adopt={
+            "a": "key-doesnotexist", "b": "alias/nobody", "c": elsewhere, "d": "acs:kms:cn-hangzhou:1:alias/x"
+        },
+    )
+    problems = {n: (found.key, found.problem) for n, found in state.adopted.items()}
+    assert problems["a"] == (None, "no key key-doesnotexist exists in this account and region")
+    assert problems["b"] == (None, "alias alias/nobody does not exist in this account and region")
+    assert problems["c"] == (
+        None, f"{elsewhere} is not an ARN of this account and region (key {other} here is {arn})"
+    )
+    assert problems["d"] == (
+        None, "acs:kms:cn-hangzhou:1:alias/x is not a KMS key ARN (acs:kms:REGION:ACCOUNT:key/KEY-ID)"
+    )
+
+
+def test_adopt_of_a_stack_key_costs_no_further_call(kms: Kms) -> None:
+    ours = make_key(kms, "ours", material=new_material())
+    _, plain = refresh_counted(kms)
+    state, calls = refresh_counted(kms, adopt={"ours": ours})
+    assert calls == plain
+    found = state.adopted["ours"].key
+    assert found is not None and found == state.keys["ours"][0]
