@@ -306,7 +306,7 @@ def test_a_live_keys_hostile_description_is_escaped_in_the_plan(
         assert r.code == 0, r.stderr
         assert "\x1b" not in r.stdout and "\u202e" not in r.stdout
     text = account.cli("plan", "manifests").stdout
-    assert '~ description: "ok\\u001b[2J\\u202eevil\\u000aline" -> "clean"' in text
+    assert '~ description: "ok\\u001b[2J\\u202eevil\\nline" -> "clean"' in text
 
 
 # -------------------------------------------------------------------------------------- tag repair
@@ -397,15 +397,16 @@ def test_both_names_live_is_duplicate_identity(applied: Account) -> None:
 def test_one_material_in_two_keys_is_a_validation_error_naming_both(applied: Account) -> None:
     applied.keys["tokens"]["material"] = {"file": "../keys/signer.pem"}
     path = applied.save()
-    r = applied.cli("validate", "manifests")
+    r = run_cli(["validate", "manifests"])
     assert r.code == 1
     lines = path.read_text().splitlines()
     line = lines.index("  tokens:") + 1
     fp = fingerprint(private_pem("EC_P256", 1))
     first = lines.index("  signer:") + 1
     assert (
-        f"manifests/stack.yaml:{line}:3: error: key 'tokens': its material ({fp}) is also the material "
-        f"of key 'signer' (manifests/stack.yaml:{first}:3)"
+        f'manifests/stack.yaml:{line}:3: error: key "tokens": its material ({fp}) is also the material '
+        f'of key "signer" (manifests/stack.yaml:{first}:3): one material belongs to one key of a set; to '
+        f"rename a key, give the new name moved_from: [signer] instead of a second key"
     ) in r.stderr
     r = applied.cli("plan", "manifests")
     assert r.code == 1 and r.stdout == ""

@@ -26,7 +26,7 @@ ALLOWED = {
     "render": {"words"},
     "files": set(),
     "load": {"words", "positions", "schema", "rules", "render", "files"},
-    "material_stage": {"load"},
+    "material_stage": {"load", "rules"},
 }
 
 MANIFEST = """\

@@ -14,6 +14,7 @@ from pathlib import Path
 from provisioner import leakscan
 from provisioner.errors import ManifestError, MaterialError
 from provisioner.manifest.load import load_manifests
+from provisioner.manifest.rules import one_material_per_key
 from provisioner.model import DesiredKey, Diagnostic, Diagnostics, ManifestSet, Severity, SourceKind
 from provisioner.specs import Material
 
@@ -86,6 +87,7 @@ def read_material(
             result.materials[key.name] = material
         else:
             material.wipe()
+    result.diagnostics.extend(one_material_per_key(ms.keys, result.fingerprints))
     if ms.material_scan is not None and index:
         result.diagnostics.extend(ms.material_scan(index))
     del index  # the only copy of the material's bytes outside the key objects

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +151,10 @@ class SetState:
     backend: tuple[BackendConfig, Location] | None = None
     names: dict[str, Location] = field(default_factory=dict)
     aliases: dict[str, Location] = field(default_factory=dict)
+    #: `adopt:` reference -> (key name, where), so that one KMS key is adopted by one entry only.
+    adopted: dict[str, tuple[str, Location]] = field(default_factory=dict)
+    #: `moved_from:` name -> (the key it moved to, where).
+    moved: dict[str, tuple[str, Location]] = field(default_factory=dict)
 
 
 def _check_tags(
@@ -295,6 +299,8 @@ def _check_key(
     expiry = _key_expiry(doc, name, body, diags)
     protected, window = _key_deletion(doc, name, body, desired_state, diags)
     material = _check_material_block(doc, name, body, base, desired_state, diags)
+    adopt = _key_adopt(doc, name, body, state, diags)
+    moved_from = _key_moved_from(doc, name, body, state, diags)
 
     if len(diags) > errors_before or spec is None or usage is None or desired_state is None:
         return None
@@ -315,6 +321,9 @@ def _check_key(
         material=material,
         state=desired_state,
         location=here,
+        adopt=adopt,
+        moved_from=moved_from,
+        adopt_at=doc.loc((*base, "adopt")) if adopt is not None else None,
     )
 
 
@@ -439,6 +448,131 @@ def _key_deletion(
             )
         )
     return protected is True, window if isinstance(window, int) else DEFAULT_DELETION_WINDOW_DAYS
+
+
+#: What `adopt:` may name: a KeyId, a key ARN (acs:kms:REGION:ACCOUNT:key/KEY-ID), or an alias.
+KEY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+KEY_ARN_RE = re.compile(r"acs:kms:[a-z0-9-]{1,64}:[0-9]{1,32}:key/[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+#: The one target of a manifest set without `backends:` (DESIGN section 12).
+SINGLE_TARGET = "default"
+
+
+def _key_adopt(
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: Diagnostics
+) -> str | None:
+    """The KeyId, ARN or alias `adopt:` names (the map form only for the single target `default`)."""
+    if "adopt" not in body:
+        return None
+    at = doc.loc(("keys", name, "adopt"))
+    value = body["adopt"]
+    if isinstance(value, dict):
+        if set(value) != {SINGLE_TARGET}:
+            targets = ", ".join(doc.show(t) for t in value) or "none"
+            diags.append(
+                Diagnostic(
+                    at,
+                    f'key "{name}": adopt: names targets ({targets}): multi-target backends are not '
+                    f"supported yet; write adopt: KEY-ID, or adopt: {{{SINGLE_TARGET}: KEY-ID}}",
+                )
+            )
+            return None
+        at = doc.loc(("keys", name, "adopt", SINGLE_TARGET))
+        value = value[SINGLE_TARGET]
+    if not isinstance(value, str):
+        return None  # the schema reported it
+    if value.startswith("alias/"):
+        problem = alias_problem(value, doc.show if doc.tainted else None)
+    elif value.startswith("acs:"):
+        problem = None if KEY_ARN_RE.fullmatch(value) else (
+            f"{doc.show(value)} is not a KMS key ARN (acs:kms:REGION:ACCOUNT:key/KEY-ID)"
+        )
+    else:
+        problem = None if KEY_ID_RE.fullmatch(value) else (
+            f"{doc.show(value)} is neither a KeyId, a key ARN nor an alias"
+        )
+    if problem:
+        diags.append(Diagnostic(at, f'key "{name}": adopt: {problem}'))
+        return None
+    if value in state.adopted:
+        other, where = state.adopted[value]
+        diags.append(
+            Diagnostic(
+                at,
+                f'key "{name}": adopt: {value} is also adopted by key "{other}" (at {where}); '
+                "one KMS key is one key of the set",
+            )
+        )
+        return None
+    state.adopted[value] = (name, at)
+    return value
+
+
+def _key_moved_from(
+    doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: Diagnostics
+) -> tuple[str, ...]:
+    """The key's earlier names, each claimed by one key of the set (moved_names checks the rest)."""
+    raw = body.get("moved_from")
+    if not isinstance(raw, list):
+        return ()  # absent, or the schema reported it
+    out: list[str] = []
+    for i, old in enumerate(raw):
+        if not isinstance(old, str):
+            continue
+        at = doc.loc(("keys", name, "moved_from", i))
+        if old == name:
+            diags.append(Diagnostic(at, f'key "{name}": moved_from lists the key\'s own name'))
+        elif old in out:
+            diags.append(Diagnostic(at, f'key "{name}": moved_from lists "{old}" twice'))
+        elif old in state.moved:
+            other, where = state.moved[old]
+            diags.append(
+                Diagnostic(
+                    at,
+                    f'key "{name}": "{old}" is also in the moved_from of key "{other}" (at {where}); '
+                    "a key moves to one name",
+                )
+            )
+        else:
+            state.moved[old] = (name, at)
+            out.append(old)
+    return tuple(out)
+
+
+def moved_names(state: SetState) -> list[Diagnostic]:
+    """A moved_from name that is also declared as a key: the set says both one key and two."""
+    return [
+        Diagnostic(
+            at,
+            f'key "{new}": moved_from "{old}", but key "{old}" is declared too (at {state.names[old]}); '
+            f'a renamed key has one name: remove key "{old}" or this moved_from entry',
+        )
+        for old, (new, at) in sorted(state.moved.items())
+        if old in state.names
+    ]
+
+
+def one_material_per_key(keys: Sequence[DesiredKey], fingerprints: Mapping[str, str]) -> list[Diagnostic]:
+    """One material (one fingerprint) in two keys of the set: an error at the later key naming the
+    first. `fingerprints`: the material read, by key name; a key without one counts with its pin."""
+    first: dict[str, DesiredKey] = {}
+    out: list[Diagnostic] = []
+    for key in keys:
+        fp = fingerprints.get(key.name) or (key.material.fingerprint if key.material else None)
+        if fp is None:
+            continue
+        if fp not in first:
+            first[fp] = key
+            continue
+        other = first[fp]
+        out.append(
+            Diagnostic(
+                key.location,
+                f'key "{key.name}": its material ({fp}) is also the material of key "{other.name}" '
+                f"({other.location}): one material belongs to one key of a set; to rename a key, "
+                f"give the new name moved_from: [{other.name}] instead of a second key",
+            )
+        )
+    return out
 
 
 def _check_material_block(
