@@ -493,18 +493,22 @@ def _key_adopt(
     if problem:
         diags.append(Diagnostic(at, f'key "{name}": adopt: {problem}'))
         return None
-    if value in state.adopted:
-        other, where = state.adopted[value]
-        diags.append(
-            Diagnostic(
-                at,
-                f'key "{name}": adopt: {value} is also adopted by key "{other}" (at {where}); '
-                "one KMS key is one key of the set",
-            )
-        )
-        return None
-    state.adopted[value] = (name, at)
-    return value
+    what, why = f"adopt: {value} is also adopted by", "one KMS key is one key of the set"
+    return value if _claim(state.adopted, value, name, at, what, why, diags) else None
+
+
+def _claim(
+    taken: dict[str, tuple[str, Location]], value: str, name: str, at: Location, what: str, why: str,
+    diags: list[Diagnostic],
+) -> bool:
+    """Record that key `name` claims `value` (written at `at`); False, and an error, when another key
+    of the set claimed it first."""
+    if value in taken:
+        other, where = taken[value]
+        diags.append(Diagnostic(at, f'key "{name}": {what} key "{other}" (at {where}); {why}'))
+        return False
+    taken[value] = (name, at)
+    return True
 
 
 def _key_moved_from(
@@ -523,18 +527,10 @@ def _key_moved_from(
             diags.append(Diagnostic(at, f'key "{name}": moved_from lists the key\'s own name'))
         elif old in out:
             diags.append(Diagnostic(at, f'key "{name}": moved_from lists "{old}" twice'))
-        elif old in state.moved:
-            other, where = state.moved[old]
-            diags.append(
-                Diagnostic(
-                    at,
-                    f'key "{name}": "{old}" is also in the moved_from of key "{other}" (at {where}); '
-                    "a key moves to one name",
-                )
-            )
         else:
-            state.moved[old] = (name, at)
-            out.append(old)
+            what = f'"{old}" is also in the moved_from of'
+            if _claim(state.moved, old, name, at, what, "a key moves to one name", diags):
+                out.append(old)
     return tuple(out)
 
 
