@@ -233,8 +233,7 @@ def test_discover_prints_yaml_for_unmanaged_external_keys_only(account: Backend,
     empty_pem = folder / "keys" / "empty.pem"
     write_private_key(empty_pem, "RSA_2048")
     files[empty] = "keys/empty.pem"
-    # TODO(day2-identity): keep adopt: once the schema has it, and plan adopt, then nothing.
-    (folder / "found.yaml").write_text(with_sources(run.stdout, files, adopt=False))
+    (folder / "found.yaml").write_text(with_sources(run.stdout, files))
     checked = run_cli(["validate", str(folder)])
     assert (checked.code, checked.stdout) == (0, "valid: 3 key(s) in 1 file, stack found, material checked\n")
     assert checked.stderr == ""
@@ -245,3 +244,30 @@ def test_discover_prints_yaml_for_unmanaged_external_keys_only(account: Backend,
     assert got.description == HOSTILE
     assert dict(got.tags) == {"team": "a:b @c", "cost center": "payments"}
     assert got.material is not None and got.material.fingerprint == fp
+    adopted = {k.name: k.adopt for k in ms.keys}
+    assert adopted == {disabled: disabled, "team-empty": empty, "team-signing": signing}
+
+    # Planned, the set adopts every key (the disabled one once enabled, as discover's note says), and
+    # after the apply plans nothing.
+    text = with_sources(run.stdout, files)
+    if account.manifest_backend is not None:  # the local state file is the test's, not ./.provision
+        text = text.replace("\nkeys:\n", f"\nbackend: {json.dumps(account.manifest_backend)}\nkeys:\n", 1)
+    (folder / "found.yaml").write_text(text)
+    planned = run_cli(["plan", str(folder), "--format", "json", *account.args])
+    assert planned.code == 1, planned.stderr
+    (blocked,) = json.loads(planned.stdout)["violations"]
+    assert (blocked["key"], blocked["code"]) == (disabled, "material-immutable")
+    assert "enable it first" in blocked["message"]
+    client.enable_key(models.EnableKeyRequest(key_id=disabled))
+    planned = run_cli(["plan", str(folder), "--format", "json", "--detailed-exitcode", *account.args])
+    assert planned.code == 2, planned.stderr
+    doc = json.loads(planned.stdout)
+    assert {c["key"]: (c["key_id"], c["actions"]) for c in doc["changes"]} == {
+        disabled: (disabled, ["adopt"]),
+        "team-empty": (empty, ["adopt", "reimport"]),
+        "team-signing": (signing, ["adopt"]),
+    }
+    applied = run_cli(["apply", str(folder), "--auto-approve", *account.args])
+    assert applied.code == 0, applied.stdout + applied.stderr
+    again = run_cli(["plan", str(folder), "--detailed-exitcode", *account.args])
+    assert again.code == 0 and "No changes" in again.stdout, again.stdout + again.stderr
