@@ -411,3 +411,25 @@ def test_one_material_in_two_keys_is_a_validation_error_naming_both(applied: Acc
     r = applied.cli("plan", "manifests")
     assert r.code == 1 and r.stdout == ""
 
+
+
+def test_a_saved_plan_adopts_and_renames_as_reviewed(applied: Account, guide_material: Material) -> None:
+    key_id = applied.vendor_flow_key(guide_material)
+    applied.keys["receipts"] = manifest_key(applied, "receipts", guide_material, adopt=key_id, aliases=[])
+    signer = key_of(applied, "signer")
+    applied.keys["signing"] = {**applied.keys.pop("signer"), "moved_from": ["signer"]}
+    applied.save()
+    saved = applied.cli("plan", "manifests", "--out", "plan.json")
+    assert saved.code == 0, saved.stderr
+    doc = json.loads(Path("plan.json").read_text())
+    assert {c["key"]: (c["key_id"], c["actions"]) for c in doc["changes"]} == {
+        "receipts": (key_id, ["adopt", "update"]), "signing": (signer, ["update"])
+    }
+    before = applied.backend.stats()
+    r = applied.cli("apply", "--plan", "plan.json", "manifests")
+    assert r.code == 0, r.stdout + r.stderr
+    # Adopt's identity tags and its user tags and description; the rename's name tag.
+    assert writes(before, applied.backend.stats()) == Counter(TagResource=3, UpdateKeyDescription=1)
+    tokens = key_of(applied, "tokens")
+    assert applied.sdk.stack_keys() == {"receipts": [key_id], "signing": [signer], "tokens": [tokens]}
+    applied.assert_converged()
