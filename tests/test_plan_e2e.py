@@ -132,11 +132,11 @@ def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
     lines = markdown.stdout.splitlines()
     assert lines[0] == f"## Plan for stack `{STACK}`"
     header = lines.index(
-        "| create | import | reimport | delete-material | update | schedule-deletion | enable | disable "
-        "| cancel-deletion |"
+        "| create | import | adopt | reimport | delete-material | update | schedule-deletion | enable "
+        "| disable | cancel-deletion |"
     )
-    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|---|"
-    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |"
+    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|---|---|"
+    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |"
     assert "#### `+` `receipts`: create, import" in lines
     assert_no_secret(markdown.stdout + changes.stdout + changes.stderr, pem_files(stack))
 
