@@ -468,7 +468,7 @@ def _key_adopt(
     if isinstance(value, dict):
         if set(value) != {SINGLE_TARGET}:
             targets = ", ".join(doc.show(t) for t in value) or "none"
-            diags.append(
+            diags.add(
                 Diagnostic(
                     at,
                     f'key "{name}": adopt: names targets ({targets}): multi-target backends are not '
@@ -491,7 +491,7 @@ def _key_adopt(
             f"{doc.show(value)} is neither a KeyId, a key ARN nor an alias"
         )
     if problem:
-        diags.append(Diagnostic(at, f'key "{name}": adopt: {problem}'))
+        diags.add(Diagnostic(at, f'key "{name}": adopt: {problem}'))
         return None
     what, why = f"adopt: {value} is also adopted by", "one KMS key is one key of the set"
     return value if _claim(state.adopted, value, name, at, what, why, diags) else None
@@ -499,13 +499,13 @@ def _key_adopt(
 
 def _claim(
     taken: dict[str, tuple[str, Location]], value: str, name: str, at: Location, what: str, why: str,
-    diags: list[Diagnostic],
+    diags: Diagnostics,
 ) -> bool:
     """Record that key `name` claims `value` (written at `at`); False, and an error, when another key
     of the set claimed it first."""
     if value in taken:
         other, where = taken[value]
-        diags.append(Diagnostic(at, f'key "{name}": {what} key "{other}" (at {where}); {why}'))
+        diags.add(Diagnostic(at, f'key "{name}": {what} key "{other}" (at {where}); {why}'))
         return False
     taken[value] = (name, at)
     return True
@@ -524,9 +524,9 @@ def _key_moved_from(
             continue
         at = doc.loc(("keys", name, "moved_from", i))
         if old == name:
-            diags.append(Diagnostic(at, f'key "{name}": moved_from lists the key\'s own name'))
+            diags.add(Diagnostic(at, f'key "{name}": moved_from lists the key\'s own name'))
         elif old in out:
-            diags.append(Diagnostic(at, f'key "{name}": moved_from lists "{old}" twice'))
+            diags.add(Diagnostic(at, f'key "{name}": moved_from lists "{old}" twice'))
         else:
             what = f'"{old}" is also in the moved_from of'
             if _claim(state.moved, old, name, at, what, "a key moves to one name", diags):
