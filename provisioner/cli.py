@@ -1,6 +1,7 @@
-"""The `provision` command: stages validate -> refresh -> plan -> render -> confirm -> apply.
+"""The `provision` command: stages validate -> refresh -> plan -> view -> confirm -> apply.
 
-This module is the only one that prints and the only one that exits. A user mistake ends in
+This module is the only one that prints and the only one that exits; what it prints about a
+plan, a drift report or an apply result comes from provisioner/views/. A user mistake ends in
 one clear message and exit code 1, never a traceback. Click is used for parsing because it
 gives interspersed options, typed flags and help text for free.
 """

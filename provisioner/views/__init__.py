@@ -1,15 +1,16 @@
 """One view per command and output format: the only code that formats what a command prints.
 
-A command's module here (plan.py, drift.py, apply.py, validate.py, show.py) holds the Protocol its views
+A command's module here (validate, plan, apply, drift, show, discover) holds the Protocol its views
 implement (PlanView, ...) and one View subclass per format (PlanText, PlanJson, PlanMarkdown). A view
 turns a finished value (a Plan, a DriftReport, an ApplyResult) into the text the CLI prints; it
 decides nothing, prints nothing and reads nothing. The CLI picks a view by (command, --format) from
 REGISTRY, and the command's `--format` choices are that command's rows, the first one the default.
 
 To add a format to a command: write the view class next to its siblings, add its row to REGISTRY.
-To add a command (discover, schema ...): a module here with the command's Protocol and one view
-per format; a `Command` handle below, typed with that Protocol; its rows in REGISTRY. In cli.py:
-`@_format_option(views.SHOW)` and `views.SHOW.view(fmt, color=...)`.
+To add a command (schema, say): a module here with the command's Protocol and one view per format;
+a `Command` handle below, typed with that Protocol; its rows in REGISTRY. In cli.py:
+`@_format_option(views.SCHEMA)` and `views.SCHEMA.view(fmt, color=...)`. tests/test_views.py
+checks every row against its handle's Protocol and the command's --format choices.
 
 This module imports no view: cli.py reads it at start-up for the `--format` choices, and a view's
 module (with the plan, drift and JSON code it needs) is imported only when a command runs.
