@@ -43,9 +43,20 @@ def _public_key_fingerprint(kms: Kms, key_id: str, version: str) -> str:
     return fingerprint_of_pem(kms.get_public_key(key_id, version))
 
 
-#: How apply reads back the identity of the material a key holds, by the spec's way of verifying.
-READ_BACK: Mapping[Verification, Callable[[Kms, str, str], str]] = {
+def _holds_material(kms: Kms, key_id: str, version: str) -> str | None:
+    """Symmetric material: KMS shows nothing of it, so the read-back proves only that the key holds
+    material now (DescribeKey), and names no fingerprint."""
+    state = kms.describe_key(key_id).key_state
+    if state not in (KeyState.ENABLED, KeyState.DISABLED):
+        raise ApplyError(f"read-back: key {key_id} is {state.value} after import, expected it to hold material")
+    return None
+
+
+#: How apply reads back the identity of the material a key holds, by the spec's way of verifying:
+#: its fingerprint, or None where KMS cannot prove which material it holds.
+READ_BACK: Mapping[Verification, Callable[[Kms, str, str], str | None]] = {
     Verification.PUBLIC_KEY_FINGERPRINT: _public_key_fingerprint,
+    Verification.NONE: _holds_material,
 }
 
 
@@ -317,7 +328,8 @@ class _Applier:
         material = self.materials.get(change.key)
         if material is None:
             raise ApplyError(f"no material was read for key {change.key!r}")
-        algorithm = facts(material.spec).wrapping_algorithm
+        chosen = None if change.material is None else change.material.wrapping
+        algorithm = chosen or facts(material.spec).wrapping_algorithm
         params = self.kms.get_parameters_for_import(key_id, algorithm)
         wrapped = wrap(material, params.public_key_der, algorithm)
         self.kms.import_key_material(key_id, wrapped, params.import_token, change.expire_unix or 0)
@@ -328,7 +340,7 @@ class _Applier:
         read_back = READ_BACK[facts(self.materials[change.key].spec).verification]
         live = read_back(self.kms, key_id, version)
         planned = None if change.material is None else change.material.fingerprint
-        if live != planned:
+        if live is not None and live != planned:
             raise ApplyError(
                 f"read-back: key {key_id} reports public key {live} after import, planned {planned}"
             )

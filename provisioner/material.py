@@ -30,7 +30,7 @@ from provisioner import _der, sm2
 from provisioner.errors import MaterialError
 from provisioner.files import InputFileError, read_regular_file
 from provisioner.hardening import disable_core_dumps
-from provisioner.model import KeySpec, MaterialSource, SourceKind
+from provisioner.model import KeySpec, MaterialFormat, MaterialSource, SourceKind
 from provisioner.private_key import (
     NOT_A_KEY_MESSAGE,
     PUBLIC_KEY_MESSAGE,
@@ -40,7 +40,8 @@ from provisioner.private_key import (
 )
 from provisioner.private_key import PrivateMaterial as PrivateMaterial
 from provisioner.private_key import fingerprint_of_spki as fingerprint_of_spki
-from provisioner.specs import ec_spec, facts, rsa_spec
+from provisioner.specs import Family, Material, ec_spec, facts, rsa_spec
+from provisioner.symmetric import SymmetricMaterial, parse_symmetric
 from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
 COMMAND_TIMEOUT_SECONDS = 30.0
@@ -420,12 +421,16 @@ def load_material(
     except MaterialError as e:
         raise MaterialError(f"{source.describe()}: {e}") from None
     # Warned only once the file is known to hold a private key: a loose public key is no risk.
+    _warn_mode(source, mode, warn)
+    return material
+
+
+def _warn_mode(source: MaterialSource, mode: int, warn: Warn | None) -> None:
     if mode & 0o077 and warn is not None:
         warn(
             f"{source.describe()}: key file is readable by group or others "
             f"(mode {mode:04o}); run chmod 600 on it"
         )
-    return material
 
 
 def verify_material(
@@ -436,11 +441,16 @@ def verify_material(
     warn: Warn | None = None,
     allow_commands: bool | None = None,
     on_read: Callable[[bytes], None] | None = None,
-) -> PrivateMaterial:
-    """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint."""
-    material = load_material(
-        source, environ=environ, warn=warn, allow_commands=allow_commands, on_read=on_read
-    )
+) -> Material:
+    """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint.
+    Symmetric specs read their bytes in the source's `format` instead (symmetric.py)."""
+    material: Material
+    if facts(spec).family is Family.SYMMETRIC:
+        material = _load_symmetric(source, spec, environ, warn, allow_commands, on_read)
+    else:
+        material = load_material(
+            source, environ=environ, warn=warn, allow_commands=allow_commands, on_read=on_read
+        )
     if material.spec is not spec:
         found = facts(material.spec).describe()
         material.wipe()
@@ -451,6 +461,23 @@ def verify_material(
         raise MaterialError(
             f"{source.describe()}: fingerprint {found} does not match the pinned {source.fingerprint}"
         )
+    return material
+
+
+def _load_symmetric(
+    source: MaterialSource, spec: KeySpec, environ: Mapping[str, str] | None, warn: Warn | None,
+    allow_commands: bool | None, on_read: Callable[[bytes], None] | None,
+) -> SymmetricMaterial:
+    disable_core_dumps()
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    data, mode = _read_source(source, env, commands_allowed(bool(allow_commands), env))
+    if on_read is not None:
+        on_read(data)
+    try:
+        material = parse_symmetric(data, source.format or MaterialFormat.RAW, spec)
+    except MaterialError as e:
+        raise MaterialError(f"{source.describe()}: {e}") from None
+    _warn_mode(source, mode, warn)
     return material
 
 

@@ -46,6 +46,8 @@ class KeySpec(StrEnum):
     EC_P256 = "EC_P256"
     EC_P256K = "EC_P256K"
     EC_SM2 = "EC_SM2"
+    AES_256 = "Aliyun_AES_256"
+    SM4 = "Aliyun_SM4"
 
 
 class KeyUsage(StrEnum):
@@ -73,13 +75,28 @@ class Origin(StrEnum):
 
 
 class WrappingAlgorithm(StrEnum):
+    # Asymmetric material: an ephemeral key wraps the private key (guide step 3).
     RSA_OAEP_AES_ECB = "RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD"
     SM2PKE_SM4_ECB = "SM2PKE_SM4_ECB"
+    # Symmetric material: wrapped directly under the wrapping key (DESIGN section 13).
+    RSAES_OAEP_SHA_256 = "RSAES_OAEP_SHA_256"
+    RSAES_PKCS1_V1_5 = "RSAES_PKCS1_V1_5"
+    RSAES_OAEP_SHA_1 = "RSAES_OAEP_SHA_1"
+    SM2PKE = "SM2PKE"
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
         """The spec of the wrapping key this algorithm encrypts under (which spec it wraps: specs.py)."""
-        return KeySpec.RSA_2048 if self is WrappingAlgorithm.RSA_OAEP_AES_ECB else KeySpec.EC_SM2
+        sm2 = (WrappingAlgorithm.SM2PKE_SM4_ECB, WrappingAlgorithm.SM2PKE)
+        return KeySpec.EC_SM2 if self in sm2 else KeySpec.RSA_2048
+
+
+class MaterialFormat(StrEnum):
+    """How a symmetric key's bytes are written in their source (`material.format`)."""
+
+    RAW = "raw"
+    HEX = "hex"
+    BASE64 = "base64"
 
 
 class DesiredState(StrEnum):
@@ -121,6 +138,8 @@ TAG_GENERATION = "byok-provisioner:generation"
 #: Every tag the provisioner owns: never a user tag, never removed as one.
 MANAGED_TAGS = (*RESERVED_TAGS, TAG_GENERATION)
 MAX_TAGS_PER_KEY = 20
+#: A symmetric key's fingerprint is its key check value, `kcv:<16 hex>` (DESIGN section 13).
+KCV_PREFIX = "kcv:"
 
 # Reserved aliases (DESIGN section 10, "No identity twice"): a claim on an identity,
 # `alias/byok-provisioner/<stack>/<name>`, and a stack's apply lock, `alias/byok-provisioner-lock/<stack>`.
@@ -160,9 +179,11 @@ class MaterialSource:
     env: str | None = None
     command: tuple[str, ...] = ()
     passphrase_env: str | None = None
-    fingerprint: str | None = None  # pinned "sha256:<64 hex>"
+    fingerprint: str | None = None  # pinned "sha256:<64 hex>" (or "kcv:<16 hex>" for symmetric material)
     location: Location = field(default_factory=lambda: Location("<unknown>"))
     pass_env: tuple[str, ...] = ()  # command only: variables the command gets besides PATH, HOME, LANG
+    format: MaterialFormat | None = None  # symmetric material only: raw, hex or base64
+    wrapping: WrappingAlgorithm | None = None  # symmetric material only; None: the spec's default
 
     def describe(self) -> str:
         """The source in the user's words, for messages: never the material itself."""

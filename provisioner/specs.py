@@ -21,12 +21,16 @@ class Family(StrEnum):
     RSA = "asymmetric-rsa"
     EC = "asymmetric-ec"
     SM2 = "asymmetric-sm2"
+    SYMMETRIC = "symmetric"
 
 
 class Verification(StrEnum):
     """How apply (and refresh) prove which material a key holds after an import."""
 
     PUBLIC_KEY_FINGERPRINT = "public key fingerprint"  # GetPublicKey, SPKI SHA-256
+    #: Symmetric material: KMS shows nothing of it, so only the check value recorded at CreateKey
+    #: names it, and a read-back can prove only that the key holds some material (DESIGN section 13).
+    NONE = "none: KMS cannot prove which symmetric material it holds"
 
 
 _RSA_SIGN = ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")
@@ -57,6 +61,10 @@ class SpecFacts:
     #: Empty where the vendor has none: such a key may be ENCRYPT/DECRYPT but cannot encrypt.
     encrypt_algorithms: tuple[str, ...]
     verification: Verification
+    #: Symmetric: the exact length of the material in bytes; 0 for asymmetric specs.
+    material_bytes: int = 0
+    #: Whether a key of this spec may be a default key, outside any KMS instance (guide's support table).
+    default_key: bool = False
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
@@ -86,6 +94,20 @@ def _ec(spec: KeySpec, curve: str, words: str) -> SpecFacts:
     )  # fmt: skip
 
 
+_SYMMETRIC_WRAPPING = (
+    WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingAlgorithm.RSAES_PKCS1_V1_5, WrappingAlgorithm.RSAES_OAEP_SHA_1,
+)
+
+
+def _symmetric(spec: KeySpec, size: int, extra: tuple[WrappingAlgorithm, ...] = ()) -> SpecFacts:
+    return SpecFacts(
+        spec, Family.SYMMETRIC, 0, None, None, _BOTH,
+        WrappingAlgorithm.RSAES_OAEP_SHA_256, (*_SYMMETRIC_WRAPPING, *extra),
+        KeyUsage.ENCRYPT_DECRYPT, (KeyUsage.ENCRYPT_DECRYPT,), (), (),
+        Verification.NONE, material_bytes=size, default_key=True,
+    )  # fmt: skip
+
+
 #: The table: one row per KeySpec, in KeySpec's order.
 SPECS: Mapping[KeySpec, SpecFacts] = {
     row.spec: row
@@ -102,8 +124,31 @@ SPECS: Mapping[KeySpec, SpecFacts] = {
             KeyUsage.SIGN_VERIFY, _ASYMMETRIC_USAGES, ("SM2DSA",), ("SM2PKE",),
             Verification.PUBLIC_KEY_FINGERPRINT,
         ),  # fmt: skip
+        _symmetric(KeySpec.AES_256, 32),
+        _symmetric(KeySpec.SM4, 16, (WrappingAlgorithm.SM2PKE,)),
     )
 }
+
+
+#: Wrapping algorithms only default keys offer (the vendor's instances lack them).
+DEFAULT_KEY_ONLY_WRAPPING = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1})
+#: Wrapping algorithms only hardware protection offers.
+HSM_ONLY_WRAPPING = frozenset({WrappingAlgorithm.SM2PKE})
+
+
+def wrapping_refusal(
+    spec: KeySpec, algorithm: WrappingAlgorithm, protection: ProtectionLevel, on_instance: bool
+) -> str | None:
+    """Why a key of `spec` at `protection`, in an instance or not, cannot take material wrapped with
+    `algorithm` (None: it can). The manifest's rules and the emulator both ask this."""
+    row = SPECS[spec]
+    if algorithm not in row.accepted_wrapping:
+        return f"{spec} material is wrapped with {' or '.join(row.accepted_wrapping)}, not {algorithm}"
+    if algorithm in DEFAULT_KEY_ONLY_WRAPPING and on_instance:
+        return f"{algorithm} is offered for default keys only; a key in a KMS instance lacks it"
+    if algorithm in HSM_ONLY_WRAPPING and protection is not ProtectionLevel.HSM:
+        return f"{algorithm} is offered for {spec} keys of protection HSM only, not {protection}"
+    return None
 
 
 def facts(spec: KeySpec) -> SpecFacts:
@@ -153,3 +198,10 @@ class Material(Protocol):
         ...
 
     def wipe(self) -> None: ...
+
+
+def symmetric_spec(size: int) -> KeySpec | None:
+    """The symmetric spec whose material is `size` bytes long; None for any other length."""
+    return next(
+        (s for s, row in SPECS.items() if row.family is Family.SYMMETRIC and row.material_bytes == size), None
+    )

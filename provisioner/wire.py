@@ -123,7 +123,13 @@ QUOTA_GROUPS: Mapping[str, str] = {
             "SetDeletionProtection",
         )
     },
-    **{a: "crypto" for a in ("AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt")},
+    **{
+        a: "crypto"
+        for a in (
+            "AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt",
+            "Encrypt", "Decrypt", "GenerateDataKey",
+        )
+    },
 }
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from provisioner import sm2
 from provisioner.errors import WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import Material, facts
+from provisioner.specs import Family, Material, facts
 
 AES_ESK_BYTES = 32
 SM4_ESK_BYTES = 16
@@ -102,9 +102,13 @@ def wrapping_key_spec(der: bytes) -> KeySpec:
 
 def wrap(material: Material, wrapping_public_key_der: bytes, algorithm: WrappingAlgorithm) -> str:
     """base64(Cipher(ESK) || Cipher(TAKpriv)) for ImportKeyMaterial's EncryptedKeyMaterial."""
-    expected = facts(material.spec).wrapping_algorithm
-    if algorithm is not expected:
-        raise WrappingError(f"{material.spec} material is wrapped with {expected}, not {algorithm}")
+    row = facts(material.spec)
+    # A client chooses among the symmetric algorithms; asymmetric material has the vendor's pairing.
+    accepted = row.accepted_wrapping if row.family is Family.SYMMETRIC else (row.wrapping_algorithm,)
+    if algorithm not in accepted:
+        raise WrappingError(
+            f"{material.spec} material is wrapped with {' or '.join(accepted)}, not {algorithm}"
+        )
     key_spec = wrapping_key_spec(wrapping_public_key_der)
     if key_spec is not algorithm.wrapping_key_spec:
         raise WrappingError(
@@ -113,9 +117,59 @@ def wrap(material: Material, wrapping_public_key_der: bytes, algorithm: Wrapping
     payload = material.import_payload(algorithm)
     if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
         blob = wrap_sm2_sm4(wrapping_public_key_der, payload)
-    else:
+    elif algorithm is WrappingAlgorithm.RSA_OAEP_AES_ECB:
         blob = wrap_rsa_aes(wrapping_public_key_der, payload)
+    else:
+        blob = wrap_direct(wrapping_public_key_der, payload, algorithm)
     return base64.b64encode(blob).decode("ascii")
+
+
+#: The algorithms that wrap material directly under the wrapping key, with no ephemeral key.
+DIRECT_ALGORITHMS = (
+    WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingAlgorithm.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSAES_PKCS1_V1_5, WrappingAlgorithm.SM2PKE,
+)
+
+
+def _rsa_padding(algorithm: WrappingAlgorithm) -> asym_padding.AsymmetricPadding:
+    if algorithm is WrappingAlgorithm.RSAES_PKCS1_V1_5:
+        # The vendor's choice for symmetric material, offered beside OAEP; not ours to refuse.
+        return asym_padding.PKCS1v15()
+    digest: hashes.HashAlgorithm = (
+        hashes.SHA1() if algorithm is WrappingAlgorithm.RSAES_OAEP_SHA_1 else hashes.SHA256()
+    )
+    return asym_padding.OAEP(mgf=asym_padding.MGF1(algorithm=digest), algorithm=digest, label=None)
+
+
+def wrap_direct(public_key_der: bytes, plaintext: bytes, algorithm: WrappingAlgorithm) -> bytes:
+    """Symmetric material encrypted directly: RSAES (OAEP SHA-256, OAEP SHA-1, PKCS#1 v1.5) under an
+    RSA_2048 wrapping key, or SM2PKE (C1C3C2) under an EC_SM2 one."""
+    if algorithm not in DIRECT_ALGORITHMS:
+        raise WrappingError(f"{algorithm} is not a direct wrapping algorithm")
+    if algorithm is WrappingAlgorithm.SM2PKE:
+        try:
+            return sm2.encrypt(sm2.parse_spki(public_key_der), plaintext)
+        except ValueError as e:
+            raise WrappingError("SM2PKE needs an EC_SM2 wrapping key") from e
+    if wrapping_key_spec(public_key_der) is not KeySpec.RSA_2048:
+        raise WrappingError(f"{algorithm} needs an RSA_2048 wrapping key")
+    public = serialization.load_der_public_key(public_key_der)
+    assert isinstance(public, rsa.RSAPublicKey)
+    return public.encrypt(plaintext, _rsa_padding(algorithm))
+
+
+def unwrap_direct(algorithm: WrappingAlgorithm, wrapping_private_key: rsa.RSAPrivateKey | int, blob: bytes) -> bytes:
+    """The material inside a directly wrapped blob (KMS side): the key is an RSA key or an SM2 scalar."""
+    try:
+        if isinstance(wrapping_private_key, int):
+            if algorithm is not WrappingAlgorithm.SM2PKE:
+                raise WrappingError(f"{algorithm} needs an RSA_2048 wrapping key")
+            return sm2.decrypt(wrapping_private_key, blob)
+        if algorithm not in DIRECT_ALGORITHMS or algorithm is WrappingAlgorithm.SM2PKE:
+            raise WrappingError(f"{algorithm} does not unwrap under an RSA_2048 wrapping key")
+        return wrapping_private_key.decrypt(blob, _rsa_padding(algorithm))
+    except ValueError as e:
+        raise WrappingError(f"the material does not decrypt under the wrapping key with {algorithm}") from e
 
 
 def _fresh_esk(esk: bytes | None, size: int) -> bytearray:

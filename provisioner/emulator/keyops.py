@@ -8,19 +8,23 @@ It decides no KMS rule and raises only `CryptoFailure` (a plain message, never k
 from __future__ import annotations
 
 import base64
+import hashlib
+import secrets
 import textwrap
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provisioner import _der, private_key, sm2, wrapping
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import Family, facts
+from provisioner.specs import Family, facts, family_specs, symmetric_spec
+from provisioner.symmetric import key_check_value
 
 DIGEST_BYTES = 32
 
@@ -55,7 +59,8 @@ def _is_pkcs8(der: bytes) -> bool:
 
 @dataclass(frozen=True)
 class ImportedKey:
-    """Private material as the engine keeps it: PKCS#8 DER (SM2 too), its spec and public key.
+    """Private material as the engine keeps it: PKCS#8 DER (SM2 too), its spec and public key. For a
+    symmetric spec `pkcs8_der` holds the key's bytes and `public_key_der` its binding_digest.
 
     `repr` shows the fingerprint only: the DER must never reach a log or a message."""
 
@@ -73,7 +78,7 @@ class ImportedKey:
 
 def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
     """A fresh wrapping key pair: (private key DER to keep KMS-side, public key DER SPKI to hand out)."""
-    if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
+    if algorithm.wrapping_key_spec is KeySpec.EC_SM2:
         d = sm2.generate_private_key()
         return sm2.private_key_pkcs8_der(d), sm2.spki_der(sm2.public_key(d))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -91,21 +96,17 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
 
     Raises WrongWrappingKey when the blob does not open under this wrapping key and
     NotAPrivateKey when what it holds is no usable PKCS#8 private key."""
+    if algorithm in wrapping.DIRECT_ALGORITHMS:
+        return _unwrap_symmetric(algorithm, wrapping_private_der, blob)
     try:
-        if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
-            d = sm2.parse_private_key_der(wrapping_private_der)
-            assert d is not None  # we wrote it ourselves
-            scalar = wrapping.unwrap_sm2_sm4(d, blob)
+        wrapping_key = _wrapping_private_key(algorithm, wrapping_private_der)
+        if isinstance(wrapping_key, int):
+            scalar = wrapping.unwrap_sm2_sm4(wrapping_key, blob)
             try:
                 der = sm2.private_key_pkcs8_der(int.from_bytes(scalar, "big"))
             except ValueError as e:
                 raise NotAPrivateKey("the unwrapped SM2 scalar is out of range") from e
         else:
-            # The emulator made this key itself: OpenSSL's primality checks would only cost time.
-            wrapping_key = serialization.load_der_private_key(
-                wrapping_private_der, password=None, unsafe_skip_rsa_key_validation=True
-            )
-            assert isinstance(wrapping_key, rsa.RSAPrivateKey)
             der = wrapping.unwrap_rsa_aes(wrapping_key, blob)
     except WrappingError as e:
         raise WrongWrappingKey(str(e)) from e
@@ -116,6 +117,100 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
     except (MaterialError, ValueError) as e:
         raise NotAPrivateKey(str(e)) from e
     return ImportedKey(parsed.spec, parsed.pkcs8_der(), parsed.public_key_der(), parsed.fingerprint)
+
+
+def _wrapping_private_key(algorithm: WrappingAlgorithm, der: bytes) -> rsa.RSAPrivateKey | int:
+    if algorithm.wrapping_key_spec is KeySpec.EC_SM2:
+        d = sm2.parse_private_key_der(der)
+        assert d is not None  # we wrote it ourselves
+        return d
+    # The emulator made this key itself: OpenSSL's primality checks would only cost time.
+    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+def _unwrap_symmetric(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
+    try:
+        secret = wrapping.unwrap_direct(algorithm, _wrapping_private_key(algorithm, wrapping_private_der), blob)
+    except WrappingError as e:
+        raise WrongWrappingKey(str(e)) from e
+    spec = symmetric_spec(len(secret))
+    if spec is None:
+        sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
+        raise NotAPrivateKey(f"it is {len(secret)} bytes long; symmetric material is {sizes} bytes")
+    return ImportedKey(spec, secret, binding_digest(secret), key_check_value(secret))
+
+
+def binding_digest(secret: bytes) -> bytes:
+    """What binds a symmetric key to its first material (kept where an asymmetric key keeps its
+    public key): a one-way digest, so the row shows nothing of the material."""
+    return hashlib.sha256(b"byok-emulator symmetric binding\0" + secret).digest()
+
+
+# --- symmetric keys: Encrypt, Decrypt, GenerateDataKey -------------------------------------------------
+
+#: The emulator's own ciphertext blob: magic, key id, key version, nonce, then AES-GCM or SM4-GCM
+#: over the plaintext with everything before it (and the encryption context) as associated data.
+BLOB_MAGIC = b"EKB1"
+NONCE_BYTES = 12
+TAG_BYTES = 16
+VERSION_ID_BYTES = 36  # a UUID in text
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    key_id: str
+    key_version_id: str
+
+
+def _aead(key: ImportedKey, nonce: bytes) -> Cipher[modes.GCM]:
+    algorithm = algorithms.SM4(key.pkcs8_der) if key.spec is KeySpec.SM4 else algorithms.AES(key.pkcs8_der)
+    return Cipher(algorithm, modes.GCM(nonce))
+
+
+def _header(key_id: str, key_version_id: str) -> bytes:
+    ident = key_id.encode("ascii")
+    version = key_version_id.encode("ascii")
+    if len(ident) > 255 or len(version) != VERSION_ID_BYTES:
+        raise CryptoFailure("key id or version id does not fit a ciphertext blob")
+    return BLOB_MAGIC + bytes([len(ident)]) + ident + version
+
+
+def read_blob_header(blob: bytes) -> tuple[BlobHeader, int]:
+    """Which key and version a ciphertext blob names, and where its nonce starts."""
+    size = blob[len(BLOB_MAGIC)] if len(blob) > len(BLOB_MAGIC) else 0
+    end = len(BLOB_MAGIC) + 1 + size + VERSION_ID_BYTES
+    if not blob.startswith(BLOB_MAGIC) or size == 0 or len(blob) < end + NONCE_BYTES + TAG_BYTES:
+        raise CryptoFailure("it is not a ciphertext blob of this KMS")
+    try:
+        key_id = blob[len(BLOB_MAGIC) + 1 : len(BLOB_MAGIC) + 1 + size].decode("ascii")
+        version = blob[end - VERSION_ID_BYTES : end].decode("ascii")
+    except UnicodeDecodeError:
+        raise CryptoFailure("it is not a ciphertext blob of this KMS") from None
+    return BlobHeader(key_id, version), end
+
+
+def symmetric_encrypt(
+    key: ImportedKey, key_id: str, key_version_id: str, plaintext: bytes, context: bytes
+) -> bytes:
+    header = _header(key_id, key_version_id)
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    encryptor = _aead(key, nonce).encryptor()
+    encryptor.authenticate_additional_data(header + context)
+    body = encryptor.update(plaintext) + encryptor.finalize()
+    return header + nonce + body + encryptor.tag
+
+
+def symmetric_decrypt(key: ImportedKey, blob: bytes, context: bytes) -> bytes:
+    _, start = read_blob_header(blob)
+    nonce, body, tag = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES : -TAG_BYTES], blob[-TAG_BYTES:]
+    decryptor = Cipher(_aead(key, nonce).algorithm, modes.GCM(nonce, tag)).decryptor()
+    decryptor.authenticate_additional_data(blob[:start] + context)
+    try:
+        return decryptor.update(body) + decryptor.finalize()
+    except InvalidTag:
+        raise CryptoFailure("it does not decrypt under this key (damaged, or another encryption context)") from None
 
 
 # --- using an imported key ------------------------------------------------------------------------

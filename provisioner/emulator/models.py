@@ -27,7 +27,7 @@ from provisioner.emulator import keyops
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey
 from provisioner.emulator.store import Store, Transaction
 from provisioner.model import KeySpec, KeyState, KeyUsage, Origin, ProtectionLevel, WrappingAlgorithm
-from provisioner.specs import SPECS, Family, facts, wrapping_key_specs
+from provisioner.specs import SPECS, Family, facts, wrapping_key_specs, wrapping_refusal
 from provisioner.wire import ErrorCode
 
 DEFAULT_INSTANCES: Mapping[str, str] = {
@@ -110,6 +110,11 @@ ENCRYPT_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
 }
 #: Longest plaintext SM2PKE takes (inferred cap; RSA's follows from the key size and OAEP digest).
 MAX_SM2_PLAINTEXT = 6047
+
+#: Encrypt's plaintext limit (the vendor's: 6 KiB) and GenerateDataKey's sizes.
+MAX_PLAINTEXT_BYTES = 6144
+MAX_DATA_KEY_BYTES = 1024
+DATA_KEY_SPECS: Mapping[str, int] = {"AES_256": 32, "AES_128": 16}
 
 #: The filters ListKeys understands and the column each one reads.
 _KEY_FILTERS: Mapping[str, str] = {
@@ -359,6 +364,16 @@ def parse_filters_json(name: str, value: str | None) -> list[tuple[str, list[str
             ErrorCode.INVALID_PARAMETER, f'{name} must be a JSON list of {{"Key": ..., "Values": [...]}}'
         )
     return [(f["Key"], list(f["Values"])) for f in data]
+
+
+def _context(name: str, value: str | None) -> bytes:
+    """An EncryptionContext (JSON object of strings) in canonical form, bound into a blob; b"" for none."""
+    parsed = parse_json(name, value) if value else {}
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be a JSON object of string values")
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode() if parsed else b""
 
 
 def _b64decode(name: str, value: str) -> bytes:
@@ -641,6 +656,13 @@ class KmsEngine:
                 ErrorCode.UNSUPPORTED_ORIGIN,
                 f"Origin {key_origin.value} is not supported by this emulator; create EXTERNAL keys",
             )
+        row_facts = facts(spec)
+        if not instance_id and row_facts.default_key:
+            # A default key, outside any instance (the guide's support table): either protection.
+            default_level: ProtectionLevel = _enum(
+                "ProtectionLevel", ProtectionLevel, protection_level or ProtectionLevel.SOFTWARE.value
+            )
+            return self._insert_key(spec, usage, key_origin, default_level, "", description, tags)
         # Asymmetric keys with imported material live only in a KMS instance.
         instance = require("DKMSInstanceId", instance_id)
         kind = self.instances.get(instance)
@@ -648,7 +670,7 @@ class KmsEngine:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER, f"DKMSInstanceId {instance} is not a KMS instance of this region"
             )
-        if instance in self._no_asymmetric_import:
+        if instance in self._no_asymmetric_import and row_facts.family is not Family.SYMMETRIC:
             # Inferred code: where an instance takes no asymmetric import, the vendor's guide says
             # only "contact technical support"; refusing at CreateKey leaves no key behind that
             # could never be used, and Unsupported.Origin names what is refused (EXTERNAL here).
@@ -664,9 +686,22 @@ class KmsEngine:
                 ErrorCode.UNSUPPORTED_PROTECTION_LEVEL,
                 f"ProtectionLevel {level.value} is not available in {kind} instance {instance}",
             )
-        if native not in facts(spec).protections:
+        if native not in row_facts.protections:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER, f"KeySpec {spec.value} is only available in a hardware instance"
+            )
+        return self._insert_key(spec, usage, key_origin, level, instance, description, tags)
+
+    def _insert_key(
+        self, spec: KeySpec, usage: KeyUsage, key_origin: Origin, level: ProtectionLevel, instance: str,
+        description: str | None, tags: Sequence[tuple[str, str]] | None,
+    ) -> Key:
+        """Insert a new key in PendingImport; `instance` is "" for a default key."""
+        if usage not in facts(spec).usages:
+            raise KmsError(
+                ErrorCode.INVALID_PARAMETER,
+                f"KeyUsage {usage.value} is not available for KeySpec {spec.value}; use "
+                f"{' or '.join(u.value for u in facts(spec).usages)}",
             )
         text = description or ""
         if len(text) > MAX_DESCRIPTION_CHARS:
@@ -911,6 +946,11 @@ class KmsEngine:
                     f"WrappingAlgorithm {algorithm.value} wraps {takers} material only; key {row['key_id']} "
                     f"is {row['spec']}: use {row_facts.wrapping_algorithm.value}",
                 )
+            refusal = wrapping_refusal(
+                row_facts.spec, algorithm, ProtectionLevel(row["protection"]), bool(row["instance_id"])
+            )
+            if refusal is not None:
+                raise KmsError(ErrorCode.INVALID_PARAMETER, f"WrappingAlgorithm {algorithm.value}: {refusal}")
             token = secrets.token_urlsafe(48)
             expires = now + int(TOKEN_LIFETIME.total_seconds())
             tx.execute(
@@ -990,10 +1030,14 @@ class KmsEngine:
                     f"key {row['key_id']} is {spec.value} but the material is {material.spec.value}",
                 )
             if row["public_key"] is not None and bytes(row["public_key"]) != material.public_key_der:
+                bound = (
+                    "its first symmetric material"
+                    if facts(spec).family is Family.SYMMETRIC
+                    else f"the material with public key {row['fingerprint']}"
+                )
                 raise KmsError(
                     ErrorCode.INVALID_KEY_MATERIAL,
-                    f"key {row['key_id']} is bound to the material with public key {row['fingerprint']}; "
-                    "only that material can be imported again",
+                    f"key {row['key_id']} is bound to {bound}; only that material can be imported again",
                 )
             state = (
                 KeyState.ENABLED if row["state"] == KeyState.PENDING_IMPORT.value else KeyState(row["state"])
@@ -1087,6 +1131,11 @@ class KmsEngine:
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._usable(tx, key_id, key_version_id)
+            if facts(KeySpec(row["spec"])).family is Family.SYMMETRIC:
+                raise KmsError(
+                    ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
+                    f"GetPublicKey is not supported for {row['spec']} keys: a symmetric key has no public key",
+                )
             return self._view(row), keyops.public_key_pem(bytes(row["public_key"]))
 
     def asymmetric_sign(
@@ -1165,6 +1214,66 @@ class KmsEngine:
                 return self._view(row), keyops.decrypt(self._material(tx, row), name, data)
             except CryptoFailure as e:
                 raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
+
+    def _symmetric_key(self, tx: Transaction, row: sqlite3.Row, action: str) -> ImportedKey:
+        if facts(KeySpec(row["spec"])).family is not Family.SYMMETRIC:
+            raise KmsError(
+                ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
+                f"{action} needs a symmetric key; key {row['key_id']} is {row['spec']}: use Asymmetric{action}",
+            )
+        return self._material(tx, row)
+
+    def encrypt(self, key_id: str | None, plaintext: bytes, encryption_context: str | None) -> tuple[Key, bytes]:
+        """Encrypt with a symmetric key's primary version: the key, and the emulator's ciphertext blob."""
+        if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
+            raise KmsError(ErrorCode.INVALID_PARAMETER, f"Plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes")
+        context = _context("EncryptionContext", encryption_context)
+        with self._store.transaction() as tx:
+            self._begin(tx)
+            primary = self._row(tx, key_id)["version_id"]  # Encrypt always uses the primary version
+            row = self._usable(tx, key_id, primary)
+            material = self._symmetric_key(tx, row, "Encrypt")
+            blob = keyops.symmetric_encrypt(material, row["key_id"], row["version_id"], plaintext, context)
+            return self._view(row), blob
+
+    def decrypt(self, ciphertext_blob: str | None, encryption_context: str | None) -> tuple[Key, bytes]:
+        """The plaintext of a blob Encrypt or GenerateDataKey made; the blob names its key and version."""
+        blob = _b64decode("CiphertextBlob", require("CiphertextBlob", ciphertext_blob))
+        context = _context("EncryptionContext", encryption_context)
+        try:
+            header, _ = keyops.read_blob_header(blob)
+        except CryptoFailure as e:
+            raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
+        with self._store.transaction() as tx:
+            self._begin(tx)
+            row = self._usable(tx, header.key_id, header.key_version_id)
+            material = self._symmetric_key(tx, row, "Decrypt")
+            try:
+                return self._view(row), keyops.symmetric_decrypt(material, blob, context)
+            except CryptoFailure as e:
+                raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
+
+    def generate_data_key(
+        self, key_id: str | None, key_spec: str | None, number_of_bytes: int | None,
+        encryption_context: str | None,
+    ) -> tuple[Key, bytes, bytes]:
+        """A fresh data key: (key, its plaintext bytes, the blob of their base64 text under the key),
+        so that Decrypt of the blob answers GenerateDataKey's Plaintext."""
+        if number_of_bytes is not None:
+            if not 1 <= number_of_bytes <= MAX_DATA_KEY_BYTES:
+                raise KmsError(
+                    ErrorCode.INVALID_PARAMETER, f"NumberOfBytes must be 1 to {MAX_DATA_KEY_BYTES}"
+                )
+            size = number_of_bytes
+        else:
+            size = DATA_KEY_SPECS.get(key_spec or "AES_256", 0)
+            if not size:
+                raise KmsError(
+                    ErrorCode.INVALID_PARAMETER, f"KeySpec {_shown(key_spec or '')} is not one of AES_256, AES_128"
+                )
+        data_key = secrets.token_bytes(size)
+        key, blob = self.encrypt(key_id, base64.b64encode(data_key), encryption_context)
+        return key, data_key, blob
 
     # -- aliases -----------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from provisioner.emulator.models import (
     parse_int,
     parse_string_list_json,
     parse_tags_json,
+    require,
     unknown_action,
 )
 from provisioner.model import format_time
@@ -316,6 +317,32 @@ class KmsResponses:
         )
         return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Plaintext": _b64(plaintext)}
 
+    def encrypt(self, p: Mapping[str, str]) -> dict[str, Any]:
+        # Plaintext is taken as the text it is; Decrypt gives the same text back.
+        plaintext = require("Plaintext", p.get("Plaintext")).encode("utf-8")
+        key, blob = self.engine.encrypt(p.get("KeyId"), plaintext, p.get("EncryptionContext"))
+        return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "CiphertextBlob": _b64(blob)}
+
+    def decrypt(self, p: Mapping[str, str]) -> dict[str, Any]:
+        key, plaintext = self.engine.decrypt(p.get("CiphertextBlob"), p.get("EncryptionContext"))
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": key.primary_key_version,
+            "Plaintext": plaintext.decode("utf-8", errors="replace"),
+        }
+
+    def generate_data_key(self, p: Mapping[str, str]) -> dict[str, Any]:
+        key, data_key, blob = self.engine.generate_data_key(
+            p.get("KeyId"), p.get("KeySpec"), parse_int("NumberOfBytes", p.get("NumberOfBytes")),
+            p.get("EncryptionContext"),
+        )
+        return {
+            "KeyId": key.key_id,
+            "KeyVersionId": key.primary_key_version,
+            "Plaintext": _b64(data_key),
+            "CiphertextBlob": _b64(blob),
+        }
+
     # -- aliases -------------------------------------------------------------------------------
 
     def create_alias(self, p: Mapping[str, str]) -> dict[str, Any]:
@@ -437,6 +464,9 @@ _ACTIONS: dict[str, Handler] = {
     "AsymmetricVerify": KmsResponses.asymmetric_verify,
     "AsymmetricEncrypt": KmsResponses.asymmetric_encrypt,
     "AsymmetricDecrypt": KmsResponses.asymmetric_decrypt,
+    "Encrypt": KmsResponses.encrypt,
+    "Decrypt": KmsResponses.decrypt,
+    "GenerateDataKey": KmsResponses.generate_data_key,
     "CreateAlias": KmsResponses.create_alias,
     "UpdateAlias": KmsResponses.update_alias,
     "DeleteAlias": KmsResponses.delete_alias,

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from provisioner.model import (
     KeySpec,
     KeyUsage,
     Location,
+    KCV_PREFIX,
+    MaterialFormat,
     MaterialSource,
     ProtectionLevel,
     SourceKind,
+    WrappingAlgorithm,
     is_reserved_alias,
 )
-from provisioner.specs import importable_specs
+from provisioner.specs import Family, facts, importable_specs, wrapping_refusal
 
 #: Tag keys and values: 1..128 of letters, digits, space and / \ _ - . + = : @ (KMS tag rules).
 TAG_RE = re.compile(r"[A-Za-z0-9 /\\_.+=:@-]{1,128}")
@@ -286,7 +289,8 @@ def _check_key(
     _check_spec(doc, name, base, spec, protection, diags)
 
     instance = body.get("instance", default_instance)
-    if instance is None:
+    _check_usage(doc, name, base, spec, usage, diags)
+    if instance is None and not (spec is not None and facts(spec).default_key):
         diags.add(
             Diagnostic(
                 here,
@@ -299,6 +303,8 @@ def _check_key(
     expiry = _key_expiry(doc, name, body, diags)
     protected, window = _key_deletion(doc, name, body, desired_state, diags)
     material = _check_material_block(doc, name, body, base, desired_state, diags)
+    if material is not None and spec is not None:
+        material = _check_material_kind(doc, name, body, base, spec, protection, instance is not None, material, diags)
     adopt = _key_adopt(doc, name, body, state, diags)
     moved_from = _key_moved_from(doc, name, body, state, diags)
 
@@ -351,6 +357,69 @@ def _check_spec(
                 f"(it takes {allowed})",
             )
         )
+
+
+def _check_usage(
+    doc: Doc, name: str, base: DocPath, spec: KeySpec | None, usage: KeyUsage | None,
+    diags: Diagnostics,
+) -> None:
+    if spec is not None and usage is not None and usage not in facts(spec).usages:
+        takes = " or ".join(facts(spec).usages)
+        diags.add(
+            Diagnostic(doc.loc((*base, "usage")), f'key "{name}": spec "{spec}" takes usage {takes} only, not {usage}')
+        )
+
+
+#: The material fields that only symmetric keys have.
+_SYMMETRIC_FIELDS = ("format", "wrapping")
+
+
+def _check_material_kind(
+    doc: Doc, name: str, body: dict[str, Any], base: DocPath, spec: KeySpec, protection: ProtectionLevel, on_instance: bool,
+    source: MaterialSource, diags: Diagnostics,
+) -> MaterialSource | None:
+    """The material fields that depend on the spec: a symmetric key's format, wrapping and kcv pin; an
+    asymmetric key's sha256 pin and no symmetric field. The source, completed, if they are right."""
+    block: dict[str, Any] = body["material"]
+    symmetric = facts(spec).family is Family.SYMMETRIC
+
+    def problem(field_name: str, message: str) -> None:
+        diags.add(Diagnostic(doc.loc((*base, "material", field_name)), f'key "{name}": {message}'))
+
+    before = len(diags)
+    pin = source.fingerprint
+    if not symmetric:
+        for extra in (f for f in _SYMMETRIC_FIELDS if f in block):
+            problem(extra, f"material.{extra} is for symmetric keys only (Aliyun_AES_256, Aliyun_SM4), not {spec}")
+        if pin is not None and not pin.startswith("sha256:"):
+            problem("fingerprint", f"a {spec} key is pinned by its public key: sha256:<64 hex>, not {pin}")
+        return source if len(diags) == before else None
+    if pin is not None and not pin.startswith(KCV_PREFIX):
+        problem("fingerprint", f"a {spec} key is pinned by its key check value: kcv:<16 hex>, not {pin}")
+    if source.passphrase_env is not None:
+        problem("passphrase_env", "material.passphrase_env is for encrypted PEM private keys, not symmetric keys")
+    encoding = _enum_or_none(MaterialFormat, block.get("format"))
+    if "format" not in block:
+        diags.add(
+            Diagnostic(
+                doc.loc((*base, "material")),
+                f'key "{name}": {spec} material needs format: raw, hex or base64 (how the source writes its bytes)',
+            )
+        )
+    elif encoding is MaterialFormat.RAW and source.kind is SourceKind.ENV:
+        problem(
+            "format",
+            "format raw is for file and command sources only: an environment variable cannot hold a NUL "
+            "byte; write the key as hex or base64",
+        )
+    wrapping = _enum_or_none(WrappingAlgorithm, block.get("wrapping"))
+    if wrapping is not None:
+        refusal = wrapping_refusal(spec, wrapping, protection, on_instance)
+        if refusal is not None:
+            problem("wrapping", f"material.wrapping {wrapping}: {refusal}")
+    if len(diags) > before:
+        return None
+    return replace(source, format=encoding, wrapping=wrapping)
 
 
 def _key_tags(

@@ -37,7 +37,9 @@ _PATTERN_HINTS = {
     ),
     "^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$": "expected a KMS instance id such as kst-hzz6xxxxxxxx",
     "^[A-Za-z_][A-Za-z0-9_]*$": "expected an environment variable name",
-    "^sha256:[0-9a-f]{64}$": 'expected "sha256:" followed by 64 lowercase hex digits',
+    "^(sha256:[0-9a-f]{64}|kcv:[0-9a-f]{16})$": (
+        'expected "sha256:" followed by 64 lowercase hex digits (a symmetric key: "kcv:" followed by 16)'
+    ),
 }
 
 

@@ -10,7 +10,8 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from provisioner.errors import ProvisionerError, StalePlan
 from provisioner.model import (
@@ -20,8 +21,10 @@ from provisioner.model import (
     KeySpec,
     KeyStatus,
     KeyUsage,
+    MaterialFormat,
     ProtectionLevel,
     SourceKind,
+    WrappingAlgorithm,
     format_time,
     parse_time,
 )
@@ -85,6 +88,9 @@ def _attributes_to_dict(k: KeySnapshot | DesiredAttributes) -> dict[str, Any]:
     }
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
 def material_to_dict(m: MaterialReference) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": m.kind.value}
     if m.file is not None:
@@ -99,6 +105,10 @@ def material_to_dict(m: MaterialReference) -> dict[str, Any]:
         out["fingerprint"] = m.fingerprint
     if m.pass_env:
         out["pass_env"] = list(m.pass_env)
+    if m.format is not None:
+        out["format"] = m.format.value
+    if m.wrapping is not None:
+        out["wrapping"] = m.wrapping.value
     return out
 
 
@@ -359,9 +369,18 @@ def _material_from_dict(data: dict[str, Any]) -> MaterialReference:
         command=tuple(r.list("command", str)),
         passphrase_env=r.opt("passphrase_env", str),
         pass_env=tuple(r.list("pass_env", str)),
+        format=_opt_enum(MaterialFormat, r.opt("format", str), "material.format"),
+        wrapping=_opt_enum(WrappingAlgorithm, r.opt("wrapping", str), "material.wrapping"),
     )
     r.no_extra()
     return m
+
+
+def _opt_enum(enum: type[E], value: str | None, where: str) -> E | None:
+    try:
+        return None if value is None else enum(value)
+    except ValueError:
+        raise _malformed(where, f"{value!r} is not one of {', '.join(enum)}") from None
 
 
 def _violation_from_dict(data: Any, where: str) -> Violation:

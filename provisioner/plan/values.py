@@ -34,9 +34,11 @@ from provisioner.model import (
     KeyStatus,
     KeyUsage,
     Location,
+    MaterialFormat,
     MaterialSource,
     ProtectionLevel,
     SourceKind,
+    WrappingAlgorithm,
 )
 
 FORMAT_VERSION = 1
@@ -171,6 +173,8 @@ class MaterialReference:
     command: tuple[str, ...] = ()
     passphrase_env: str | None = None
     pass_env: tuple[str, ...] = ()
+    format: MaterialFormat | None = None  # symmetric material: how the source writes it
+    wrapping: WrappingAlgorithm | None = None  # symmetric material: the algorithm chosen; None: default
 
     @classmethod
     def of(cls, source: MaterialSource, fingerprint: str | None) -> MaterialReference:
@@ -182,6 +186,8 @@ class MaterialReference:
             command=tuple(source.command),
             passphrase_env=source.passphrase_env,
             pass_env=tuple(source.pass_env),
+            format=source.format,
+            wrapping=source.wrapping,
         )
 
     def describe(self) -> str:
