@@ -25,7 +25,7 @@ from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.escape import visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
-from provisioner.model import WrappingAlgorithm
+from provisioner.model import MaterialFormat, WrappingAlgorithm
 
 if TYPE_CHECKING:
     # The stages' types, for mypy only: the stages import their modules when a command runs, so that
@@ -439,19 +439,27 @@ def fingerprint(file: Path, passphrase_env: str | None) -> int:
 )
 @click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
 @click.option(
+    "--material-format", "material_format", type=click.Choice([f.value for f in MaterialFormat]), default=None,
+    help="The material is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, "
+    "hex or base64; it is wrapped directly (default algorithm RSAES_OAEP_SHA_256).",
+)
+@click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Write the base64 result to this file (mode 0600) instead of standard output.",
 )
 @handle_errors
 def wrap(
-    public_key: Path, material_file: Path, algorithm: str | None, passphrase_env: str | None, out: Path | None
+    public_key: Path, material_file: Path, algorithm: str | None, passphrase_env: str | None,
+    material_format: str | None, out: Path | None,
 ) -> int:
-    """Offline step 3 of the vendor guide: print base64 Cipher(ESK) || Cipher(TAKpriv)."""
+    """Offline step 3 of the vendor guide: print base64 Cipher(ESK) || Cipher(TAKpriv), or with
+    --material-format the base64 ciphertext of a symmetric key."""
     from provisioner import wrapping
-    from provisioner.errors import MaterialError, WrappingError
+    from provisioner.errors import MaterialError, UsageError, WrappingError
     from provisioner.material import MAX_KEY_FILE_BYTES, load_material
     from provisioner.model import MaterialSource, SourceKind
-    from provisioner.specs import facts
+    from provisioner.specs import Material, facts
+    from provisioner.symmetric import parse_symmetric_any
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -463,8 +471,15 @@ def wrap(
     source = MaterialSource(
         kind=SourceKind.FILE, file=material_file.absolute(), passphrase_env=passphrase_env
     )
+    material: Material
     try:
-        material = load_material(source, warn=_warn)
+        if material_format is None:
+            material = load_material(source, warn=_warn)
+        else:
+            if passphrase_env is not None:
+                raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
+            data = read_regular_file(material_file, "--material", MAX_KEY_FILE_BYTES)
+            material = parse_symmetric_any(data, MaterialFormat(material_format))
     except MaterialError as e:
         raise MaterialError(f"--material: {e}") from None
     try:
@@ -950,7 +965,7 @@ def drift(
 ) -> int:
     """Report what changed behind the manifests' back. Read-only; never reads private material."""
     from provisioner.drift import make_drift
-    from provisioner.refresh import refresh
+    from provisioner.refresh import count_key_versions, refresh
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
     chosen = _target_stage(ms, targets, "drift run")
@@ -968,9 +983,12 @@ def drift(
             confirm=(lambda key: True) if verify_material else None,
             targets=chosen or None,
         )
+        live = count_key_versions(kms, live)
     finally:
         kms.close()
-    report = make_drift(ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info)
+    report = make_drift(
+        ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info, verify_material=verify_material
+    )
     click.echo(views.DRIFT.view(fmt, color=use_color(no_color)).report(report), nl=False)
     return 0 if report.in_sync else 2
 

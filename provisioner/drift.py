@@ -24,6 +24,7 @@ from provisioner.model import (
 )
 from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
 from provisioner.plan.warnings import DEFAULT_EXPIRY_WARNING_DAYS, expiring_detail
+from provisioner.specs import Verification, facts
 
 FORMAT_VERSION = 1
 
@@ -41,6 +42,7 @@ class DriftKind(StrEnum):
     DELETION_PROTECTION = "deletion-protection"
     UNMANAGED_ALIAS = "unmanaged-alias"
     ORPHAN = "orphan"
+    KEY_VERSION = "key-version"
 
 
 #: JSON-able value of `expected` / `found`.
@@ -73,6 +75,8 @@ class DriftReport:
     format_version: int = FORMAT_VERSION
     #: The backend it was read from (type, endpoint, ...), as a plan's `backend`; empty when unknown.
     backend: Mapping[str, str] = field(default_factory=dict)
+    #: (key, message): what drift could not check and why (no drift: they change no exit code).
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -96,6 +100,7 @@ class DriftReport:
             "in_sync": self.in_sync,
             **({"backend": dict(self.backend)} if self.backend else {}),
             "drift": [i.to_dict() for i in self.items],
+            **({"notes": [{"key": k, "message": m} for k, m in self.notes]} if self.notes else {}),
         }
 
 
@@ -104,7 +109,11 @@ def _status_word(key: ActualKey) -> str:
 
 
 class _Drift:
-    def __init__(self, desired: ManifestSet, live: LiveState, now: datetime, warning_days: int) -> None:
+    def __init__(
+        self, desired: ManifestSet, live: LiveState, now: datetime, warning_days: int, verify_material: bool
+    ) -> None:
+        self.verify_material = verify_material
+        self.notes: list[tuple[str, str]] = []
         self.desired = desired
         self.live = live
         self.now = now
@@ -177,7 +186,32 @@ class _Drift:
         diff = compare(d, key, live=self.live, our_ids=self.our_ids)
         self.check_state(d, key)
         self.check_fingerprint(d, key, diff)
+        self.check_unprovable(d, key)
         self.check_attributes(d, key, diff)
+
+    def check_unprovable(self, d: DesiredKey, key: ActualKey) -> None:
+        """A symmetric key: KMS shows nothing of its material, so drift says what it could not check
+        rather than guess, and reports key versions beyond the first (material no check value names)."""
+        if facts(key.spec).verification is not Verification.NONE:
+            return
+        if key.key_versions is not None and key.key_versions > 1:
+            self.add(
+                d.name,
+                DriftKind.KEY_VERSION,
+                f"key {key.key_id} has {key.key_versions} key versions; its recorded check value names "
+                "the material of the first only",
+                "1",
+                str(key.key_versions),
+            )
+        if self.verify_material:
+            recorded = key.recorded_fingerprint or "none"
+            self.notes.append(
+                (
+                    d.name,
+                    f"--verify-material: KMS cannot prove which {key.spec} material key {key.key_id} holds "
+                    f"(no public key); only its recorded check value {recorded} was compared",
+                )
+            )
 
     def check_state(self, d: DesiredKey, key: ActualKey) -> None:
         status = key.status
@@ -314,10 +348,12 @@ def make_drift(
     now: datetime,
     expiry_warning_days: int = DEFAULT_EXPIRY_WARNING_DAYS,
     backend: Mapping[str, str] | None = None,
+    verify_material: bool = False,
 ) -> DriftReport:
     """Compare the manifests with the live state and list every difference. Pure. `backend` is
-    what the report says it was read from."""
-    drift = _Drift(desired, live, now, expiry_warning_days)
+    what the report says it was read from; `verify_material`: whether public keys were confirmed
+    (a symmetric key's note says it has none)."""
+    drift = _Drift(desired, live, now, expiry_warning_days, verify_material)
     drift.run()
     items = sorted(drift.items, key=lambda i: (i.key, list(DriftKind).index(i.kind), i.detail))
     return DriftReport(
@@ -325,4 +361,5 @@ def make_drift(
         items=tuple(items),
         checked_at=now.replace(microsecond=0),
         backend={k: str(v) for k, v in (backend or {}).items() if v is not None},
+        notes=tuple(sorted(drift.notes)),
     )

@@ -278,6 +278,8 @@ class ActualKey:
     #: KeyState as DescribeKey said it, for what `show` prints verbatim; decisions read `status`.
     key_state: KeyState | None = None
     origin: Origin = Origin.EXTERNAL
+    #: How many key versions the key has (ListKeyVersions), where drift counted them; None: not read.
+    key_versions: int | None = None
 
     @property
     def stack(self) -> str | None:

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from provisioner.errors import MaterialError
 from provisioner.model import KCV_PREFIX, KeySpec, MaterialFormat, WrappingAlgorithm
-from provisioner.specs import Family, facts
+from provisioner.specs import Family, facts, family_specs, symmetric_spec
 
 #: HMAC-SHA-256 keyed with the material over this label; its first 16 hex digits name the material.
 KCV_LABEL = b"byok-provisioner key check value"
@@ -103,6 +103,19 @@ def parse_symmetric(data: bytes, encoding: MaterialFormat, spec: KeySpec) -> Sym
         want = facts(spec).material_bytes
         if len(key) != want:
             raise MaterialError(f"{spec} material is {want} bytes; the source holds {len(key)} ({encoding})")
+        return SymmetricMaterial(spec, bytes(key))
+    finally:
+        key[:] = bytes(len(key))
+
+
+def parse_symmetric_any(data: bytes, encoding: MaterialFormat) -> SymmetricMaterial:
+    """Symmetric material of whichever spec its length names (`provision wrap`, which has no manifest)."""
+    key = bytearray(decode(data, encoding))
+    try:
+        spec = symmetric_spec(len(key))
+        if spec is None:
+            sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
+            raise MaterialError(f"holds {len(key)} bytes ({encoding}); symmetric material is {sizes} bytes")
         return SymmetricMaterial(spec, bytes(key))
     finally:
         key[:] = bytes(len(key))

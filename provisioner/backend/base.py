@@ -212,6 +212,13 @@ class Kms:
     def delete_key_material(self, key_id: str) -> None:
         self._call("DeleteKeyMaterial", KeyId=key_id)
 
+    def list_key_versions(self, key_id: str) -> list[str]:
+        """The ids of the key's versions."""
+        out: list[str] = []
+        for page in self._pages("ListKeyVersions", KeyId=key_id):
+            out.extend(v["KeyVersionId"] for v in page.get("KeyVersions", {}).get("KeyVersion", []))
+        return out
+
     def get_public_key(self, key_id: str, key_version_id: str) -> str:
         """The key's public key, PEM."""
         body = self._call("GetPublicKey", KeyId=key_id, KeyVersionId=key_version_id)

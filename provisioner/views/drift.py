@@ -45,10 +45,11 @@ def _found_words(item: DriftItem) -> str:
 def render_drift_text(report: DriftReport, *, color: bool) -> str:
     paint = painter(color)
     stack = shown(repr(report.stack))
+    notes = [paint(f"note: {shown(key)}: {shown(message)}", DIM) for key, message in report.notes]
     if report.in_sync:
-        head = [f"Stack {stack}: in sync, no drift.", *endpoint_lines(report.backend)]
+        head = [f"Stack {stack}: in sync, no drift.", *endpoint_lines(report.backend), *notes]
         return "\n".join(head) + "\n"
-    out = [f"Stack {stack}: drift found", *endpoint_lines(report.backend), ""]
+    out = [f"Stack {stack}: drift found", *endpoint_lines(report.backend), *notes, ""]
     for item in report.items:
         out.append(
             f"  {paint('!', YELLOW)} {paint(shown(item.key), BOLD)}: "
@@ -69,8 +70,9 @@ def render_drift_json(report: DriftReport) -> str:
 def render_drift_markdown(report: DriftReport) -> str:
     out = [f"## Drift for stack {md_code(report.stack)}", "", *md_endpoint_lines(report.backend)]
     checked_at = report.to_dict()["checked_at"]
+    notes = [f"- Note: {md_code(key)}: {md_text(message)}" for key, message in report.notes]
     if report.in_sync:
-        out += [f"In sync at {checked_at}: no drift.", ""]
+        out += [f"In sync at {checked_at}: no drift.", "", *notes, *([""] if notes else [])]
         return "\n".join(out)
     out += [f"**{len(report.items)} item(s) of drift** found at {checked_at}.", ""]
     out += ["| kind | count |", "|---|---|"]
@@ -81,5 +83,6 @@ def render_drift_markdown(report: DriftReport) -> str:
             f"| {md_code(item.key, cell=True)} | `{item.kind.value}` | {md_text(item.detail)} | "
             f"{md_text(quoted(item.expected))} | {md_text(quoted(item.found))} |"
         )
+    out += [*notes, ""] if notes else []
     out.append("")
     return "\n".join(out)
