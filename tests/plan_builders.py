@@ -129,6 +129,7 @@ def actual_key(spec: Mapping[str, Any]) -> ActualKey:
         aliases=tuple(sorted(s.get("aliases", []))),
         public_key_fingerprint=s.get("public_key_fingerprint"),
         origin=Origin(s.get("origin", "EXTERNAL")),
+        key_versions=s.get("key_versions"),
     )
 
 

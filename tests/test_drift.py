@@ -186,6 +186,14 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]], dict[str
         [("a", "unmanaged-alias", "alias/theirs points at key key-foreign", "a", "key-foreign")],
     ),
     (
+        "key-version",
+        {"a": {"spec": "Aliyun_AES_256", "usage": "ENCRYPT/DECRYPT"}},
+        [{"name": "a", "spec": "Aliyun_AES_256", "usage": "ENCRYPT/DECRYPT", "key_versions": 2}],
+        {},
+        [("a", "key-version", "key key-a has 2 key versions; its recorded check value names the material "
+          "of the first only", "1", "2")],
+    ),
+    (
         "orphan",
         {},
         [{"name": "forgotten", "key_id": "key-f"}],

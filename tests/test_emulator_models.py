@@ -67,7 +67,7 @@ def test_create_key_in_hardware_instance_is_hsm(engine: KmsEngine) -> None:
     ("kwargs", "code", "message"),
     [
         ({"key_spec": None}, "MissingParameter", "KeySpec"),
-        ({"key_spec": "Aliyun_AES_256"}, "InvalidParameter", "KeySpec 'Aliyun_AES_256' is not one of"),
+        ({"key_spec": "Aliyun_AES_128"}, "InvalidParameter", "KeySpec 'Aliyun_AES_128' is not one of"),
         ({"key_usage": "WRAP"}, "InvalidParameter", "KeyUsage 'WRAP' is not one of"),
         ({"origin": "Aliyun_KMS"}, "Unsupported.Origin", "Origin Aliyun_KMS is not supported"),
         ({"origin": None}, "Unsupported.Origin", "Origin Aliyun_KMS is not supported"),
@@ -380,7 +380,7 @@ def test_token_of_another_download_is_refused(engine: KmsEngine) -> None:
         ),
         ("EC_SM2", RSA_WRAP[1], "InvalidParameter", "needs WrappingKeySpec RSA_2048, not EC_SM2"),
         ("RSA_3072", RSA_WRAP[1], "InvalidParameter", "WrappingKeySpec 'RSA_3072' is not one of"),
-        ("RSA_2048", "RSAES_OAEP_SHA_1", "InvalidParameter", "WrappingAlgorithm 'RSAES_OAEP_SHA_1' is not"),
+        ("RSA_2048", "RSAES_OAEP_SHA_512", "InvalidParameter", "WrappingAlgorithm 'RSAES_OAEP_SHA_512' is not"),
         (None, RSA_WRAP[1], "MissingParameter", "WrappingKeySpec"),
         ("RSA_2048", None, "MissingParameter", "WrappingAlgorithm"),
     ],

@@ -328,7 +328,7 @@ def test_every_problem_is_collected(tmp_path: Path) -> None:
     errs = [e.split(": error: ", 1)[1] for e in errors_of(f)]
     assert errs == [
         'key "k": spec "EC_SM2" cannot take imported material at protection SOFTWARE '
-        "(it takes EC_P256, EC_P256K, RSA_2048, RSA_3072)",
+        "(it takes Aliyun_AES_256, Aliyun_SM4, EC_P256, EC_P256K, RSA_2048, RSA_3072)",
         'tag key "acs:x" must not start with "acs:"',
         'tag "ok" value "b,c" contains the character ","; '
         "allowed are letters, digits, space and / \\ _ - . + = : @",

@@ -86,7 +86,8 @@ def test_row_is_consistent(spec: KeySpec) -> None:
     assert row.default_usage in row.usages
     assert row.protections
     assert (row.bits > 0) == (row.family is Family.RSA)
-    assert (row.curve is None) == (row.family is Family.RSA)
+    assert (row.curve is None) == (row.family in (Family.RSA, Family.SYMMETRIC))
+    assert (row.material_bytes > 0) == (row.family is Family.SYMMETRIC) == row.default_key
     assert READ_BACK[row.verification] is not None  # apply knows how to verify an import of it
 
 
