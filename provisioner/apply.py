@@ -48,7 +48,9 @@ def _holds_material(kms: Kms, key_id: str, version: str) -> str | None:
     material now (DescribeKey), and names no fingerprint."""
     state = kms.describe_key(key_id).key_state
     if state not in (KeyState.ENABLED, KeyState.DISABLED):
-        raise ApplyError(f"read-back: key {key_id} is {state.value} after import, expected it to hold material")
+        raise ApplyError(
+            f"read-back: key {key_id} is {state.value} after import, expected it to hold material"
+        )
     return None
 
 

@@ -439,7 +439,8 @@ def fingerprint(file: Path, passphrase_env: str | None) -> int:
 )
 @click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
 @click.option(
-    "--material-format", "material_format", type=click.Choice([f.value for f in MaterialFormat]), default=None,
+    "--material-format", "material_format", default=None,
+    type=click.Choice([f.value for f in MaterialFormat]),
     help="The material is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, "
     "hex or base64; it is wrapped directly (default algorithm RSAES_OAEP_SHA_256).",
 )
@@ -987,7 +988,8 @@ def drift(
     finally:
         kms.close()
     report = make_drift(
-        ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info, verify_material=verify_material
+        ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info,
+        verify_material=verify_material,
     )
     click.echo(views.DRIFT.view(fmt, color=use_color(no_color)).report(report), nl=False)
     return 0 if report.in_sync else 2

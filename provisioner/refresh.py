@@ -298,7 +298,8 @@ def count_key_versions(kms: Kms, live: LiveState, concurrency: int = 8) -> LiveS
     prove (symmetric specs): a second version holds material no recorded check value names."""
     keys = [k for found in live.keys.values() for k in found if not _has_public_key(k)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="versions") as pool:
-        counts = dict(zip([k.key_id for k in keys], pool.map(lambda k: _version_count(kms, k), keys), strict=True))
+        found = pool.map(lambda k: _version_count(kms, k), keys)
+        counts = dict(zip([k.key_id for k in keys], found, strict=True))
     return dataclasses.replace(
         live,
         keys={

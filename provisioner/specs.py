@@ -95,7 +95,9 @@ def _ec(spec: KeySpec, curve: str, words: str) -> SpecFacts:
 
 
 _SYMMETRIC_WRAPPING = (
-    WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingAlgorithm.RSAES_PKCS1_V1_5, WrappingAlgorithm.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSAES_OAEP_SHA_256,
+    WrappingAlgorithm.RSAES_PKCS1_V1_5,
+    WrappingAlgorithm.RSAES_OAEP_SHA_1,
 )
 
 

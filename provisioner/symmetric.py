@@ -93,7 +93,9 @@ def decode(data: bytes, encoding: MaterialFormat) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise MaterialError("format base64: is not standard base64 (A-Z a-z 0-9 + /, padded with =)") from None
+        raise MaterialError(
+            "format base64: is not standard base64 (A-Z a-z 0-9 + /, padded with =)"
+        ) from None
 
 
 def parse_symmetric(data: bytes, encoding: MaterialFormat, spec: KeySpec) -> SymmetricMaterial:

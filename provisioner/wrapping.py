@@ -158,7 +158,9 @@ def wrap_direct(public_key_der: bytes, plaintext: bytes, algorithm: WrappingAlgo
     return public.encrypt(plaintext, _rsa_padding(algorithm))
 
 
-def unwrap_direct(algorithm: WrappingAlgorithm, wrapping_private_key: rsa.RSAPrivateKey | int, blob: bytes) -> bytes:
+def unwrap_direct(
+    algorithm: WrappingAlgorithm, wrapping_private_key: rsa.RSAPrivateKey | int, blob: bytes
+) -> bytes:
     """The material inside a directly wrapped blob (KMS side): the key is an RSA key or an SM2 scalar."""
     try:
         if isinstance(wrapping_private_key, int):

@@ -23,7 +23,9 @@ from provisioner.symmetric import SymmetricMaterial, key_check_value, parse_symm
 AES = bytes(range(32))
 SM4 = bytes(range(16))
 DIRECT = [
-    WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingAlgorithm.RSAES_PKCS1_V1_5, WrappingAlgorithm.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSAES_OAEP_SHA_256,
+    WrappingAlgorithm.RSAES_PKCS1_V1_5,
+    WrappingAlgorithm.RSAES_OAEP_SHA_1,
 ]
 
 
@@ -101,7 +103,7 @@ def test_wrap_without_a_manifest_takes_the_spec_from_the_length() -> None:
     )
 
 
-# --- the rules of section 13 ---------------------------------------------------------------------------------
+# --- the rules of section 13 ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("spec", [KeySpec.AES_256, KeySpec.SM4])
@@ -136,7 +138,10 @@ HEADER = "stack: sym\nkeys:\n  k:\n"
 
 
 def _validate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], body: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
     material: bytes = AES,
 ) -> tuple[int, str, str]:
     work = example_workdir(tmp_path, monkeypatch)
@@ -186,7 +191,8 @@ GOOD = "    spec: Aliyun_AES_256\n    usage: ENCRYPT/DECRYPT\n"
          "m.yaml:6:15: error: key \"k\": Aliyun_AES_256 material needs format: raw, hex or base64 (how the "
          "source writes its bytes)"),
         (GOOD + "    material: {file: k.bin, format: raw, fingerprint: \"sha256:" + "0" * 64 + "\"}\n", AES,
-         "m.yaml:6:55: error: key \"k\": a Aliyun_AES_256 key is pinned by its key check value: kcv:<16 hex>, "
+         "m.yaml:6:55: error: key \"k\": a Aliyun_AES_256 key is pinned by its key check value: "
+         "kcv:<16 hex>, "
          "not sha256:" + "0" * 64),
         (GOOD + "    material: {file: k.bin, format: raw, fingerprint: \"kcv:0000000000000000\"}\n", AES,
          "m.yaml:6:15: error: key \"k\": file {work}/k.bin: fingerprint kcv:2eddb53b960a4fb2 does not match "
@@ -206,8 +212,12 @@ GOOD = "    spec: Aliyun_AES_256\n    usage: ENCRYPT/DECRYPT\n"
     ],
 )  # fmt: skip
 def test_validation_errors_are_located(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    body: str, material: bytes, error: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    material: bytes,
+    error: str,
 ) -> None:
     monkeypatch.setenv("SYM_KEY", "x")
     code, out, err = _validate(tmp_path, monkeypatch, capsys, body, material)
@@ -224,19 +234,23 @@ def test_validation_errors_are_located(
          AES.hex().encode() + b"\n"),
         ("    spec: Aliyun_SM4\n    usage: ENCRYPT/DECRYPT\n    instance: kst-h\n    protection: HSM\n"
          "    material: {file: k.bin, format: base64, wrapping: SM2PKE}\n", base64.b64encode(SM4)),
-        (GOOD + "    instance: kst-a\n    material: {file: k.bin, format: raw, wrapping: RSAES_PKCS1_V1_5}\n", AES),
+        (GOOD + "    instance: kst-a\n"
+         "    material: {file: k.bin, format: raw, wrapping: RSAES_PKCS1_V1_5}\n", AES),
     ],
     ids=["oaep-sha1-default-key", "hex-pinned", "sm4-sm2pke-hsm", "pkcs1-on-instance"],
 )  # fmt: skip
 def test_valid_symmetric_keys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], body: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
     material: bytes,
 ) -> None:
     code, out, err = _validate(tmp_path, monkeypatch, capsys, body, material)
     assert (code, out) == (0, "valid: 1 key(s) in 1 file, stack sym, material checked\n"), err
 
 
-# --- direct wrapping and the emulator ---------------------------------------------------------------------------
+# --- direct wrapping and the emulator ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("algorithm", [*DIRECT, WrappingAlgorithm.SM2PKE])
@@ -246,7 +260,11 @@ def test_direct_wrapping_round_trips_through_the_emulators_unwrap(algorithm: Wra
     blob = base64.b64decode(wrapping.wrap(SymmetricMaterial(spec, secret), public, algorithm))
     assert secret not in blob
     unwrapped = keyops.unwrap(algorithm, private, blob)
-    assert (unwrapped.spec, unwrapped.pkcs8_der, unwrapped.fingerprint) == (spec, secret, key_check_value(secret))
+    assert (unwrapped.spec, unwrapped.pkcs8_der, unwrapped.fingerprint) == (
+        spec,
+        secret,
+        key_check_value(secret),
+    )
     assert repr(unwrapped) == f"ImportedKey(spec={spec}, fingerprint={key_check_value(secret)})"
 
 
@@ -260,8 +278,9 @@ def test_symmetric_material_is_never_wrapped_with_an_ephemeral_key_scheme() -> N
     )
 
 
-def _imported(engine: KmsEngine, spec: KeySpec, secret: bytes, instance: str | None,
-              algorithm: WrappingAlgorithm) -> str:
+def _imported(
+    engine: KmsEngine, spec: KeySpec, secret: bytes, instance: str | None, algorithm: WrappingAlgorithm
+) -> str:
     key = engine.create_key(key_spec=spec.value, origin="EXTERNAL", instance_id=instance)
     params = engine.get_parameters_for_import(key.key_id, algorithm.wrapping_key_spec.value, algorithm.value)
     blob = wrapping.wrap(SymmetricMaterial(spec, secret), params.public_key_der, algorithm)
@@ -276,7 +295,9 @@ def test_default_key_has_no_instance_and_either_protection(engine: KmsEngine) ->
     assert (hsm.instance_id, hsm.protection.value) == ("", "HSM")
     with kms_error("MissingParameter", 400, "DKMSInstanceId"):
         engine.create_key(key_spec="RSA_2048", origin="EXTERNAL")
-    with kms_error("InvalidParameter", 400, "KeyUsage SIGN/VERIFY is not available for KeySpec Aliyun_AES_256"):
+    with kms_error(
+        "InvalidParameter", 400, "KeyUsage SIGN/VERIFY is not available for KeySpec Aliyun_AES_256"
+    ):
         engine.create_key(key_spec="Aliyun_AES_256", key_usage="SIGN/VERIFY", origin="EXTERNAL")
 
 
@@ -285,7 +306,10 @@ def test_instance_without_asymmetric_import_still_takes_symmetric_keys() -> None
 
     engine = KmsEngine(instances={"kst-x": InstanceSetup("hardware", asymmetric_import=False)})
     try:
-        assert engine.create_key(key_spec="Aliyun_SM4", origin="EXTERNAL", instance_id="kst-x").instance_id == "kst-x"
+        assert (
+            engine.create_key(key_spec="Aliyun_SM4", origin="EXTERNAL", instance_id="kst-x").instance_id
+            == "kst-x"
+        )
         with kms_error("Unsupported.Origin", 400, "does not take asymmetric keys"):
             engine.create_key(key_spec="EC_SM2", origin="EXTERNAL", instance_id="kst-x")
     finally:
@@ -295,7 +319,8 @@ def test_instance_without_asymmetric_import_still_takes_symmetric_keys() -> None
 def test_import_parameters_follow_section_13(engine: KmsEngine) -> None:
     on_instance = engine.create_key(key_spec="Aliyun_AES_256", origin="EXTERNAL", instance_id=SOFTWARE).key_id
     with kms_error(
-        "InvalidParameter", 400,
+        "InvalidParameter",
+        400,
         "WrappingAlgorithm RSAES_OAEP_SHA_1: RSAES_OAEP_SHA_1 is offered for default keys only",
     ):
         engine.get_parameters_for_import(on_instance, "RSA_2048", "RSAES_OAEP_SHA_1")
@@ -303,7 +328,9 @@ def test_import_parameters_follow_section_13(engine: KmsEngine) -> None:
     with kms_error("InvalidParameter", 400, "SM2PKE is offered for Aliyun_SM4 keys of protection HSM only"):
         engine.get_parameters_for_import(soft_sm4, "EC_SM2", "SM2PKE")
     rsa = engine.create_key(key_spec="RSA_2048", origin="EXTERNAL", instance_id=SOFTWARE).key_id
-    with kms_error("InvalidParameter", 400, "WrappingAlgorithm RSAES_OAEP_SHA_256 wraps Aliyun_AES_256, Aliyun_SM4"):
+    with kms_error(
+        "InvalidParameter", 400, "WrappingAlgorithm RSAES_OAEP_SHA_256 wraps Aliyun_AES_256, Aliyun_SM4"
+    ):
         engine.get_parameters_for_import(rsa, "RSA_2048", "RSAES_OAEP_SHA_256")
 
 
@@ -361,11 +388,17 @@ def test_a_blob_binds_its_key_and_version(engine: KmsEngine) -> None:
 def test_symmetric_and_asymmetric_calls_do_not_mix(engine: KmsEngine) -> None:
     key_id = _imported(engine, KeySpec.AES_256, AES, None, WrappingAlgorithm.RSAES_OAEP_SHA_256)
     version = engine.describe_key(key_id).primary_key_version
-    with kms_error("Rejected.UnsupportedOperation", 400, "GetPublicKey is not supported for Aliyun_AES_256 keys"):
+    with kms_error(
+        "Rejected.UnsupportedOperation", 400, "GetPublicKey is not supported for Aliyun_AES_256 keys"
+    ):
         engine.get_public_key(key_id, version)
-    with kms_error("Rejected.UnsupportedOperation", 400, "AsymmetricEncrypt is not supported for Aliyun_AES_256"):
+    with kms_error(
+        "Rejected.UnsupportedOperation", 400, "AsymmetricEncrypt is not supported for Aliyun_AES_256"
+    ):
         engine.asymmetric_encrypt(key_id, version, "RSAES_OAEP_SHA_256", base64.b64encode(b"x").decode())
-    rsa = engine.create_key(key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT", origin="EXTERNAL", instance_id=SOFTWARE)
+    rsa = engine.create_key(
+        key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT", origin="EXTERNAL", instance_id=SOFTWARE
+    )
     with kms_error("Rejected.PendingImport", 409, "is PendingImport"):
         engine.encrypt(rsa.key_id, b"x", None)
 
@@ -383,5 +416,7 @@ def test_reimport_takes_the_first_material_only(engine: KmsEngine) -> None:
     engine.import_key_material(key_id, same, params.import_token, 0)
     assert engine.describe_key(key_id).state.value == "Enabled"
     wrong_size = wrapping.wrap_direct(params.public_key_der, AES[:24], algorithm)
-    with kms_error("InvalidKeyMaterial", 400, "it is 24 bytes long; symmetric material is 32 (Aliyun_AES_256)"):
+    with kms_error(
+        "InvalidKeyMaterial", 400, "it is 24 bytes long; symmetric material is 32 (Aliyun_AES_256)"
+    ):
         engine.import_key_material(key_id, base64.b64encode(wrong_size).decode(), params.import_token, 0)

@@ -28,13 +28,22 @@ BOTH_BACKENDS = True
 #: name -> (spec, instance or None, protection, format, wrapping or None, material bytes)
 KEYS: dict[str, tuple[str, str | None, str, str, str | None, bytes]] = {
     "aes-default": ("Aliyun_AES_256", None, "SOFTWARE", "raw", "RSAES_OAEP_SHA_1", os.urandom(32)),
-    "aes-instance": ("Aliyun_AES_256", "kst-local-software", "SOFTWARE", "hex", "RSAES_PKCS1_V1_5", os.urandom(32)),
+    "aes-instance": (
+        "Aliyun_AES_256",
+        "kst-local-software",
+        "SOFTWARE",
+        "hex",
+        "RSAES_PKCS1_V1_5",
+        os.urandom(32),
+    ),
     "sm4-hsm": ("Aliyun_SM4", "kst-local-hardware", "HSM", "base64", "SM2PKE", os.urandom(16)),
 }
 
 
 def encoded(fmt: str, secret: bytes) -> bytes:
-    return {"raw": secret, "hex": secret.hex().encode() + b"\n", "base64": base64.b64encode(secret) + b"\n"}[fmt]
+    return {"raw": secret, "hex": secret.hex().encode() + b"\n", "base64": base64.b64encode(secret) + b"\n"}[
+        fmt
+    ]
 
 
 def write_stack(folder: Path, account: Backend, materials: dict[str, bytes] | None = None) -> Path:
@@ -48,9 +57,19 @@ def write_stack(folder: Path, account: Backend, materials: dict[str, bytes] | No
         path = folder / f"{name}.key"
         path.write_bytes(encoded(fmt, material))
         path.chmod(0o600)
-        lines += [f"  {name}:", f"    spec: {spec}", "    usage: ENCRYPT/DECRYPT", f"    protection: {protection}"]
+        lines += [
+            f"  {name}:",
+            f"    spec: {spec}",
+            "    usage: ENCRYPT/DECRYPT",
+            f"    protection: {protection}",
+        ]
         lines += [f"    instance: {instance}"] if instance else []
-        lines += [f"    aliases: [alias/sym/{name}]", "    material:", f"      file: {name}.key", f"      format: {fmt}"]
+        lines += [
+            f"    aliases: [alias/sym/{name}]",
+            "    material:",
+            f"      file: {name}.key",
+            f"      format: {fmt}",
+        ]
         lines += [f"      wrapping: {wrapping}"] if wrapping else []
     (folder / "stack.yaml").write_text("\n".join(lines) + "\n")
     return folder
@@ -88,13 +107,26 @@ def usable(account: Backend, name: str, key_id: str) -> None:
     assert "was kept only in the memory of the process that imported it" in info.value.message
     spec, _, _, _, wrapping_name, secret = KEYS[name]
     algorithm = WrappingAlgorithm(wrapping_name or "RSAES_OAEP_SHA_256")
-    params = sdk(account, "get_parameters_for_import", models.GetParametersForImportRequest(
-        key_id=key_id, wrapping_algorithm=algorithm.value, wrapping_key_spec=algorithm.wrapping_key_spec.value,
-    ))
+    params = sdk(
+        account,
+        "get_parameters_for_import",
+        models.GetParametersForImportRequest(
+            key_id=key_id,
+            wrapping_algorithm=algorithm.value,
+            wrapping_key_spec=algorithm.wrapping_key_spec.value,
+        ),
+    )
     wrapped = wrap(SymmetricMaterial(KeySpec(spec), secret), base64.b64decode(params.public_key), algorithm)
-    sdk(account, "import_key_material", models.ImportKeyMaterialRequest(
-        key_id=key_id, encrypted_key_material=wrapped, import_token=params.import_token, key_material_expire_unix=0,
-    ))
+    sdk(
+        account,
+        "import_key_material",
+        models.ImportKeyMaterialRequest(
+            key_id=key_id,
+            encrypted_key_material=wrapped,
+            import_token=params.import_token,
+            key_material_expire_unix=0,
+        ),
+    )
 
 
 def test_plan_apply_and_the_sdks_view(tmp_path: Path, account: Backend) -> None:
@@ -103,7 +135,7 @@ def test_plan_apply_and_the_sdks_view(tmp_path: Path, account: Backend) -> None:
     assert run.code == 0, run.stderr
     plan = json.loads(run.stdout)
     changes = {c["key"]: c for c in plan["changes"]}
-    for name, (spec, instance, protection, fmt, wrapping, secret) in KEYS.items():
+    for name, (spec, instance, *_, secret) in KEYS.items():
         change = changes[name]
         assert change["actions"] == ["create", "import"]
         assert change["after"]["fingerprint"] == key_check_value(secret)
@@ -115,7 +147,10 @@ def test_plan_apply_and_the_sdks_view(tmp_path: Path, account: Backend) -> None:
     for name, (spec, instance, protection, _, _, secret) in KEYS.items():
         meta = account.view.describe(ids[name])
         assert (meta.key_spec, meta.key_usage, meta.protection_level, meta.key_state) == (
-            spec, "ENCRYPT/DECRYPT", protection, "Enabled"
+            spec,
+            "ENCRYPT/DECRYPT",
+            protection,
+            "Enabled",
         )
         assert (meta.dkmsinstance_id or None) == instance
         assert account.view.tags(ids[name])[TAG_FINGERPRINT] == key_check_value(secret)
@@ -139,7 +174,9 @@ def test_encrypt_decrypt_and_generate_data_key_through_the_sdk(
     assert blob.key_id == ids[name]
     plain = sdk(account, "decrypt", models.DecryptRequest(ciphertext_blob=blob.ciphertext_blob))
     assert (plain.key_id, plain.plaintext) == (ids[name], "attack at dawn")
-    data = sdk(account, "generate_data_key", models.GenerateDataKeyRequest(key_id=ids[name], key_spec="AES_256"))
+    data = sdk(
+        account, "generate_data_key", models.GenerateDataKeyRequest(key_id=ids[name], key_spec="AES_256")
+    )
     assert len(base64.b64decode(data.plaintext)) == 32
     opened = sdk(account, "decrypt", models.DecryptRequest(ciphertext_blob=data.ciphertext_blob))
     assert opened.plaintext == data.plaintext
@@ -159,7 +196,9 @@ def test_reimport_after_delete_key_material(tmp_path: Path, account: Backend) ->
     assert account.view.describe(key_id).key_state == "PendingImport"
     drift = cli(account, "drift", str(folder), "--format", "json")
     assert drift.code == 2
-    assert [(d["key"], d["kind"]) for d in json.loads(drift.stdout)["drift"]] == [("sm4-hsm", "material-deleted")]
+    assert [(d["key"], d["kind"]) for d in json.loads(drift.stdout)["drift"]] == [
+        ("sm4-hsm", "material-deleted")
+    ]
     plan = cli(account, "plan", str(folder), "--format", "json")
     changes = json.loads(plan.stdout)["changes"]
     assert [(c["key"], c["actions"]) for c in changes] == [("sm4-hsm", ["reimport"])]
@@ -205,5 +244,9 @@ def test_drift_says_what_it_cannot_prove_and_show_lists_the_keys(tmp_path: Path,
     assert show.code == 0, show.stderr
     shown = {k["name"]: k for k in json.loads(show.stdout)["keys"]}
     for name, (spec, *_, secret) in KEYS.items():
-        assert (shown[name]["key_id"], shown[name]["spec"], shown[name]["state"]) == (ids[name], spec, "Enabled")
+        assert (shown[name]["key_id"], shown[name]["spec"], shown[name]["state"]) == (
+            ids[name],
+            spec,
+            "Enabled",
+        )
         assert shown[name]["fingerprint"] == key_check_value(secret)

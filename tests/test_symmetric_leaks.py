@@ -61,7 +61,8 @@ def write_manifest(folder: Path, vault: bytes) -> None:
         "    spec: Aliyun_AES_256\n    usage: ENCRYPT/DECRYPT\n    instance: kst-local-software\n"
         "    material: {env: LEDGER_KEY_HEX, format: hex, wrapping: RSAES_PKCS1_V1_5}\n"
         "  seal:\n"
-        "    spec: Aliyun_SM4\n    usage: ENCRYPT/DECRYPT\n    instance: kst-local-hardware\n    protection: HSM\n"
+        "    spec: Aliyun_SM4\n    usage: ENCRYPT/DECRYPT\n"
+        "    instance: kst-local-hardware\n    protection: HSM\n"
         "    material:\n"
         f"      command: [{sys.executable}, -c, 'import os; print(os.environ[\"SEAL_KEY_B64\"])']\n"
         "      pass_env: [SEAL_KEY_B64]\n"
@@ -106,8 +107,20 @@ def test_nothing_the_tool_prints_or_writes_holds_symmetric_material(
     Path("wrapping.pem").write_bytes(
         wrapping.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    rec.run("wrap --out", ["wrap", "--public-key", "wrapping.pem", "--material", "manifests/keys/vault.bin",
-                           "--material-format", "raw", "--out", "wrapped.b64"])
+    rec.run(
+        "wrap --out",
+        [
+            "wrap",
+            "--public-key",
+            "wrapping.pem",
+            "--material",
+            "manifests/keys/vault.bin",
+            "--material-format",
+            "raw",
+            "--out",
+            "wrapped.b64",
+        ],
+    )
     emulator = emulator_factory()
     backend = ["--backend", "alibaba", "--endpoint", emulator.url, "--region", REGION]
     env = emulator.credential_env()
@@ -115,9 +128,20 @@ def test_nothing_the_tool_prints_or_writes_holds_symmetric_material(
     rec.run("sdk drift", ["drift", "manifests", "--verify-material", "--format", "json", *backend], env=env)
 
     assert rec.codes == {
-        "validate": 0, "plan --out": 0, "apply --plan": 0, "drift": 0, "drift verify json": 0,
-        "drift verify markdown": 0, "plan json": 0, "plan markdown": 0, "show": 0, "apply reimport": 0,
-        "apply blocked": 1, "wrap --out": 0, "sdk apply": 0, "sdk drift": 0,
+        "validate": 0,
+        "plan --out": 0,
+        "apply --plan": 0,
+        "drift": 0,
+        "drift verify json": 0,
+        "drift verify markdown": 0,
+        "plan json": 0,
+        "plan markdown": 0,
+        "show": 0,
+        "apply reimport": 0,
+        "apply blocked": 1,
+        "wrap --out": 0,
+        "sdk apply": 0,
+        "sdk drift": 0,
     }, rec.outputs
     assert "material-immutable" in rec.outputs["apply blocked: stdout"].decode()
     assert len(rec.tokens) == 3 + 1 + 3  # three creates, the reimport of a new expiry, three through the SDK

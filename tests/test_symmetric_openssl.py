@@ -30,7 +30,8 @@ pytestmark = [
 #: `openssl pkeyutl` options of each RSA algorithm.
 RSA_OPTIONS = {
     "RSAES_OAEP_SHA_256": [
-        "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256",
+        "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256",
+        "-pkeyopt", "rsa_mgf1_md:sha256",
     ],
     "RSAES_OAEP_SHA_1": [
         "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha1", "-pkeyopt", "rsa_mgf1_md:sha1",
@@ -49,7 +50,14 @@ def test_openssl_wrapped_material_imports_into_the_emulator(
     public = tmp_path / "PublicKey.der"
     public.write_bytes(params.public_key_der)
     wrapped = openssl(
-        "pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey", public, *RSA_OPTIONS[algorithm],
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-keyform",
+        "DER",
+        "-inkey",
+        public,
+        *RSA_OPTIONS[algorithm],
         data=secret,
     )
     engine.import_key_material(key.key_id, base64.b64encode(wrapped).decode(), params.import_token, 0)
@@ -63,7 +71,9 @@ def test_openssl_wrapped_material_imports_into_the_emulator(
     engine.import_key_material(key.key_id, stdout.strip(), params.import_token, 0)
 
 
-def test_openssl_sm2_wrapped_sm4_material_imports_into_the_emulator(engine: KmsEngine, tmp_path: Path) -> None:
+def test_openssl_sm2_wrapped_sm4_material_imports_into_the_emulator(
+    engine: KmsEngine, tmp_path: Path
+) -> None:
     secret = os.urandom(16)
     key = engine.create_key(key_spec="Aliyun_SM4", origin="EXTERNAL", instance_id=HARDWARE)
     params = engine.get_parameters_for_import(key.key_id, "EC_SM2", "SM2PKE")
@@ -144,7 +154,11 @@ def test_provision_wrap_sm2pke_decrypts_with_openssl(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_provision_wrap_refusals(
-    tmp_path: Path, rsa_wrapping: tuple[Path, Path], secret: bytes, fmt: str, algorithm: str | None,
+    tmp_path: Path,
+    rsa_wrapping: tuple[Path, Path],
+    secret: bytes,
+    fmt: str,
+    algorithm: str | None,
     message: str,
 ) -> None:
     code, stdout, err = _run_wrap(tmp_path, rsa_wrapping[1], secret, fmt, algorithm)

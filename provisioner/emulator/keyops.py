@@ -132,7 +132,8 @@ def _wrapping_private_key(algorithm: WrappingAlgorithm, der: bytes) -> rsa.RSAPr
 
 def _unwrap_symmetric(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
     try:
-        secret = wrapping.unwrap_direct(algorithm, _wrapping_private_key(algorithm, wrapping_private_der), blob)
+        wrapping_key = _wrapping_private_key(algorithm, wrapping_private_der)
+        secret = wrapping.unwrap_direct(algorithm, wrapping_key, blob)
     except WrappingError as e:
         raise WrongWrappingKey(str(e)) from e
     spec = symmetric_spec(len(secret))
@@ -204,13 +205,16 @@ def symmetric_encrypt(
 
 def symmetric_decrypt(key: ImportedKey, blob: bytes, context: bytes) -> bytes:
     _, start = read_blob_header(blob)
-    nonce, body, tag = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES : -TAG_BYTES], blob[-TAG_BYTES:]
+    nonce, tag = blob[start : start + NONCE_BYTES], blob[-TAG_BYTES:]
+    body = blob[start + NONCE_BYTES : -TAG_BYTES]
     decryptor = Cipher(_aead(key, nonce).algorithm, modes.GCM(nonce, tag)).decryptor()
     decryptor.authenticate_additional_data(blob[:start] + context)
     try:
         return decryptor.update(body) + decryptor.finalize()
     except InvalidTag:
-        raise CryptoFailure("it does not decrypt under this key (damaged, or another encryption context)") from None
+        raise CryptoFailure(
+            "it does not decrypt under this key (damaged, or another encryption context)"
+        ) from None
 
 
 # --- using an imported key ------------------------------------------------------------------------

@@ -1134,7 +1134,8 @@ class KmsEngine:
             if facts(KeySpec(row["spec"])).family is Family.SYMMETRIC:
                 raise KmsError(
                     ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
-                    f"GetPublicKey is not supported for {row['spec']} keys: a symmetric key has no public key",
+                    f"GetPublicKey is not supported for {row['spec']} keys: a symmetric key has no public "
+                    "key",
                 )
             return self._view(row), keyops.public_key_pem(bytes(row["public_key"]))
 
@@ -1219,11 +1220,14 @@ class KmsEngine:
         if facts(KeySpec(row["spec"])).family is not Family.SYMMETRIC:
             raise KmsError(
                 ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
-                f"{action} needs a symmetric key; key {row['key_id']} is {row['spec']}: use Asymmetric{action}",
+                f"{action} needs a symmetric key; key {row['key_id']} is {row['spec']}: use "
+                f"Asymmetric{action}",
             )
         return self._material(tx, row)
 
-    def encrypt(self, key_id: str | None, plaintext: bytes, encryption_context: str | None) -> tuple[Key, bytes]:
+    def encrypt(
+        self, key_id: str | None, plaintext: bytes, encryption_context: str | None
+    ) -> tuple[Key, bytes]:
         """Encrypt with a symmetric key's primary version: the key, and the emulator's ciphertext blob."""
         if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
             raise KmsError(ErrorCode.INVALID_PARAMETER, f"Plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes")
@@ -1269,7 +1273,8 @@ class KmsEngine:
             size = DATA_KEY_SPECS.get(key_spec or "AES_256", 0)
             if not size:
                 raise KmsError(
-                    ErrorCode.INVALID_PARAMETER, f"KeySpec {_shown(key_spec or '')} is not one of AES_256, AES_128"
+                    ErrorCode.INVALID_PARAMETER,
+                    f"KeySpec {_shown(key_spec or '')} is not one of AES_256, AES_128",
                 )
         data_key = secrets.token_bytes(size)
         key, blob = self.encrypt(key_id, base64.b64encode(data_key), encryption_context)

@@ -20,6 +20,7 @@ from provisioner.manifest.words import DocPath, show_value
 from provisioner.model import (
     CLAIM_ALIAS_PREFIX,
     DEFAULT_DELETION_WINDOW_DAYS,
+    KCV_PREFIX,
     LOCK_ALIAS_PREFIX,
     MAX_TAGS_PER_KEY,
     RESERVED_TAGS,
@@ -31,7 +32,6 @@ from provisioner.model import (
     KeySpec,
     KeyUsage,
     Location,
-    KCV_PREFIX,
     MaterialFormat,
     MaterialSource,
     ProtectionLevel,
@@ -304,7 +304,8 @@ def _check_key(
     protected, window = _key_deletion(doc, name, body, desired_state, diags)
     material = _check_material_block(doc, name, body, base, desired_state, diags)
     if material is not None and spec is not None:
-        material = _check_material_kind(doc, name, body, base, spec, protection, instance is not None, material, diags)
+        on_instance = instance is not None
+        material = _check_material_kind(doc, name, body, base, spec, protection, on_instance, material, diags)
     adopt = _key_adopt(doc, name, body, state, diags)
     moved_from = _key_moved_from(doc, name, body, state, diags)
 
@@ -365,9 +366,8 @@ def _check_usage(
 ) -> None:
     if spec is not None and usage is not None and usage not in facts(spec).usages:
         takes = " or ".join(facts(spec).usages)
-        diags.add(
-            Diagnostic(doc.loc((*base, "usage")), f'key "{name}": spec "{spec}" takes usage {takes} only, not {usage}')
-        )
+        message = f'key "{name}": spec "{spec}" takes usage {takes} only, not {usage}'
+        diags.add(Diagnostic(doc.loc((*base, "usage")), message))
 
 
 #: The material fields that only symmetric keys have.
@@ -375,8 +375,8 @@ _SYMMETRIC_FIELDS = ("format", "wrapping")
 
 
 def _check_material_kind(
-    doc: Doc, name: str, body: dict[str, Any], base: DocPath, spec: KeySpec, protection: ProtectionLevel, on_instance: bool,
-    source: MaterialSource, diags: Diagnostics,
+    doc: Doc, name: str, body: dict[str, Any], base: DocPath, spec: KeySpec, protection: ProtectionLevel,
+    on_instance: bool, source: MaterialSource, diags: Diagnostics,
 ) -> MaterialSource | None:
     """The material fields that depend on the spec: a symmetric key's format, wrapping and kcv pin; an
     asymmetric key's sha256 pin and no symmetric field. The source, completed, if they are right."""
@@ -390,20 +390,25 @@ def _check_material_kind(
     pin = source.fingerprint
     if not symmetric:
         for extra in (f for f in _SYMMETRIC_FIELDS if f in block):
-            problem(extra, f"material.{extra} is for symmetric keys only (Aliyun_AES_256, Aliyun_SM4), not {spec}")
+            problem(
+                extra, f"material.{extra} is for symmetric keys only (Aliyun_AES_256, Aliyun_SM4), not {spec}"
+            )
         if pin is not None and not pin.startswith("sha256:"):
             problem("fingerprint", f"a {spec} key is pinned by its public key: sha256:<64 hex>, not {pin}")
         return source if len(diags) == before else None
     if pin is not None and not pin.startswith(KCV_PREFIX):
         problem("fingerprint", f"a {spec} key is pinned by its key check value: kcv:<16 hex>, not {pin}")
     if source.passphrase_env is not None:
-        problem("passphrase_env", "material.passphrase_env is for encrypted PEM private keys, not symmetric keys")
+        problem(
+            "passphrase_env", "material.passphrase_env is for encrypted PEM private keys, not symmetric keys"
+        )
     encoding = _enum_or_none(MaterialFormat, block.get("format"))
     if "format" not in block:
         diags.add(
             Diagnostic(
                 doc.loc((*base, "material")),
-                f'key "{name}": {spec} material needs format: raw, hex or base64 (how the source writes its bytes)',
+                f'key "{name}": {spec} material needs format: raw, hex or base64 '
+                "(how the source writes its bytes)",
             )
         )
     elif encoding is MaterialFormat.RAW and source.kind is SourceKind.ENV:

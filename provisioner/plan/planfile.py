@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from provisioner.errors import ProvisionerError, StalePlan
