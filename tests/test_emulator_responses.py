@@ -344,7 +344,7 @@ def _error_cases(rpc: KmsResponses) -> dict[str, tuple[str, dict[str, str], str]
             {"KeyId": pending, "PendingWindowInDays": "3"},
             "PendingWindowInDays must be between 7 and 366, got 3",
         ),
-        "InvalidAction.NotFound": ("Encrypt", {}, "Specified api is not found"),
+        "InvalidAction.NotFound": ("CreateSecret", {}, "Specified api is not found"),
         "Rejected.LimitExceeded": (
             "TagResource",
             {"KeyId": pending, "Tags": '[{"TagKey":"x","TagValue":"y"}]'},

@@ -167,7 +167,8 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
             lines.append(("-", f"key, after a pending window of {change.pending_window_days} days"))
     if change.material is not None:
         src = change.material.describe()
-        lines.append((" ", f"material from {src}, fingerprint {change.material.fingerprint}"))
+        wrapped = "" if change.material.wrapping is None else f", wrapped with {change.material.wrapping}"
+        lines.append((" ", f"material from {src}, fingerprint {change.material.fingerprint}{wrapped}"))
     for dup in change.duplicates:
         lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
     # Aliases, tag keys, paths and argv are interpolated as they are: one escape for the whole line.
