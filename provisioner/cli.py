@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from provisioner.manifest import MaterialRead
     from provisioner.model import BackendConfig, Diagnostic, Diagnostics, LiveState, ManifestSet
     from provisioner.plan.values import Plan
+    from provisioner.symmetric import SymmetricMaterial
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -405,15 +406,47 @@ def _write_owner_only(path: Path, text: str, what: str = "--out") -> None:
         raise
 
 
+def _material_format_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--material-format", "material_format", default=None,
+        type=click.Choice([f.value for f in MaterialFormat]), help=help_text,
+    )
+
+
+def _symmetric_file(path: Path, material_format: str, option: str) -> SymmetricMaterial:
+    """The symmetric material in `path`, written as `material_format`; its spec is its length's."""
+    from provisioner.errors import MaterialError
+    from provisioner.material import MAX_KEY_FILE_BYTES
+    from provisioner.symmetric import parse_symmetric_any
+
+    data = read_regular_file(path, option, MAX_KEY_FILE_BYTES)
+    try:
+        return parse_symmetric_any(data, MaterialFormat(material_format))
+    except MaterialError as e:
+        raise MaterialError(f"{option}: {e}") from None
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
+@_material_format_option(
+    "FILE is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, hex or "
+    "base64: print its key check value, kcv:<16 hex>, to pin in material.fingerprint."
+)
 @handle_errors
-def fingerprint(file: Path, passphrase_env: str | None) -> int:
-    """Print sha256:<64 hex> of the public key of a private or public key FILE (PEM or DER)."""
+def fingerprint(file: Path, passphrase_env: str | None, material_format: str | None) -> int:
+    """Print sha256:<64 hex> of the public key of a private or public key FILE (PEM or DER), or with
+    --material-format the kcv:<16 hex> check value of a symmetric key."""
     from provisioner.errors import UsageError
     from provisioner.material import fingerprint_of_key_file
 
+    if material_format is not None:
+        if passphrase_env is not None:
+            raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
+        material = _symmetric_file(file, material_format, "FILE")
+        material.wipe()
+        click.echo(material.fingerprint)
+        return 0
     passphrase: bytes | None = None
     if passphrase_env is not None:
         value = os.environ.get(passphrase_env)
@@ -438,11 +471,9 @@ def fingerprint(file: Path, passphrase_env: str | None) -> int:
     help="Wrapping algorithm; default: the one the vendor pairs with the material's spec.",
 )
 @click.option("--passphrase-env", default=None, metavar="VAR", help="Passphrase of an encrypted private key.")
-@click.option(
-    "--material-format", "material_format", default=None,
-    type=click.Choice([f.value for f in MaterialFormat]),
-    help="The material is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, "
-    "hex or base64; it is wrapped directly (default algorithm RSAES_OAEP_SHA_256).",
+@_material_format_option(
+    "The material is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, "
+    "hex or base64; it is wrapped directly (default algorithm RSAES_OAEP_SHA_256)."
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -460,7 +491,6 @@ def wrap(
     from provisioner.material import MAX_KEY_FILE_BYTES, load_material
     from provisioner.model import MaterialSource, SourceKind
     from provisioner.specs import Material, facts
-    from provisioner.symmetric import parse_symmetric_any
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -473,16 +503,15 @@ def wrap(
         kind=SourceKind.FILE, file=material_file.absolute(), passphrase_env=passphrase_env
     )
     material: Material
-    try:
-        if material_format is None:
+    if material_format is not None:
+        if passphrase_env is not None:
+            raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
+        material = _symmetric_file(material_file, material_format, "--material")
+    else:
+        try:
             material = load_material(source, warn=_warn)
-        else:
-            if passphrase_env is not None:
-                raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
-            data = read_regular_file(material_file, "--material", MAX_KEY_FILE_BYTES)
-            material = parse_symmetric_any(data, MaterialFormat(material_format))
-    except MaterialError as e:
-        raise MaterialError(f"--material: {e}") from None
+        except MaterialError as e:
+            raise MaterialError(f"--material: {e}") from None
     try:
         chosen = WrappingAlgorithm(algorithm) if algorithm else facts(material.spec).wrapping_algorithm
         wrapped = wrapping.wrap(material, wrapping_der, chosen)

@@ -170,3 +170,29 @@ def test_wrap_algorithms_the_cli_offers() -> None:
     for algorithm in WrappingAlgorithm:
         assert algorithm.value in result.stdout
     assert "--material-format [raw|hex|base64]" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["raw", "hex", "base64"])
+def test_fingerprint_prints_the_key_check_value_openssl_computes(tmp_path: Path, fmt: str) -> None:
+    secret = os.urandom(16)
+    material = tmp_path / "k"
+    material.write_bytes(
+        {"raw": secret, "hex": secret.hex().encode(), "base64": base64.b64encode(secret)}[fmt]
+    )
+    result = CliRunner().invoke(cli, ["fingerprint", str(material), "--material-format", fmt])
+    label = b"byok-provisioner key check value"
+    mac = openssl("dgst", "-sha256", "-mac", "HMAC", "-macopt", f"hexkey:{secret.hex()}", data=label)
+    assert (result.exit_code, result.stdout) == (0, f"kcv:{mac.decode().split()[-1][:16]}\n")
+    assert secret.hex() not in result.stdout + result.stderr
+
+
+def test_fingerprint_refuses_what_is_no_symmetric_key(tmp_path: Path) -> None:
+    material = tmp_path / "k"
+    material.write_bytes(b"\1" * 20)
+    result = CliRunner().invoke(cli, ["fingerprint", str(material), "--material-format", "raw"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1,
+        "",
+        "error: FILE: holds 20 bytes (raw); symmetric material is 32 (Aliyun_AES_256) or 16 "
+        "(Aliyun_SM4) bytes\n",
+    )
