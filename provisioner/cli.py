@@ -193,8 +193,7 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except ManifestError as e:
-            for d in e.diagnostics:
-                click.echo(str(d), err=True)
+            _echo_diagnostics(e.diagnostics)
             _fail(f"{len(e.diagnostics.errors)} error(s)")
         except ProvisionerError as e:
             _fail(f"error: {e}")
