@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,15 @@ def test_plan_apply_and_the_sdks_view(tmp_path: Path, account: Backend) -> None:
         assert change["actions"] == ["create", "import"]
         assert change["after"]["fingerprint"] == key_check_value(secret)
         assert (change["after"]["spec"], change["after"]["instance"]) == (spec, instance)
+    before = Counter(account.stats()["calls"])
     apply = cli(account, "apply", str(folder), "--auto-approve")
     assert apply.code == 0, apply.stdout + apply.stderr
+    calls = Counter(account.stats()["calls"])
+    calls.subtract(before)
+    # Per key: CreateKey, GetParametersForImport, ImportKeyMaterial, and DescribeKey as the read-back
+    # (no GetPublicKey: a symmetric key has none); nothing else reads a key on a first apply.
+    counted = ("CreateKey", "GetParametersForImport", "ImportKeyMaterial", "DescribeKey", "GetPublicKey")
+    assert {a: calls[a] for a in counted} == {a: 0 if a == "GetPublicKey" else 3 for a in counted}
     ids = {name: found[0] for name, found in account.view.stack_keys().items()}
     assert sorted(ids) == sorted(KEYS)
     for name, (spec, instance, protection, _, _, secret) in KEYS.items():
