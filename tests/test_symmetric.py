@@ -5,6 +5,7 @@ and the emulator's import, Encrypt, Decrypt and GenerateDataKey with imported ma
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -420,3 +421,35 @@ def test_reimport_takes_the_first_material_only(engine: KmsEngine) -> None:
         "InvalidKeyMaterial", 400, "it is 24 bytes long; symmetric material is 32 (Aliyun_AES_256)"
     ):
         engine.import_key_material(key_id, base64.b64encode(wrong_size).decode(), params.import_token, 0)
+
+
+# --- the saved plan ------------------------------------------------------------------------------------
+
+
+def test_a_saved_plan_keeps_format_and_wrapping_and_refuses_other_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioner.plan.planfile import load_plan, save_plan
+
+    body = GOOD + "    material: {file: k.bin, format: raw, wrapping: RSAES_PKCS1_V1_5}\n"
+    code, _, err = _validate(tmp_path, monkeypatch, capsys, body)
+    assert code == 0, err
+    code, _, err = run_main(["plan", "m.yaml", "--out", "plan.json"], capsys)
+    assert code == 0, err
+    text = (tmp_path / "plan.json").read_text()
+    change = json.loads(text)["changes"][0]
+    assert change["material"]["format"] == "raw" and change["material"]["wrapping"] == "RSAES_PKCS1_V1_5"
+    plan = load_plan(text)
+    material = plan.changes[0].material
+    assert material is not None
+    assert (material.format, material.wrapping) == (MaterialFormat.RAW, WrappingAlgorithm.RSAES_PKCS1_V1_5)
+    assert json.loads(save_plan(plan)) == json.loads(text)
+    # Another word is no plan the planner made: the change is unrecorded, and apply --plan refuses it.
+    edited = text.replace('"RSAES_PKCS1_V1_5"', '"RSAES_OAEP_SHA_512"')
+    assert (load_plan(edited).unrecorded, load_plan(edited).changes[0].material) == ((0,), None)
+    (tmp_path / "plan.json").write_text(edited)
+    code, _, err = run_main(["apply", "--plan", "plan.json", "m.yaml"], capsys)
+    assert (code, err.splitlines()[-1]) == (
+        1, "error: plan file: changes[0] (key 'k'): before/after are not what the planner records (was the "
+        "file edited by hand?): make a new plan",
+    )
