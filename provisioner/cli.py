@@ -637,9 +637,13 @@ def _retry_seconds() -> float:
 
 
 def _now() -> datetime:
+    """The time of this run, whole seconds: the clock main() was given (tests), else the system's."""
     from datetime import UTC, datetime
 
-    return datetime.now(UTC).replace(microsecond=0)
+    ctx = click.get_current_context(silent=True)
+    clock = ctx.obj if ctx is not None and callable(ctx.obj) else None
+    now: datetime = clock() if clock is not None else datetime.now(UTC)
+    return now.astimezone(UTC).replace(microsecond=0)
 
 
 def _refresh_stage(
@@ -938,7 +942,10 @@ def _saved_plan_stage(
     live = _refresh_stage(ms, kms, now, chosen, fingerprints)
     applying.check_saved_plan(saved, live)
     # Every material rule the plan may have skipped (--offline-material), on the live keys.
-    fresh = make_plan(ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None)
+    fresh = make_plan(
+        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None,
+        lease_now=saved.created_at,  # a lease renews from the plan's time, as the plan shows it
+    )
     if fresh.blocked:
         _echo_violations(fresh)
         found = "; ".join(f"{v.key}: {v.code.value}: {v.message}" for v in fresh.violations)
@@ -1102,9 +1109,9 @@ def _show_click_error(e: click.ClickException) -> None:
     click.echo(visible(shown, keep="\n"), err=True, nl=False)
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None, clock: Callable[[], datetime] | None) -> int:
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=clock)
     except click.exceptions.Abort:
         _fail("aborted")
     except click.ClickException as e:
@@ -1115,13 +1122,15 @@ def _run(argv: Sequence[str] | None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, *, clock: Callable[[], datetime] | None = None) -> None:
     """Console-script entry point: click's usage errors exit 1, like every other user mistake, and so
-    does output that cannot be written (`> /dev/full`, a closed pipe), with one line and no traceback."""
+    does output that cannot be written (`> /dev/full`, a closed pipe), with one line and no traceback.
+
+    `clock` (tests): what "now" is for plans, drift, leases and expiry warnings; default the system's."""
     _output_lost.clear()
     try:
         try:
-            code: int | str | None = _run(argv)
+            code: int | str | None = _run(argv, clock)
         except SystemExit as e:
             code = e.code
         sys.stdout.flush()  # here, not at the interpreter's exit, where a full disk is a traceback

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -23,7 +23,12 @@ from provisioner.model import (
     format_time,
 )
 from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
-from provisioner.plan.warnings import DEFAULT_EXPIRY_WARNING_DAYS, expiring_detail
+from provisioner.plan.warnings import (
+    DEFAULT_EXPIRY_WARNING_DAYS,
+    expiring_detail,
+    warning_window,
+    window_words,
+)
 from provisioner.specs import Verification, facts
 
 FORMAT_VERSION = 1
@@ -104,6 +109,13 @@ class DriftReport:
         }
 
 
+def _expiry_words(d: DesiredKey) -> str:
+    """The expiry the manifest declares: a time, `never`, or its lease."""
+    if d.lease is not None:
+        return str(d.lease)
+    return format_time(d.expiry) or "never"
+
+
 def _status_word(key: ActualKey) -> str:
     return key.status.value
 
@@ -117,7 +129,6 @@ class _Drift:
         self.desired = desired
         self.live = live
         self.now = now
-        self.warning = timedelta(days=warning_days)
         self.warning_days = warning_days
         self.items: list[DriftItem] = []
         self.our_ids = live.stack_key_ids
@@ -252,16 +263,18 @@ class _Drift:
                 d.name,
                 DriftKind.MATERIAL_EXPIRED,
                 f"material of key {key.key_id} expired at {format_time(expires) or 'an unknown time'}",
-                format_time(d.expiry) or "never",
+                _expiry_words(d),
                 format_time(expires),
             )
             return
-        if expires is not None and expires - self.now <= self.warning:
+        if expires is not None and expires - self.now <= warning_window(d, self.warning_days):
             self.add(
                 d.name,
                 DriftKind.MATERIAL_EXPIRING,
-                expiring_detail(f"key {key.key_id}", expires, self.now, self.warning_days),
-                format_time(d.expiry) or "never",
+                expiring_detail(
+                    f"key {key.key_id}", expires, self.now, window_words(d, self.warning_days)
+                ),
+                _expiry_words(d),
                 format_time(expires),
             )
         if status is KeyStatus.DISABLED and d.state is DesiredState.PRESENT:

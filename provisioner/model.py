@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, overload
@@ -200,6 +200,43 @@ def generation_of(tags: Mapping[str, str]) -> int:
     return int(value) if value.isdigit() and value.isascii() and int(value) > 0 else 1
 
 
+def parse_duration(text: str) -> timedelta:
+    """`30d` or `12h` (DESIGN section 11, `^[1-9][0-9]{0,4}[hd]$`, checked by the schema) as a timedelta."""
+    amount = int(text[:-1])
+    return timedelta(days=amount) if text.endswith("d") else timedelta(hours=amount)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """`expiry: {lease: 30d, renew_before: 7d}`: material lives `lease` from its import, and a plan
+    within `renew_before` of its expiry reimports the same material with a new lease (DESIGN section 11)."""
+
+    lease: str  # as the manifest writes it, e.g. "30d"
+    renew_before: str
+
+    @property
+    def length(self) -> timedelta:
+        return parse_duration(self.lease)
+
+    @property
+    def window(self) -> timedelta:
+        return parse_duration(self.renew_before)
+
+    def __str__(self) -> str:
+        return f"lease {self.lease}, renew_before {self.renew_before}"
+
+    def due(self, expires: datetime | None, now: datetime) -> bool:
+        """Whether material that expires at `expires` (None: never) needs a new lease at `now`."""
+        return expires is None or expires - now <= self.window
+
+    def expiry(self, expires: datetime | None, now: datetime) -> datetime:
+        """The expiry a plan at `now` wants for material that expires at `expires`: the same while the
+        lease runs, else a new lease from `now`."""
+        if expires is None or self.due(expires, now):
+            return now + self.length
+        return expires
+
+
 @dataclass(frozen=True)
 class DesiredKey:
     """A key as the manifest says it should be, `defaults` already merged in."""
@@ -225,6 +262,8 @@ class DesiredKey:
     moved_from: tuple[str, ...] = ()
     #: Where `adopt:` was written, for located errors; not part of equality.
     adopt_at: Location | None = field(default=None, compare=False)
+    #: `expiry: {lease, renew_before}`; `expiry` is then None here and the planner resolves it per plan.
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)

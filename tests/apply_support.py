@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,17 +125,19 @@ def run_cli(
     env: Mapping[str, str | None] | None = None,
     stdin: str | None = None,
     tty: bool = False,
+    clock: Callable[[], datetime] | None = None,
 ) -> Run:
     """`provision ARGS` in this process, in the current directory, as the console script runs it.
 
-    `tty=True` makes standard input claim to be a terminal (for the confirmation prompt).
+    `tty=True` makes standard input claim to be a terminal (for the confirmation prompt); `clock` is
+    the CLI's "now" (main's clock), default the system's.
     """
     runner = CliRunner()
     with runner.isolation(input=stdin, env=dict(env or {})) as (out, err, _):
         if tty:
             sys.stdin.isatty = lambda: True  # type: ignore[method-assign]
         try:
-            main(list(args))
+            main(list(args), clock=clock)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1

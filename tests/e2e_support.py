@@ -37,7 +37,8 @@ class Entry:
     aliases: tuple[str, ...] = ()
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
-    expiry: str = "never"
+    expiry: str = "never"  # a time or never; `lease` replaces it
+    lease: str | None = None  # `{lease: 30d, renew_before: 7d}`, written as it is
     pin: bool = False
     state: str = "present"
 
@@ -87,7 +88,7 @@ class Stack:
                 f"    aliases: [{', '.join(k.aliases)}]",
                 f"    description: {k.description!r}",
                 "    tags: {" + ", ".join(f"{a}: {b!r}" for a, b in k.tags.items()) + "}",
-                f"    expiry: {k.expiry!r}",
+                f"    expiry: {k.lease or repr(k.expiry)}",
                 "    material:",
                 f"      file: keys/{k.name}.pem",
             ]

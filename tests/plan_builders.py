@@ -24,6 +24,7 @@ from provisioner.model import (
     KeySpec,
     KeyStatus,
     KeyUsage,
+    Lease,
     LiveState,
     Location,
     ManifestSet,
@@ -91,6 +92,7 @@ def desired_key(name: str, spec: Mapping[str, Any] | None = None) -> DesiredKey:
         adopt=s.get("adopt"),
         moved_from=tuple(s.get("moved_from", ())),
         adopt_at=Location("manifests/keys.yaml", 4, 12) if "adopt" in s else None,
+        lease=Lease(*s["lease"]) if "lease" in s else None,  # (lease, renew_before), e.g. ("30d", "7d")
     )
 
 

@@ -61,3 +61,18 @@ def test_the_expiry_after_the_plan_counts() -> None:
         "shortened: material of key key-shortened expires at 2026-06-18T00:00:00Z, in 17 day(s) "
         "(warning window 30 days)",
     ]
+
+
+def test_a_leased_key_is_warned_about_within_its_renew_before_only() -> None:
+    """Its window is renew_before, whatever --expiry-warning says; a key the plan cannot renew (here a
+    material-immutable one) keeps its live expiry and is warned about."""
+    lease = ("30d", "7d")
+    desired = {"due": {"lease": lease}, "fine": {"lease": lease}}
+    live = [
+        {"name": "due", "material_expires_at": "2026-06-06T00:00:00Z", "fingerprint": "fp:other"},
+        {"name": "fine", "material_expires_at": "2026-06-11T00:00:00Z"},
+    ]
+    warned = "due: material of key key-due expires at 2026-06-06T00:00:00Z, in 5 day(s) (renew_before 7d)"
+    assert _warnings(desired, live) == [warned]
+    assert _warnings(desired, live, days=0) == [warned]
+    assert _warnings(desired, live, days=365) == [warned]

@@ -31,6 +31,7 @@ from provisioner.model import (
     Diagnostics,
     KeySpec,
     KeyUsage,
+    Lease,
     Location,
     MaterialFormat,
     MaterialSource,
@@ -51,6 +52,8 @@ MAX_USER_TAGS = MAX_TAGS_PER_KEY - len(RESERVED_TAGS)
 #: Aliases: alias/ followed by 1..255 of letters, digits, _ - / (KMS alias rules).
 ALIAS_RE = re.compile(r"alias/[A-Za-z0-9_/-]{1,255}")
 FORBIDDEN_ALIAS_PREFIX = "alias/acs"
+#: `expiry.lease` and `expiry.renew_before` (DESIGN section 11); the schema holds the same pattern.
+LEASE_RE = re.compile(r"[1-9][0-9]{0,4}[hd]")
 RFC3339_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
 )
@@ -300,7 +303,7 @@ def _check_key(
         )
     tags = _key_tags(doc, name, body, default_tags, diags)
     aliases = _key_aliases(doc, name, body, state, diags)
-    expiry = _key_expiry(doc, name, body, diags)
+    expiry, lease = _key_expiry(doc, name, body, diags)
     protected, window = _key_deletion(doc, name, body, desired_state, diags)
     material = _check_material_block(doc, name, body, base, desired_state, diags)
     if material is not None and spec is not None:
@@ -331,6 +334,7 @@ def _check_key(
         adopt=adopt,
         moved_from=moved_from,
         adopt_at=doc.loc((*base, "adopt")) if adopt is not None else None,
+        lease=lease,
     )
 
 
@@ -471,13 +475,18 @@ def _key_aliases(
     return aliases
 
 
-def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: Diagnostics) -> datetime | None:
+def _key_expiry(
+    doc: Doc, name: str, body: dict[str, Any], diags: Diagnostics
+) -> tuple[datetime | None, Lease | None]:
+    """(a fixed expiry, a lease): at most one of them; (None, None) is `never`."""
     raw_expiry = body.get("expiry", "never")
+    if isinstance(raw_expiry, dict):
+        return None, _key_lease(doc, name, raw_expiry, diags)
     if not isinstance(raw_expiry, str):
-        return None  # the schema reported it
+        return None, None  # the schema reported it
     at = doc.loc(("keys", name, "expiry"))
     try:
-        return parse_expiry(raw_expiry)
+        return parse_expiry(raw_expiry), None
     except ExpiryOutOfRange:
         diags.add(
             Diagnostic(
@@ -494,7 +503,27 @@ def _key_expiry(doc: Doc, name: str, body: dict[str, Any], diags: Diagnostics) -
                 'e.g. "2027-06-30T00:00:00Z"',
             )
         )
-    return None
+    return None, None
+
+
+def _key_lease(doc: Doc, name: str, raw: dict[str, Any], diags: Diagnostics) -> Lease | None:
+    """`expiry: {lease, renew_before}` whose fields the schema found well formed: renew_before < lease."""
+    lease, renew = raw.get("lease"), raw.get("renew_before")
+    if not (isinstance(lease, str) and isinstance(renew, str)):
+        return None  # the schema reported it
+    if not (LEASE_RE.fullmatch(lease) and LEASE_RE.fullmatch(renew)):
+        return None  # the schema reported it
+    found = Lease(lease, renew)
+    if found.window >= found.length:
+        diags.add(
+            Diagnostic(
+                doc.loc(("keys", name, "expiry", "renew_before")),
+                f'key "{name}": expiry.renew_before {doc.show(renew)} must be shorter than '
+                f"expiry.lease {doc.show(lease)}",
+            )
+        )
+        return None
+    return found
 
 
 def _key_deletion(

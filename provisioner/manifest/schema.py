@@ -40,6 +40,7 @@ _PATTERN_HINTS = {
     "^(sha256:[0-9a-f]{64}|kcv:[0-9a-f]{16})$": (
         'expected "sha256:" followed by 64 lowercase hex digits (a symmetric key: "kcv:" followed by 16)'
     ),
+    "^[1-9][0-9]{0,4}[hd]$": 'expected 1..99999 followed by "h" (hours) or "d" (days), e.g. "30d"',
 }
 
 

@@ -207,6 +207,15 @@ def missing_adoptions(
     return out
 
 
+def with_lease(d: DesiredKey, key: ActualKey | None, now: datetime) -> DesiredKey:
+    """`d` with the expiry its lease wants at `now` (DESIGN section 11): the live key's while more than
+    `renew_before` of it is left, else a new lease from `now`. A key without a lease is returned as is."""
+    if d.lease is None:
+        return d
+    live = key.material_expires_at if key is not None and key.status in _HOLDS_MATERIAL else None
+    return replace(d, expiry=d.lease.expiry(live, now))
+
+
 class _Planner:
     def __init__(
         self,
@@ -216,6 +225,7 @@ class _Planner:
         fingerprints: Mapping[str, str],
         offline: bool = False,
         targets: frozenset[str] | None = None,
+        lease_now: datetime | None = None,
     ) -> None:
         if desired.stack != live.stack:
             raise ProvisionerError(
@@ -225,6 +235,7 @@ class _Planner:
         self.desired = desired
         self.live = live
         self.now = now
+        self.lease_now = lease_now or now
         self.fingerprints = fingerprints
         self.offline = offline
         self.targets = targets
@@ -298,6 +309,7 @@ class _Planner:
         if found is None:
             return
         ident, adopting = found
+        d = with_lease(d, ident.primary, self.lease_now)
         if ident.primary is None:
             self.plan_new(d)
         elif d.state is DesiredState.ABSENT and adopting:
@@ -610,6 +622,11 @@ class _Planner:
                 why = "key has no material"
             elif key.status is KeyStatus.MATERIAL_EXPIRED:
                 why = "material expired"
+            elif d.lease is not None:
+                why = (
+                    f"lease renewal ({d.lease}): material expires at "
+                    f"{format_time(key.material_expires_at) or 'never'}, new expiry {format_time(d.expiry)}"
+                )
             else:
                 why = (
                     f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
@@ -707,18 +724,21 @@ def make_plan(
     created_at: datetime | None = None,
     offline_material: bool = False,
     targets: Iterable[str] | None = None,
+    lease_now: datetime | None = None,
 ) -> Plan:
     """Compare the manifests with the live state. Pure: `now` and the material fingerprints are inputs.
 
     `offline_material`: no material was read (`plan --offline-material`); a key's fingerprint is its pin,
     or UNKNOWN_FINGERPRINT with a `fingerprint-unknown` note; apply resolves it (resolve_fingerprints).
     `targets` (--target): only keys of those names are planned; no other name gets a change or a note.
+    `lease_now`: the time leases are renewed from (default `now`); `apply --plan` passes the saved plan's
+    `created_at`, so a lease it renews is the lease the plan showed.
     """
     missing = missing_adoptions(desired, live, targets)
     if missing:
         raise ManifestError(missing)
     chosen = None if targets is None else frozenset(targets)
-    planner = _Planner(desired, live, now, fingerprints, offline_material, chosen)
+    planner = _Planner(desired, live, now, fingerprints, offline_material, chosen, lease_now)
     planner.run()
     return Plan(
         stack=desired.stack,

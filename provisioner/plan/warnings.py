@@ -18,37 +18,39 @@ from provisioner.plan.values import Action, Plan
 DEFAULT_EXPIRY_WARNING_DAYS = 30
 
 
-def expiring_detail(subject: str, expires: datetime, now: datetime, window_days: int) -> str:
-    """The words drift and plan use for material that expires within the warning window."""
+def expiring_detail(subject: str, expires: datetime, now: datetime, window: str) -> str:
+    """The words drift and plan use for material that expires within the warning window (`window`:
+    window_words())."""
     days = (expires - now).days
-    return (
-        f"material of {subject} expires at {format_time(expires)}, in {days} day(s) "
-        f"(warning window {window_days} days)"
-    )
+    return f"material of {subject} expires at {format_time(expires)}, in {days} day(s) ({window})"
 
 
 @dataclass(frozen=True)
 class ExpiryWarning:
-    """Material of `key` expires at `expires_at`, within `window_days` of the plan's `now`."""
+    """Material of `key` expires at `expires_at`, within `window` (window_words()) of the plan's `now`."""
 
     key: str
     key_id: str | None  # None: the key is created by the plan
     expires_at: datetime
-    window_days: int
+    window: str  # window_words()
     now: datetime
 
     def __str__(self) -> str:
         subject = "the new key" if self.key_id is None else f"key {self.key_id}"
-        return f"{self.key}: {expiring_detail(subject, self.expires_at, self.now, self.window_days)}"
+        return f"{self.key}: {expiring_detail(subject, self.expires_at, self.now, self.window)}"
 
 
-def warning_window_days(key: DesiredKey, default_days: int) -> int:
-    """How many days ahead a key's expiry is warned about.
+def warning_window(key: DesiredKey, default_days: int) -> timedelta:
+    """How far ahead a key's expiry is warned about: `--expiry-warning` days, or for a leased key
+    (`expiry: {lease, renew_before}`, DESIGN section 11) its `renew_before`."""
+    return key.lease.window if key.lease is not None else timedelta(days=default_days)
 
-    A leased key (`expiry: {lease, renew_before}`, DESIGN section 11) will warn within its
-    `renew_before` instead: return that here once DesiredKey carries a lease.
-    """
-    return default_days
+
+def window_words(key: DesiredKey, default_days: int) -> str:
+    """The window in a warning's words: `warning window 30 days`, or `renew_before 7d` of a lease."""
+    if key.lease is not None:
+        return f"renew_before {key.lease.renew_before}"
+    return f"warning window {default_days} days"
 
 
 def expiry_warnings(
@@ -63,14 +65,15 @@ def expiry_warnings(
         change = plan.change_for(d.name)
         expires: datetime | None
         if change is not None and {Action.IMPORT, Action.REIMPORT} & set(change.actions):
-            key_id, expires = change.key_id, d.expiry
+            # The expiry the plan imports with (a lease resolved), which `after` records.
+            key_id = change.key_id
+            expires = change.after.expiry if change.after is not None else d.expiry
         else:
             key = sort_identity(live.keys.get(d.name, ())).primary
             if key is None or key.status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED):
                 continue
             key_id, expires = key.key_id, key.material_expires_at
-        window = warning_window_days(d, days)
-        if expires is not None and now < expires <= now + timedelta(days=window):
-            out.append(ExpiryWarning(d.name, key_id, expires, window, now))
+        if expires is not None and now < expires <= now + warning_window(d, days):
+            out.append(ExpiryWarning(d.name, key_id, expires, window_words(d, days), now))
     return tuple(out)
 
