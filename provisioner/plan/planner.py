@@ -249,6 +249,11 @@ class _Planner:
             a.key for a in live.adopted.values() if a.key is not None and a.key.stack in (None, live.stack)
         ]
         self.our_ids = live.stack_key_ids | {k.key_id for k in adoptable}
+        # Who adopts each key: two references (KeyId, ARN, alias) may name one key.
+        self.adopters: dict[str, list[str]] = {}
+        for adopter, adopted in sorted(live.adopted.items()):
+            if adopted.key is not None:
+                self.adopters.setdefault(adopted.key.key_id, []).append(adopter)
         self.live = replace(live, foreign_keys=live.foreign_keys - {k.key_id for k in adoptable})
         # Who of ours holds each alias, from the keys themselves (the most direct fact).
         self.our_alias_owner: dict[str, str] = {}
@@ -364,6 +369,17 @@ class _Planner:
                 ViolationCode.DUPLICATE_IDENTITY,
                 f"adopt: names key {target.key_id}, but key {ident.primary.key_id} already carries the "
                 f"identity {d.name!r}: remove adopt:, or retire key {ident.primary.key_id} first",
+            )
+            return None
+        others = [n for n in self.adopters.get(target.key_id, ()) if n != d.name]
+        if others:
+            refs = self.live.adopted
+            whom = ", ".join(f"key {n!r} adopts too (adopt: {refs[n].reference})" for n in others)
+            self.violate(
+                d.name,
+                ViolationCode.DUPLICATE_IDENTITY,
+                f"adopt: names key {target.key_id}, which {whom}: one KMS key is one key of the set; "
+                f"keep one adopt: of it",
             )
             return None
         if target.stack is not None:
