@@ -701,6 +701,7 @@ def _check_material_block(
         return None
     kind = SourceKind(given[0])
     value = block[given[0]]
+    _check_env_source_names(doc, name, base, block, diags)
     pass_env = block.get("pass_env")
     if pass_env is not None and kind is not SourceKind.COMMAND:
         diags.add(
@@ -726,6 +727,23 @@ def _check_material_block(
             fingerprint=block.get("fingerprint"), location=at, pass_env=names,
         )
     return None  # ill-typed: the schema reported it
+
+
+def _check_env_source_names(
+    doc: Doc, name: str, base: DocPath, block: dict[str, Any], diags: Diagnostics
+) -> None:
+    """A credential is never material: `env:` and `passphrase_env` may not name a never-readable
+    variable (else a plan would print a check value of it, or say whether it is set, how long and in
+    what alphabet). Names only: a material variable holds -----BEGIN by right."""
+    from provisioner.trust import never_readable_rule
+
+    for source_field in ("env", "passphrase_env"):
+        variable = block.get(source_field)
+        rule = never_readable_rule(variable, {}) if isinstance(variable, str) else None
+        if rule is not None:
+            where = doc.loc((*base, "material", source_field))
+            what = f'key "{name}": material.{source_field} {doc.show(variable)}'
+            diags.add(Diagnostic(where, f"{what}: {rule}"))
 
 
 def _check_pass_env_names(
