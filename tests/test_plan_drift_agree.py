@@ -11,8 +11,8 @@ from plan_builders import default_fingerprints, desired_key, live_state, manifes
 from test_plan_properties import NOW, desired_sets, live_sets
 
 from provisioner.drift import DriftKind, make_drift
-from provisioner.model import ActualKey, DesiredState, ManifestSet
-from provisioner.plan.planner import make_plan, sort_identity
+from provisioner.model import ActualKey, ManifestSet
+from provisioner.plan.planner import make_plan
 from provisioner.plan.values import Action, Plan
 
 #: Drift kinds that are warnings about time, not differences: the plan has nothing to do about them.
@@ -21,11 +21,6 @@ WARNINGS = frozenset({DriftKind.MATERIAL_EXPIRING})
 
 def _exempt(name: str, desired: ManifestSet, keys: tuple[ActualKey, ...], plan: Plan) -> str | None:
     """Why the plan and drift may disagree about key `name`, or None when they must agree."""
-    primary = sort_identity(keys).primary
-    state = next(k.state for k in desired.keys if k.name == name)
-    if primary is None and state is DesiredState.MATERIAL_DELETED:
-        # A finding, kept as it is (behaviour unchanged): see the report of issue 11, point 2.
-        return "drift reports a foreign alias of a key that is not created; the plan claims none for it"
     change = plan.change_for(name)
     if change is not None and change.actions == (Action.REIMPORT,) and "expiry changes" in change.reason:
         return "the plan reimports for a new expiry; drift reports expiry only when it is near or past"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
-from provisioner.compare import KeyDiff, compare
+from provisioner.compare import KeyDiff, compare, foreign_aliases
 from provisioner.errors import ManifestError, MaterialError, ProvisionerError, StalePlan
 from provisioner.model import (
     MANAGED_TAGS,
@@ -439,10 +439,12 @@ class _Planner:
             return
         if d.state is DesiredState.MATERIAL_DELETED:
             # Creating an empty key only to keep it empty helps nobody; its identity tag would need a
-            # fingerprint we may not have. Say so instead of doing it.
+            # fingerprint we may not have. Say so instead of doing it. An alias it lists that a key of
+            # another owner holds is still a conflict (drift reports it as unmanaged-alias).
             self.notes.append(
                 Note(d.name, "key does not exist and its state is material-deleted: nothing to create")
             )
+            self.plan_alias_claims(d)
             return
         ok = self.check_expiry(d)
         claims = self.plan_alias_claims(d)
@@ -480,11 +482,17 @@ class _Planner:
         create: list[str] = []
         move: list[str] = []
         conflict = False
-        for a in sorted(d.aliases if wanted is None else wanted):
+        aliases = sorted(d.aliases if wanted is None else wanted)
+        # The same test as drift's unmanaged-alias (compare.foreign_aliases), for aliases no key of ours
+        # holds.
+        foreign = foreign_aliases(
+            [a for a in aliases if a not in self.our_alias_owner], self.live, self.our_ids
+        )
+        for a in aliases:
             owner = self.our_alias_owner.get(a)
             if owner is None:
                 owner = self.live.alias_owners.get(a)
-                if owner is not None and (owner not in self.our_ids or owner in self.live.foreign_keys):
+                if a in foreign:
                     self.violate(
                         d.name,
                         ViolationCode.ALIAS_CONFLICT,
