@@ -127,7 +127,16 @@ def expiry_warning_option(what: str) -> Callable[[F], F]:
 
 
 def color_option(f: F) -> F:
+    """--no-color: plain text output (also NO_COLOR, TERM=dumb, or standard output not a terminal)."""
     return click.option("--no-color", is_flag=True, default=False, help="Plain text output.")(f)
+
+
+def plain_option(f: F) -> F:
+    """--no-color on a command that never colours: accepted, so that every command takes it."""
+    return click.option(
+        "--no-color", is_flag=True, default=False, expose_value=False,
+        help="Plain text output (this command always prints plain text).",
+    )(f)
 
 
 def target_option(f: F) -> F:
@@ -138,8 +147,16 @@ def target_option(f: F) -> F:
     )(f)
 
 
-def use_color(no_color: bool) -> bool:
-    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+def use_color(no_color: bool, stream: Any = None) -> bool:
+    """Colour only on a terminal that can show it: not with --no-color, a non-empty NO_COLOR
+    (no-color.org), TERM=dumb, or output that is not a terminal (a pipe, a file, a CI log)."""
+    out = sys.stdout if stream is None else stream
+    if no_color or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _fail(message: str) -> NoReturn:
@@ -228,6 +245,7 @@ def _format_option(command: views.Command[Any], help_text: str = "Output format.
 @click.option("--offline-material", is_flag=True, default=False, help="Do not read private material.")
 @_format_option(views.VALIDATE, help_text="json: the diagnostics as a JSON list on standard output.")
 @allow_commands_option
+@plain_option
 @handle_errors
 def validate(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], offline_material: bool,
@@ -298,6 +316,7 @@ def emulator() -> None:
     help="Share of calls answered 503 ServiceUnavailableTemporary, before any state change.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for --fault-rate, for reproducible runs.")
+@plain_option
 @handle_errors
 def serve(
     host: str,
@@ -432,6 +451,7 @@ def _symmetric_file(path: Path, material_format: str, option: str) -> SymmetricM
     "FILE is a symmetric key (Aliyun_AES_256: 32 bytes, Aliyun_SM4: 16) written as raw bytes, hex or "
     "base64: print its key check value, kcv:<16 hex>, to pin in material.fingerprint."
 )
+@plain_option
 @handle_errors
 def fingerprint(file: Path, passphrase_env: str | None, material_format: str | None) -> int:
     """Print sha256:<64 hex> of the public key of a private or public key FILE (PEM or DER), or with
@@ -478,6 +498,7 @@ def fingerprint(file: Path, passphrase_env: str | None, material_format: str | N
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Write the base64 result to this file (mode 0600) instead of standard output.",
 )
+@plain_option
 @handle_errors
 def wrap(
     public_key: Path, material_file: Path, algorithm: str | None, passphrase_env: str | None,
@@ -1074,6 +1095,7 @@ def show(
     help="The stack of the generated manifest.",
 )
 @_format_option(views.DISCOVER, "Output format: the manifest YAML.")
+@plain_option
 @handle_errors
 def discover(
     backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...], stack: str, fmt: str

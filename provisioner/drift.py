@@ -109,11 +109,12 @@ class DriftReport:
         }
 
 
-def _expiry_words(d: DesiredKey) -> str:
-    """The expiry the manifest declares: a time, `never`, or its lease."""
+def _expected_validity(d: DesiredKey, until: datetime) -> str:
+    """What drift expects of material that expired or expires soon: its lease, or validity past
+    `until` (not the declared time, which the found one often equals)."""
     if d.lease is not None:
         return str(d.lease)
-    return format_time(d.expiry) or "never"
+    return f"expiry after {format_time(until)}"
 
 
 def _status_word(key: ActualKey) -> str:
@@ -263,7 +264,7 @@ class _Drift:
                 d.name,
                 DriftKind.MATERIAL_EXPIRED,
                 f"material of key {key.key_id} expired at {format_time(expires) or 'an unknown time'}",
-                _expiry_words(d),
+                _expected_validity(d, self.now),
                 format_time(expires),
             )
             return
@@ -274,7 +275,7 @@ class _Drift:
                 expiring_detail(
                     f"key {key.key_id}", expires, self.now, window_words(d, self.warning_days)
                 ),
-                _expiry_words(d),
+                _expected_validity(d, self.now + warning_window(d, self.warning_days)),
                 format_time(expires),
             )
         if status is KeyStatus.DISABLED and d.state is DesiredState.PRESENT:

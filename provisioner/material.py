@@ -72,7 +72,10 @@ def _is_encrypted_pkcs8(der: bytes) -> bool:
     )
 
 
-_NEEDS_PASSPHRASE = "the private key is encrypted and no passphrase was given (set passphrase_env)"
+_NEEDS_PASSPHRASE = (
+    "the private key is encrypted and no passphrase was given: name the environment variable that holds "
+    "it (material.passphrase_env in a manifest, --passphrase-env VAR on the command line)"
+)
 _BAD_PASSPHRASE = "the private key does not decrypt with the given passphrase"
 _GARBAGE = NOT_A_KEY_MESSAGE
 _PUBLIC = PUBLIC_KEY_MESSAGE
@@ -549,6 +552,13 @@ def fingerprint_of_public_key(data: bytes) -> str:
     return fingerprint_of_spki(spki)
 
 
+#: `fingerprint` takes a public key too, so its "not a key" names both kinds.
+_NO_KEY_FOR_FINGERPRINT = (
+    "holds no public or private key in PEM or DER (public: SubjectPublicKeyInfo or PKCS#1; "
+    "private: PKCS#1, SEC1 or PKCS#8); give the key file itself"
+)
+
+
 def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:
     """The fingerprint of the public key of a private or public key file (PEM or DER)."""
     disable_core_dumps()
@@ -573,6 +583,8 @@ def fingerprint_of_key_file(path: Path, passphrase: bytes | None = None) -> str:
     except MaterialError as e:
         if str(e) == _PUBLIC:
             raise MaterialError(f"file {path}: public key of an unsupported type") from None
+        if str(e) == _GARBAGE:
+            raise MaterialError(f"file {path}: {_NO_KEY_FOR_FINGERPRINT}") from None
         raise MaterialError(f"file {path}: {e}") from None
     material.wipe()
     return material.fingerprint

@@ -365,7 +365,10 @@ def test_cli_reports_each_failure_and_exits_1(
     monkeypatch.setattr(Kms, "create_alias", create_alias)
     r = run_cli(["apply", "manifests", "--auto-approve"])
     assert r.code == 1
-    assert "Apply complete: 2 key(s) changed, 1 failed." in r.stdout
+    assert (
+        "Apply failed: 1 key(s) failed, 2 changed (kept). Fix each cause below, then plan and apply again: "
+        "the new plan holds only what is left to do." in r.stdout.splitlines()
+    )
     assert "  b: CreateAlias: Forbidden.NoPermission: planted refusal (request id r1)" in r.stdout
     assert "b: FAILED after [created key-" in r.stderr
     r = run_cli(["apply", "manifests", "--auto-approve", "--format", "json"])

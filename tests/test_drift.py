@@ -47,7 +47,7 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]], dict[str
                 "a",
                 "material-expired",
                 "expired at 2026-05-01T00:00:00Z",
-                "2026-05-01T00:00:00Z",
+                "expiry after 2026-06-01T00:00:00Z",
                 "2026-05-01T00:00:00Z",
             )
         ],
@@ -62,7 +62,7 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]], dict[str
                 "a",
                 "material-expiring",
                 "in 10 day(s) (warning window 30 days)",
-                "2026-06-11T00:00:00Z",
+                "expiry after 2026-07-01T00:00:00Z",
                 "2026-06-11T00:00:00Z",
             )
         ],

@@ -152,7 +152,10 @@ def test_public_key_instead_of_private() -> None:
 
 def test_encrypted_without_or_with_wrong_passphrase() -> None:
     for data, _ in encodings(rsa_key())[5:]:
-        needs = r"encrypted and no passphrase was given \(set passphrase_env\)"
+        needs = (
+            r"encrypted and no passphrase was given: name the environment variable that holds it "
+            r"\(material\.passphrase_env in a manifest, --passphrase-env VAR on the command line\)"
+        )
         with pytest.raises(MaterialError, match=needs):
             parse_private_key(data)
         with pytest.raises(MaterialError, match="does not decrypt with the given passphrase"):
@@ -369,7 +372,7 @@ def test_fingerprint_of_key_file_errors(tmp_path: Path) -> None:
     with pytest.raises(MaterialError, match=f"^file {tmp_path / 'x'}: no such file$"):
         fingerprint_of_key_file(tmp_path / "x")
     junk = write_key(tmp_path / "junk", b"junk")
-    with pytest.raises(MaterialError, match=f"^file {junk}: does not hold a private key"):
+    with pytest.raises(MaterialError, match=f"^file {junk}: holds no public or private key in PEM or DER"):
         fingerprint_of_key_file(junk)
     p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
     p384_pem = p384.public_bytes(Enc.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

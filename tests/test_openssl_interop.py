@@ -186,5 +186,6 @@ def test_encrypted_openssl_keys_load(tmp_path: Path) -> None:
         assert (result.exit_code, result.stdout) == (0, fingerprints[name]), (name, result.stderr)
         code, _, err = run("fingerprint", path)
         assert code == 1
-        assert err == f"error: file {path}: the private key is encrypted and no passphrase was given " \
-            "(set passphrase_env)\n"
+        assert err == f"error: file {path}: the private key is encrypted and no passphrase was given: " \
+            "name the environment variable that holds it (material.passphrase_env in a manifest, " \
+            "--passphrase-env VAR on the command line)\n"

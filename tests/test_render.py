@@ -87,7 +87,7 @@ def test_plan_text_symbols_and_no_colour() -> None:
     assert '      - tag old = "1"' in lines
     assert "      + alias alias/u" in lines
     assert "      - alias alias/old" in lines
-    assert '      ↻ material expiry: "never" -> "2027-01-01T00:00:00Z"' in lines
+    assert '      ↻ material: none (deleted) -> imported again, expiry = "2027-01-01T00:00:00Z"' in lines
     assert "      ~ deletion_protection: true -> false" in lines
     assert "      - key, after a pending window of 30 days" in lines
     assert "  # orph: key key-orph of stack 'payments' is not in the manifests; it is left alone" in lines

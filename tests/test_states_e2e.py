@@ -307,7 +307,9 @@ def test_a_disabled_key_that_comes_back_empty_is_disabled_by_the_next_plan(
         run.stderr.splitlines()
     )
     assert run.stdout.splitlines()[-2:] == [
-        "Apply complete: 0 key(s) changed, 1 failed.", f"  cold: {error}"
+        "Apply failed: 1 key(s) failed, 0 changed (kept). Fix each cause below, then plan and apply again: "
+        "the new plan holds only what is left to do.",
+        f"  cold: {error}",
     ]
     assert state(account, cold) == "PendingImport"
     assert actions(plan_doc(stack, account)) == {"cold": ["reimport", "disable"]}

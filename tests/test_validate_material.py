@@ -159,8 +159,9 @@ def test_encrypted_without_passphrase(tmp_path: Path) -> None:
     result, at = validate(tmp_path, ["file: k.pem"])
     assert_one_error(
         result,
-        f"{at}file {tmp_path / 'k.pem'}: the private key is encrypted and no passphrase was given "
-        "(set passphrase_env)",
+        f"{at}file {tmp_path / 'k.pem'}: the private key is encrypted and no passphrase was given: "
+        "name the environment variable that holds it (material.passphrase_env in a manifest, "
+        "--passphrase-env VAR on the command line)",
     )
 
 

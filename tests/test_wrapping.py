@@ -290,7 +290,8 @@ def test_fingerprint_command_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["fingerprint", str(garbage)])
     assert result.exit_code == 1
     assert result.stderr == (
-        f"error: file {garbage}: does not hold a private key in PEM or DER (PKCS#1, SEC1 or PKCS#8)\n"
+        f"error: file {garbage}: holds no public or private key in PEM or DER (public: SubjectPublicKeyInfo "
+        "or PKCS#1; private: PKCS#1, SEC1 or PKCS#8); give the key file itself\n"
     )
     result = CliRunner(env={"PW": None}).invoke(cli, ["fingerprint", str(garbage), "--passphrase-env", "PW"])
     assert (result.exit_code, result.stderr) == (

@@ -40,7 +40,13 @@ class ApplyText(View):
     def result(self, result: ApplyResult) -> str:
         failed = [o for o in result.outcomes if not o.ok]
         changed = len(result.outcomes) - len(failed)
-        lines = [f"Apply complete: {changed} key(s) changed, {len(failed)} failed."]
+        if failed:
+            lines = [
+                f"Apply failed: {len(failed)} key(s) failed, {changed} changed (kept). Fix each cause "
+                f"below, then plan and apply again: the new plan holds only what is left to do."
+            ]
+        else:
+            lines = [f"Apply complete: {changed} key(s) changed, 0 failed."]
         lines += [visible(f"  {o.key}: {o.error}") for o in failed]
         return "".join(line + "\n" for line in lines)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.diagnostics import Diagnostic, Severity
-from provisioner.model import format_time
+from provisioner.model import KeyStatus, format_time
 from provisioner.plan.planfile import plan_to_dict
 from provisioner.plan.values import Action, Change, Plan
 from provisioner.views import View
@@ -157,8 +157,13 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
         if Action.REIMPORT in change.actions:
             old = (None if before is None else format_time(before.material_expires_at)) or "never"
             new = (None if after is None else format_time(after.expiry)) or "never"
-            moved = f"material expiry: {quoted(old)} -> {quoted(new)}"
-            lines.append(("↻", moved if old != new else f"expiry = {quoted(new)}"))
+            if status == KeyStatus.PENDING_IMPORT.value:
+                # The key holds no material (deleted): there is no old expiry to move from.
+                lines.append(("↻", f"material: none (deleted) -> imported again, expiry = {quoted(new)}"))
+            elif old != new:
+                lines.append(("↻", f"material expiry: {quoted(old)} -> {quoted(new)}"))
+            else:
+                lines.append(("↻", f"expiry = {quoted(new)}"))
         if Action.DELETE_MATERIAL in change.actions:
             lines.append(("x", "material (the key stays, unusable until reimported)"))
         if Action.DISABLE in change.actions:
@@ -215,7 +220,7 @@ def render_plan_text(plan: Plan, *, color: bool) -> str:
     if plan.has_changes:
         out.append(_summary_line(plan))
     elif not plan.violations:
-        out.append(_NO_CHANGES[bool(plan.targets)])
+        out.append(_no_changes_words(plan))
     if plan.violations:
         blocked = f"Plan blocked: {len(plan.violations)} violation(s); nothing will be applied."
         out.append(paint(blocked, RED + ";" + BOLD))
@@ -227,6 +232,15 @@ _NO_CHANGES = {
     False: "No changes. The live keys match the manifests.",
     True: "No changes. The targeted keys match the manifests.",
 }
+
+
+def _no_changes_words(plan: Plan, where: str = "above") -> str:
+    """The no-change line; with notes (an orphan left alone, an unknown fingerprint) it says that the
+    keys match and points at the notes, rather than claim that everything live matches."""
+    words = _NO_CHANGES[bool(plan.targets)]
+    if not plan.notes:
+        return words
+    return f"{words.removesuffix('.')}; {len(plan.notes)} note(s) {where} need no change, read them."
 
 
 def _targeted_words(plan: Plan, name: Callable[[str], str]) -> str:
@@ -310,7 +324,7 @@ def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     if plan.violations:
         head += [f"**Blocked**: {len(plan.violations)} violation(s); nothing will be applied.", ""]
     elif not plan.has_changes:
-        head += [_NO_CHANGES[bool(plan.targets)], ""]
+        head += [_no_changes_words(plan, "below"), ""]
     summary = plan.summary
     head.append("| " + " | ".join(a.value for a in Action) + " |")
     head.append("|" + "---|" * len(Action))
