@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 import click
 
 from provisioner import views
+from provisioner.diagnostics import Diagnostic, Diagnostics, Location, Severity
 from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.escape import visible
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from provisioner.backend.base import Kms
     from provisioner.emulator.server import EmulatorConfig
     from provisioner.manifest import MaterialRead
-    from provisioner.model import BackendConfig, Diagnostic, Diagnostics, LiveState, ManifestSet
+    from provisioner.model import BackendConfig, LiveState, ManifestSet
     from provisioner.plan.values import Plan
     from provisioner.symmetric import SymmetricMaterial
 
@@ -565,17 +566,22 @@ def _load_stage(
     offline_material: bool,
     echo_warnings: bool = True,
     allow_commands: bool = False,
+    warn_unused: bool = True,
 ) -> tuple[ManifestSet, dict[str, str], Diagnostics]:
-    """validate: render, parse, check manifests and (unless offline) read material fingerprints."""
+    """validate: render, parse, check manifests and (unless offline) read material fingerprints.
+    `warn_unused`: a warning for each --var / --var-file variable no template reads."""
     from provisioner.manifest import validate_manifests
 
+    variables = _variables(var, var_files)
     ms, fingerprints, warnings = validate_manifests(
         paths or (DEFAULT_MANIFEST_PATH,),
-        variables=_variables(var, var_files),
+        variables=variables,
         offline_material=offline_material,
         allow_env=allow_env_flags(),
         allow_commands=allow_commands,
     )
+    if warn_unused:
+        warnings = Diagnostics([*warnings, *_unused_variables(ms, variables, var, var_files)])
     if echo_warnings:
         _echo_diagnostics(warnings)
     return ms, fingerprints, warnings
@@ -588,14 +594,16 @@ def _material_stage(
     a run (the material read to plan is the material applied). The caller wipes it."""
     from provisioner.manifest import validate_with_material
 
+    variables = _variables(var, var_files)
     ms, read = validate_with_material(
         paths or (DEFAULT_MANIFEST_PATH,),
-        variables=_variables(var, var_files),
+        variables=variables,
         keep=True,
         allow_env=allow_env_flags(),
         allow_commands=allow_commands,
     )
     _echo_diagnostics(read.diagnostics)
+    _echo_diagnostics(_unused_variables(ms, variables, var, var_files))
     return ms, read
 
 
@@ -608,6 +616,30 @@ def _variables(var: tuple[str, ...], var_files: tuple[Path, ...]) -> dict[str, o
 def _echo_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
     for d in diagnostics:
         click.echo(str(d), err=True)
+
+
+def _unused_variables(
+    ms: ManifestSet, variables: dict[str, object], var: tuple[str, ...], var_files: tuple[Path, ...]
+) -> list[Diagnostic]:
+    """A warning per variable that no manifest template reads: a misspelt name otherwise passes
+    silently and the template's own default (or a stale value) is used. Values are never shown."""
+    given = _parse_vars(var)
+    out = []
+    for name in sorted(set(variables) - ms.variables_read):
+        if name in given:
+            where, flag = Location("<command line>"), f"--var {name}"
+        else:
+            where = Location(str(var_files[0]) if len(var_files) == 1 else "<command line>")
+            flag = f"variable {name} of --var-file"
+        out.append(
+            Diagnostic(
+                where,
+                f"{flag}: no manifest template reads this variable, so it changes nothing; "
+                f"check its spelling against the templates, or drop it",
+                Severity.WARNING,
+            )
+        )
+    return out
 
 
 def _open_stage(
@@ -928,7 +960,7 @@ def _reviewed_plan(
     if saved.blocked:
         _echo_violations(saved)
         raise PlanBlocked(f"the plan is blocked by {len(saved.violations)} violation(s); nothing applied")
-    reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+    reviewed, _, _ = _load_stage(paths, var, var_files, offline_material=True, warn_unused=False)
     check_manifest_digest(saved, reviewed)
     check_instructions(saved)
     return saved

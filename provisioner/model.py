@@ -292,6 +292,8 @@ class ManifestSet:
     #: Scans every rendered string for the material given (a leakscan.MaterialIndex): the located
     #: errors, which never show the string. Set by manifest.load_manifests; check_material calls it.
     material_scan: Callable[[Any], Diagnostics] | None = field(default=None, repr=False, compare=False)
+    #: Every template variable some file reads (env excluded), to warn of a --var none uses.
+    variables_read: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,12 @@ Shared by the suites that drive the command line as a user would (hostile input,
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +50,39 @@ def example_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in AMBIENT:
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+def run_on_a_terminal(args: list[str], cwd: Path, extra_env: dict[str, str]) -> tuple[int, str]:
+    """Run `provision ARGS` with standard output on a pseudo-terminal; (exit code, what it printed)."""
+    # A terminal that shows colour, whatever the one running the tests is (TERM=dumb in some CI).
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env["TERM"] = "xterm-256color"
+    env.update(extra_env)
+    code = "import sys; from provisioner.cli import main; main(sys.argv[1:])"
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=cwd, env=env, stdout=slave, stderr=subprocess.PIPE,
+        )
+        os.close(slave)
+        slave = -1
+        chunks: list[bytes] = []
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    return proc.returncode, b"".join(chunks).decode()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 from backends import Backend
+from cli_support import run_on_a_terminal
 from e2e_support import (
     ANSI,
     STACK,
@@ -267,48 +266,14 @@ def test_local_backend_plans_with_no_account_and_announces_itself(
     assert_no_secret(run.stdout + run.stderr, pem_files(stack))
 
 
-def _run_on_a_terminal(args: list[str], cwd: Path, extra_env: dict[str, str]) -> tuple[int, str]:
-    """Run `provision ARGS` with standard output on a pseudo-terminal; (exit code, what it printed)."""
-    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-    env.update(extra_env)
-    code = "import sys; from provisioner.cli import main; main(sys.argv[1:])"
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], cwd=cwd, env=env, stdout=slave, stderr=subprocess.PIPE,
-        )
-        os.close(slave)
-        slave = -1
-        chunks: list[bytes] = []
-        while True:
-            ready, _, _ = select.select([master], [], [], 30)
-            if not ready:
-                break
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        proc.wait(timeout=30)
-        assert proc.stderr is not None
-        proc.stderr.close()
-    finally:
-        os.close(master)
-        if slave != -1:
-            os.close(slave)
-    return proc.returncode, b"".join(chunks).decode()
-
-
 @pytest.mark.one_backend("local", "colour is the text view's; a real process on a terminal, no server")
 def test_colour_on_a_terminal_and_off_with_no_color(stack: Stack, tmp_path: Path) -> None:
     args = ["plan", str(stack.folder), "--backend", "local"]
-    code, shown = _run_on_a_terminal(args, tmp_path, {})
+    code, shown = run_on_a_terminal(args, tmp_path, {})
     assert code == 0
     assert ANSI.search(shown) is not None  # the control: a terminal gets colour
     for extra_args, env in (([], {"NO_COLOR": "1"}), (["--no-color"], {})):
-        code, shown = _run_on_a_terminal([*args, *extra_args], tmp_path, env)
+        code, shown = run_on_a_terminal([*args, *extra_args], tmp_path, env)
         assert code == 0
         assert "Plan: 3 to create" in shown
         assert "\x1b" not in shown

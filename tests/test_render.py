@@ -110,6 +110,24 @@ def test_plan_text_no_changes() -> None:
     assert "Plan:" not in text
 
 
+def test_no_changes_next_to_an_orphan_points_at_the_note() -> None:
+    desired = manifest([desired_key("a")])
+    live = live_state([actual_key({"name": "a"}), actual_key({"name": "orph"})])
+    plan = make_plan(desired, live, now=NOW, fingerprints=default_fingerprints(desired), backend=BACKEND)
+    assert not plan.has_changes and len(plan.notes) == 1
+    lines = render_plan_text(plan, color=False).splitlines()
+    assert lines[-3:] == [
+        "  # orph: key key-orph of stack 'payments' is not in the manifests; it is left alone",
+        "",
+        "No changes. The keys the manifests declare match the live keys; 1 note(s) above need no change, "
+        "read them.",
+    ]
+    md = render_plan_markdown(plan)
+    no_change = "No changes. The keys the manifests declare match the live keys; 1 note(s) below need no"
+    assert f"{no_change} change, read them." in md
+    assert md.index("note(s) below") < md.index("### Notes")
+
+
 def test_plan_text_blocked() -> None:
     text = render_plan_text(_blocked_plan(), color=False)
     assert "  ! bad: alias-conflict: alias alias/theirs points at key key-x" in text

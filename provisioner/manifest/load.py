@@ -71,6 +71,7 @@ def load_manifests(
         files=displays,
         manifest_digest=digest,
         material_scan=lambda index: _scan_for_material(docs, index),
+        variables_read=frozenset().union(*(reads.names for _, reads in records)) - {"env"},
     )
 
 

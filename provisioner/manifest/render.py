@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import jinja2
+import jinja2.meta
 
 from provisioner import sandbox
 from provisioner.manifest.words import without_quotes
@@ -48,6 +49,8 @@ class EnvReads:
     missing: list[tuple[str, int]] = field(default_factory=list)
     bad_names: list[int] = field(default_factory=list)
     template: jinja2.Template | None = None
+    #: The variable names the template reads (jinja2.meta), so that an unused --var can be named.
+    names: frozenset[str] = frozenset()
 
     @property
     def tainted(self) -> bool:
@@ -181,6 +184,7 @@ def _render_now(
     if template is None:
         return None
     record.template = template
+    record.names = frozenset(jinja2.meta.find_undeclared_variables(_JINJA.parse(source)))
     env_fn = _env_function(record, policy or EnvPolicy.from_sources((), environ), environ)
     context: dict[str, object] = {**variables, "env": env_fn}
     rendered, undefined, failure = _render_all(template, context, source, display, record)

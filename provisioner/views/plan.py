@@ -237,10 +237,10 @@ _NO_CHANGES = {
 def _no_changes_words(plan: Plan, where: str = "above") -> str:
     """The no-change line; with notes (an orphan left alone, an unknown fingerprint) it says that the
     keys match and points at the notes, rather than claim that everything live matches."""
-    words = _NO_CHANGES[bool(plan.targets)]
     if not plan.notes:
-        return words
-    return f"{words.removesuffix('.')}; {len(plan.notes)} note(s) {where} need no change, read them."
+        return _NO_CHANGES[bool(plan.targets)]
+    keys = "The targeted keys match" if plan.targets else "The keys the manifests declare match"
+    return f"No changes. {keys} the live keys; {len(plan.notes)} note(s) {where} need no change, read them."
 
 
 def _targeted_words(plan: Plan, name: Callable[[str], str]) -> str:
