@@ -8,13 +8,14 @@ gives interspersed options, typed flags and help text for free.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
 import io
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
@@ -642,6 +643,41 @@ def _unused_variables(
     return out
 
 
+def _stderr_is_a_terminal() -> bool:
+    """Whether a line may be rewritten in place on standard error (not on TERM=dumb, a pipe, a log)."""
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _progress_stage(kms: Any, phase: str, total: int | None = None) -> Iterator[Any]:
+    """Progress of the calls made inside the block on standard error (views/progress.py), told by
+    the transport; the terminal line is cleared when the block ends, before anything else prints."""
+    from provisioner.backend.resilience import ResilientTransport
+    from provisioner.views.progress import Progress
+
+    terminal = _stderr_is_a_terminal()
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns if terminal else 80
+    except (OSError, ValueError, AttributeError):
+        width = 80
+    progress = Progress(phase, sys.stderr, terminal=terminal, total=total, width=width)
+    transport = getattr(kms, "transport", None)
+    observed = transport if isinstance(transport, ResilientTransport) else None
+    if observed is not None:
+        observed.observer = progress.on_call
+    try:
+        yield progress
+    finally:
+        if observed is not None:
+            observed.observer = None
+        progress.close()
+
+
 def _open_stage(
     manifest_backend: BackendConfig | None,
     backend: str | None,
@@ -713,15 +749,16 @@ def _refresh_stage(
     from provisioner.refresh import refresh
 
     chosen = [k for k in ms.keys if not targets or k.name in targets]
-    return refresh(
-        kms,
-        ms.stack,
-        now=now,
-        managed_names=[k.name for k in chosen],
-        confirm=confirm_policy(ms, fingerprints or {}),
-        targets=[n for k in chosen for n in (k.name, *k.moved_from)] if targets else None,
-        adopt={k.name: k.adopt for k in chosen if k.adopt is not None},
-    )
+    with _progress_stage(kms, "refresh"):
+        return refresh(
+            kms,
+            ms.stack,
+            now=now,
+            managed_names=[k.name for k in chosen],
+            confirm=confirm_policy(ms, fingerprints or {}),
+            targets=[n for k in chosen for n in (k.name, *k.moved_from)] if targets else None,
+            adopt={k.name: k.adopt for k in chosen if k.adopt is not None},
+        )
 
 
 def _make_plan_stage(
@@ -1025,13 +1062,14 @@ def _apply_stage(the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int 
     planned = {c.key for c in the_plan.changes if c.material is not None}
     materials = {name: m for name, m in read.materials.items() if name in planned}
     try:
-        return applying.apply_plan(
-            the_plan,
-            kms,
-            materials,
-            parallelism=parallelism or applying.DEFAULT_PARALLELISM,
-            progress=lambda line: click.echo(visible(line), err=True),
-        )
+        with _progress_stage(kms, "apply", total=len(the_plan.changes)) as progress:
+            return applying.apply_plan(
+                the_plan,
+                kms,
+                materials,
+                parallelism=parallelism or applying.DEFAULT_PARALLELISM,
+                progress=lambda line: progress.key_done(visible(line)),
+            )
     finally:
         read.wipe()
 
@@ -1064,15 +1102,16 @@ def drift(
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     now = _now()
     try:
-        live = refresh(
-            kms,
-            ms.stack,
-            now=now,
-            managed_names=[k.name for k in ms.keys],
-            confirm=(lambda key: True) if verify_material else None,
-            targets=chosen or None,
-        )
-        live = count_key_versions(kms, live)
+        with _progress_stage(kms, "refresh"):
+            live = refresh(
+                kms,
+                ms.stack,
+                now=now,
+                managed_names=[k.name for k in ms.keys],
+                confirm=(lambda key: True) if verify_material else None,
+                targets=chosen or None,
+            )
+            live = count_key_versions(kms, live)
     finally:
         kms.close()
     report = make_drift(
@@ -1105,13 +1144,14 @@ def show(
     chosen = _target_stage(ms, targets, "show")
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
-        live = refresh(
-            kms,
-            ms.stack,
-            now=_now(),
-            managed_names=[k.name for k in ms.keys if not chosen or k.name in chosen],
-            targets=chosen or None,
-        )
+        with _progress_stage(kms, "refresh"):
+            live = refresh(
+                kms,
+                ms.stack,
+                now=_now(),
+                managed_names=[k.name for k in ms.keys if not chosen or k.name in chosen],
+                targets=chosen or None,
+            )
     finally:
         kms.close()
     report = make_show(ms, live, backend=kms.info, targets=chosen or None)
@@ -1145,7 +1185,8 @@ def discover(
         )
     kms = _open_stage(None, backend, endpoint, region, qps, create=False)
     try:
-        found = read_unmanaged(kms, now=_now(), stack=stack)
+        with _progress_stage(kms, "discover"):
+            found = read_unmanaged(kms, now=_now(), stack=stack)
     finally:
         kms.close()
     for note in found.notes:

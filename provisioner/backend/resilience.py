@@ -11,6 +11,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from provisioner.backend.base import DEFAULT_QPS, QPS_MAX, QPS_MIN, QUOTA_GROUPS, Transport
@@ -31,6 +33,33 @@ class KmsConnectionError(BackendError):
         # False when the request certainly never left (connection refused, connect timeout).
         self.request_sent = request_sent
         super().__init__(f"{action}: cannot reach KMS at {endpoint}: {reason}")
+
+
+class CallStep(StrEnum):
+    """What one CallEvent reports."""
+
+    START = "start"  # an attempt is sent
+    DONE = "done"  # the call answered
+    THROTTLED = "throttled"  # the client-side rate limit holds the call back `seconds`
+    RETRY = "retry"  # the attempt failed with `reason`; the next one in `seconds`
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """What the transport tells its observer (the CLI's progress line). Of a call's parameters only
+    the KeyId is passed on: the others may hold material or an import token."""
+
+    step: CallStep
+    action: str
+    key_id: str | None
+    seconds: float = 0.0
+    reason: str = ""  # RETRY: the vendor's error code, or why there was no answer
+    attempt: int = 1
+    group: str = ""  # THROTTLED: the quota group, whose rate is `rate` calls a second
+    rate: float = 0.0
+
+
+Observer = Callable[[CallEvent], None]
 
 
 class TokenBucket:
@@ -57,14 +86,16 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._tat: float | None = None  # theoretical arrival time of the next call
 
-    def acquire(self) -> float:
-        """Wait for a slot; returns how long this caller waited."""
+    def acquire(self, on_wait: Callable[[float], None] | None = None) -> float:
+        """Wait for a slot; returns how long this caller waited (told to `on_wait` first)."""
         with self._lock:
             now = self._clock()
             tat = now if self._tat is None else max(self._tat, now)
             wait = max(0.0, tat - self._tolerance - now)
             self._tat = tat + self.interval
         if wait > 0:
+            if on_wait is not None:
+                on_wait(wait)
             self._sleep(wait)
         return wait
 
@@ -98,6 +129,8 @@ class ResilientTransport:
         }
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
+        #: Told of every attempt, wait and retry (progress); None: nobody listens.
+        self.observer: Observer | None = None
 
     def close(self) -> None:
         self.inner.close()
@@ -106,20 +139,35 @@ class ResilientTransport:
         with self._calls_lock:
             return sum(self.calls.values())
 
+    def _tell(self, step: CallStep, action: str, params: Mapping[str, Any], **facts: Any) -> None:
+        observer = self.observer
+        if observer is not None:
+            key_id = params.get("KeyId")
+            observer(CallEvent(step, action, key_id if isinstance(key_id, str) else None, **facts))
+
     def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        bucket = self._buckets.get(QUOTA_GROUPS.get(action, ""))
+        group = QUOTA_GROUPS.get(action, "")
+        bucket = self._buckets.get(group)
         attempts = 0
         started: float | None = None
+
+        def throttled(wait: float) -> None:
+            self._tell(
+                CallStep.THROTTLED, action, params, seconds=wait, group=group, rate=self.qps[group],
+                attempt=attempts + 1,
+            )
+
         while True:
             if bucket is not None:
-                bucket.acquire()
+                bucket.acquire(throttled if self.observer is not None else None)
             if started is None:
                 started = self._clock()
             attempts += 1
             with self._calls_lock:
                 self.calls[action] += 1
+            self._tell(CallStep.START, action, params, attempt=attempts)
             try:
-                return self.inner.call(action, params)
+                answer = self.inner.call(action, params)
             except KmsApiError as e:
                 if not e.retryable:
                     raise
@@ -131,11 +179,16 @@ class ResilientTransport:
                         "have been carried out: run plan again to see the live state"
                     ) from e
                 failure = e
+            else:
+                self._tell(CallStep.DONE, action, params, attempt=attempts)
+                return answer
             elapsed = self._clock() - started
             cap = min(self.max_delay, self.base_delay * 2 ** (attempts - 1))
             delay = self._rng() * cap  # full jitter: spreads retries of concurrent callers apart
             if elapsed + delay > self.max_elapsed:
                 raise _gave_up(failure, attempts, elapsed) from failure
+            reason = failure.code if isinstance(failure, KmsApiError) else failure.reason
+            self._tell(CallStep.RETRY, action, params, seconds=delay, reason=reason, attempt=attempts)
             self._sleep(delay)
 
 
