@@ -869,7 +869,7 @@ def plan(
     expiry_warning: int,
 ) -> int:
     """Read the live KMS state and print what apply would do. Exit 1 when blocked by a violation."""
-    from provisioner.plan.planfile import save_plan
+    from provisioner.plan.planfile import relative_materials, save_plan
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -886,7 +886,9 @@ def plan(
         )
     finally:
         kms.close()
-    click.echo(views.PLAN.view(fmt, color=use_color(no_color)).plan(the_plan), nl=False)
+    # A pull-request comment names material files as the saved plan does: relative, not the runner's.
+    shown = relative_materials(the_plan, Path.cwd()) if fmt == "markdown" else the_plan
+    click.echo(views.PLAN.view(fmt, color=use_color(no_color)).plan(shown), nl=False)
     if the_plan.blocked:
         _echo_violations(the_plan)
         click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)

@@ -7,6 +7,7 @@ Through the CLI on the shipped example (cli_support), as a user would type it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,36 @@ def test_fingerprint_of_no_key_names_both_kinds_it_takes(
         "error: file junk.txt: holds no public or private key in PEM or DER (public: SubjectPublicKeyInfo or "
         "PKCS#1; private: PKCS#1, SEC1 or PKCS#8); give the key file itself\n"
     )
+
+
+def test_markdown_plan_names_material_relative_and_marks_every_change_for_diff_colouring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from markdown_it import MarkdownIt
+
+    folder = example_workdir(tmp_path, monkeypatch)
+    code, _, err = run_main(["apply", "manifests", "--backend", "local", "--auto-approve"], capsys)
+    assert code == 0, err
+    manifest = folder / "manifests" / "payments.yaml"
+    text = manifest.read_text()
+    text = text.replace('expiry: "2099-12-31T23:59:59Z"', 'expiry: "2098-12-31T23:59:59Z"')  # a reimport
+    text = text.replace("team: payments,", "team: settlements,")  # a tag changed in place
+    text = text.replace("alias/payments/receipts-v1]", "alias/payments/receipts-v2]")  # one added, one gone
+    manifest.write_text(text)
+    code, out, err = run_main(["plan", "manifests", "--backend", "local", "--format", "markdown"], capsys)
+    assert code == 0, err
+    assert str(tmp_path) not in out  # the runner's folder is nobody's business on a pull request
+    assert "material from file manifests/keys/api-tokens.pem, fingerprint sha256:" in out
+    html = MarkdownIt("commonmark").enable("table").render(out)
+    assert "<table>" in html
+    blocks = re.findall(r'<pre><code class="language-diff">(.*?)</code></pre>', html, re.S)
+    assert len(blocks) == 2
+    lines = [line for block in blocks for line in block.splitlines()]
+    assert lines == [
+        "! ↻ material expiry: &quot;2099-12-31T23:59:59Z&quot; -&gt; &quot;2098-12-31T23:59:59Z&quot;",
+        "    material from file manifests/keys/api-tokens.pem, fingerprint "
+        "sha256:5b1e28559addd6a2bbb56e9a6b8bca91b46bc91d7594f4e6700f3a48e2907323",
+        "! tag team: &quot;payments&quot; -&gt; &quot;settlements&quot;",
+        "+ alias alias/payments/receipts-v2",
+        "- alias alias/payments/receipts-v1",
+    ]

@@ -259,4 +259,4 @@ def test_state_actions_in_text_and_markdown() -> None:
     md = render_plan_markdown(plan)
     assert "| 0 | 0 | 0 | 0 | 0 | 0 | 1 | 1 | 1 |" in md
     assert "#### `~` `cold` (`key-cold`): disable" in md
-    assert '```diff\n  ~ state: "enabled" -> "disabled"\n```' in md
+    assert '```diff\n! state: "enabled" -> "disabled"\n```' in md

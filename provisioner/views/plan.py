@@ -271,7 +271,13 @@ def render_plan_json(plan: Plan) -> str:
     return json_document(plan_to_dict(plan))
 
 
-_DIFF_SIGNS = {"+": "+", "-": "-", "x": "-"}
+#: The first character of a line in a ```diff block, which GitHub colours: + green, - red, ! orange
+#: (changed in place). A reimport keeps its own symbol after the `!`.
+_DIFF_MARKS = {"+": "+ ", "-": "- ", "x": "- ", "~": "! ", "↻": "! ↻ "}
+_DIFF_LEGEND = (
+    "_In each block: `+` added, `-` removed, `!` changed in place (`↻` a reimport); "
+    "material paths are relative to the directory the plan was made in._"
+)
 
 
 def _change_heading(change: Change) -> str:
@@ -282,14 +288,13 @@ def _change_heading(change: Change) -> str:
 
 
 def _markdown_changes(plan: Plan) -> list[str]:
-    out = ["### Changes", ""]
+    out = ["### Changes", "", _DIFF_LEGEND, ""]
     for change in plan.changes:
         out += [f"#### {_change_heading(change)}", "", f"_{md_text(change.reason)}_", ""]
         diff: list[str] = []
         for sign, text in _detail_lines(change):
-            # diff highlighting knows only + and -; a change or reimport reads as context.
-            mark = _DIFF_SIGNS.get(sign)
-            diff.append(f"{mark} {text}" if mark else f"  {sign} {text}".rstrip())
+            mark = _DIFF_MARKS.get(sign)
+            diff.append(f"{mark}{text}" if mark else f"  {sign} {text}".rstrip())  # context: not coloured
         out += [*md_fenced(diff, "diff"), ""]
     return out
 
