@@ -1197,6 +1197,41 @@ def discover(
     return 0
 
 
+@cli.command("schema")
+@plain_option
+@handle_errors
+def schema_command() -> int:
+    """Print the manifest JSON Schema (2020-12) for editors, e.g. `provision schema >
+    manifest.schema.json` and a `# yaml-language-server: $schema=...` line atop each manifest."""
+    from provisioner.manifest.schema import SCHEMA_FILE
+
+    click.echo(SCHEMA_FILE.read_text(encoding="utf-8"), nl=False)
+    return 0
+
+
+#: The shells Click writes a completion script for.
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
+@plain_option
+@handle_errors
+def completion(shell: str) -> int:
+    """Print the shell completion script of `provision` for SHELL: commands, options, choices.
+
+    bash: eval "$(provision completion bash)" in ~/.bashrc; zsh: the same in ~/.zshrc; fish:
+    provision completion fish > ~/.config/fish/completions/provision.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    script_class = get_completion_class(shell)
+    assert script_class is not None  # every COMPLETION_SHELLS name is one of Click's
+    script = script_class(cli, {}, "provision", "_PROVISION_COMPLETE").source()
+    click.echo(script if script.endswith("\n") else script + "\n", nl=False)
+    return 0
+
+
 def _show_click_error(e: click.ClickException) -> None:
     """click's own message, with the user's argument (echoed in it) on one line and escaped."""
     text = io.StringIO()
@@ -1208,7 +1243,11 @@ def _show_click_error(e: click.ClickException) -> None:
 
 def _run(argv: Sequence[str] | None, clock: Callable[[], datetime] | None) -> int:
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=clock)
+        # prog_name fixed: the completion scripts ask `_PROVISION_COMPLETE`, however main was started.
+        rv = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="provision", standalone_mode=False,
+            obj=clock,
+        )
     except click.exceptions.Abort:
         _fail("aborted")
     except click.ClickException as e:

@@ -159,3 +159,145 @@ def test_markdown_plan_names_material_relative_and_marks_every_change_for_diff_c
         "+ alias alias/payments/receipts-v2",
         "- alias alias/payments/receipts-v1",
     ]
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+REPO = Path(__file__).resolve().parent.parent
+BAD_MANIFESTS = REPO / "tests" / "bad_manifests"
+
+
+def _published_errors(data: object) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    from provisioner.manifest import manifest_schema
+
+    return sorted(e.message for e in Draft202012Validator(manifest_schema()).iter_errors(data))
+
+
+def test_schema_command_prints_the_published_schema_with_a_real_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jsonschema import Draft202012Validator
+
+    code, out, err = run_main(["schema"], capsys)
+    assert (code, err) == (0, "")
+    schema = json.loads(out)
+    Draft202012Validator.check_schema(schema)
+    assert out == (REPO / "schemas" / "manifest.schema.json").read_text()
+    assert schema["$id"] == (
+        "https://raw.githubusercontent.com/byok-provisioner/byok-provisioner/main/schemas/manifest.schema.json"
+    )
+    assert ".invalid" not in out
+
+
+def _manifest_files() -> list[Path]:
+    return [*sorted(BAD_MANIFESTS.rglob("*.yaml")), REPO / "manifests" / "payments.yaml"]
+
+
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
+def test_the_published_schema_never_refuses_what_validate_accepts(path: Path) -> None:
+    """An editor must not mark a manifest red that validate passes; one validate refuses it may
+    pass (the schema cannot say every rule)."""
+    import yaml
+
+    from provisioner.errors import ManifestError
+    from provisioner.manifest import load_manifests
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, ValueError):
+        pytest.skip("not YAML as written (a template or a syntax error)")
+    if not _published_errors(data):
+        return
+    with pytest.raises(ManifestError):
+        load_manifests([path], variables={}, environ={})
+
+
+_KEY = "  k:\n    spec: EC_P256\n    usage: SIGN/VERIFY\n    instance: kst-1\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "schema_says", "validate_says"),
+    [
+        (
+            '    expiry: "2027-06-30"\n'
+            "    material: {file: k.pem}\n",
+            "'2027-06-30' is not valid under any of the given schemas",
+            'a.yaml:8:13: error: expiry "2027-06-30" is neither "never" nor an RFC 3339 time with a zone, '
+            'e.g. "2027-06-30T00:00:00Z"',
+        ),
+        (
+            "    aliases: [web/foo]\n    material: {file: k.pem}\n",
+            "'web/foo' does not match '^alias/(?![Aa][Cc][Ss])[A-Za-z0-9_/-]{1,255}$'",
+            'a.yaml:8:15: error: alias "web/foo" must start with "alias/"',
+        ),
+        (
+            "    material: {file: k.pem, env: K}\n",
+            "{'file': 'k.pem', 'env': 'K'} is valid under each of {'required': ['env'], 'description': "
+            "'An environment variable.'}, {'required': ['file'], 'description': 'A key file.'}",
+            'a.yaml:8:15: error: key "k": material takes exactly one of file, env, command; got file and env',
+        ),
+        (
+            "    tags: {" + ", ".join(f"t{i}: v" for i in range(18)) + "}\n    material: {file: k.pem}\n",
+            "{" + ", ".join(f"'t{i}': 'v'" for i in range(18)) + "} has too many properties",
+            'a.yaml:8:11: error: key "k" has 18 tags (defaults included); at most 17 are allowed because KMS '
+            "allows 20 per key and the provisioner sets 3",
+        ),
+        (
+            "",
+            "'material' is a required property",
+            'a.yaml:4:3: error: key "k" has no material: give material with one of file, env, command '
+            "(only a key with state absent may omit it)",
+        ),
+    ],
+)
+def test_the_schema_says_what_the_validator_checks_and_validate_keeps_its_own_message(
+    extra: str, schema_says: str, validate_says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    text = "version: 1\nstack: s\nkeys:\n" + _KEY + extra
+    Path("a.yaml").write_text(text)
+    assert _published_errors(yaml.safe_load(text)) == [schema_says]
+    code, out, err = run_main(["validate", "a.yaml", "--offline-material"], capsys)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [validate_says, "1 error(s)"]
+
+
+def test_docs_give_the_yaml_language_server_modeline() -> None:
+    docs = (REPO / "docs" / "manifest.md").read_text()
+    schema = json.loads((REPO / "schemas" / "manifest.schema.json").read_text())
+    assert f"# yaml-language-server: $schema={schema['$id']}" in docs
+    assert "provision schema" in docs
+
+
+# -------------------------------------------------------------------------------------- completion
+
+
+@pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o nosort -F"), ("zsh", "compdef"),
+                                               ("fish", "complete --no-files --command provision")])
+def test_completion_prints_clicks_script_for_the_shell(
+    shell: str, marker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(["completion", shell], capsys)
+    assert (code, err) == (0, "")
+    assert marker in out and "_PROVISION_COMPLETE" in out
+
+
+def test_completion_answers_the_scripts_question(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("_PROVISION_COMPLETE", "bash_complete")
+    monkeypatch.setenv("COMP_WORDS", "provision plan --format ")
+    monkeypatch.setenv("COMP_CWORD", "3")
+    code, out, _ = run_main([], capsys)
+    assert (code, out) == (0, "plain,text\nplain,json\nplain,markdown\n")
+
+
+def test_completion_of_an_unknown_shell_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["completion", "tcsh"], capsys)
+    assert (code, out) == (1, "")
+    assert "Invalid value for '{bash|zsh|fish}': 'tcsh' is not one of 'bash', 'zsh', 'fish'." in err

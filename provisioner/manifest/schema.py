@@ -44,17 +44,38 @@ _PATTERN_HINTS = {
 }
 
 
+#: A subschema's list of keywords that only editors use: rules.py checks the same thing (alias and
+#: tag characters, the tag cap, the expiry format, one material source) with a located message of
+#: its own, so validate's schema stage skips them rather than report each problem twice.
+EDITOR_ONLY = "x-editor-only"
+
+
 @functools.cache
 def manifest_schema() -> dict[str, Any]:
-    """The manifest JSON Schema, read once from the package data."""
+    """The manifest JSON Schema as published (`provision schema`, editors), read once."""
     return cast(dict[str, Any], json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
+def _without_editor_only(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_editor_only(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    skipped = set(schema.get(EDITOR_ONLY, ())) | {EDITOR_ONLY}
+    return {k: _without_editor_only(v) for k, v in schema.items() if k not in skipped}
+
+
+@functools.cache
+def _checked_schema() -> dict[str, Any]:
+    """The schema validate checks: the published one less its editor-only keywords."""
+    return cast(dict[str, Any], _without_editor_only(manifest_schema()))
 
 
 @functools.cache
 def _validator() -> Draft202012Validator:
     # Compiled once per process: building the validator costs more than validating a file.
-    schema = manifest_schema()
-    Draft202012Validator.check_schema(schema)
+    Draft202012Validator.check_schema(manifest_schema())
+    schema = _checked_schema()
     return Draft202012Validator(schema)
 
 
@@ -174,7 +195,7 @@ def _keyword(keyword: str, arg: Any, schema: dict[str, Any], root: dict[str, Any
 @functools.cache
 def _fast_check() -> _Check | None:
     try:
-        return _compile(manifest_schema(), manifest_schema())
+        return _compile(_checked_schema(), _checked_schema())
     except _Unsupported:
         return None
 
