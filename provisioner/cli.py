@@ -700,6 +700,12 @@ def _open_stage(
         create=create,
     )
     click.echo(visible(f"using {kms.description}"), err=True)
+    if kms.info.get("type") == "alibaba" and kms.info.get("endpoint"):
+        from provisioner.backend.alibaba import proxy_trap
+
+        trap = proxy_trap(kms.info["endpoint"], os.environ)
+        if trap is not None:
+            _warn(trap)
     return kms
 
 

@@ -301,3 +301,56 @@ def test_completion_of_an_unknown_shell_is_a_usage_error(capsys: pytest.CaptureF
     code, out, err = run_main(["completion", "tcsh"], capsys)
     assert (code, out) == (1, "")
     assert "Invalid value for '{bash|zsh|fish}': 'tcsh' is not one of 'bash', 'zsh', 'fish'." in err
+
+
+# ------------------------------------------------------------------------------------ proxy trap
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "environ", "expected"),
+    [
+        ("http://127.0.0.1:8080", {"HTTP_PROXY": "http://proxy:3128"}, "a loopback address too"),
+        ("http://[::1]:8080", {"http_proxy": "http://proxy:3128"}, "a loopback address too"),
+        (
+            "https://kms.cn-hangzhou.aliyuncs.com",
+            {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "localhost,.aliyuncs.com"},
+            "it ignores NO_PROXY, which names this host",
+        ),
+        ("http://127.0.0.1:8080", {"HTTPS_PROXY": "http://proxy:3128"}, None),  # not this scheme's
+        ("https://kms.cn-hangzhou.aliyuncs.com", {"HTTPS_PROXY": "http://proxy:3128"}, None),  # wanted
+        ("http://127.0.0.1:8080", {}, None),
+    ],
+)
+def test_the_proxy_trap_is_named(endpoint: str, environ: dict[str, str], expected: str | None) -> None:
+    from provisioner.backend.alibaba import proxy_trap
+
+    found = proxy_trap(endpoint, environ)
+    if expected is None:
+        assert found is None
+        return
+    variable = "HTTP_PROXY" if endpoint.startswith("http:") else "HTTPS_PROXY"
+    assert found == (
+        f"{variable} is set: the Alibaba Cloud SDK sends every request to {endpoint} through that proxy "
+        f"({expected}); unset {variable} and {variable.lower()} for this run if the proxy cannot reach it"
+    )
+
+
+def test_a_run_against_the_emulator_through_a_proxy_warns_before_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example_workdir(tmp_path, monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: the proxy refuses
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "secret")
+    args = ["plan", "manifests", "--backend", "alibaba", "--endpoint", "http://127.0.0.1:1", "--region", "x"]
+    code, out, err = run_main(args, capsys)
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert lines[:2] == [
+        "using alibaba x at http://127.0.0.1:1",
+        "warning: HTTP_PROXY is set: the Alibaba Cloud SDK sends every request to http://127.0.0.1:1 through "
+        "that proxy (it ignores NO_PROXY, which names this host); unset HTTP_PROXY and http_proxy for this "
+        "run if the proxy cannot reach it",
+    ]
+    assert lines[-1].startswith("error: cannot reach KMS at http://127.0.0.1:1: connection refused")

@@ -178,6 +178,32 @@ def default_credentials() -> Any:
     return CredClient()  # profile, CLI profile, OIDC, ECS RAM role, credentials URI
 
 
+def proxy_trap(endpoint: str, environ: Mapping[str, str]) -> str | None:
+    """Why requests to `endpoint` may not arrive, or None: the SDK sends every request through
+    HTTP_PROXY / HTTPS_PROXY (the one of the endpoint's scheme) and never reads NO_PROXY, so an
+    emulator on loopback, or a host NO_PROXY names, is reached through the proxy, if at all."""
+    parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    variable = "HTTP_PROXY" if parts.scheme == "http" else "HTTPS_PROXY"
+    proxy = environ.get(variable) or environ.get(variable.lower())
+    host = (parts.hostname or "").lower()
+    if not proxy or not host:
+        return None
+    no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
+    named = any(
+        host == entry or host.endswith("." + entry.lstrip(".")) or entry == "*"
+        for entry in (e.strip().lower() for e in no_proxy.split(","))
+        if entry
+    )
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not (loopback or named):
+        return None
+    why = "it ignores NO_PROXY, which names this host" if named else "a loopback address too"
+    return (
+        f"{variable} is set: the Alibaba Cloud SDK sends every request to {endpoint} through that proxy "
+        f"({why}); unset {variable} and {variable.lower()} for this run if the proxy cannot reach it"
+    )
+
+
 class AlibabaTransport:
     """Transport.call over the SDK client: one request per call, SDK errors mapped to ours."""
 
