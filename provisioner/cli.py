@@ -776,7 +776,9 @@ def _make_plan_stage(
     offline_material: bool = False,
     targets: tuple[str, ...] = (),
 ) -> Plan:
-    """refresh -> plan, and its expiry warnings on standard error."""
+    """refresh -> plan, the instances of the keys it creates checked, and its expiry warnings on
+    standard error."""
+    from provisioner.plan.instances import created_instances, instance_violations, read_instances
     from provisioner.plan.planner import make_plan
 
     now = _now()
@@ -785,6 +787,10 @@ def _make_plan_stage(
         ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material,
         targets=targets or None,
     )
+    wanted = created_instances(the_plan, ms)
+    facts = read_instances(kms, wanted) if wanted else None  # no key to create: no call
+    if facts is not None:
+        the_plan = instance_violations(the_plan, ms, facts)
     _warn_expiring(ms, live, the_plan, now, expiry_warning)
     return the_plan
 

@@ -354,3 +354,58 @@ def test_a_run_against_the_emulator_through_a_proxy_warns_before_it_fails(
         "run if the proxy cannot reach it",
     ]
     assert lines[-1].startswith("error: cannot reach KMS at http://127.0.0.1:1: connection refused")
+
+
+# ------------------------------------------------------------------------- instances at plan time
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "message"),
+    [
+        (
+            "instance: kst-local-software   #",
+            "instance: kst-nope   #",
+            "unsupported: instance 'kst-nope' is not a KMS instance of this backend (it lists: "
+            "kst-local-hardware, kst-local-software); CreateKey would fail: fix `instance` in the manifest",
+        ),
+        (
+            "  protection: SOFTWARE",
+            "  protection: HSM",
+            "unsupported: protection HSM is not available in instance 'kst-local-software', which offers "
+            "SOFTWARE only; CreateKey would fail: use protection: SOFTWARE, or an instance that offers HSM",
+        ),
+    ],
+)
+def test_an_instance_the_backend_does_not_have_blocks_the_plan_at_the_key(
+    before: str, after: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = example_workdir(tmp_path, monkeypatch)
+    manifest = folder / "manifests" / "payments.yaml"
+    manifest.write_text(manifest.read_text().replace(before, after))
+    code, out, err = run_main(["validate", "manifests", "--offline-material"], capsys)
+    assert code == 0, err  # validate cannot tell: it makes no KMS call
+    code, out, err = run_main(["plan", "manifests", "--backend", "local"], capsys)
+    assert code == 1
+    assert "Plan blocked: " in out
+    located = [line for line in err.splitlines() if line.startswith("manifests/payments.yaml:")]
+    assert located, err
+    assert all(line.endswith(f": {message}") for line in located)
+    assert f"manifests/payments.yaml:22:3: error: receipts-signing: {message}" in located
+    assert err.splitlines()[-1].startswith("error: the plan is blocked by ")
+    code, _, err = run_main(["apply", "manifests", "--backend", "local", "--auto-approve"], capsys)
+    assert code == 1
+    assert "nothing applied" in err.splitlines()[-1]
+    code, out, _ = run_main(["show", "manifests", "--backend", "local", "--format", "json"], capsys)
+    assert code == 0 and "key-" not in out  # no key was created
+
+
+def test_instances_are_not_read_when_nothing_is_created_or_the_backend_cannot_tell() -> None:
+    from provisioner.errors import KmsApiError
+    from provisioner.plan.instances import read_instances
+
+    class Refusing:
+        def list_kms_instances(self) -> list[str]:
+            raise KmsApiError("ListKmsInstances", "Forbidden.NoPermission", "no", "r", 403)
+
+    assert read_instances(Refusing(), {"kst-1"}) is None  # type: ignore[arg-type]

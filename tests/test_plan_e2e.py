@@ -101,7 +101,8 @@ def test_empty_kms_plans_create_and_import_for_every_key_and_writes_nothing(
     calls = account.stats()["calls"]
     # Only reads, and not even GetParametersForImport (it mints an import token).
     assert set(calls) <= READ_ONLY_ACTIONS - {"GetParametersForImport"}, calls
-    assert calls == {"ListTagResources": 1, "ListAliases": 1}
+    # The instances of the keys to create are checked (one instance here): a list, one GetKmsInstance.
+    assert calls == {"ListTagResources": 1, "ListAliases": 1, "ListKmsInstances": 1, "GetKmsInstance": 1}
     assert_no_secret(run.stdout + run.stderr, pem_files(stack))
 
 

@@ -224,6 +224,16 @@ class Kms:
         body = self._call("GetPublicKey", KeyId=key_id, KeyVersionId=key_version_id)
         return str(body["PublicKey"])
 
+    # instances
+    def list_kms_instances(self) -> list[str]:
+        out: list[str] = []
+        for page in self._pages("ListKmsInstances"):
+            out.extend(i["KmsInstanceId"] for i in page.get("KmsInstances", {}).get("KmsInstance", []))
+        return out
+
+    def get_kms_instance(self, instance_id: str) -> dict[str, Any]:
+        return dict(self._call("GetKmsInstance", KmsInstanceId=instance_id).get("KmsInstance", {}))
+
     # aliases
     def create_alias(self, alias: str, key_id: str) -> None:
         self._call("CreateAlias", AliasName=alias, KeyId=key_id)
