@@ -2,7 +2,8 @@
 set through different references (its KeyId, its ARN, its alias). The set's literal-value check cannot
 see that they are one key, and a symmetric key's material cannot be proven by KMS, so the plan must
 refuse it itself: otherwise the apply adopts one key twice and leaves the later name and check value
-on it.
+on it. Also what plan and discover say of such keys: a key of this stack whose name tag was stripped
+(no "as None"), and how to pin a symmetric key KMS cannot prove.
 """
 
 from __future__ import annotations
@@ -97,3 +98,32 @@ def test_one_key_adopted_once_still_plans(unmanaged: str, capsys: pytest.Capture
     code, out, err = run_main(["plan", "manifests", "--no-color"], capsys)
     assert code == 0, err
     assert f"< one ({unmanaged}): adopt" in out
+
+
+def test_adopting_a_key_of_this_stack_without_its_name_tag_says_so(
+    unmanaged: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kms = Kms(LocalTransport(DB), info={"type": "local"})
+    kms.tag_resource(unmanaged, {"byok-provisioner:stack": "evil"})
+    kms.close()
+    _write(Path.cwd(), "evil", {"one": _symmetric("a.key", adopt="alias/vault", aliases=["alias/vault"])})
+    code, out, err = run_main(["plan", "manifests", "--no-color"], capsys)
+    assert code == 1, out
+    assert (
+        f"one: managed-elsewhere: key {unmanaged} carries the tag of this stack but no name tag: restore its "
+        f"tag byok-provisioner:name=one by hand, or remove adopt: to create a new key"
+    ) in out
+    assert "None" not in out + err
+
+
+def test_discover_tells_how_to_pin_a_symmetric_key(
+    unmanaged: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(["discover"], capsys)
+    assert code == 0, err
+    assert (
+        "  # Enabled: KMS cannot show which symmetric material it holds; pin material.fingerprint: kcv:... "
+        "(provision fingerprint FILE --material-format raw|hex|base64)\n  vault:\n"
+        f"    adopt: {unmanaged}\n"
+    ) in out
+    assert "public key" not in out

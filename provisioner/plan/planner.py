@@ -382,6 +382,14 @@ class _Planner:
                 f"keep one adopt: of it",
             )
             return None
+        if target.stack == self.desired.stack and target.name is None:
+            self.violate(
+                d.name,
+                ViolationCode.MANAGED_ELSEWHERE,
+                f"key {target.key_id} carries the tag of this stack but no name tag: restore its tag "
+                f"{TAG_NAME}={d.name} by hand, or remove adopt: to create a new key",
+            )
+            return None
         if target.stack is not None:
             if target.stack != self.desired.stack:
                 where = f"by stack {target.stack!r}" + (f" as {target.name!r}" if target.name else "")

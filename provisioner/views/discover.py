@@ -15,6 +15,7 @@ import yaml
 from provisioner.discover import Discovery, FoundKey
 from provisioner.escape import visible
 from provisioner.model import KeyState, format_time
+from provisioner.specs import Verification, facts
 from provisioner.views import View
 
 
@@ -85,6 +86,11 @@ def _comment(key: FoundKey) -> str | None:
         return "Disabled: no fingerprint read (GetPublicKey needs an enabled key); enable it before adopting"
     if key.state is KeyState.PENDING_IMPORT:
         return "PendingImport: holds no material; add the material to import into it"
+    if facts(key.spec).verification is not Verification.PUBLIC_KEY_FINGERPRINT:
+        return (
+            f"{key.state.value}: KMS cannot show which symmetric material it holds; "
+            "pin material.fingerprint: kcv:... (provision fingerprint FILE --material-format raw|hex|base64)"
+        )
     return f"{key.state.value}: its public key could not be read; pin material.fingerprint by hand"
 
 
