@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 from provisioner.backend.base import KeyMetadata, Kms
@@ -26,6 +27,7 @@ from provisioner.model import (
     KeyStatus,
     LiveState,
     ManifestSet,
+    format_time,
 )
 from provisioner.plan.planner import stale_reason
 from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, UNKNOWN_FINGERPRINT, Action, Change, Plan
@@ -167,6 +169,20 @@ def check_plan_backend(plan: Plan, backend: Mapping[str, str]) -> None:
         raise StalePlan(
             f"the plan was made against {where(plan.backend)}, but apply is pointed at {where(backend)}: "
             f"apply it against the backend it was made for, or make a new plan"
+        )
+
+
+#: How far a saved plan's created_at may lie ahead of the apply's clock (two machines' clocks).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def check_plan_time(plan: Plan, now: datetime) -> None:
+    """Refuse a saved plan made after now: a lease renews from the plan's created_at, so a file whose
+    times were all moved ahead together would import material that outlives the reviewed lease."""
+    if plan.created_at > now + CLOCK_SKEW:
+        raise StalePlan(
+            f"the plan was made at {format_time(plan.created_at)}, after now ({format_time(now)}): "
+            f"was the file edited by hand? make a new plan"
         )
 
 

@@ -1043,6 +1043,7 @@ def _saved_plan_stage(
 
     applying.check_plan_backend(saved, kms.info)
     now = _now()
+    applying.check_plan_time(saved, now)
     live = _refresh_stage(ms, kms, now, chosen, fingerprints)
     applying.check_saved_plan(saved, live)
     # Every material rule the plan may have skipped (--offline-material), on the live keys.
