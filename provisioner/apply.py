@@ -9,11 +9,13 @@ from the plan file) and a plan made afresh, all before the first write.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from provisioner.backend.base import KeyMetadata, Kms
@@ -28,6 +30,8 @@ from provisioner.model import (
     LiveState,
     ManifestSet,
     format_time,
+    claim_alias,
+    generation_of,
 )
 from provisioner.plan.planner import stale_reason
 from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, UNKNOWN_FINGERPRINT, Action, Change, Plan
@@ -158,10 +162,12 @@ def wipe_all(materials: Mapping[str, Material]) -> None:
         m.wipe()
 
 
-def check_plan_backend(plan: Plan, backend: Mapping[str, str]) -> None:
+def check_plan_backend(plan: Plan, backend: Mapping[str, str], state: Path | None = None) -> None:
     """Refuse a saved plan made against another KMS than the one apply is pointed at: its digests
-    say nothing about that one, and a plan of creates would be carried out there unchecked."""
-    if dict(plan.backend) != dict(backend):
+    say nothing about that one, and a plan of creates would be carried out there unchecked. A local
+    plan that names its state file by an absolute path (one outside the folder it was made in) is the
+    same backend from any folder when that is `state`, the file apply opened."""
+    if dict(plan.backend) != dict(backend) and not _same_state(plan.backend, backend, state):
 
         def where(b: Mapping[str, str]) -> str:
             return ", ".join(f"{k}={v}" for k, v in sorted(b.items())) or "an unnamed backend"
@@ -184,6 +190,18 @@ def check_plan_time(plan: Plan, now: datetime) -> None:
             f"the plan was made at {format_time(plan.created_at)}, after now ({format_time(now)}): "
             f"was the file edited by hand? make a new plan"
         )
+
+
+def _same_state(planned: Mapping[str, str], backend: Mapping[str, str], state: Path | None) -> bool:
+    named = planned.get("path")
+    if state is None or named is None or not Path(named).is_absolute() or planned.get("type") != "local":
+        return False
+    try:
+        same = os.path.samefile(named, state)
+    except OSError:
+        return False
+    rest = {k: v for k, v in planned.items() if k not in ("path", "endpoint")}
+    return same and rest == {k: v for k, v in backend.items() if k not in ("path", "endpoint")}
 
 
 def check_saved_plan(plan: Plan, live: LiveState) -> None:
@@ -225,10 +243,19 @@ def _found_for(change: Change, live: LiveState) -> tuple[ActualKey, ...]:
 
 
 class _Applier:
-    def __init__(self, kms: Kms, materials: Mapping[str, Material], progress: Progress) -> None:
+    def __init__(
+        self,
+        kms: Kms,
+        materials: Mapping[str, Material],
+        progress: Progress,
+        stack: str,
+        claims: Mapping[str, str],
+    ) -> None:
         self.kms = kms
         self.materials = materials
         self.progress = progress
+        self.stack = stack
+        self.claims = claims  # claim alias -> the key id holding it, as read under the lock
 
     def run(self, change: Change) -> KeyOutcome:
         outcome = KeyOutcome(change.key, change.key_id)
@@ -274,15 +301,22 @@ class _Applier:
                 key_id, version, arn = meta.key_id, meta.primary_key_version, meta.arn
                 outcome.key_id = key_id
                 outcome.done.append(f"created {key_id}")
+                self._claim_new(change, key_id, outcome)
             elif action in (Action.IMPORT, Action.REIMPORT):
                 assert key_id is not None
                 created = Action.CREATE in change.actions
-                claimed = self._claim(change, key_id, outcome) if created else None
+                first = change.aliases_to_create[:1] if created else ()
+                if created:
+                    # A new key's first alias before its material: taken by someone else, it stops the
+                    # key while it holds nothing (the next plan reports the conflict).
+                    self._create_aliases(first, key_id)
+                else:
+                    self._claim_existing(change, key_id)
                 self._import(change, key_id)
                 outcome.done.append(action.value + "ed")
                 if created:
                     # The other aliases go on once the key is usable, then the import is read back.
-                    self._aliases(change, key_id, skip=claimed)
+                    self._aliases(change, key_id, skip=first)
                     if change.aliases_to_create or change.aliases_to_move:
                         outcome.done.append("aliases")
                     if change.deletion_protection:
@@ -398,39 +432,63 @@ class _Applier:
             if self.kms.describe_key(key_id).key_state is not KeyState.PENDING_DELETION:
                 raise
 
-    def _claim(self, change: Change, key_id: str, outcome: KeyOutcome) -> str | None:
-        """Create a new key's first alias before importing into it. CreateAlias is atomic: of two
-        applies that created this identity at the same time, only the one holding the alias imports;
-        the other schedules its own key (which never held material) for deletion. Without this both
-        would import, and two keys holding material under one identity need a human to sort out."""
-        if not change.aliases_to_create:
-            return None
-        alias = change.aliases_to_create[0]
+    # -- claims (DESIGN section 10: no identity twice)
+    #
+    # The sequence is CreateKey, then CreateAlias of the identity's claim alias on the new key, then the
+    # import. CreateAlias is atomic in KMS, so of two applies that create one identity at once (a broken
+    # lock, a lapsed lease) exactly one holds the claim; the other never imports and schedules its new,
+    # empty key for deletion. Claiming first on a placeholder would spare that orphan, but a claim left on
+    # a placeholder by a killed run could only be recovered by moving it (UpdateAlias), which is not
+    # atomic: two recoverers could both create. Here a run killed between CreateKey and its claim leaves
+    # an empty key of the identity that no one claims: the next plan imports into it (claiming it first)
+    # when it is the only one, or schedules it for deletion beside the claimed key (planner.sort_identity).
+
+    def _claim_new(self, change: Change, key_id: str, outcome: KeyOutcome) -> None:
+        """Claim the identity for the key just created; the loser schedules its key for deletion."""
+        holder = self._claim(change, key_id)
+        if holder == key_id:
+            return
+        self._schedule_deletion(key_id, DUPLICATE_WINDOW_DAYS)
+        outcome.done.append(f"duplicate {key_id} scheduled for deletion")
+        raise ApplyError(
+            f"another apply created key {holder} for {change.key!r} at the same time and holds its claim; "
+            f"this run's key {key_id} (no material) is scheduled for deletion: run plan again"
+        )
+
+    def _claim_existing(self, change: Change, key_id: str) -> None:
+        """Before an import into an existing key: it must hold the identity's claim, or take it now
+        (a key created before claims existed, or by a run killed before its claim)."""
+        if self.claims.get(self._claim_alias(change)) == key_id:
+            return
+        holder = self._claim(change, key_id)
+        if holder != key_id:
+            raise ApplyError(
+                f"key {holder} holds the claim on {change.key!r}, not {key_id}; nothing was imported into "
+                f"{key_id}: run plan again"
+            )
+
+    def _claim_alias(self, change: Change) -> str:
+        tags = change.tags_to_set if change.before is None else change.before.tags
+        return claim_alias(self.stack, change.key, generation_of(tags))
+
+    def _claim(self, change: Change, key_id: str) -> str:
+        """CreateAlias of the claim alias on `key_id`; the key that holds the claim afterwards."""
+        alias = self._claim_alias(change)
         try:
             self.kms.create_alias(alias, key_id)
-            return alias
+            return key_id
         except KmsApiError as e:
             if e.code != ErrorCode.ALIAS_ALREADY_EXISTS:
                 raise
-            holder = self.kms.describe_key(alias).key_id
-            if holder == key_id:  # a retried CreateAlias whose first attempt landed
-                return alias
-            tags = self.kms.list_resource_tags(holder)
-            identity = (TAG_STACK, TAG_NAME)
-            if any(tags.get(t) != change.tags_to_set.get(t) for t in identity):
-                raise  # someone else's alias: the next plan reports the conflict
-            self._schedule_deletion(key_id, DUPLICATE_WINDOW_DAYS)
-            outcome.done.append(f"duplicate {key_id} scheduled for deletion")
-            raise ApplyError(
-                f"another apply created key {holder} for {change.key!r} at the same time and holds "
-                f"{alias}; this run's key {key_id} (no material) is scheduled for deletion: "
-                f"run plan again"
-            ) from None
+        return self.kms.describe_key(alias).key_id  # ours when a retried CreateAlias had landed
 
-    def _aliases(self, change: Change, key_id: str, skip: str | None = None) -> None:
-        for alias in change.aliases_to_create:
-            if alias == skip:
-                continue
+    def _aliases(self, change: Change, key_id: str, skip: tuple[str, ...] = ()) -> None:
+        self._create_aliases([a for a in change.aliases_to_create if a not in skip], key_id)
+        for alias in change.aliases_to_move:
+            self.kms.update_alias(alias, key_id)
+
+    def _create_aliases(self, aliases: Iterable[str], key_id: str) -> None:
+        for alias in aliases:
             try:
                 self.kms.create_alias(alias, key_id)
             except KmsApiError as e:
@@ -440,8 +498,6 @@ class _Applier:
                     or alias not in self.kms.list_aliases_by_key_id(key_id)
                 ):
                     raise
-        for alias in change.aliases_to_move:
-            self.kms.update_alias(alias, key_id)
 
     def _adopt(self, change: Change, key_id: str) -> None:
         """Write the reserved identity tags on a key no stack manages, re-checking first that none does
@@ -522,8 +578,14 @@ def apply_plan(
     *,
     parallelism: int = DEFAULT_PARALLELISM,
     progress: Progress | None = None,
+    claims: Mapping[str, str] | None = None,
+    lost_lock: threading.Event | None = None,
 ) -> ApplyResult:
-    """Apply every change of an unblocked plan, keys in parallel, each key's actions in order."""
+    """Apply every change of an unblocked plan, keys in parallel, each key's actions in order.
+
+    `claims`: the claim aliases the live state showed (alias -> key id), so an import into a key that
+    holds its claim costs no call; without it every such import claims first. `lost_lock`: once set
+    (the stack's lock was taken over), no further key is started."""
     if plan.blocked:
         raise ApplyError("the plan has violations and cannot be applied")
     lock = threading.Lock()
@@ -533,12 +595,18 @@ def apply_plan(
             with lock:
                 progress(line)
 
-    applier = _Applier(kms, materials, report)
+    applier = _Applier(kms, materials, report, plan.stack, claims or {})
     stop = threading.Event()
 
     def run(change: Change) -> KeyOutcome:
         if stop.is_set():
             return KeyOutcome(change.key, change.key_id, error="not started: apply was interrupted")
+        if lost_lock is not None and lost_lock.is_set():
+            return KeyOutcome(
+                change.key, change.key_id,
+                error="not started: this apply lost the stack's lock (its lease lapsed and another apply "
+                "took it over)",
+            )
         try:
             return applier.run(change)
         except BaseException:

@@ -15,6 +15,7 @@ import functools
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
@@ -27,7 +28,7 @@ from provisioner.emulator import defaults as emulator_defaults
 from provisioner.errors import ManifestError, PlanBlocked, ProvisionerError
 from provisioner.escape import visible
 from provisioner.files import InputFileError, read_regular_file, read_regular_text, refuse_special_target
-from provisioner.model import MaterialFormat, WrappingAlgorithm
+from provisioner.model import CLAIM_ALIAS_PREFIX, DEFAULT_TARGET, MaterialFormat, WrappingAlgorithm
 
 if TYPE_CHECKING:
     # The stages' types, for mypy only: the stages import their modules when a command runs, so that
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from provisioner.apply import ApplyResult
     from provisioner.backend.base import Kms
     from provisioner.emulator.server import EmulatorConfig
+    from provisioner.lock import HeldLock, LockStore
     from provisioner.manifest import MaterialRead
     from provisioner.model import BackendConfig, LiveState, ManifestSet
     from provisioner.plan.values import Plan
@@ -92,8 +94,26 @@ def template_options(f: F) -> F:
     return f
 
 
+#: Where backend_options leaves --state for _open_stage, and the load stages the first manifest path.
+STATE_META = "provision.state"
+FIRST_PATH_META = "provision.first_path"
+
+
 def backend_options(f: F) -> F:
-    """--backend / --endpoint / --region / --qps: where the KMS is and how fast to call it."""
+    """--backend / --endpoint / --region / --qps / --state: where the KMS is and how fast to call it.
+
+    --state reaches _open_stage through the click context, so that no command's signature changes."""
+    command = f
+
+    @functools.wraps(command)
+    def with_state(*args: Any, state: Path | None = None, **kwargs: Any) -> Any:
+        click.get_current_context().meta[STATE_META] = state
+        return command(*args, **kwargs)
+
+    f = click.option(
+        "--state", "state", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+        help="Local backend: the state file (default: .provision/kms.db in the folder of the first PATH).",
+    )(with_state)  # type: ignore[assignment]
     f = click.option(
         "--backend", type=click.Choice(["local", "alibaba"]), default=None,
         help="KMS backend (else PROVISION_BACKEND, else the manifest's).",
@@ -575,7 +595,7 @@ def _load_stage(
 
     variables = _variables(var, var_files)
     ms, fingerprints, warnings = validate_manifests(
-        paths or (DEFAULT_MANIFEST_PATH,),
+        _manifest_paths(paths),
         variables=variables,
         offline_material=offline_material,
         allow_env=allow_env_flags(),
@@ -597,7 +617,7 @@ def _material_stage(
 
     variables = _variables(var, var_files)
     ms, read = validate_with_material(
-        paths or (DEFAULT_MANIFEST_PATH,),
+        _manifest_paths(paths),
         variables=variables,
         keep=True,
         allow_env=allow_env_flags(),
@@ -606,6 +626,15 @@ def _material_stage(
     _echo_diagnostics(read.diagnostics)
     _echo_diagnostics(_unused_variables(ms, variables, var, var_files))
     return ms, read
+
+
+def _manifest_paths(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """PATH, default manifests/; the first is kept for _open_stage: the local state lives beside it."""
+    chosen = paths or (DEFAULT_MANIFEST_PATH,)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[FIRST_PATH_META] = chosen[0]
+    return chosen
 
 
 def _variables(var: tuple[str, ...], var_files: tuple[Path, ...]) -> dict[str, object]:
@@ -687,9 +716,12 @@ def _open_stage(
     *,
     create: bool = True,
 ) -> Kms:
-    from provisioner.backend import open_kms
+    from provisioner.backend import default_state_file, open_kms
     from provisioner.backend.resilience import parse_qps
 
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    first = meta.get(FIRST_PATH_META)
     kms = open_kms(
         backend=backend,
         endpoint=endpoint,
@@ -698,6 +730,8 @@ def _open_stage(
         qps=parse_qps(qps) if qps else None,
         max_elapsed=_retry_seconds(),
         create=create,
+        state=meta.get(STATE_META),
+        default_state=None if first is None else default_state_file(first),
     )
     click.echo(visible(f"using {kms.description}"), err=True)
     if kms.info.get("type") == "alibaba" and kms.info.get("endpoint"):
@@ -775,9 +809,9 @@ def _make_plan_stage(
     expiry_warning: int,
     offline_material: bool = False,
     targets: tuple[str, ...] = (),
-) -> Plan:
-    """refresh -> plan, the instances of the keys it creates checked, and its expiry warnings on
-    standard error."""
+) -> tuple[Plan, LiveState]:
+    """refresh -> plan (and the live state it was made from), the instances of the keys it creates
+    checked, and its expiry warnings on standard error."""
     from provisioner.plan.instances import created_instances, instance_violations, read_instances
     from provisioner.plan.planner import make_plan
 
@@ -792,7 +826,7 @@ def _make_plan_stage(
     if facts is not None:
         the_plan = instance_violations(the_plan, ms, facts)
     _warn_expiring(ms, live, the_plan, now, expiry_warning)
-    return the_plan
+    return the_plan, live
 
 
 def _warn_expiring(ms: ManifestSet, live: LiveState, the_plan: Plan, now: datetime, days: int) -> None:
@@ -892,7 +926,7 @@ def plan(
     # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
     kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
     try:
-        the_plan = _make_plan_stage(
+        the_plan, _ = _make_plan_stage(
             ms, fingerprints, kms, expiry_warning=expiry_warning, offline_material=offline_material,
             targets=chosen,
         )
@@ -930,12 +964,16 @@ def plan(
 @allow_commands_option
 @target_option
 @expiry_warning_option("Warn (on standard error) about material that expires within this many days.")
+@click.option(
+    "--lock-timeout", "lock_timeout", type=click.FloatRange(0, 86400), default=0.0, show_default=True,
+    metavar="SECONDS", help="Wait this long for another apply of the stack to end (default: refuse at once).",
+)
 @handle_errors
 def apply(
     paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...], backend: str | None,
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, plan_file: Path | None,
     auto_approve: bool, parallelism: int | None, fmt: str, allow_commands: bool, targets: tuple[str, ...],
-    expiry_warning: int,
+    expiry_warning: int, lock_timeout: float,
 ) -> int:
     """Carry out a fresh plan (after confirmation), or a saved one with --plan.
 
@@ -957,27 +995,44 @@ def apply(
         read.wipe()
         raise
     try:
-        if saved is None:
-            the_plan = _make_plan_stage(
-                ms, read.fingerprints, kms, expiry_warning=expiry_warning, targets=chosen
-            )
-        else:
-            the_plan = _saved_plan_stage(saved, ms, read.fingerprints, kms, chosen, expiry_warning)
-        click.echo(view.preview(the_plan), nl=False)
-        if the_plan.blocked:
-            _echo_violations(the_plan)
-            n = len(the_plan.violations)
-            raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
-        if not the_plan.has_changes:
-            click.echo(view.unchanged(the_plan), nl=False)
-            return 0
-        if plan_file is None and not auto_approve and not _confirmed():
-            click.echo("apply cancelled: nothing changed", err=True)
-            return 1
-        result = _apply_stage(the_plan, kms, read, parallelism)
+        if saved is not None:
+            from provisioner.apply import check_plan_backend
+
+            # Before the lock: none is taken on a KMS the plan is not for.
+            check_plan_backend(saved, kms.info, kms.state_path)
+        with _locked(ms, kms, lock_timeout) as held:
+            if saved is None:
+                the_plan, live = _make_plan_stage(
+                    ms, read.fingerprints, kms, expiry_warning=expiry_warning, targets=chosen
+                )
+            else:
+                the_plan, live = _saved_plan_stage(saved, ms, read.fingerprints, kms, chosen, expiry_warning)
+            code = _carry_out(the_plan, live, kms, read, view, plan_file is None and not auto_approve,
+                              parallelism, held)
     finally:
         read.wipe()
         kms.close()
+    return code
+
+
+def _carry_out(
+    the_plan: Plan, live: LiveState, kms: Kms, read: MaterialRead, view: Any, ask: bool,
+    parallelism: int | None, held: HeldLock | None,
+) -> int:
+    """apply, under the lock: preview, refuse a blocked plan, confirm, apply, print the result."""
+    click.echo(view.preview(the_plan), nl=False)
+    if the_plan.blocked:
+        _echo_violations(the_plan)
+        n = len(the_plan.violations)
+        raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
+    if not the_plan.has_changes:
+        click.echo(view.unchanged(the_plan), nl=False)
+        return 0
+    if ask and not _confirmed():
+        click.echo("apply cancelled: nothing changed", err=True)
+        return 1
+    claims = {a: k for a, k in live.alias_owners.items() if a.startswith(CLAIM_ALIAS_PREFIX)}
+    result = _apply_stage(the_plan, kms, read, parallelism, claims, None if held is None else held.lost)
     click.echo(view.result(result), nl=False)
     return 0 if result.ok else 1
 
@@ -1033,15 +1088,14 @@ def _saved_plan_stage(
     kms: Kms,
     chosen: tuple[str, ...],
     expiry_warning: int,
-) -> Plan:
-    """apply --plan, on the live keys: the same backend, every key as the plan saw it, and the plan
-    made now with the material the same plan; the saved plan with the fingerprints read now, and
-    the expiry warnings of the plan made now."""
+) -> tuple[Plan, LiveState]:
+    """apply --plan, on the live keys (the backend checked already): every key as the plan saw it, and
+    the plan made now with the material the same plan; the saved plan with the fingerprints read now
+    (and the live state), and the expiry warnings of the plan made now."""
     from provisioner import apply as applying
     from provisioner.plan.planfile import relative_materials
     from provisioner.plan.planner import make_plan, resolve_fingerprints
 
-    applying.check_plan_backend(saved, kms.info)
     now = _now()
     applying.check_plan_time(saved, now)
     live = _refresh_stage(ms, kms, now, chosen, fingerprints)
@@ -1059,9 +1113,36 @@ def _saved_plan_stage(
             f"read now; nothing applied: {found}"
         )
     the_plan = resolve_fingerprints(saved, fingerprints)
-    applying.check_same_plan(the_plan, relative_materials(fresh, Path.cwd()))
+    # Both as save_plan records them here: a plan made in another folder names its files absolutely.
+    here = Path.cwd()
+    applying.check_same_plan(relative_materials(the_plan, here), relative_materials(fresh, here))
     _warn_expiring(ms, live, fresh, now, expiry_warning)
-    return the_plan
+    return the_plan, live
+
+
+def _lock_store(ms: ManifestSet, kms: Kms) -> LockStore:
+    """The lock of the stack (target `default`: one backend) on this KMS."""
+    from provisioner.lock import LockKeyTemplate, open_store
+
+    template = LockKeyTemplate.of(ms.keys[0]) if ms.keys else None
+    return open_store(kms, ms.stack, DEFAULT_TARGET, template)
+
+
+@contextlib.contextmanager
+def _locked(ms: ManifestSet, kms: Kms, timeout: float) -> Iterator[HeldLock | None]:
+    """The stack's lock, held to the end (waiting up to `timeout` s; StackLocked names its holder).
+    None on alibaba for a stack that declares no key: such an apply changes nothing, and there is no
+    key to model a lock key on."""
+    from provisioner.lock import acquire
+
+    if not ms.keys and kms.state_path is None:
+        yield None
+        return
+    held = acquire(_lock_store(ms, kms), stack=ms.stack, target=DEFAULT_TARGET, timeout=timeout)
+    try:
+        yield held
+    finally:
+        held.release()
 
 
 def _confirmed() -> bool:
@@ -1069,9 +1150,13 @@ def _confirmed() -> bool:
     return bool(answer.strip() == "yes")
 
 
-def _apply_stage(the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int | None) -> ApplyResult:
+def _apply_stage(
+    the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int | None, claims: Mapping[str, str],
+    lost_lock: threading.Event | None,
+) -> ApplyResult:
     """apply: carry out the plan, one progress line per key on standard error; the material of the
-    keys it imports to is all it is given, and every material is wiped once it is done."""
+    keys it imports to is all it is given, and every material is wiped once it is done. `claims`: the
+    claim aliases read under the lock; `lost_lock`: set if the lock is taken over meanwhile."""
     from provisioner import apply as applying
 
     planned = {c.key for c in the_plan.changes if c.material is not None}
@@ -1084,6 +1169,8 @@ def _apply_stage(the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int 
                 materials,
                 parallelism=parallelism or applying.DEFAULT_PARALLELISM,
                 progress=lambda line: progress.key_done(visible(line)),
+                claims=claims,
+                lost_lock=lost_lock,
             )
     finally:
         read.wipe()
@@ -1242,6 +1329,38 @@ def completion(shell: str) -> int:
     assert script_class is not None  # every COMPLETION_SHELLS name is one of Click's
     script = script_class(cli, {}, "provision", "_PROVISION_COMPLETE").source()
     click.echo(script if script.endswith("\n") else script + "\n", nl=False)
+    return 0
+
+
+@cli.command()
+@click.argument("stack")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@template_options
+@backend_options
+@handle_errors
+def unlock(
+    stack: str, paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...],
+    backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...],
+) -> int:
+    """Break the lock of STACK by hand (an apply killed mid-way, whose lease has not lapsed yet).
+
+    PATH (default manifests/) are the stack's manifests: they say where its KMS is, and must be of STACK.
+    Make sure no apply of the stack still runs: the claims keep every identity to one key, but two
+    applies at once get in each other's way."""
+    from provisioner.errors import UsageError
+
+    ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
+    if ms.stack != stack:
+        raise UsageError(f"the manifests are of stack {ms.stack!r}, not {stack!r}: nothing unlocked")
+    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
+    try:
+        missing = kms.state_path is not None and not kms.state_path.exists()
+        broken = None if missing else _lock_store(ms, kms).break_lock()
+    finally:
+        kms.close()
+    where = f'stack "{stack}" (target {DEFAULT_TARGET})'
+    said = f"{where} was not locked" if broken is None else f"unlocked {where}: it was {broken.describe()}"
+    click.echo(visible(said), err=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.model import (
+    TAG_LOCK,
     TAG_STACK,
     KeySpec,
     KeyState,
@@ -75,6 +76,7 @@ def discover(kms: Kms, *, now: datetime, stack: str = DEFAULT_STACK, concurrency
             key_id
             for key_id in ids
             if TAG_STACK not in tags[key_id]
+            and TAG_LOCK not in tags[key_id]
             and not any(is_reserved_alias(a) for a in aliases.get(key_id, ()))
         ]
         kept: list[KeyMetadata] = []

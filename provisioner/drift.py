@@ -22,7 +22,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
+from provisioner.plan.planner import KEEPS_MATERIAL, identity_of
 from provisioner.plan.warnings import (
     DEFAULT_EXPIRY_WARNING_DAYS,
     expiring_detail,
@@ -156,8 +156,7 @@ class _Drift:
                 )
 
     def check_key(self, d: DesiredKey) -> None:
-        keys = self.live.keys.get(d.name, ())
-        ident = sort_identity(keys)
+        ident = identity_of(self.live, d.name)
         if d.state is not DesiredState.ABSENT:
             self.check_unmanaged_aliases(d)
         if ident.conflict:

@@ -10,6 +10,7 @@
     │   └── KmsUnreachable    no answer after every retry
     ├── PlanBlocked           the plan has violations; nothing may be applied
     ├── StalePlan             a saved plan no longer matches the live state or the material
+    ├── StackLocked           another apply holds the stack's lock
     └── ApplyError            an action failed or its read-back did not match
 """
 
@@ -83,6 +84,10 @@ class PlanBlocked(ProvisionerError):
 
 class StalePlan(ProvisionerError):
     """A saved plan no longer matches the live state or the material."""
+
+
+class StackLocked(ProvisionerError):
+    """Another apply holds the lock of this stack and target (DESIGN section 10's message)."""
 
 
 class ApplyError(ProvisionerError):

@@ -6,6 +6,8 @@ enum values are the exact strings the KMS API uses, so they go on the wire uncha
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -150,19 +152,58 @@ LOCK_ALIAS_PREFIX = "alias/byok-provisioner-lock/"
 RESERVED_ALIAS_PREFIXES = (CLAIM_ALIAS_PREFIX, LOCK_ALIAS_PREFIX)
 
 
-def claim_alias(stack: str, name: str) -> str:
-    """The reserved alias that claims the identity (stack, name)."""
-    return f"{CLAIM_ALIAS_PREFIX}{stack}/{name}"
+#: What KMS takes after `alias/`: 1 to 255 of letters, digits, `_ - /` (vendor reference).
+_ALIAS_WORD = re.compile(r"[A-Za-z0-9_-]+")
+_ALIAS_MAX = 255
+
+
+def _alias_segment(word: str) -> str:
+    """A stack or key name as an alias segment: itself when KMS takes it, else `_` and 32 hex of its
+    SHA-256. Names start with a letter or digit, so a hashed segment never equals a verbatim one."""
+    return word if _ALIAS_WORD.fullmatch(word) else _hashed(word)
+
+
+def _hashed(word: str) -> str:
+    return "_" + hashlib.sha256(word.encode("utf-8")).hexdigest()[:32]
+
+
+def claim_alias(stack: str, name: str, generation: int = 1) -> str:
+    """The reserved alias that claims the identity (stack, name, generation): DESIGN's
+    `alias/byok-provisioner/<stack>/<name>` for generation 1, `.../<name>/g<N>` for a rotation's N.
+    Names with a `.` (which no alias may hold) and pairs too long for one alias use hashed segments,
+    so every identity has one alias."""
+    s, n = _alias_segment(stack), _alias_segment(name)
+    if generation > 1:
+        n = f"{n}/g{generation}"
+    if len(f"{CLAIM_ALIAS_PREFIX}{s}/{n}") - len("alias/") > _ALIAS_MAX:
+        n = _hashed(name) + (f"/g{generation}" if generation > 1 else "")
+    if len(f"{CLAIM_ALIAS_PREFIX}{s}/{n}") - len("alias/") > _ALIAS_MAX:
+        s = _hashed(stack)
+    return f"{CLAIM_ALIAS_PREFIX}{s}/{n}"
 
 
 def lock_alias(stack: str) -> str:
     """The reserved alias of a stack's apply lock."""
-    return f"{LOCK_ALIAS_PREFIX}{stack}"
+    return f"{LOCK_ALIAS_PREFIX}{_alias_segment(stack)}"
 
 
 def is_reserved_alias(alias: str) -> bool:
     """Whether `alias` is one of the provisioner's own (a claim or a lock), not a user's alias."""
     return alias.startswith(RESERVED_ALIAS_PREFIXES)
+
+
+# Tags of a stack's lock key (alibaba backend): which stack it locks, and who holds the lock until when.
+# The key carries no stack tag, so plan, drift and show never read it; discover skips it by TAG_LOCK.
+TAG_LOCK = "byok-provisioner:lock"
+TAG_LOCK_HOLDER = "byok-provisioner:lock-holder"  # a random token of the holding run
+TAG_LOCK_HOST = "byok-provisioner:lock-host"
+TAG_LOCK_PID = "byok-provisioner:lock-pid"
+TAG_LOCK_TARGET = "byok-provisioner:lock-target"
+TAG_LOCK_SINCE = "byok-provisioner:lock-since"
+TAG_LOCK_LEASE = "byok-provisioner:lock-lease"  # the lease runs out at this time unless renewed
+LOCK_HOLDER_TAGS = (
+    TAG_LOCK_HOLDER, TAG_LOCK_HOST, TAG_LOCK_PID, TAG_LOCK_TARGET, TAG_LOCK_SINCE, TAG_LOCK_LEASE
+)
 
 DEFAULT_DELETION_WINDOW_DAYS = 30
 

@@ -29,6 +29,7 @@ from Tea.exceptions import TeaException
 
 from provisioner.backend.base import QUOTA_GROUPS
 from provisioner.cli import main
+from provisioner.model import TAG_LOCK, is_reserved_alias
 
 STACK = "e2e"
 SOFTWARE = "kst-local-software"
@@ -162,10 +163,16 @@ class SdkView:
                 time.sleep(0.05 + 0.01 * attempt)
         raise AssertionError("unreachable")
 
-    def key_ids(self) -> list[str]:
+    def key_ids(self, *, lock_keys: bool = False) -> list[str]:
+        """Every key; a stack's lock key (alibaba: the provisioner's bookkeeping, never a managed key,
+        tests/test_lock_e2e.py) only with `lock_keys`."""
         body = self._call(self.client.list_keys, kms.ListKeysRequest(page_size=100))
         assert body.total_count is None or body.total_count <= 100
-        return sorted(k.key_id for k in body.keys.key)
+        ids = sorted(k.key_id for k in body.keys.key)
+        return ids if lock_keys else [k for k in ids if TAG_LOCK not in self.tags(k)]
+
+    def lock_keys(self) -> list[str]:
+        return sorted(set(self.key_ids(lock_keys=True)) - set(self.key_ids()))
 
     def describe(self, key_id: str) -> Any:
         return self._call(self.client.describe_key, kms.DescribeKeyRequest(key_id=key_id)).key_metadata
@@ -175,6 +182,13 @@ class SdkView:
         return {t.tag_key: t.tag_value for t in body.tags.tag}
 
     def aliases(self) -> dict[str, str]:
+        """The users' aliases: not the provisioner's claims and locks (see reserved_aliases)."""
+        return {a: k for a, k in self.all_aliases().items() if not is_reserved_alias(a)}
+
+    def reserved_aliases(self) -> dict[str, str]:
+        return {a: k for a, k in self.all_aliases().items() if is_reserved_alias(a)}
+
+    def all_aliases(self) -> dict[str, str]:
         body = self._call(self.client.list_aliases, kms.ListAliasesRequest(page_size=100))
         return {a.alias_name: a.key_id for a in body.aliases.alias}
 

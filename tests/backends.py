@@ -45,6 +45,10 @@ class Backend(ABC):
     endpoint: str
     #: The plan document's `backend` object.
     document: dict[str, str]
+    #: The write calls the stack's lock costs one apply (alibaba: take, tag, untag, release the alias;
+    #: local: none, a row of the state file), and what the first apply of a stack adds (its lock key).
+    lock_writes: Counter[str] = Counter()
+    lock_key_writes: Counter[str] = Counter()
 
     @abstractmethod
     def announcement(self, empty: bool = False) -> str:
@@ -79,6 +83,8 @@ class AlibabaBackend(Backend):
         self.manifest_backend = None
         self.endpoint = emulator.url
         self.document = {"type": "alibaba", "region": REGION, "endpoint": emulator.url}
+        self.lock_writes = Counter(CreateAlias=1, TagResource=1, UntagResource=1, DeleteAlias=1)
+        self.lock_key_writes = Counter(CreateKey=1)
 
     def announcement(self, empty: bool = False) -> str:
         return f"using alibaba {REGION} at {self.url}"

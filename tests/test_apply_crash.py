@@ -62,6 +62,12 @@ def wait_quiet(emulator: RunningEmulator, quiet: float = 0.3) -> None:
         last = now
 
 
+def unlock(backend: list[str], env: dict[str, str] | None = None) -> None:
+    """`provision unlock`: a run killed holding the stack's lock leaves it until its lease lapses."""
+    r = run_cli(["unlock", STACK, "manifests", *backend], env=env)
+    assert r.code == 0, r.stderr
+
+
 def kill_after_writes(cmd: list[str], env: dict[str, str], emulator: RunningEmulator, n: int) -> str:
     """Start `cmd`, SIGKILL it once the emulator has seen `n` more write calls; what happened."""
     base = write_count(emulator)
@@ -105,6 +111,7 @@ def test_apply_killed_five_times_then_converges(
     for n in (1, 2, 3, 4, 5):
         moments.append(kill_after_writes(cmd, env, emulator, n))
         wait_quiet(emulator)
+        unlock(backend, emulator.credential_env())  # the killed run's lease would hold for 60 s
         states = sorted(sdk.describe(k).key_state for k in sdk.key_ids())
         moments[-1] += f": {states}"
     print("\n".join(moments))  # what each kill left behind, for `pytest -s`
@@ -223,6 +230,7 @@ def test_apply_of_edits_killed_twice_then_converges(
     for n in (1, 3):
         moments.append(kill_after_writes(cmd, env, emulator, n))
         wait_quiet(emulator)
+        unlock(backend, creds)
     assert all(m.startswith("killed") for m in moments), moments
 
     r = run_cli(["apply", "manifests", "--auto-approve", *backend], env=creds)
@@ -291,7 +299,7 @@ def test_apply_on_the_local_backend_killed_three_times_then_converges(
     for i, name in enumerate(NAMES):
         write_key(tmp_path, name, private_pem("EC_P256", 20 + i))
     write_manifest(tmp_path, {name: key_entry(name) for name in NAMES})
-    db = tmp_path / ".provision" / "kms.db"
+    db = tmp_path / "manifests" / ".provision" / "kms.db"  # beside the manifests
     cmd = [str(PROVISION), "apply", "manifests", "--auto-approve"]
 
     def rows() -> int:
@@ -321,6 +329,7 @@ def test_apply_on_the_local_backend_killed_three_times_then_converges(
         else:
             moments.append(f"finished first with exit {proc.returncode}")
         proc.wait(10)
+        unlock([])
     print(moments)  # for `pytest -s`
 
     r = run_cli(["apply", "manifests", "--auto-approve"])

@@ -33,6 +33,7 @@ from provisioner.model import (
     KeyUsage,
     LiveState,
     ProtectionLevel,
+    claim_alias,
 )
 from provisioner.plan.planner import make_plan
 from provisioner.plan.values import DUPLICATE_WINDOW_DAYS, Plan
@@ -117,13 +118,15 @@ def key_id(env: Env, name: str) -> str:
 # ------------------------------------------------------------------------------------ calls
 
 
-def test_a_new_key_with_one_alias_takes_five_calls(env: Env) -> None:
+def test_a_new_key_with_one_alias_takes_six_calls(env: Env) -> None:
+    """The first edition's five, and the CreateAlias of the identity's claim (DESIGN section 10)."""
     env.declare("a", 50)
     result, calls = env.counting()
     assert result.ok, result.to_dict()
     assert calls == Counter(
-        CreateKey=1, GetParametersForImport=1, ImportKeyMaterial=1, CreateAlias=1, GetPublicKey=1
+        CreateKey=1, GetParametersForImport=1, ImportKeyMaterial=1, CreateAlias=2, GetPublicKey=1
     )
+    assert env.kms.describe_key(claim_alias(STACK, "a")).key_id == result.outcomes[0].key_id
     assert result.outcomes[0].done[1:] == ["imported", "aliases"]
     assert not env.plan().has_changes
 
@@ -132,8 +135,8 @@ def test_extra_alias_and_protection_cost_one_call_each(env: Env) -> None:
     env.declare("a", 50, aliases=["alias/e2e/a", "alias/e2e/b"], deletion_protection=True)
     result, calls = env.counting()
     assert result.ok
-    assert calls["CreateAlias"] == 2 and calls["SetDeletionProtection"] == 1
-    assert sum(calls.values()) == 7
+    assert calls["CreateAlias"] == 3 and calls["SetDeletionProtection"] == 1  # the claim, two aliases
+    assert sum(calls.values()) == 8
 
 
 def test_tag_edit_is_tag_resource_then_read_back(env: Env) -> None:
@@ -442,15 +445,16 @@ def twin(env: Env, name: str, tags: dict[str, str] | None = None) -> str:
     return meta.key_id
 
 
-def test_of_two_applies_creating_one_key_only_the_alias_holder_imports(env: Env) -> None:
-    env.declare("a", 50, aliases=["alias/e2e/a", "alias/e2e/a2"])
-    plan = env.plan()  # made before the other run's CreateKey and CreateAlias landed
+@pytest.mark.parametrize("aliases", [["alias/e2e/a", "alias/e2e/a2"], []], ids=["aliases", "no-alias"])
+def test_of_two_applies_creating_one_key_only_the_claim_holder_imports(env: Env, aliases: list[str]) -> None:
+    env.declare("a", 50, aliases=aliases)
+    plan = env.plan()  # made before the other run's CreateKey and its claim landed
     other = twin(env, "a")
-    env.kms.create_alias("alias/e2e/a", other)
+    env.kms.create_alias(claim_alias(STACK, "a"), other)
     result = env.apply(plan)
     (outcome,) = result.outcomes
     assert outcome.error == (
-        f"another apply created key {other} for 'a' at the same time and holds alias/e2e/a; this run's "
+        f"another apply created key {other} for 'a' at the same time and holds its claim; this run's "
         f"key {outcome.key_id} (no material) is scheduled for deletion: run plan again"
     )
     assert outcome.key_id is not None
@@ -477,3 +481,74 @@ def test_a_new_keys_alias_taken_by_a_foreign_key_leaves_it_without_material(env:
     assert env.kms.describe_key(outcome.key_id).key_state is KeyState.PENDING_IMPORT
     plan = env.plan()
     assert [(v.key, v.code.value) for v in plan.violations] == [("a", "alias-conflict")]
+
+
+def test_a_key_killed_before_its_claim_is_claimed_then_imported_by_the_next_apply(env: Env) -> None:
+    """CreateKey landed, the run died before CreateAlias of the claim: the next plan imports into that
+    key, and apply claims it first (one CreateAlias), never making a second key."""
+    env.declare("a", 50, aliases=[])
+    orphan = twin(env, "a")
+    plan = env.plan()
+    assert [(c.key_id, c.actions) for c in plan.changes] == [(orphan, ("update", "reimport"))]
+    result, calls = env.counting()
+    assert result.ok, result.to_dict()
+    assert calls["CreateAlias"] == 1 and calls["CreateKey"] == 0
+    assert env.kms.describe_key(claim_alias(STACK, "a")).key_id == orphan
+    assert env.kms.describe_key(orphan).key_state is KeyState.ENABLED
+    assert not env.plan().has_changes
+
+
+def test_an_import_into_a_key_that_holds_its_claim_costs_no_claim_call(env: Env) -> None:
+    env.declare("a", 50, aliases=[])
+    assert env.apply().ok
+    env.keys["a"]["expiry"] = "2098-01-01T00:00:00Z"
+    live = env.live()
+    claims = {a: k for a, k in live.alias_owners.items() if a.startswith("alias/byok-provisioner/")}
+    plan = env.plan()
+    before = Counter(env.transport.calls)
+    result = applying.apply_plan(plan, env.kms, env.materials(), claims=claims)
+    assert result.ok, result.to_dict()
+    assert Counter(env.transport.calls)["CreateAlias"] == before["CreateAlias"]
+
+
+def test_the_claimed_key_stands_for_its_identity_even_beside_an_older_empty_key(env: Env) -> None:
+    """An empty key older than the claimed one (a run killed before its claim, while another run
+    claimed and is importing): the claimed key is the identity's, the unclaimed one the duplicate."""
+    env.declare("a", 50, aliases=[])
+    older = twin(env, "a")
+    claimed = twin(env, "a")
+    env.kms.create_alias(claim_alias(STACK, "a"), claimed)
+    (change,) = env.plan().changes
+    assert (change.key_id, change.duplicates) == (claimed, (older,))
+    assert env.apply().ok
+    assert env.kms.describe_key(older).key_state is KeyState.PENDING_DELETION
+    assert env.kms.describe_key(claimed).key_state is KeyState.ENABLED
+
+
+def test_an_import_into_a_key_whose_claim_another_holds_is_refused(env: Env) -> None:
+    env.declare("a", 50, aliases=[])
+    plan_key = twin(env, "a")
+    plan = env.plan()
+    other = twin(env, "a")  # made and claimed after the plan was read: a broken lock
+    env.kms.create_alias(claim_alias(STACK, "a"), other)
+    (outcome,) = env.apply(plan).outcomes
+    assert outcome.error == (
+        f"key {other} holds the claim on 'a', not {plan_key}; nothing was imported into {plan_key}: "
+        f"run plan again"
+    )
+    assert env.kms.describe_key(plan_key).key_state is KeyState.PENDING_IMPORT
+
+
+def test_a_claim_held_by_a_key_without_the_identity_blocks_the_create(env: Env) -> None:
+    env.declare("a", 50, aliases=[])
+    stranger = twin(env, "a", tags={"owner": "someone-else"})
+    env.kms.create_alias(claim_alias(STACK, "a"), stranger)
+    plan = env.plan()
+    assert [(v.key, v.code.value, v.message) for v in plan.violations] == [
+        (
+            "a", "alias-conflict",
+            f"the identity's claim alias alias/byok-provisioner/e2e/a points at key {stranger}, which does "
+            f"not carry the identity (were its tags changed by hand?): restore the key's identity tags, or "
+            f"delete the alias by hand",
+        )
+    ]

@@ -63,7 +63,7 @@ def test_local_backend_path_that_is_a_folder(workdir: Path, capsys: pytest.Captu
 def test_corrupted_local_state_file_is_reported_and_left_alone(
     workdir: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = workdir / ".provision" / "kms.db"
+    state = workdir / "manifests" / ".provision" / "kms.db"
     state.parent.mkdir()
     garbage = os.urandom(4096)
     state.write_bytes(garbage)
@@ -93,16 +93,17 @@ def test_another_programs_sqlite_file_is_not_taken_for_state(
 
 
 def test_state_folder_that_is_a_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / ".provision").write_text("not a folder", encoding="utf-8")
+    (workdir / "manifests" / ".provision").write_text("not a folder", encoding="utf-8")
 
     rc, _, err = run_main(["plan", "manifests"], capsys)
 
     assert rc == 1
     assert err.endswith(
-        f"error: local backend {workdir / '.provision' / 'kms.db'}: {workdir / '.provision'} exists and is "
+        f"error: local backend {workdir / 'manifests' / '.provision' / 'kms.db'}: "
+        f"{workdir / 'manifests' / '.provision'} exists and is "
         "not a folder\n"
     )
-    assert (workdir / ".provision").read_text(encoding="utf-8") == "not a folder"
+    assert (workdir / "manifests" / ".provision").read_text(encoding="utf-8") == "not a folder"
 
 
 def test_sqlite_failure_during_a_call_is_a_backend_error(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_alibaba_flags_with_the_local_backend_are_refused(
     assert rc == 1
     assert out == ""
     assert err == f"error: {message}\n"
-    assert not (workdir / ".provision").exists()
+    assert not (workdir / "manifests" / ".provision").exists()
 
 
 # ---------------------------------------------------------------------- fingerprint
@@ -211,7 +212,7 @@ def test_apply_of_a_binary_plan_file(workdir: Path, capsys: pytest.CaptureFixtur
     assert rc == 1
     assert out == ""
     assert err == "error: --plan plan.json: not a plan file (not UTF-8 text)\n"
-    assert not (workdir / ".provision").exists()
+    assert not (workdir / "manifests" / ".provision").exists()
 
 
 def test_emulator_db_of_another_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -243,8 +244,8 @@ def test_console_script_reports_a_corrupted_state_file(workdir: Path) -> None:
     script = Path(sys.executable).parent / "provision"
     if not script.exists():
         pytest.skip("console script not installed next to this interpreter")
-    (workdir / ".provision").mkdir()
-    (workdir / ".provision" / "kms.db").write_bytes(os.urandom(2048))
+    (workdir / "manifests" / ".provision").mkdir()
+    (workdir / "manifests" / ".provision" / "kms.db").write_bytes(os.urandom(2048))
 
     done = subprocess.run(
         [str(script), "drift", "manifests"], cwd=workdir, capture_output=True, text=True, timeout=120,
@@ -274,7 +275,7 @@ def test_apply_of_a_plan_whose_stack_was_edited_is_refused(
         "error: plan file is malformed: changes[0].tags_to_set: byok-provisioner:stack is 'payments', "
         "not 'other' (was the file edited by hand?)\n"
     )
-    transport = LocalTransport(workdir / ".provision" / "kms.db")
+    transport = LocalTransport(workdir / "manifests" / ".provision" / "kms.db")
     try:
         assert transport.call("ListKeys", {"PageNumber": 1, "PageSize": 100})["TotalCount"] == 0
     finally:
@@ -296,7 +297,7 @@ def test_expiry_beyond_what_utc_can_hold_is_a_located_error(
     where = "manifests/payments.yaml:39:13"
     assert f'{where}: error: expiry "{expiry}" is not a time in UTC years 1..9999; ' in err
     assert err.endswith('use "never" for no expiry\n1 error(s)\n')
-    assert not (workdir / ".provision").exists()
+    assert not (workdir / "manifests" / ".provision").exists()
 
 
 def test_drift_creates_no_local_state_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -305,12 +306,14 @@ def test_drift_creates_no_local_state_file(workdir: Path, capsys: pytest.Capture
     rc, out, err = run_main(["drift", "manifests", "--format", "json"], capsys)
 
     assert rc == 2
-    assert err == "using local backend (.provision/kms.db), which does not exist yet: an empty KMS\n"
+    assert err == (
+        "using local backend (manifests/.provision/kms.db), which does not exist yet: an empty KMS\n"
+    )
     report = json.loads(out)
     assert sorted((d["key"], d["kind"]) for d in report["drift"]) == [
         ("api-tokens", "missing"), ("card-data", "missing"), ("receipts-signing", "missing")
     ]
-    assert not (workdir / ".provision").exists()
+    assert not (workdir / "manifests" / ".provision").exists()
 
 
 def test_plan_text_shows_bidi_and_invisible_characters_escaped(

@@ -2,8 +2,9 @@
 
 The whole flow runs in-process (validate, plan --out, apply --plan, drift, plan json/markdown, an edit
 that reimports, failing applies, wrap --out, fingerprint, an apply through the SDK to the emulator),
-capturing every stdout/stderr, every log record and every file under the working folder, including the
-local backend's `.provision/kms.db`. Import tokens are captured at the Kms facade as they are issued.
+capturing every stdout/stderr, every log record and every file under the working folder, including
+the local backend's `manifests/.provision/kms.db`. Import tokens are captured at the Kms facade as they
+are issued.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def test_nothing_the_tool_prints_or_writes_holds_material_or_tokens(
         for p in sorted(tmp_path.rglob("*"))
         if p.is_file() and p not in inputs
     }
-    assert {"plan.json", "plan2.json", "wrapped.b64", ".provision/kms.db"} <= set(written)
+    assert {"plan.json", "plan2.json", "wrapped.b64", "manifests/.provision/kms.db"} <= set(written)
     haystacks = {**rec.outputs, **{f"file {name}": data for name, data in written.items()}}
     haystacks["log records"] = caplog.text.encode()
     # Whatever reached the process's own stdout/stderr (the in-process emulator, warnings).

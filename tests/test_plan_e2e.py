@@ -257,13 +257,14 @@ def test_local_backend_plans_with_no_account_and_announces_itself(
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.alibabacloud profile either
     run = run_cli(["plan", str(stack.folder), "--detailed-exitcode"])
     assert run.code == 2, run.stderr
-    assert run.stderr == "using local backend (.provision/kms.db), which does not exist yet: an empty KMS\n"
+    # The stack's state is beside its manifests (DESIGN section 10), wherever the command runs.
+    assert run.stderr == "using local backend (m/.provision/kms.db), which does not exist yet: an empty KMS\n"
     assert run.stdout.startswith(
-        f"Stack '{STACK}', backend local (path .provision/kms.db)\nEndpoint: local:.provision/kms.db\n\n"
+        f"Stack '{STACK}', backend local (path m/.provision/kms.db)\nEndpoint: local:m/.provision/kms.db\n\n"
     )
     assert "Plan: 3 to create, 3 to import" in run.stdout
     # Reading writes nothing: the missing state file is an empty KMS, not created by plan.
-    assert not (tmp_path / ".provision").exists()
+    assert not (tmp_path / ".provision").exists() and not (tmp_path / "m" / ".provision").exists()
     assert_no_secret(run.stdout + run.stderr, pem_files(stack))
 
 

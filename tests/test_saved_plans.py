@@ -30,7 +30,7 @@ from conftest import REGION, RunningEmulator
 from provisioner.backend.local import LocalTransport
 
 TAG_FINGERPRINT = "byok-provisioner:fingerprint"
-STATE = Path(".provision/kms.db")
+STATE = Path("manifests/.provision/kms.db")
 
 
 @pytest.fixture
@@ -194,8 +194,9 @@ def test_saved_plan_with_other_paths_is_refused(work: Path) -> None:
     offline_plan()
     (work / "other").mkdir()
     (work / "other" / "stack.yaml").write_text((work / "manifests" / "stack.yaml").read_text())
-    # The digest names each file relative to its PATH: the same file found another way is the same...
-    r = run_cli(["apply", "--plan", "p.json", "other/stack.yaml", "--format", "json"])
+    # The digest names each file relative to its PATH: the same file found another way is the same
+    # (with --state, as the state beside other/ is another KMS)...
+    r = run_cli(["apply", "--plan", "p.json", "other/stack.yaml", "--format", "json", "--state", str(STATE)])
     assert r.code == 0, r.stderr
     assert r.json()["ok"] is True
     # ...but another set of files is not.
@@ -271,7 +272,7 @@ def test_saved_plan_backend_never_comes_from_the_plan(work: Path) -> None:
     assert r.code == 1
     assert r.stderr.endswith(
         "error: the plan was made against path=elsewhere/kms.db, type=local, but apply is pointed at "
-        "endpoint=local:.provision/kms.db, path=.provision/kms.db, type=local: "
+        "endpoint=local:manifests/.provision/kms.db, path=manifests/.provision/kms.db, type=local: "
         "apply it against the backend it was made for, or make a new "
         "plan\n"
     ), r.stderr

@@ -375,9 +375,12 @@ def test_validate_plan_drift_show_and_discover_write_nothing_then_apply_works(
     assert run_main(["validate", "manifests"], capsys)[0] == 0
     rc, out, err = run_main(["plan", "manifests", "--format", "json"], capsys)
     assert rc == 0
-    assert err == "using local backend (.provision/kms.db), which does not exist yet: an empty KMS\n"
+    assert err == (
+        "using local backend (manifests/.provision/kms.db), which does not exist yet: an empty KMS\n"
+    )
     assert json.loads(out)["backend"] == {
-        "type": "local", "path": ".provision/kms.db", "endpoint": "local:.provision/kms.db"
+        "type": "local", "path": "manifests/.provision/kms.db",
+        "endpoint": "local:manifests/.provision/kms.db",
     }
     assert run_main(["drift", "manifests"], capsys)[0] == 2
     rc, out, _ = run_main(["show", "manifests"], capsys)
@@ -385,6 +388,7 @@ def test_validate_plan_drift_show_and_discover_write_nothing_then_apply_works(
     rc, out, _ = run_main(["discover"], capsys)
     assert (rc, out.splitlines()[-1]) == (0, "keys: {}")
     assert listing(workdir) == before
+    assert not (workdir / "manifests" / ".provision").exists()
     assert not (workdir / ".provision").exists()
 
     # plan of a missing state, then apply: the apply creates it.
@@ -392,7 +396,7 @@ def test_validate_plan_drift_show_and_discover_write_nothing_then_apply_works(
     assert rc == 0, err
     rc, _, err = run_main(["apply", "--plan", "saved.json"], capsys)
     assert rc == 0, err
-    assert (workdir / ".provision" / "kms.db").is_file()
+    assert (workdir / "manifests" / ".provision" / "kms.db").is_file()
 
     # Plan and drift of an existing state leave it, and its folder, byte for byte as they were.
     before = listing(workdir)
@@ -482,7 +486,8 @@ def hand_to_nobody(folder: Path) -> None:
     if os.geteuid() != 0:
         return
     for p in [folder, *(folder / "manifests").rglob("*"), folder / "manifests"]:
-        os.chown(p, 65534, 65534)
+        if ".provision" not in p.relative_to(folder).parts:  # the state, beside the manifests
+            os.chown(p, 65534, 65534)
 
 
 @pytest.mark.parametrize("read_only", ["file", "folder"])
@@ -495,7 +500,7 @@ def test_a_read_only_state_is_read_by_plan_and_drift_and_apply_says_permission_d
     # Every module the commands load is loaded now, while the interpreter's files are readable.
     assert run_main(["plan", "manifests"], capsys)[0] == 0
     assert run_main(["drift", "manifests"], capsys)[0] == 0
-    state = folder / ".provision" / "kms.db"
+    state = folder / "manifests" / ".provision" / "kms.db"
     hand_to_nobody(folder)
     state.parent.chmod(0o755)  # the tool makes .provision/ 0700; here another user may enter it
     state.chmod(0o444)
@@ -648,7 +653,7 @@ def test_a_state_folder_this_user_cannot_enter_is_permission_denied(
         pytest.skip("needs root to hand the state folder to another user")
     assert run_main(["apply", "manifests", "--auto-approve"], capsys)[0] == 0
     assert run_main(["plan", "manifests"], capsys)[0] == 0
-    state = shared_workdir / ".provision" / "kms.db"
+    state = shared_workdir / "manifests" / ".provision" / "kms.db"
     hand_to_nobody(shared_workdir)
     state.parent.chmod(0o700)  # root's, as the tool leaves it
     with as_unprivileged():

@@ -35,6 +35,8 @@ def open_kms(
     max_elapsed: float = 30.0,
     create: bool = True,
     environ: Mapping[str, str] | None = None,
+    state: Path | None = None,
+    default_state: Path | None = None,
 ) -> Kms:
     """The KMS the user asked for: flags, then PROVISION_BACKEND / PROVISION_ENDPOINT /
     ALIBABA_CLOUD_REGION_ID, then the manifest's `backend:`; a trusted endpoint alone means alibaba.
@@ -42,7 +44,10 @@ def open_kms(
     An endpoint that only the manifest names must pass `manifest_endpoint` for the run's region, or
     this raises a located ManifestError before any connection: a pull request controls the
     manifests and must not choose who receives the signed calls. With no backend anywhere, the
-    local backend on `.provision/kms.db` under `cwd`. `qps` holds per-group overrides
+    local backend on `state` (--state), else the manifest's `backend.path`, else `default_state`
+    (`.provision/kms.db` beside the first manifest path), else `.provision/kms.db` under `cwd`; a
+    missing `default_state` beside an existing `cwd/.provision/kms.db` (the first edition's place)
+    is refused, naming both. `qps` holds per-group overrides
     (`parse_qps`): alibaba fills the other groups from the vendor's quotas; the local backend,
     in-process, is limited only in the groups given. `create=False` (read-only commands) opens the
     local state read-only and leaves a missing one uncreated: the KMS is then empty and its
@@ -66,17 +71,19 @@ def open_kms(
         raise UsageError(f"unknown backend {kind!r} (expected {' or '.join(BACKEND_TYPES)})")
     if kind == "local" and trusted_endpoint and backend is None and env_backend is None:
         raise UsageError(f"{endpoint_from} needs --backend alibaba: the manifest's backend is local")
+    if kind != "local" and state is not None:
+        raise UsageError("--state applies to the local backend only; the backend is alibaba")
     if kind == "local" and (trusted_endpoint or region):
         # Silently ignoring them would plan against .provision/kms.db while the user meant a region.
         flag = endpoint_from if trusted_endpoint else "--region"
         raise UsageError(f"{flag} applies to the alibaba backend only; the backend is local")
 
     inner: Transport
+    db: Path | None = None
     if kind == "local":
         from provisioner.backend.local import LocalTransport
 
-        path = mb.path if mb is not None and mb.type == "local" and mb.path is not None else DEFAULT_LOCAL_DB
-        db = path if path.is_absolute() else cwd / path
+        db = _state_file(state, mb, default_state, cwd)
         local = LocalTransport(db, create=create)
         inner = local
         description = f"local backend ({_shown(db, cwd)})"
@@ -108,8 +115,44 @@ def open_kms(
             info["region"] = region
         limits = {**DEFAULT_QPS, **(qps or {})}
     return Kms(
-        ResilientTransport(inner, qps=limits, max_elapsed=max_elapsed), description=description, info=info
+        ResilientTransport(inner, qps=limits, max_elapsed=max_elapsed),
+        description=description,
+        info=info,
+        state_path=db,
     )
+
+
+def default_state_file(first_path: Path) -> Path:
+    """`.provision/kms.db` in the folder of the first manifest path (the path itself when a folder)."""
+    folder = first_path if first_path.is_dir() else first_path.parent
+    return folder / DEFAULT_LOCAL_DB
+
+
+def _state_file(state: Path | None, mb: BackendConfig | None, default: Path | None, cwd: Path) -> Path:
+    """The local state file: --state, the manifest's backend.path, the stack's default, in that order."""
+    if state is not None:
+        return state if state.is_absolute() else cwd / state
+    if mb is not None and mb.type == "local" and mb.path is not None:
+        return mb.path if mb.path.is_absolute() else cwd / mb.path
+    if default is None:
+        return cwd / DEFAULT_LOCAL_DB
+    db = default if default.is_absolute() else cwd / default
+    legacy = cwd / DEFAULT_LOCAL_DB
+    if not _exists(db) and _exists(legacy) and os.path.abspath(db) != os.path.abspath(legacy):
+        raise UsageError(
+            f"the stack's local state is {_shown(db, cwd)} (beside the first manifest path), which does not "
+            f"exist, but {_shown(legacy, cwd)} in the current folder does (where the first edition kept "
+            f"it): move {_shown(legacy, cwd)} to {_shown(db, cwd)}, or name the one to use with --state"
+        )
+    return db
+
+
+def _exists(path: Path) -> bool:
+    """Whether something is at `path`; one this user may not look at counts (the backend says why)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return True
 
 
 def _run_region(flag: str | None, from_env: str | None, manifest: BackendConfig | None) -> str | None:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from provisioner.model import (
@@ -114,11 +115,18 @@ class Kms:
     """The KMS API as typed methods, one per action used by the provisioner."""
 
     def __init__(
-        self, transport: Transport, *, description: str = "", info: Mapping[str, str] | None = None
+        self,
+        transport: Transport,
+        *,
+        description: str = "",
+        info: Mapping[str, str] | None = None,
+        state_path: Path | None = None,
     ) -> None:
         self.transport = transport
         self.description = description  # e.g. "local backend .provision/kms.db", for the user
         self.info = dict(info or {})  # e.g. {"type": "alibaba", "region": ...}: the plan's `backend`
+        #: The local backend's state file (where its lock row lives); None for alibaba.
+        self.state_path = state_path
 
     def close(self) -> None:
         self.transport.close()

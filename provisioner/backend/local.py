@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 
 from provisioner.emulator.store import NotAStateFile
 from provisioner.errors import BackendError, KmsApiError
+from provisioner.files import not_regular_reason
 from provisioner.wire import ErrorCode
 
 
@@ -36,6 +38,7 @@ class LocalTransport:
         self._error_type: type[Exception] = KmsError
         self._flatten = flatten_params
         try:
+            _refuse_special(db_path)
             # Inside the try: a folder this user may not enter makes even exists() raise.
             self.missing = not create and not db_path.exists() and not db_path.is_symlink()
             if self.missing:
@@ -95,6 +98,23 @@ class _NotAFolder(FileExistsError):
         self.folder = folder
 
 
+class _Special(OSError):
+    """The state file is a symbolic link, a FIFO, a device or a socket (DESIGN section 9)."""
+
+
+def _refuse_special(db_path: Path) -> None:
+    """The state file must be a regular file (or not exist yet): never followed through a link, never
+    a FIFO that would hang SQLite or a device it would write into."""
+    try:
+        info = os.lstat(db_path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise _Special("is a symbolic link; the state file must be a regular file (nothing read or written)")
+    if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+        raise _Special(f"{not_regular_reason(info.st_mode)} (nothing read or written)")
+
+
 def _refuse_impossible(db_path: Path) -> None:
     """A missing state file reads as an empty KMS only where one could be created later."""
     for folder in db_path.parents:
@@ -115,6 +135,8 @@ def _refuse_unwritable(db_path: Path) -> None:
 
 def _open_failure(db_path: Path, e: Exception) -> str:
     """Why the local state file cannot be used, in words, without SQLite's or the OS's internals."""
+    if isinstance(e, _Special):
+        return str(e)
     if isinstance(e, _NotAFolder):
         return f"{e.folder} exists and is not a folder"
     if isinstance(e, FileExistsError):

@@ -38,6 +38,7 @@ from provisioner.model import (
     KeyStatus,
     LiveState,
     ManifestSet,
+    claim_alias,
     format_time,
 )
 from provisioner.plan.planfile import digest_snapshot
@@ -127,18 +128,25 @@ def current_generation(keys: Iterable[ActualKey]) -> tuple[ActualKey, ...]:
     return tuple(k for k in keys if k.generation == current)
 
 
-def sort_identity(keys: tuple[ActualKey, ...]) -> Identity:
+def sort_identity(keys: tuple[ActualKey, ...], claimed_by: str | None = None) -> Identity:
+    """The current generation's keys sorted out. `claimed_by`: the key id the identity's claim alias
+    points at (DESIGN section 10), if any. The claimed key is the identity's key: an empty key beside it
+    is a duplicate (a run that lost the claim, or was killed before making it), never the other way
+    round, even when it is older."""
     keys = current_generation(keys)
     active = _oldest_first(k for k in keys if k.status is not KeyStatus.PENDING_DELETION)
     if not active:
-        # Keys already pending deletion are left alone; the oldest stands for the identity.
+        # Keys already pending deletion are left alone; the claimed one (else the oldest) stands for it.
         pending = _oldest_first(keys)
-        return Identity(pending[0] if pending else None, (), ())
+        claimed = [k for k in pending if k.key_id == claimed_by]
+        stands = claimed[0] if claimed else pending[0] if pending else None
+        return Identity(stands, (), ())
     # An expired key once held material and stays bound to it, so it counts as a holder.
     holders = [k for k in active if k.status is not KeyStatus.PENDING_IMPORT]
-    if len(holders) > 1:
-        return Identity(None, (), tuple(holders))
-    primary = holders[0] if holders else active[0]
+    claimed = [k for k in active if k.key_id == claimed_by]
+    if len(holders) > 1 or (claimed and holders and holders[0] is not claimed[0]):
+        return Identity(None, (), tuple(holders if len(holders) > 1 else (*holders, *claimed)))
+    primary = claimed[0] if claimed else holders[0] if holders else active[0]
     return Identity(primary, tuple(k for k in active if k is not primary), ())
 
 
@@ -216,6 +224,18 @@ def with_lease(d: DesiredKey, key: ActualKey | None, now: datetime) -> DesiredKe
     return replace(d, expiry=d.lease.expiry(live, now))
 
 
+def identity_of(live: LiveState, name: str) -> Identity:
+    """The live keys of `name` sorted out by its claim."""
+    keys = live.keys.get(name, ())
+    generation = max((k.generation for k in current_generation(keys)), default=1)
+    return sort_identity(keys, live.alias_owners.get(claim_alias(live.stack, name, generation)))
+
+
+def identities(live: LiveState) -> dict[str, Identity]:
+    """Every name's keys sorted out, each by its claim."""
+    return {name: identity_of(live, name) for name in live.keys}
+
+
 class _Planner:
     def __init__(
         self,
@@ -243,7 +263,7 @@ class _Planner:
         self.violations: list[Violation] = []
         self.notes: list[Note] = []
         self.locations = {d.name: d.location for d in desired.keys}
-        self.identities = {name: sort_identity(keys) for name, keys in live.keys.items()}
+        self.identities = identities(live)
         # A key to adopt that no stack manages becomes this stack's: its aliases are ours to keep or move.
         adoptable = [
             a.key for a in live.adopted.values() if a.key is not None and a.key.stack in (None, live.stack)
@@ -457,6 +477,18 @@ class _Planner:
         ok = self.check_expiry(d)
         claims = self.plan_alias_claims(d)
         ref = self.material_ref(d, "key does not exist and must be created and imported")
+        claim = claim_alias(self.desired.stack, d.name)
+        holder = self.live.alias_owners.get(claim)
+        if holder is not None:
+            # Only a key of this identity may hold its claim; apply's CreateAlias would fail after CreateKey.
+            self.violate(
+                d.name,
+                ViolationCode.ALIAS_CONFLICT,
+                f"the identity's claim alias {claim} points at key {holder}, which does not carry the "
+                f"identity (were its tags changed by hand?): restore the key's identity tags, or delete the "
+                f"alias by hand",
+            )
+            return
         if not ok or ref is None or claims is None:
             return
         material, fp = ref

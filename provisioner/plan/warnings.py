@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from provisioner.model import DesiredKey, KeyStatus, LiveState, ManifestSet, format_time
-from provisioner.plan.planner import KEEPS_MATERIAL, sort_identity
+from provisioner.plan.planner import KEEPS_MATERIAL, identity_of
 from provisioner.plan.values import Action, Plan
 
 #: The default of `--expiry-warning` on plan, apply and drift.
@@ -69,7 +69,7 @@ def expiry_warnings(
             key_id = change.key_id
             expires = change.after.expiry if change.after is not None else d.expiry
         else:
-            key = sort_identity(live.keys.get(d.name, ())).primary
+            key = identity_of(live, d.name).primary
             if key is None or key.status in (KeyStatus.PENDING_IMPORT, KeyStatus.MATERIAL_EXPIRED):
                 continue
             key_id, expires = key.key_id, key.material_expires_at
