@@ -203,7 +203,8 @@ def test_without_the_lock_the_claims_still_keep_one_key_per_identity(
         for name in (f"r{i}a", f"r{i}b"):
             standing = [k for k in found[name] if sdk.describe(k).key_state != "PendingDeletion"]
             assert standing == [claims[claim_alias(STACK, name)]], (name, results)
-    print(f"claims lost in {LOCK_FREE_ROUNDS} lock-free rounds: {lost // 2}")  # each loss is printed twice (progress, summary)
+    # Each loss is printed twice: its progress line, then the summary.
+    print(f"claims lost in {LOCK_FREE_ROUNDS} lock-free rounds: {lost // 2}")
     r = run_cli(["apply", "manifests", "--auto-approve", *backend.args], env=backend.env)
     assert r.code == 0, r.stdout + r.stderr
     r = run_cli(["plan", "manifests", "--detailed-exitcode", *backend.args], env=backend.env)
