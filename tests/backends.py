@@ -49,6 +49,19 @@ class Backend(ABC):
     #: local: none, a row of the state file), and what the first apply of a stack adds (its lock key).
     lock_writes: Counter[str] = Counter()
     lock_key_writes: Counter[str] = Counter()
+    #: Every call the lock costs one apply (alibaba: its writes and the reads of its key and alias).
+    lock_calls: Counter[str] = Counter()
+    _charged: set[str] = set()  # lock keys whose CreateKey minus_lock took off already
+
+    def minus_lock(self, made: Counter[str]) -> Counter[str]:
+        """`made` (writes or calls between two stats) less the lock's own, when an apply took it."""
+        if not self.lock_writes or made & self.lock_writes != self.lock_writes:
+            return made
+        lock = self.lock_calls if any(a not in self.lock_writes for a in made) else self.lock_writes
+        # A stack's first apply also made its lock key: counted once, by the first count that sees it.
+        fresh = set(self.view.lock_keys()) - self._charged
+        self._charged |= fresh
+        return made - lock - Counter(CreateKey=len(fresh))
 
     @abstractmethod
     def announcement(self, empty: bool = False) -> str:
@@ -85,6 +98,8 @@ class AlibabaBackend(Backend):
         self.document = {"type": "alibaba", "region": REGION, "endpoint": emulator.url}
         self.lock_writes = Counter(CreateAlias=1, TagResource=1, UntagResource=1, DeleteAlias=1)
         self.lock_key_writes = Counter(CreateKey=1)
+        self.lock_calls = self.lock_writes + Counter(ListTagResources=1, DescribeKey=1, ListResourceTags=1)
+        self._charged = set()
 
     def announcement(self, empty: bool = False) -> str:
         return f"using alibaba {REGION} at {self.url}"
