@@ -152,7 +152,7 @@ def test_nothing_the_tool_prints_or_writes_holds_symmetric_material(
         for p in sorted(tmp_path.rglob("*"))
         if p.is_file() and p not in inputs
     }
-    assert {"file plan.json", "file wrapped.b64", "file .provision/kms.db"} <= set(written)
+    assert {"file plan.json", "file wrapped.b64", "file manifests/.provision/kms.db"} <= set(written)
     haystacks = {**rec.outputs, **written, "log records": caplog.text.encode()}
     captured = capfd.readouterr()
     haystacks["process stdout"] = captured.out.encode()
