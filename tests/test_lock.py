@@ -94,7 +94,7 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_knows_it_lost(
     stores: tuple[LockStore, LockStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = stores
-    monkeypatch.setattr(lock, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 2.0)  # whole seconds on the wire: at least 1 s
     monkeypatch.setattr(lock, "RENEW_SECONDS", 3600.0)  # a holder that stopped renewing (killed, paused)
     held = acquire(first, stack="s", target="default", timeout=0)
     with pytest.raises(StackLocked, match=REFUSAL):
@@ -116,11 +116,11 @@ def test_a_renewed_lease_keeps_the_lock_past_its_first_lease(
     stores: tuple[LockStore, LockStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = stores
-    monkeypatch.setattr(lock, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 2.0)  # whole seconds on the wire: at least 1 s
     monkeypatch.setattr(lock, "RENEW_SECONDS", 0.2)
     held = acquire(first, stack="s", target="default", timeout=0)
     try:
-        time.sleep(1.5)
+        time.sleep(2.5)
         with pytest.raises(StackLocked, match=REFUSAL):
             acquire(second, stack="s", target="default", timeout=0)
         assert not held.lost.is_set()
