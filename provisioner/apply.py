@@ -29,8 +29,8 @@ from provisioner.model import (
     KeyStatus,
     LiveState,
     ManifestSet,
-    format_time,
     claim_alias,
+    format_time,
     generation_of,
 )
 from provisioner.plan.planner import stale_reason
