@@ -17,7 +17,7 @@ from cli_support import run_main
 from provisioner.backend.base import Kms
 from provisioner.backend.local import LocalTransport
 
-DB = Path(".provision") / "kms.db"
+DB = Path("manifests") / ".provision" / "kms.db"  # beside the manifests (DESIGN section 10)
 
 
 def _write(folder: Path, stack: str, keys: dict[str, dict[str, object]]) -> None:
@@ -55,6 +55,9 @@ def unmanaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     kms = Kms(LocalTransport(tmp_path / DB), info={"type": "local"})
     (key_id,) = kms.list_keys()
     kms.untag_resource(key_id, [k for k in kms.list_resource_tags(key_id) if k.startswith("byok-")])
+    for alias in kms.list_aliases_by_key_id(key_id):  # and its identity claim: a key made by hand has none
+        if alias.startswith("alias/byok-provisioner/"):
+            kms.delete_alias(alias)
     kms.close()
     return key_id
 
@@ -119,7 +122,7 @@ def test_adopting_a_key_of_this_stack_without_its_name_tag_says_so(
 def test_discover_tells_how_to_pin_a_symmetric_key(
     unmanaged: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_main(["discover"], capsys)
+    code, out, err = run_main(["discover", "--state", str(DB)], capsys)  # no PATH: name the state
     assert code == 0, err
     assert (
         "  # Enabled: KMS cannot show which symmetric material it holds; pin material.fingerprint: kcv:... "

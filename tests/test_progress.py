@@ -165,12 +165,12 @@ def test_plan_through_the_cli_prints_a_line_per_key_read_once_past_the_delay(
     code, _, err = run_main(["apply", "manifests", "--backend", "local", "--auto-approve"], capsys)
     assert code == 0, err
     code, _, err = run_main(["plan", "manifests", "--backend", "local"], capsys)
-    assert (code, err) == (0, "using local backend (.provision/kms.db)\n")  # quick: no progress
+    assert (code, err) == (0, "using local backend (manifests/.provision/kms.db)\n")  # quick: no progress
     monkeypatch.setattr(progress_module, "DELAY", 0.0)
     code, out, err = run_main(["plan", "manifests", "--backend", "local"], capsys)
     assert code == 0
     lines = err.splitlines()
-    assert lines[0] == "using local backend (.provision/kms.db)"
+    assert lines[0] == "using local backend (manifests/.provision/kms.db)"
     assert [line.split(",")[0] for line in lines[1:]] == [
         "refresh: 1 key(s) read", "refresh: 2 key(s) read", "refresh: 3 key(s) read"
     ]
