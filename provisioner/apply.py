@@ -21,6 +21,7 @@ from typing import Any
 from provisioner.backend.base import KeyMetadata, Kms
 from provisioner.errors import ApplyError, KmsApiError, ProvisionerError, StalePlan
 from provisioner.model import (
+    DEFAULT_TARGET,
     MANAGED_TAGS,
     TAG_NAME,
     TAG_STACK,
@@ -76,13 +77,17 @@ class KeyOutcome:
     key_id: str | None
     done: list[str] = field(default_factory=list)
     error: str | None = None
+    target: str = DEFAULT_TARGET
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "key_id": self.key_id, "done": list(self.done), "error": self.error}
+        return {
+            "key": self.key, "key_id": self.key_id, "done": list(self.done), "error": self.error,
+            "target": self.target,
+        }
 
 
 @dataclass
@@ -90,9 +95,18 @@ class ApplyResult:
     stack: str
     outcomes: list[KeyOutcome]
 
+    #: Targets whose run failed before any key of theirs was applied (refused reads, a stale key), with
+    #: the error: their keys are not in `outcomes`.
+    failed_targets: dict[str, str] = field(default_factory=dict)
+
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
+        return all(o.ok for o in self.outcomes) and not self.failed_targets
+
+    @property
+    def failing_targets(self) -> list[str]:
+        """Every target with a key that failed or a run that did, sorted."""
+        return sorted({o.target for o in self.outcomes if not o.ok} | set(self.failed_targets))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +118,8 @@ class ApplyResult:
                 "changed": sum(1 for o in self.outcomes if o.ok),
                 "failed": sum(1 for o in self.outcomes if not o.ok),
             },
+            "failed_targets": self.failing_targets,
+            **({"target_errors": dict(sorted(self.failed_targets.items()))} if self.failed_targets else {}),
         }
 
 
@@ -258,7 +274,7 @@ class _Applier:
         self.claims = claims  # claim alias -> the key id holding it, as read under the lock
 
     def run(self, change: Change) -> KeyOutcome:
-        outcome = KeyOutcome(change.key, change.key_id)
+        outcome = KeyOutcome(change.key, change.key_id, target=change.target)
         try:
             self._run(change, outcome)
         except ProvisionerError as e:
@@ -600,12 +616,14 @@ def apply_plan(
 
     def run(change: Change) -> KeyOutcome:
         if stop.is_set():
-            return KeyOutcome(change.key, change.key_id, error="not started: apply was interrupted")
+            return KeyOutcome(
+                change.key, change.key_id, error="not started: apply was interrupted", target=change.target
+            )
         if lost_lock is not None and lost_lock.is_set():
             return KeyOutcome(
                 change.key, change.key_id,
                 error="not started: this apply lost the stack's lock (its lease lapsed and another apply "
-                "took it over)",
+                "took it over)", target=change.target,
             )
         try:
             return applier.run(change)

@@ -14,6 +14,7 @@ from typing import Any
 
 from provisioner.compare import KeyDiff, compare, foreign_aliases
 from provisioner.model import (
+    DEFAULT_TARGET,
     ActualKey,
     DesiredKey,
     DesiredState,
@@ -30,6 +31,7 @@ from provisioner.plan.warnings import (
     window_words,
 )
 from provisioner.specs import Verification, facts
+from provisioner.targets import backends_document
 
 FORMAT_VERSION = 1
 
@@ -61,6 +63,7 @@ class DriftItem:
     detail: str
     expected: Value = None
     found: Value = None
+    target: str = DEFAULT_TARGET
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class DriftItem:
             "detail": self.detail,
             "expected": self.expected,
             "found": self.found,
+            "target": self.target,
         }
 
 
@@ -82,6 +86,8 @@ class DriftReport:
     backend: Mapping[str, str] = field(default_factory=dict)
     #: (key, message): what drift could not check and why (no drift: they change no exit code).
     notes: tuple[tuple[str, str], ...] = ()
+    #: Several targets: each one's backend with its `name` (`backend` is then empty); () for one.
+    backends: tuple[Mapping[str, str], ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -104,6 +110,7 @@ class DriftReport:
             "checked_at": format_time(self.checked_at),
             "in_sync": self.in_sync,
             **({"backend": dict(self.backend)} if self.backend else {}),
+            "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             "drift": [i.to_dict() for i in self.items],
             **({"notes": [{"key": k, "message": m} for k, m in self.notes]} if self.notes else {}),
         }

@@ -20,6 +20,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
+from provisioner.targets import backends_document
 
 FORMAT_VERSION = 1
 
@@ -78,12 +79,15 @@ class ShowReport:
     backend: Mapping[str, str] = field(default_factory=dict)
     targets: tuple[str, ...] = ()  # --target names; () for the whole stack
     format_version: int = FORMAT_VERSION
+    #: Several targets: each one's backend with its `name` (`backend` is then empty); () for one.
+    backends: tuple[Mapping[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "stack": self.stack,
             **({"backend": dict(self.backend)} if self.backend else {}),
+            "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             **({"targets": list(self.targets)} if self.targets else {}),
             "keys": [k.to_dict() for k in self.keys],
         }

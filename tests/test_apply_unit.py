@@ -341,10 +341,11 @@ def test_apply_result_document() -> None:
         "stack": "s",
         "ok": False,
         "keys": [
-            {"key": "a", "key_id": "k1", "done": ["created k1"], "error": None},
-            {"key": "b", "key_id": None, "done": [], "error": "boom"},
+            {"key": "a", "key_id": "k1", "done": ["created k1"], "error": None, "target": "default"},
+            {"key": "b", "key_id": None, "done": [], "error": "boom", "target": "default"},
         ],
         "summary": {"changed": 1, "failed": 1},
+        "failed_targets": ["default"],
     }
 
 

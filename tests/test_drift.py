@@ -244,6 +244,7 @@ def test_in_sync(live: dict[str, Any], why: str) -> None:
         "stack": "payments",
         "checked_at": "2026-06-01T00:00:00Z",
         "in_sync": True,
+        "backends": [{"name": "default", "type": None, "region": None, "endpoint": None}],
         "drift": [],
     }
 
@@ -282,6 +283,7 @@ def test_drift_document() -> None:
         "stack": "payments",
         "checked_at": "2026-06-01T00:00:00Z",
         "in_sync": False,
+        "backends": [{"name": "default", "type": None, "region": None, "endpoint": None}],
         "drift": [
             {
                 "key": "a",
@@ -289,6 +291,7 @@ def test_drift_document() -> None:
                 "detail": "no key exists for this manifest entry",
                 "expected": "present",
                 "found": None,
+                "target": "default",
             },
             {
                 "key": "b",
@@ -296,6 +299,7 @@ def test_drift_document() -> None:
                 "detail": "description differs",
                 "expected": "new",
                 "found": "old",
+                "target": "default",
             },
         ],
     }

@@ -167,6 +167,10 @@ def test_plan_document_golden() -> None:
         "stack": "payments",
         "created_at": "2026-06-01T12:00:00Z",
         "backend": {"type": "local", "path": ".provision/kms.db"},
+        # A single backend is the target `default`, in every document (DESIGN section 12).
+        "backends": [
+            {"name": "default", "type": "local", "region": None, "endpoint": None, "path": ".provision/kms.db"}
+        ],
         "manifest_digest": "",
         "changes": [
             {
@@ -209,6 +213,7 @@ def test_plan_document_golden() -> None:
                 "state_digest": digest_actual(old),
                 "duplicates": [],
                 "duplicate_digests": [],
+                "target": "default",
             },
             {
                 "key": "receipts",
@@ -252,6 +257,7 @@ def test_plan_document_golden() -> None:
                 "state_digest": None,
                 "duplicates": [],
                 "duplicate_digests": [],
+                "target": "default",
             },
         ],
         "violations": [],

@@ -180,6 +180,7 @@ def test_alias_held_by_a_key_outside_the_stack_blocks_the_plan(
             "code": "alias-conflict",
             "message": f"alias alias/e2e/tokens-v1 points at key {foreign}, which is not managed by stack "
             f"'{STACK}': remove the alias from the manifest, or delete or move it off that key by hand",
+            "target": "default",
         }
     ]
     # The other keys' changes are shown; the blocked key gets none until its alias is sorted out.

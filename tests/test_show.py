@@ -33,7 +33,7 @@ def test_every_key_of_the_stack_is_shown_with_its_kms_state() -> None:
     assert [k.state for k in report.keys] == ["enabled", "pending-import", "pending-deletion"]
     assert report.missing == ("b",)  # "gone" is absent on purpose: not missing
     doc = report.to_dict()
-    assert list(doc) == ["format_version", "stack", "backend", "keys"]
+    assert list(doc) == ["format_version", "stack", "backend", "backends", "keys"]
     assert doc["keys"][0]["material_expiry"] == "2027-01-01T00:00:00Z"
     assert doc["keys"][1]["material_expiry"] is None and doc["keys"][1]["fingerprint"] is None
 

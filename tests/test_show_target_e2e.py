@@ -77,7 +77,7 @@ def test_show_lists_every_managed_key_with_the_design_fields(account: Backend, t
     assert set(calls) <= READ_ONLY_ACTIONS
     assert calls == {"ListTagResources": 1, "DescribeKey": 3, "ListAliases": 1}
     doc = json.loads(run.stdout)
-    assert list(doc) == ["format_version", "stack", "backend", "keys"]
+    assert list(doc) == ["format_version", "stack", "backend", "backends", "keys"]
     assert (doc["format_version"], doc["stack"], doc["backend"]) == (1, STACK, account.document)
     assert [list(k) for k in doc["keys"]] == [SHOW_FIELDS] * 3
     assert [k["name"] for k in doc["keys"]] == ["alpha", "beta", "gamma"]

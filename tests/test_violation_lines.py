@@ -94,7 +94,7 @@ def test_blocked_plan_json_keeps_violations_without_location(
 
     assert rc == 1
     doc = json.loads(out)
-    assert [sorted(v) for v in doc["violations"]] == [["code", "key", "message"]] * 2
+    assert [sorted(v) for v in doc["violations"]] == [["code", "key", "message", "target"]] * 2
     assert [(v["key"], v["code"]) for v in doc["violations"]] == [
         ("api-tokens", "expiry-in-past"),
         ("late-signing", "expiry-in-past"),
@@ -164,7 +164,7 @@ def test_a_violation_carries_its_key_s_location_and_no_document_holds_it() -> No
     (v,) = plan.violations
     assert (v.key, v.code, v.location) == ("late", "expiry-in-past", where)
     document = plan_to_dict(plan)["violations"]
-    assert document == [{"key": "late", "code": "expiry-in-past", "message": v.message}]
+    assert document == [{"key": "late", "code": "expiry-in-past", "message": v.message, "target": "default"}]
     saved = save_plan(plan)
     assert "second.yaml" not in saved
     (loaded,) = load_plan(saved).violations

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from provisioner.errors import ProvisionerError, StalePlan
 from provisioner.model import (
+    DEFAULT_TARGET,
     TAG_NAME,
     TAG_STACK,
     DesiredState,
@@ -42,6 +43,7 @@ from provisioner.plan.values import (
     Violation,
     ViolationCode,
 )
+from provisioner.targets import backends_document
 
 #: A plan file larger than this is refused before parsing (a 5,000-key plan is a few MB).
 MAX_PLAN_BYTES = 32 * 1024 * 1024
@@ -133,6 +135,7 @@ def change_to_dict(c: Change) -> dict[str, Any]:
         "state_digest": c.state_digest,
         "duplicates": list(c.duplicates),
         "duplicate_digests": list(c.duplicate_digests),
+        "target": c.target,
     }
 
 
@@ -142,11 +145,16 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "stack": plan.stack,
         "created_at": format_time(plan.created_at),
         "backend": dict(plan.backend),
+        "backends": backends_document(plan.target_infos),
         "manifest_digest": plan.manifest_digest,
         "changes": [change_to_dict(c) for c in plan.changes],
-        "violations": [{"key": v.key, "code": v.code.value, "message": v.message} for v in plan.violations],
+        "violations": [
+            {"key": v.key, "code": v.code.value, "message": v.message, "target": v.target}
+            for v in plan.violations
+        ],
         "notes": [
-            {"key": n.key, "code": None if n.code is None else n.code.value, "message": n.message}
+            {"key": n.key, "code": None if n.code is None else n.code.value, "message": n.message,
+             "target": n.target}
             for n in plan.notes
         ],
         "summary": plan.summary,
@@ -244,12 +252,23 @@ def plan_from_dict(data: Any) -> Plan:
         manifest_digest=r.req("manifest_digest", str),
         unrecorded=tuple(i for i, (_, recorded) in enumerate(decoded) if not recorded),
         targets=_targets(r.list("targets", str)),
+        backends=_backends(r.list("backends", dict)),
     )
     summary = r.opt("summary", dict)
     r.no_extra()
     # A plan saved before an action word existed has no count for it: that count is 0.
     if summary is not None and {**dict.fromkeys(plan.summary, 0), **summary} != plan.summary:
         raise _malformed("plan.summary", "does not match the changes (was the file edited by hand?)")
+    named = {b["name"] for b in plan.target_infos}
+    listed: dict[str, list[str]] = {
+        "changes": [c.target for c in plan.changes],
+        "violations": [v.target for v in plan.violations],
+        "notes": [n.target for n in plan.notes],
+    }
+    for what, targets in listed.items():
+        for i, target in enumerate(targets):
+            if target not in named:
+                raise _malformed(f"{what}[{i}].target", f"{target!r} is not a target of plan.backends")
     # A key created under one stack's identity tags while apply checks another stack's live state
     # would make a duplicate that the rightful stack's next plan schedules for deletion.
     for i, c in enumerate(plan.changes):
@@ -268,6 +287,24 @@ def _targets(names: list[str]) -> tuple[str, ...]:
     if names != sorted(set(names)):
         raise _malformed("plan.targets", "expected sorted, distinct key names (was the file edited by hand?)")
     return tuple(names)
+
+
+def _backends(entries: list[dict[str, Any]]) -> tuple[BackendInfo, ...]:
+    """A plan's several targets; () for one `default` target (or a plan saved before targets existed,
+    which has no `backends`): that plan's `backend` is its one target."""
+    infos = []
+    for i, entry in enumerate(entries):
+        if not all(isinstance(v, str) or v is None for v in entry.values()):
+            raise _malformed(f"plan.backends[{i}]", "expected an object of strings")
+        if not isinstance(entry.get("name"), str):
+            raise _malformed(f"plan.backends[{i}].name", "expected the target's name")
+        infos.append(BackendInfo.of(entry))
+    names = [b["name"] for b in infos]
+    if len(set(names)) != len(names):
+        raise _malformed("plan.backends", "a target name appears twice (was the file edited by hand?)")
+    if names == [DEFAULT_TARGET] or not names:
+        return ()
+    return tuple(infos)
 
 
 def _change_from_dict(data: Any, where: str) -> tuple[Change, bool]:
@@ -308,6 +345,7 @@ def _change_from_dict(data: Any, where: str) -> tuple[Change, bool]:
         pending_window_days=r.opt("pending_window_days", int),
         material=typed[2],
         state_digest=r.opt("state_digest", str),
+        target=r.opt("target", str) or DEFAULT_TARGET,
         duplicates=tuple(r.list("duplicates", str)),
         duplicate_digests=tuple(r.list("duplicate_digests", str)),
     )
@@ -390,7 +428,10 @@ def _violation_from_dict(data: Any, where: str) -> Violation:
         vcode = ViolationCode(code)
     except ValueError:
         raise _malformed(f"{where}.code", f"{code!r} is not a violation code") from None
-    v = Violation(key=r.req("key", str), code=vcode, message=r.req("message", str))
+    v = Violation(
+        key=r.req("key", str), code=vcode, message=r.req("message", str),
+        target=r.opt("target", str) or DEFAULT_TARGET,
+    )
     r.no_extra()
     return v
 
@@ -402,7 +443,10 @@ def _note_from_dict(data: Any, where: str) -> Note:
         ncode = None if code is None else NoteCode(code)
     except ValueError:
         raise _malformed(f"{where}.code", f"{code!r} is not a note code") from None
-    n = Note(key=r.req("key", str), message=r.req("message", str), code=ncode)
+    n = Note(
+        key=r.req("key", str), message=r.req("message", str), code=ncode,
+        target=r.opt("target", str) or DEFAULT_TARGET,
+    )
     r.no_extra()
     return n
 

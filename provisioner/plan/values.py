@@ -22,11 +22,12 @@ update, import | reimport, rotate, delete-material, disable, schedule-deletion).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from provisioner.model import (
+    DEFAULT_TARGET,
     ActualKey,
     DesiredKey,
     DesiredState,
@@ -247,6 +248,8 @@ class Change:
     state_digest: str | None = None  # digest_actual() of the key as planned against; None for create
     duplicates: tuple[str, ...] = ()  # key ids to schedule for deletion with DUPLICATE_WINDOW_DAYS
     duplicate_digests: tuple[str, ...] = ()  # digest_actual() of each duplicate, same order
+    #: The backend target (DESIGN section 12) the key lives in: `default` for a single backend.
+    target: str = DEFAULT_TARGET
 
     @property
     def spec(self) -> str | None:
@@ -264,6 +267,7 @@ class Violation:
     #: Where the manifest declares the key (None for a live key no manifest names, or one read from a plan
     #: file): for the CLI's compiler-style lines only; neither the plan document nor equality holds it.
     location: Location | None = field(default=None, compare=False)
+    target: str = DEFAULT_TARGET
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,7 @@ class Note:
     key: str
     message: str
     code: NoteCode | None = None
+    target: str = DEFAULT_TARGET
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,32 @@ class Plan:
     unrecorded: tuple[int, ...] = ()
     #: The key names of `--target`, sorted: only those were read and planned. () for a whole plan.
     targets: tuple[str, ...] = ()
+    #: Several backend targets (DESIGN section 12): each one's BackendInfo with its `name`; `backend` is
+    #: then empty. () for a single backend, whose one target is `default` with `backend`'s entries.
+    backends: tuple[BackendInfo, ...] = ()
+
+    @property
+    def target_infos(self) -> tuple[BackendInfo, ...]:
+        """Every target the plan was made against, each with its `name`."""
+        if self.backends:
+            return self.backends
+        return (BackendInfo.of({**dict(self.backend), "name": DEFAULT_TARGET}),)
+
+    def for_target(self, name: str) -> Plan:
+        """The part of a plan of several targets that one target carries out, against that target's
+        backend (its info less the name); a single-backend plan is its own only part."""
+        if not self.backends:
+            return self
+        info = next(b for b in self.backends if b["name"] == name)
+        return replace(
+            self,
+            backend=BackendInfo.of({k: v for k, v in info.items() if k != "name"}),
+            backends=(),
+            changes=tuple(c for c in self.changes if c.target == name),
+            violations=tuple(v for v in self.violations if v.target == name),
+            notes=tuple(n for n in self.notes if n.target == name),
+            unrecorded=(),
+        )
 
     @property
     def summary(self) -> dict[str, int]:
