@@ -118,7 +118,7 @@ class ApplyResult:
                 "changed": sum(1 for o in self.outcomes if o.ok),
                 "failed": sum(1 for o in self.outcomes if not o.ok),
             },
-            "failed_targets": self.failing_targets,
+            **({"failed_targets": self.failing_targets} if self.failing_targets else {}),
             **({"target_errors": dict(sorted(self.failed_targets.items()))} if self.failed_targets else {}),
         }
 

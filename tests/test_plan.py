@@ -169,7 +169,10 @@ def test_plan_document_golden() -> None:
         "backend": {"type": "local", "path": ".provision/kms.db"},
         # A single backend is the target `default`, in every document (DESIGN section 12).
         "backends": [
-            {"name": "default", "type": "local", "region": None, "endpoint": None, "path": ".provision/kms.db"}
+            {
+                "name": "default", "type": "local", "region": None, "endpoint": None,
+                "path": ".provision/kms.db",
+            }
         ],
         "manifest_digest": "",
         "changes": [
