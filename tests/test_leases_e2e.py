@@ -88,7 +88,7 @@ def test_import_sets_the_lease_and_a_plan_inside_renew_before_renews_it(
         {
             "key": "signer", "kind": "material-expiring",
             "detail": f"material of key {kid} expires at {old_expiry}, in 6 day(s) (renew_before 7d)",
-            "expected": "lease 30d, renew_before 7d", "found": old_expiry,
+            "expected": "lease 30d, renew_before 7d", "found": old_expiry, "target": "default",
         }
     ]
     new_expiry = T0 + timedelta(days=24 + 30)
