@@ -208,7 +208,9 @@ def test_violation_and_note_text() -> None:
     assert f"  # {H_TEXT}: {H_TEXT}" in text
     assert f"| {H_CODE} | `alias-conflict` | {H_MD} |" in md
     assert f"- {H_CODE}: {H_MD}" in md
-    assert doc["violations"][0] == {"key": H_TEXT, "code": "alias-conflict", "message": H_TEXT, "target": "default"}
+    assert doc["violations"][0] == {
+        "key": H_TEXT, "code": "alias-conflict", "message": H_TEXT, "target": "default"
+    }
 
 
 def test_brief_markdown_escapes_too() -> None:
