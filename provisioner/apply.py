@@ -26,6 +26,7 @@ from provisioner.model import (
     TAG_NAME,
     TAG_STACK,
     ActualKey,
+    DesiredState,
     KeyState,
     KeyStatus,
     LiveState,
@@ -158,14 +159,16 @@ def check_plan_material(plan: Plan, fingerprints: Mapping[str, str]) -> None:
 def check_same_plan(saved: Plan, fresh: Plan) -> None:
     """Refuse a saved plan (its fingerprints resolved) that is not the plan made now from the same
     manifests, the material and the live keys: apply carries out only what was reviewed."""
-    old = {c.key: c for c in saved.changes}
-    new = {c.key: c for c in fresh.changes}
-    for key in sorted(set(old) | set(new)):
-        if key not in new:
+    # A key's previous generations have changes of their own: one change per (name, key id).
+    old = {(c.key, c.key_id or ""): c for c in saved.changes}
+    new = {(c.key, c.key_id or ""): c for c in fresh.changes}
+    for at in sorted(set(old) | set(new)):
+        key = at[0]
+        if at not in new:
             raise StalePlan(f"key {key!r}: the plan changes it, but it needs no change now: make a new plan")
-        if key not in old:
+        if at not in old:
             raise StalePlan(f"key {key!r}: it needs a change the plan does not have: make a new plan")
-        differ = [f.name for f in fields(Change) if getattr(old[key], f.name) != getattr(new[key], f.name)]
+        differ = [f.name for f in fields(Change) if getattr(old[at], f.name) != getattr(new[at], f.name)]
         if differ:
             raise StalePlan(
                 f"key {key!r}: the plan's {', '.join(differ)} differ from what the manifests, the material "
@@ -354,6 +357,9 @@ class _Applier:
                 adopted = Action.ADOPT in change.actions  # the reserved tags are written already
                 self._update(change, key_id, skip_tags=MANAGED_TAGS if adopted else ())
                 outcome.done.append("updated")
+            elif action is Action.ROTATE:
+                assert key_id is not None
+                key_id = self._rotate(change, key_id, outcome)
             elif action is Action.DELETE_MATERIAL:
                 assert key_id is not None
                 if emptied:
@@ -372,6 +378,36 @@ class _Applier:
             outcome.done.append(f"duplicate {dup} scheduled for deletion")
 
     # -- actions
+
+    def _rotate(self, change: Change, old_id: str, outcome: KeyOutcome) -> str:
+        """The next generation: CreateKey, import, read back, every alias onto it (UpdateAlias), then
+        the old key's declared state. Killed between any two calls, the next plan sees the new key as
+        the current generation and finishes the rest; no step creates a second new key."""
+        meta = self._create(change)
+        new_id = meta.key_id
+        outcome.key_id = new_id
+        outcome.done.append(f"created {new_id} (new generation of {old_id})")
+        self._import(change, new_id)
+        self._verify_material(change, new_id, meta.primary_key_version)
+        outcome.done.append("imported")
+        self._aliases(change, new_id)
+        if change.aliases_to_create or change.aliases_to_move:
+            outcome.done.append("aliases")
+        if change.deletion_protection:
+            self.kms.set_deletion_protection(new_id, meta.arn, True)
+            outcome.done.append("deletion protection on")
+        if change.previous_state is DesiredState.DISABLED:
+            self.kms.disable_key(old_id)
+            self._expect_state(old_id, KeyState.DISABLED)
+            outcome.done.append(f"previous generation {old_id} disabled")
+        elif change.previous_state is DesiredState.ABSENT:
+            assert change.pending_window_days is not None
+            self._schedule_deletion(old_id, change.pending_window_days)
+            self._expect_state(old_id, KeyState.PENDING_DELETION)
+            outcome.done.append(
+                f"previous generation {old_id} scheduled for deletion in {change.pending_window_days} days"
+            )
+        return new_id
 
     def _create(self, change: Change) -> KeyMetadata:
         after = change.after

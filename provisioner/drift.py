@@ -23,7 +23,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.plan.planner import KEEPS_MATERIAL, identity_of
+from provisioner.plan.planner import KEEPS_MATERIAL, identity_of, previous_actions
 from provisioner.plan.warnings import (
     DEFAULT_EXPIRY_WARNING_DAYS,
     expiring_detail,
@@ -182,6 +182,7 @@ class _Drift:
                 missing = "no key exists for this manifest entry"
                 self.add(d.name, DriftKind.MISSING, missing, d.state.value, None)
             return
+        self.check_previous(d, ident.older)
         for dup in ident.duplicates:
             self.add(
                 d.name,
@@ -230,6 +231,21 @@ class _Drift:
                     f"(no public key); only its recorded check value {recorded} was compared",
                 )
             )
+
+    def check_previous(self, d: DesiredKey, older: tuple[ActualKey, ...]) -> None:
+        """Each older generation in the state its `previous:` entry declares (DESIGN section 11)."""
+        entries = {p.fingerprint: p for p in d.previous}
+        for old in older:
+            entry = entries.get(old.fingerprint or "")
+            if entry is not None and previous_actions(old.status, entry.state):
+                self.add(
+                    d.name,
+                    DriftKind.STATE,
+                    f"previous generation {old.key_id} (generation {old.generation}) is "
+                    f"{_status_word(old)} but `previous:` declares it {entry.state.value}",
+                    entry.state.value,
+                    old.status.value,
+                )
 
     def check_state(self, d: DesiredKey, key: ActualKey) -> None:
         status = key.status

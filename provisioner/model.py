@@ -278,6 +278,20 @@ class Lease:
         return expires
 
 
+#: The states a `previous:` generation may declare.
+PREVIOUS_STATES = (DesiredState.PRESENT, DesiredState.DISABLED, DesiredState.ABSENT)
+
+
+@dataclass(frozen=True)
+class PreviousGeneration:
+    """One `previous:` entry (DESIGN section 11): a former generation's material, and the state its key
+    keeps."""
+
+    fingerprint: str
+    state: DesiredState  # one of PREVIOUS_STATES
+    location: Location = field(default_factory=lambda: Location("<unknown>"))
+
+
 @dataclass(frozen=True)
 class DesiredKey:
     """A key as the manifest says it should be, `defaults` already merged in."""
@@ -305,6 +319,8 @@ class DesiredKey:
     adopt_at: Location | None = field(default=None, compare=False)
     #: `expiry: {lease, renew_before}`; `expiry` is then None here and the planner resolves it per plan.
     lease: Lease | None = None
+    #: `previous:` generations, newest first.
+    previous: tuple[PreviousGeneration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -378,6 +394,11 @@ class ActualKey:
     @property
     def generation(self) -> int:
         return generation_of(self.tags)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The material it holds: GetPublicKey's, when read, else the recorded one."""
+        return self.public_key_fingerprint or self.recorded_fingerprint
 
     @property
     def user_tags(self) -> dict[str, str]:

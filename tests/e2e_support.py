@@ -41,6 +41,12 @@ class Entry:
     lease: str | None = None  # `{lease: 30d, renew_before: 7d}`, written as it is
     pin: bool = False
     state: str = "present"
+    material: str | None = None  # the key file's stem (keys/STEM.pem), default the name
+    previous: tuple[tuple[str, str], ...] = ()  # `previous:` entries: (fingerprint, state), newest first
+
+    @property
+    def stem(self) -> str:
+        return self.material or self.name
 
 
 @dataclass
@@ -50,7 +56,7 @@ class Stack:
 
     folder: Path
     keys: list[Entry]
-    fingerprints: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # by key file stem
     backend: Mapping[str, str] | None = None
 
     @property
@@ -76,11 +82,11 @@ class Stack:
             "keys:",
         ]
         for k in chosen:
-            pem = self.key_folder / f"{k.name}.pem"
+            pem = self.key_folder / f"{k.stem}.pem"
             if not pem.exists():
                 write_private_key(pem, k.spec)
-            if k.name not in self.fingerprints:
-                self.fingerprints[k.name] = fingerprint_of_key_file(pem)
+            if k.stem not in self.fingerprints:
+                self.fingerprints[k.stem] = fingerprint_of_key_file(pem)
             lines += [
                 f"  {k.name}:",
                 f"    spec: {k.spec}",
@@ -90,10 +96,13 @@ class Stack:
                 "    tags: {" + ", ".join(f"{a}: {b!r}" for a, b in k.tags.items()) + "}",
                 f"    expiry: {k.lease or repr(k.expiry)}",
                 "    material:",
-                f"      file: keys/{k.name}.pem",
+                f"      file: keys/{k.stem}.pem",
             ]
             if k.pin:
-                lines.append(f"      fingerprint: {self.fingerprints[k.name]}")
+                lines.append(f"      fingerprint: {self.fingerprints[k.stem]}")
+            if k.previous:
+                lines.append("    previous:")
+                lines += [f"      - {{material: {{fingerprint: {fp}}}, state: {st}}}" for fp, st in k.previous]
             if k.state != "present":
                 lines.append(f"    state: {k.state}")
         self.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -275,7 +275,7 @@ def test_plan_document_golden() -> None:
             "schedule-deletion": 1,
             "enable": 0,
             "disable": 0,
-            "cancel-deletion": 0,
+            "cancel-deletion": 0, "rotate": 0,
         },
     }
     assert datetime.fromtimestamp(1814313600, UTC) == datetime(2027, 6, 30, tzinfo=UTC)

@@ -96,7 +96,7 @@ def test_empty_kms_plans_create_and_import_for_every_key_and_writes_nothing(
     assert by_key["receipts"]["material"]["fingerprint"] == stack.fingerprints["receipts"]
     assert doc["summary"] == {
         "create": 3, "import": 3, "adopt": 0, "reimport": 0, "delete-material": 0, "update": 0,
-        "schedule-deletion": 0, "enable": 0, "disable": 0, "cancel-deletion": 0,
+        "schedule-deletion": 0, "enable": 0, "disable": 0, "cancel-deletion": 0, "rotate": 0,
     }
     calls = account.stats()["calls"]
     # Only reads, and not even GetParametersForImport (it mints an import token).

@@ -26,7 +26,7 @@ BOTH_BACKENDS = True
 
 ZERO = {
     "create": 0, "import": 0, "adopt": 0, "reimport": 0, "delete-material": 0, "update": 0,
-    "schedule-deletion": 0, "enable": 0, "disable": 0, "cancel-deletion": 0,
+    "schedule-deletion": 0, "enable": 0, "disable": 0, "cancel-deletion": 0, "rotate": 0,
 }
 TEXT_SUMMARY = (
     "Plan: 0 to create, 0 to import, 0 to reimport, 0 to delete material, 0 to update, "

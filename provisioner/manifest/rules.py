@@ -35,6 +35,7 @@ from provisioner.model import (
     Location,
     MaterialFormat,
     MaterialSource,
+    PreviousGeneration,
     ProtectionLevel,
     SourceKind,
     WrappingAlgorithm,
@@ -311,6 +312,7 @@ def _check_key(
         material = _check_material_kind(doc, name, body, base, spec, protection, on_instance, material, diags)
     adopt = _key_adopt(doc, name, body, state, diags)
     moved_from = _key_moved_from(doc, name, body, state, diags)
+    previous = _key_previous(doc, name, body, material, diags)
 
     if len(diags) > errors_before or spec is None or usage is None or desired_state is None:
         return None
@@ -335,6 +337,7 @@ def _check_key(
         moved_from=moved_from,
         adopt_at=doc.loc((*base, "adopt")) if adopt is not None else None,
         lease=lease,
+        previous=previous,
     )
 
 
@@ -439,13 +442,15 @@ def _key_tags(
     tags = {**default_tags, **_check_tags(doc, body.get("tags"), (*base, "tags"), diags)}
     raw_tags: dict[str, Any] = body["tags"] if isinstance(body.get("tags"), dict) else {}
     total = len({**default_tags, **raw_tags})
-    if total > MAX_USER_TAGS:
+    # A key that rotates carries the generation tag too (from generation 2 on).
+    reserved = len(RESERVED_TAGS) + (1 if body.get("previous") else 0)
+    if total > MAX_TAGS_PER_KEY - reserved:
         diags.add(
             Diagnostic(
                 doc.loc((*base, "tags")) if raw_tags else doc.key_loc(base),
-                f'key "{name}" has {total} tags (defaults included); at most {MAX_USER_TAGS} are allowed '
-                f"because KMS allows {MAX_TAGS_PER_KEY} per key and the provisioner sets "
-                f"{len(RESERVED_TAGS)}",
+                f'key "{name}" has {total} tags (defaults included); at most {MAX_TAGS_PER_KEY - reserved} '
+                f"are allowed because KMS allows {MAX_TAGS_PER_KEY} per key and the provisioner sets "
+                f"{reserved}",
             )
         )
     return tags
@@ -524,6 +529,42 @@ def _key_lease(doc: Doc, name: str, raw: dict[str, Any], diags: Diagnostics) -> 
         )
         return None
     return found
+
+
+def _key_previous(
+    doc: Doc, name: str, body: dict[str, Any], material: MaterialSource | None, diags: Diagnostics
+) -> tuple[PreviousGeneration, ...]:
+    """`previous:` entries the schema found well formed; a fingerprint listed twice, or the key's own
+    pinned one, is an error."""
+    raw = body.get("previous")
+    if not isinstance(raw, list):
+        return ()
+    out: list[PreviousGeneration] = []
+    seen: dict[str, Location] = {}
+    for i, entry in enumerate(raw):
+        fp = entry.get("material", {}).get("fingerprint") if isinstance(entry, dict) else None
+        state = _enum_or_none(DesiredState, entry.get("state")) if isinstance(entry, dict) else None
+        if not isinstance(fp, str) or state is None:
+            continue  # the schema reported it
+        at = doc.loc(("keys", name, "previous", i, "material", "fingerprint"))
+        if fp in seen:
+            diags.add(
+                Diagnostic(
+                    at, f'key "{name}": previous fingerprint {fp} is listed twice (first at {seen[fp]})'
+                )
+            )
+            continue
+        if material is not None and material.fingerprint == fp:
+            diags.add(
+                Diagnostic(
+                    at,
+                    f'key "{name}": previous fingerprint {fp} is the pinned fingerprint of its own material',
+                )
+            )
+            continue
+        seen[fp] = at
+        out.append(PreviousGeneration(fp, state, doc.loc(("keys", name, "previous", i))))
+    return tuple(out)
 
 
 def _key_deletion(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from provisioner.errors import ProvisionerError, StalePlan
 from provisioner.model import (
     DEFAULT_TARGET,
+    PREVIOUS_STATES,
     TAG_NAME,
     TAG_STACK,
     DesiredState,
@@ -136,6 +137,8 @@ def change_to_dict(c: Change) -> dict[str, Any]:
         "duplicates": list(c.duplicates),
         "duplicate_digests": list(c.duplicate_digests),
         "target": c.target,
+        # Only rotations and previous generations carry it: every other change reads as before.
+        **({} if c.previous_state is None else {"previous_state": c.previous_state.value}),
     }
 
 
@@ -318,6 +321,14 @@ def _change_from_dict(data: Any, where: str) -> tuple[Change, bool]:
         except ValueError:
             raise _malformed(f"{where}.actions[{i}]", f"{word!r} is not an action word") from None
     before, after, material = r.opt("before", dict), r.opt("after", dict), r.opt("material", dict)
+    previous_word = r.opt("previous_state", str)
+    previous_state = None
+    if previous_word is not None:
+        if previous_word not in {s.value for s in PREVIOUS_STATES}:
+            raise _malformed(
+                f"{where}.previous_state", f"{previous_word!r} is not a state of a previous generation"
+            )
+        previous_state = DesiredState(previous_word)
     try:
         typed = (
             None if before is None else _snapshot_from_dict(before),
@@ -348,6 +359,7 @@ def _change_from_dict(data: Any, where: str) -> tuple[Change, bool]:
         target=r.opt("target", str) or DEFAULT_TARGET,
         duplicates=tuple(r.list("duplicates", str)),
         duplicate_digests=tuple(r.list("duplicate_digests", str)),
+        previous_state=previous_state,
     )
     r.no_extra()
     return change, recorded

@@ -29,6 +29,7 @@ from provisioner.errors import ManifestError, MaterialError, ProvisionerError, S
 from provisioner.model import (
     MANAGED_TAGS,
     TAG_FINGERPRINT,
+    TAG_GENERATION,
     TAG_NAME,
     TAG_STACK,
     ActualKey,
@@ -37,9 +38,12 @@ from provisioner.model import (
     Diagnostic,
     KeyStatus,
     LiveState,
+    Location,
     ManifestSet,
+    PreviousGeneration,
     claim_alias,
     format_time,
+    generation_of,
 )
 from provisioner.plan.planfile import digest_snapshot
 from provisioner.plan.values import (
@@ -107,6 +111,8 @@ class Identity:
     primary: ActualKey | None
     duplicates: tuple[ActualKey, ...]
     conflict: tuple[ActualKey, ...]  # more than one key holding material: we cannot pick
+    #: Keys of older generations (DESIGN section 11): managed, never duplicates, oldest first.
+    older: tuple[ActualKey, ...] = ()
 
 
 def _oldest_first(keys: Iterable[ActualKey]) -> list[ActualKey]:
@@ -133,21 +139,50 @@ def sort_identity(keys: tuple[ActualKey, ...], claimed_by: str | None = None) ->
     points at (DESIGN section 10), if any. The claimed key is the identity's key: an empty key beside it
     is a duplicate (a run that lost the claim, or was killed before making it), never the other way
     round, even when it is older."""
-    keys = current_generation(keys)
+    current = tuple(_oldest_first(current_generation(keys)))
+    top = current[0].generation if current else 1
+    older = tuple(_oldest_first(k for k in keys if k.generation < top))
+    keys = current
     active = _oldest_first(k for k in keys if k.status is not KeyStatus.PENDING_DELETION)
     if not active:
         # Keys already pending deletion are left alone; the claimed one (else the oldest) stands for it.
         pending = _oldest_first(keys)
         claimed = [k for k in pending if k.key_id == claimed_by]
         stands = claimed[0] if claimed else pending[0] if pending else None
-        return Identity(stands, (), ())
+        return Identity(stands, (), (), older)
     # An expired key once held material and stays bound to it, so it counts as a holder.
     holders = [k for k in active if k.status is not KeyStatus.PENDING_IMPORT]
     claimed = [k for k in active if k.key_id == claimed_by]
     if len(holders) > 1 or (claimed and holders and holders[0] is not claimed[0]):
-        return Identity(None, (), tuple(holders if len(holders) > 1 else (*holders, *claimed)))
+        return Identity(None, (), tuple(holders if len(holders) > 1 else (*holders, *claimed)), older)
     primary = claimed[0] if claimed else holders[0] if holders else active[0]
-    return Identity(primary, tuple(k for k in active if k is not primary), ())
+    return Identity(primary, tuple(k for k in active if k is not primary), (), older)
+
+
+def previous_actions(status: KeyStatus, state: DesiredState) -> tuple[Action, ...]:
+    """What an old generation in `status` needs for the state its `previous:` entry declares. Pure;
+    the planner and derive_change both read it. A key pending deletion is left alone unless the entry
+    wants it absent (cancel-deletion considers the current generation only)."""
+    if status is KeyStatus.PENDING_DELETION:
+        return ()
+    if state is DesiredState.ABSENT:
+        return (Action.SCHEDULE_DELETION,)
+    if state is DesiredState.DISABLED and status is KeyStatus.ENABLED:
+        return (Action.DISABLE,)
+    if state is DesiredState.PRESENT and status is KeyStatus.DISABLED:
+        return (Action.ENABLE,)
+    return ()
+
+
+def creation_tags(
+    stack: str, name: str, fingerprint: str, user_tags: Mapping[str, str], generation: int = 1
+) -> dict[str, str]:
+    """Every tag CreateKey sets, sorted: the user's and the reserved ones (the generation from 2 on)."""
+    tags = {k: v for k, v in user_tags.items() if k not in MANAGED_TAGS}
+    tags.update({TAG_STACK: stack, TAG_NAME: name, TAG_FINGERPRINT: fingerprint})
+    if generation > 1:
+        tags[TAG_GENERATION] = str(generation)
+    return dict(sorted(tags.items()))
 
 
 def _standing(ident: Identity) -> bool:
@@ -298,8 +333,8 @@ class _Planner:
     def targeted(self, name: str) -> bool:
         return self.targets is None or name in self.targets
 
-    def violate(self, key: str, code: ViolationCode, message: str) -> None:
-        self.violations.append(Violation(key, code, message, self.locations.get(key)))
+    def violate(self, key: str, code: ViolationCode, message: str, at: Location | None = None) -> None:
+        self.violations.append(Violation(key, code, message, at or self.locations.get(key)))
 
     def run(self) -> None:
         desired_names = {n for d in self.desired.keys for n in (d.name, *d.moved_from)}
@@ -335,6 +370,7 @@ class _Planner:
             return
         ident, adopting = found
         d = with_lease(d, ident.primary, self.lease_now)
+        self.plan_previous(d, ident)
         if ident.primary is None:
             self.plan_new(d)
         elif d.state is DesiredState.ABSENT and adopting:
@@ -346,6 +382,8 @@ class _Planner:
             )
         elif d.state is DesiredState.ABSENT:
             self.plan_absent(d, ident.primary, ident.duplicates)
+        elif not adopting and (entry := self.rotation_entry(d, ident.primary)) is not None:
+            self.plan_rotate(d, ident.primary, ident.duplicates, entry)
         else:
             self.plan_existing(d, ident.primary, ident.duplicates, adopting=adopting)
 
@@ -426,6 +464,112 @@ class _Planner:
             return None
         return Identity(target, (), ()), True
 
+    # -- generations (DESIGN section 11)
+
+    def rotation_entry(self, d: DesiredKey, key: ActualKey) -> PreviousGeneration | None:
+        """The `previous:` entry of the live key's material when `material` names other material."""
+        live = key.fingerprint
+        if d.state not in KEEPS_MATERIAL or live is None or self.fingerprint_of(d) in (None, live):
+            return None
+        return next((p for p in d.previous if p.fingerprint == live), None)
+
+    def plan_previous(self, d: DesiredKey, ident: Identity) -> None:
+        """Located errors for `previous:` fingerprints no live key of the identity holds (an absent
+        entry whose key is gone is satisfied), and the declared state of each older generation."""
+        keys = (*ident.older, *ident.duplicates, *ident.conflict, *(k for k in (ident.primary,) if k))
+        held = {k.fingerprint for k in keys}
+        for p in d.previous:
+            if p.fingerprint not in held and p.state is not DesiredState.ABSENT:
+                self.violate(
+                    d.name,
+                    ViolationCode.PREVIOUS_NOT_FOUND,
+                    f"previous generation {p.fingerprint} (state {p.state.value}) matches no live key of "
+                    f"{d.name!r} in stack {self.desired.stack!r}: correct the fingerprint, or remove the "
+                    f"entry",
+                    p.location,
+                )
+        entries = {p.fingerprint: p for p in d.previous}
+        for old in ident.older:
+            entry = entries.get(old.fingerprint or "")
+            if entry is None:
+                self.notes.append(
+                    Note(
+                        d.name,
+                        f"key {old.key_id} (generation {old.generation}) holds material {old.fingerprint}, "
+                        f"which `previous:` does not list; it is left alone",
+                    )
+                )
+                continue
+            actions = previous_actions(old.status, entry.state)
+            if not actions or (entry.state is DesiredState.ABSENT and not self.unprotected(d, (old,))):
+                continue
+            self.changes.append(
+                Change(
+                    key=d.name,
+                    key_id=old.key_id,
+                    actions=actions,
+                    reason=(
+                        f"generation {old.generation} ({old.fingerprint}) is {old.status.value}; "
+                        f"`previous:` declares it {entry.state.value}"
+                    ),
+                    before=KeySnapshot.of(old),
+                    after=None,
+                    pending_window_days=(
+                        d.deletion_window_days if Action.SCHEDULE_DELETION in actions else None
+                    ),
+                    state_digest=digest_actual(old),
+                    previous_state=entry.state,
+                )
+            )
+
+    def plan_rotate(
+        self, d: DesiredKey, key: ActualKey, duplicates: tuple[ActualKey, ...], entry: PreviousGeneration
+    ) -> None:
+        """A new key of the next generation takes the new material and every alias; the old key gets the
+        state its `previous:` entry declares (rotate, DESIGN section 11)."""
+        n_before = len(self.violations)
+        ok = self.check_expiry(d)
+        self.unprotected(d, duplicates)
+        if entry.state is DesiredState.ABSENT:
+            self.unprotected(d, (key,))
+        claims = self.plan_alias_claims(d)
+        ref = self.material_ref(d, "the material changes, which `previous:` allows: a new key is created")
+        if not ok or ref is None or claims is None or len(self.violations) > n_before:
+            return
+        material, fp = ref
+        generation = key.generation + 1
+        then = (Action.DISABLE,) if d.state is DesiredState.DISABLED else ()
+        old_words = {
+            DesiredState.PRESENT: "stays enabled",
+            DesiredState.DISABLED: "is disabled",
+            DesiredState.ABSENT: f"is scheduled for deletion in {d.deletion_window_days} days",
+        }[entry.state]
+        self.changes.append(
+            Change(
+                key=d.name,
+                key_id=key.key_id,
+                actions=(Action.ROTATE, *then),
+                reason=(
+                    f"material changes from {key.fingerprint} to {fp}, which `previous:` allows: a new key "
+                    f"(generation {generation}) takes over the aliases; key {key.key_id} {old_words}"
+                ),
+                before=KeySnapshot.of(key),
+                after=DesiredAttributes.of(d, fp),
+                tags_to_set=creation_tags(self.desired.stack, d.name, fp, d.tags, generation),
+                aliases_to_create=claims[0],
+                aliases_to_move=claims[1],
+                description=d.description,
+                deletion_protection=True if d.deletion_protection else None,
+                expire_unix=expire_unix(d.expiry),
+                pending_window_days=d.deletion_window_days if entry.state is DesiredState.ABSENT else None,
+                material=material,
+                state_digest=digest_actual(key),
+                duplicates=tuple(k.key_id for k in duplicates),
+                duplicate_digests=tuple(digest_actual(k) for k in duplicates),
+                previous_state=entry.state,
+            )
+        )
+
     def fingerprint_of(self, d: DesiredKey) -> str | None:
         fp = self.fingerprints.get(d.name)
         if fp is None and d.material is not None:
@@ -493,8 +637,7 @@ class _Planner:
             return
         material, fp = ref
         aliases_create, aliases_move = claims
-        tags = {k: v for k, v in d.tags.items() if k not in MANAGED_TAGS}
-        tags.update({TAG_STACK: self.desired.stack, TAG_NAME: d.name, TAG_FINGERPRINT: fp})
+        tags = creation_tags(self.desired.stack, d.name, fp, d.tags)
         disable = (Action.DISABLE,) if d.state is DesiredState.DISABLED else ()
         self.changes.append(
             Change(
@@ -504,7 +647,7 @@ class _Planner:
                 reason="key does not exist" + ("; state is disabled" if disable else ""),
                 before=None,
                 after=DesiredAttributes.of(d, fp),
-                tags_to_set=dict(sorted(tags.items())),
+                tags_to_set=tags,
                 aliases_to_create=aliases_create,
                 aliases_to_move=aliases_move,
                 description=d.description,
@@ -874,15 +1017,14 @@ def derive_change(change: Change, stack: str) -> Change:
         if change.material is None:
             raise ValueError("a create without material")
         fp = after.fingerprint
-        tags = {k: v for k, v in after.tags.items() if k not in MANAGED_TAGS}
-        tags.update({TAG_STACK: stack, TAG_NAME: change.key, TAG_FINGERPRINT: str(fp)})
+        tags = creation_tags(stack, change.key, str(fp), after.tags)
         create, move = _alias_split(change, sorted(after.aliases))
         disable = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
         return replace(
             change,
             key_id=None,
             actions=(Action.CREATE, Action.IMPORT, *disable),
-            tags_to_set=dict(sorted(tags.items())),
+            tags_to_set=tags,
             tags_to_remove=(),
             aliases_to_create=create,
             aliases_to_move=move,
@@ -899,6 +1041,10 @@ def derive_change(change: Change, stack: str) -> Change:
     if len(change.duplicates) != len(change.duplicate_digests):
         raise ValueError("duplicates and duplicate_digests differ in length")
     status = before.status
+    if change.of_previous_generation:
+        return _derive_previous(change, before)
+    if change.previous_state is not None:
+        return _derive_rotate(change, before, after, stack)
     if after is None:
         deleting = status is not KeyStatus.PENDING_DELETION
         return replace(
@@ -964,6 +1110,63 @@ def derive_change(change: Change, stack: str) -> Change:
         expire_unix=expire,
         pending_window_days=None,
         material=material,
+        state_digest=digest_snapshot(before),
+    )
+
+
+def _derive_previous(change: Change, before: KeySnapshot) -> Change:
+    """derive_change for a change of a previous generation: its state actions and nothing else."""
+    if change.after is not None or change.previous_state is None:
+        raise ValueError("a previous generation's change has no `after`")
+    actions = previous_actions(before.status, change.previous_state)
+    deleting = Action.SCHEDULE_DELETION in actions
+    return replace(
+        change,
+        key_id=before.key_id,
+        actions=actions,
+        tags_to_set={},
+        tags_to_remove=(),
+        aliases_to_create=(),
+        aliases_to_move=(),
+        aliases_to_delete=(),
+        description=None,
+        deletion_protection=None,
+        expire_unix=None,
+        pending_window_days=change.pending_window_days if deleting else None,
+        material=None,
+        state_digest=digest_snapshot(before),
+        duplicates=(),
+        duplicate_digests=(),
+    )
+
+
+def _derive_rotate(
+    change: Change, before: KeySnapshot, after: DesiredAttributes | None, stack: str
+) -> Change:
+    """derive_change for a rotate: the new generation's CreateKey and import from `after`, the old
+    key's state kept (the manifests' `previous:`, which a plan made afresh confirms)."""
+    if after is None or change.material is None or after.state not in KEEPS_MATERIAL:
+        raise ValueError("a rotate without a desired key and its material")
+    fp = str(after.fingerprint)
+    generation = generation_of(before.tags) + 1
+    create, move = _alias_split(change, sorted(after.aliases))
+    then = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
+    return replace(
+        change,
+        key_id=before.key_id,
+        actions=(Action.ROTATE, *then),
+        tags_to_set=creation_tags(stack, change.key, fp, after.tags, generation),
+        tags_to_remove=(),
+        aliases_to_create=create,
+        aliases_to_move=move,
+        aliases_to_delete=(),
+        description=after.description,
+        deletion_protection=True if after.deletion_protection else None,
+        expire_unix=expire_unix(after.expiry),
+        pending_window_days=(
+            change.pending_window_days if change.previous_state is DesiredState.ABSENT else None
+        ),
+        material=replace(change.material, fingerprint=fp),
         state_digest=digest_snapshot(before),
     )
 

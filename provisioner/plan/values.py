@@ -12,8 +12,14 @@ maker of plans. What `before` and `after` mean per action (Terraform's table, DE
                                                               repair too), aliases, description, protection
     reimport           actual key       desired key           import the same material with expire_unix
     delete-material    actual key       desired key           DeleteKeyMaterial
+    rotate             old key          desired key           CreateKey(all tags, generation N+1), import,
+                                                              aliases moved to it; old key: previous_state
     disable            actual key|None  desired key           DisableKey (after any import)
     schedule-deletion  actual key       None                  ScheduleKeyDeletion(pending_window_days)
+
+A change of a previous generation (DESIGN section 11: `previous_state` set, no rotate) has before = that
+old key and after = None; its actions are enable, disable or schedule-deletion only, as its `previous:`
+entry declares.
 
 A change's `actions` are in that order (DESIGN section 10: create | adopt, cancel-deletion, enable,
 update, import | reimport, rotate, delete-material, disable, schedule-deletion).
@@ -60,6 +66,7 @@ class Action(StrEnum):
     ENABLE = "enable"
     DISABLE = "disable"
     CANCEL_DELETION = "cancel-deletion"
+    ROTATE = "rotate"
 
 
 class ViolationCode(StrEnum):
@@ -71,6 +78,8 @@ class ViolationCode(StrEnum):
     DUPLICATE_IDENTITY = "duplicate-identity"
     DELETION_PROTECTED = "deletion-protected"
     MANAGED_ELSEWHERE = "managed-elsewhere"
+    #: A `previous:` fingerprint that no live key of the identity holds (DESIGN section 11).
+    PREVIOUS_NOT_FOUND = "previous-not-found"
 
 
 class NoteCode(StrEnum):
@@ -250,6 +259,14 @@ class Change:
     duplicate_digests: tuple[str, ...] = ()  # digest_actual() of each duplicate, same order
     #: The backend target (DESIGN section 12) the key lives in: `default` for a single backend.
     target: str = DEFAULT_TARGET
+    #: rotate: the state the old key (key_id) gets once the new one holds the aliases; a change of a
+    #: previous generation: the state its `previous:` entry declares. None otherwise.
+    previous_state: DesiredState | None = None
+
+    @property
+    def of_previous_generation(self) -> bool:
+        """A change that gives an old generation (key_id) its declared state, and does nothing else."""
+        return self.previous_state is not None and Action.ROTATE not in self.actions
 
     @property
     def spec(self) -> str | None:
@@ -344,4 +361,5 @@ class Plan:
         return bool(self.changes)
 
     def change_for(self, key: str) -> Change | None:
-        return next((c for c in self.changes if c.key == key), None)
+        """The change of a key's current generation (not one of a previous generation)."""
+        return next((c for c in self.changes if c.key == key and not c.of_previous_generation), None)

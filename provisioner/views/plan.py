@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.diagnostics import Diagnostic, Severity
-from provisioner.model import KeyStatus, format_time
+from provisioner.model import TAG_GENERATION, DesiredState, KeyStatus, format_time
 from provisioner.plan.planfile import plan_to_dict
-from provisioner.plan.values import Action, Change, Plan
+from provisioner.plan.values import Action, Change, DesiredAttributes, Plan
 from provisioner.views import View
 from provisioner.views.markdown import MARKDOWN_LIMIT, md_code, md_endpoint_lines, md_fenced, md_text
 from provisioner.views.text import (
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 _SYMBOLS: tuple[tuple[Action, str, str], ...] = (
     (Action.SCHEDULE_DELETION, "-", RED),
     (Action.CREATE, "+", GREEN),
+    (Action.ROTATE, "+", GREEN),  # a new key of the next generation
     (Action.DELETE_MATERIAL, "x", RED),
     (Action.REIMPORT, "↻", CYAN),
     (Action.ADOPT, "<", GREEN),
@@ -91,6 +92,7 @@ _STATE_SUMMARY_WORDS = (
     (Action.CANCEL_DELETION, "to cancel deletion"),
     (Action.ENABLE, "to enable"),
     (Action.DISABLE, "to disable"),
+    (Action.ROTATE, "to rotate"),
 )
 
 
@@ -105,7 +107,9 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
     """(sign, text) lines: the attribute differences of one change, Terraform style."""
     before, after = change.before, change.after
     lines: list[tuple[str, str]] = []
-    if Action.CREATE in change.actions and after is not None:
+    if Action.ROTATE in change.actions and after is not None:
+        lines += _rotate_lines(change, after)
+    elif Action.CREATE in change.actions and after is not None:
         for attr, value in (
             ("spec", after.spec.value),
             ("usage", after.usage.value),
@@ -178,6 +182,30 @@ def _detail_lines(change: Change) -> list[tuple[str, str]]:
         lines.append(("-", f"duplicate key {dup} (never held material): deletion in 7 days"))
     # Aliases, tag keys, paths and argv are interpolated as they are: one escape for the whole line.
     return [(sign, shown(text)) for sign, text in lines]
+
+
+def _rotate_lines(change: Change, after: DesiredAttributes) -> list[tuple[str, str]]:
+    """A rotate: the new generation created and given the aliases, then the old key's declared state."""
+    generation = change.tags_to_set.get(TAG_GENERATION, "?")
+    lines = [("+", f"new key of generation {generation}: {after.spec.value} {after.usage.value}")]
+    for k, v in sorted(change.tags_to_set.items()):
+        lines.append(("+", f"tag {k} = {quoted(v)}"))
+    for a in change.aliases_to_move:
+        lines.append(("~", f"alias {a} (moved to the new key)"))
+    for a in change.aliases_to_create:
+        lines.append(("+", f"alias {a}"))
+    lines.append(("+", f"expiry = {quoted(format_time(after.expiry) or 'never')}"))
+    old = change.key_id
+    if change.previous_state is DesiredState.DISABLED:
+        lines.append(("~", f"previous generation {old}: state -> {quoted('disabled')}"))
+    elif change.previous_state is DesiredState.ABSENT:
+        days = change.pending_window_days
+        lines.append(("-", f"previous generation {old}, after a pending window of {days} days"))
+    else:
+        lines.append((" ", f"previous generation {old} stays enabled"))
+    if Action.DISABLE in change.actions:
+        lines.append(("+", f"state = {quoted('disabled')}"))
+    return lines
 
 
 def _summary_line(plan: Plan) -> str:
