@@ -129,6 +129,7 @@ def test_every_rule_has_a_case() -> None:
         "duplicate-identity",
         "deletion-protected",
         "managed-elsewhere",
+        "previous-not-found",
         "duplicates",
     }
     assert wanted <= seen, f"no case for {sorted(wanted - seen)}"
