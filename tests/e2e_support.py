@@ -102,7 +102,8 @@ class Stack:
                 lines.append(f"      fingerprint: {self.fingerprints[k.stem]}")
             if k.previous:
                 lines.append("    previous:")
-                lines += [f"      - {{material: {{fingerprint: {fp}}}, state: {st}}}" for fp, st in k.previous]
+                for fp, st in k.previous:
+                    lines.append(f"      - {{material: {{fingerprint: {fp}}}, state: {st}}}")
             if k.state != "present":
                 lines.append(f"    state: {k.state}")
         self.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")

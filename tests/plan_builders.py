@@ -95,7 +95,9 @@ def desired_key(name: str, spec: Mapping[str, Any] | None = None) -> DesiredKey:
         adopt_at=Location("manifests/keys.yaml", 4, 12) if "adopt" in s else None,
         lease=Lease(*s["lease"]) if "lease" in s else None,  # (lease, renew_before), e.g. ("30d", "7d")
         previous=tuple(  # [{fp: ..., state: ...}], newest first
-            PreviousGeneration(expand(p["fp"]), DesiredState(p["state"]), Location("manifests/keys.yaml", 20 + i, 9))
+            PreviousGeneration(
+                expand(p["fp"]), DesiredState(p["state"]), Location("manifests/keys.yaml", 20 + i, 9)
+            )
             for i, p in enumerate(s.get("previous", []))
         ),
     )

@@ -145,10 +145,10 @@ def test_plan_markdown() -> None:
     assert md.startswith("## Plan for stack `payments`\n")
     assert (
         "| create | import | adopt | reimport | delete-material | update | schedule-deletion | enable "
-        "| disable | cancel-deletion |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n" in md
+        "| disable | cancel-deletion | rotate |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" in md
     )
-    assert "| 1 | 1 | 0 | 1 | 1 | 1 | 1 | 0 | 0 | 0 |" in md
+    assert "| 1 | 1 | 0 | 1 | 1 | 1 | 1 | 0 | 0 | 0 | 0 |" in md
     assert "#### `+` `new`: create, import" in md
     assert '```diff\n+ spec = "RSA_2048"' in md
     assert "- alias alias/old" in md

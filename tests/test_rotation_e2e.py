@@ -206,3 +206,69 @@ def test_a_previous_fingerprint_no_live_key_holds_is_a_located_error(
     assert located in run.stderr.splitlines(), run.stderr
     doc = plan_doc(stack, account)
     assert doc["violations"] == [{"key": "signer", "code": "previous-not-found", "message": message}]
+
+
+class Killed(BaseException):
+    """The process died right after a write call landed (its answer lost)."""
+
+
+@pytest.mark.one_backend("local", "in-process: the kill is a transport that stops after its n-th write")
+def test_a_rotation_killed_after_any_write_converges_on_the_next_apply(
+    account: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after each write in turn (CreateKey, GetParametersForImport, ImportKeyMaterial, each
+    UpdateAlias, DisableKey): no alias is ever left on no key, the next apply finishes the rotation,
+    no generation is created twice, and the plan after it is empty."""
+    from apply_support import WRITE_ACTIONS
+
+    from provisioner.backend.local import LocalTransport
+
+    original = LocalTransport.call
+    armed: list[int] = []  # writes left before the kill; empty: no kill
+
+    def dying(self: LocalTransport, action: str, params: Any) -> Any:
+        answer = original(self, action, params)
+        if armed and action in WRITE_ACTIONS:
+            armed[0] -= 1
+            if armed[0] == 0:
+                raise Killed(action)
+        return answer
+
+    monkeypatch.setattr(LocalTransport, "call", dying)
+    for n in range(1, 20):
+        name, aliases = f"signer{n}", (f"alias/e2e/s{n}", f"alias/e2e/s{n}-receipts")
+        stack = Stack(tmp_path / f"m{n}", [Entry(name, aliases=aliases)], backend=account.manifest_backend)
+        stack.write()
+        assert cli(stack, account, "apply", "--auto-approve").code == 0
+        (old,) = account.view.stack_keys()[name]
+        previous = ((stack.fingerprints[name], "disabled"),)
+        stack.keys = [Entry(name, aliases=aliases, material=f"{name}-2", previous=previous)]
+        stack.write()
+        armed[:] = [n]
+        try:
+            run = cli(stack, account, "apply", "--auto-approve")
+        except Killed:
+            killed = True
+        else:
+            killed = False
+            assert run.code == 0, run.stdout + run.stderr
+        armed.clear()
+        keys = set(account.view.key_ids())
+        assert set(account.view.aliases().values()) <= keys  # no alias on no key
+        if killed:
+            assert cli(stack, account, "apply", "--auto-approve").code == 0
+        ids = account.view.stack_keys()[name]
+        assert len(ids) == 2, (n, ids)  # one new generation, never two
+        (new,) = [i for i in ids if i != old]
+        assert account.view.tags(new)[TAG_GENERATION] == "2"
+        current = account.view.aliases()
+        assert {a: current[a] for a in aliases} == {a: new for a in aliases}, n
+        assert str(account.view.describe(new).key_state) == "Enabled"
+        assert str(account.view.describe(old).key_state) == "Disabled"
+        doc = plan_doc(stack, account)
+        assert (doc["changes"], doc["violations"]) == ([], []), n
+        if not killed:
+            break  # n is past the rotation's last write: every boundary was tried
+    else:
+        raise AssertionError("the rotation never finished without a kill")
+    assert n >= 6  # CreateKey, GetParametersForImport, ImportKeyMaterial, 2 x UpdateAlias, DisableKey

@@ -492,14 +492,7 @@ class _Planner:
         for old in ident.older:
             entry = entries.get(old.fingerprint or "")
             if entry is None:
-                self.notes.append(
-                    Note(
-                        d.name,
-                        f"key {old.key_id} (generation {old.generation}) holds material {old.fingerprint}, "
-                        f"which `previous:` does not list; it is left alone",
-                    )
-                )
-                continue
+                continue  # an old generation `previous:` no longer lists is left alone
             actions = previous_actions(old.status, entry.state)
             if not actions or (entry.state is DesiredState.ABSENT and not self.unprotected(d, (old,))):
                 continue
