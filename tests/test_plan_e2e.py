@@ -133,10 +133,10 @@ def test_detailed_exitcode_markdown_and_a_saved_plan_without_secrets(
     assert lines[0] == f"## Plan for stack `{STACK}`"
     header = lines.index(
         "| create | import | adopt | reimport | delete-material | update | schedule-deletion | enable "
-        "| disable | cancel-deletion |"
+        "| disable | cancel-deletion | rotate |"
     )
-    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|---|---|"
-    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |"
+    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|---|---|---|"
+    assert lines[header + 2] == "| 3 | 3 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |"
     assert "#### `+` `receipts`: create, import" in lines
     assert_no_secret(markdown.stdout + changes.stdout + changes.stderr, pem_files(stack))
 
