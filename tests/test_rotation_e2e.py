@@ -205,7 +205,9 @@ def test_a_previous_fingerprint_no_live_key_holds_is_a_located_error(
     located = f"{stack.manifest}:{line}:9: error: signer: previous-not-found: {message}"
     assert located in run.stderr.splitlines(), run.stderr
     doc = plan_doc(stack, account)
-    assert doc["violations"] == [{"key": "signer", "code": "previous-not-found", "message": message}]
+    assert doc["violations"] == [
+        {"key": "signer", "code": "previous-not-found", "message": message, "target": "default"}
+    ]
 
 
 class Killed(BaseException):
