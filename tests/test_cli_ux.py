@@ -272,6 +272,8 @@ def test_docs_give_the_yaml_language_server_modeline() -> None:
     schema = json.loads((REPO / "schemas" / "manifest.schema.json").read_text())
     assert f"# yaml-language-server: $schema={schema['$id']}" in docs
     assert "provision schema" in docs
+    # The pinned copy comes first: it is the version the user runs, and it needs no network.
+    assert docs.index("$schema=./manifest.schema.json") < docs.index(f"$schema={schema['$id']}")
 
 
 # -------------------------------------------------------------------------------------- completion
