@@ -1040,22 +1040,7 @@ def derive_change(change: Change, stack: str) -> Change:
         return _derive_rotate(change, before, after, stack)
     if after is None:
         deleting = status is not KeyStatus.PENDING_DELETION
-        return replace(
-            change,
-            key_id=before.key_id,
-            actions=(Action.SCHEDULE_DELETION,) if deleting else (),
-            tags_to_set={},
-            tags_to_remove=(),
-            aliases_to_create=(),
-            aliases_to_move=(),
-            aliases_to_delete=(),
-            description=None,
-            deletion_protection=None,
-            expire_unix=None,
-            pending_window_days=change.pending_window_days if deleting else None,
-            material=None,
-            state_digest=digest_snapshot(before),
-        )
+        return _state_only(change, before, (Action.SCHEDULE_DELETION,) if deleting else ())
     have_tags, want_tags = before.tags, after.tags
     tags_set = {k: v for k, v in want_tags.items() if k not in MANAGED_TAGS and have_tags.get(k) != v}
     tags_remove = tuple(sorted(k for k in have_tags if k not in MANAGED_TAGS and k not in want_tags))
@@ -1112,6 +1097,14 @@ def _derive_previous(change: Change, before: KeySnapshot) -> Change:
     if change.after is not None or change.previous_state is None:
         raise ValueError("a previous generation's change has no `after`")
     actions = previous_actions(before.status, change.previous_state)
+    return _state_only(change, before, actions, keep_duplicates=False)
+
+
+def _state_only(
+    change: Change, before: KeySnapshot, actions: tuple[Action, ...], keep_duplicates: bool = True
+) -> Change:
+    """`change` re-derived as state actions on `before` and nothing else: no tag, alias, description,
+    protection or material work (a key the manifests drop, or a previous generation)."""
     deleting = Action.SCHEDULE_DELETION in actions
     return replace(
         change,
@@ -1128,8 +1121,8 @@ def _derive_previous(change: Change, before: KeySnapshot) -> Change:
         pending_window_days=change.pending_window_days if deleting else None,
         material=None,
         state_digest=digest_snapshot(before),
-        duplicates=(),
-        duplicate_digests=(),
+        duplicates=change.duplicates if keep_duplicates else (),
+        duplicate_digests=change.duplicate_digests if keep_duplicates else (),
     )
 
 
