@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -321,6 +321,13 @@ class DesiredKey:
     lease: Lease | None = None
     #: `previous:` generations, newest first.
     previous: tuple[PreviousGeneration, ...] = ()
+    #: `targets:` (DESIGN section 12): the backends this key lives in, in `backends:` order.
+    targets: tuple[str, ...] = (DEFAULT_TARGET,)
+    #: `adopt: {TARGET: REF}`: the key each target adopts (empty for the string form or none);
+    #: ManifestSet.for_target moves a target's entry into `adopt`.
+    adopt_targets: Mapping[str, str] = field(default_factory=dict)
+    #: Where each `adopt:` map entry was written; not part of equality.
+    adopt_targets_at: Mapping[str, Location] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -334,6 +341,10 @@ class BackendConfig:
     #: Where the manifest wrote `region` and `endpoint`, for located errors; not part of equality.
     region_at: Location | None = field(default=None, compare=False)
     endpoint_at: Location | None = field(default=None, compare=False)
+    #: The target's name (`backends[].name`); `default` for `backend:` or none (DESIGN section 12).
+    name: str = DEFAULT_TARGET
+    #: Where the entry is declared, for located errors; not part of equality.
+    at: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -351,6 +362,46 @@ class ManifestSet:
     material_scan: Callable[[Any], Diagnostics] | None = field(default=None, repr=False, compare=False)
     #: Every template variable some file reads (env excluded), to warn of a --var none uses.
     variables_read: frozenset[str] = frozenset()
+    #: `backends:` (DESIGN section 12), in the order written; () for a set with `backend:` or none,
+    #: whose one target is `default`.
+    backends: tuple[BackendConfig, ...] = ()
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Every target of the set, in `backends:` order; (`default`,) for a single backend."""
+        return tuple(b.name for b in self.backends) or (DEFAULT_TARGET,)
+
+    @property
+    def several_targets(self) -> bool:
+        return bool(self.backends)
+
+    def target_config(self, name: str) -> BackendConfig | None:
+        """The `backends:` entry of that name; for `default` (one backend), `backend`."""
+        if not self.backends:
+            return self.backend if name == DEFAULT_TARGET else None
+        return next((b for b in self.backends if b.name == name), None)
+
+    def for_target(self, name: str) -> ManifestSet:
+        """The set as one target sees it: the keys that live there, each adopting that target's key,
+        and that target's backend. The planner, refresh, drift and show work on one target's set."""
+        if not self.backends:
+            return self
+        config = self.target_config(name)
+        if config is None:
+            raise KeyError(name)
+        keys = tuple(
+            replace(
+                k,
+                targets=(name,),
+                adopt=k.adopt_targets.get(name, k.adopt if not k.adopt_targets else None),
+                adopt_at=k.adopt_targets_at.get(name, k.adopt_at),
+                adopt_targets={},
+                adopt_targets_at={},
+            )
+            for k in self.keys
+            if name in k.targets
+        )
+        return replace(self, keys=keys, backend=config, backends=())
 
 
 @dataclass(frozen=True)

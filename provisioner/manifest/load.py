@@ -21,7 +21,7 @@ from provisioner.errors import ManifestError
 from provisioner.manifest.files import Unreadable, find_manifests, read_text
 from provisioner.manifest.positions import Doc, error_position, parse_yaml, yaml_problem
 from provisioner.manifest.render import EnvReads, env_location, refusal_message, render
-from provisioner.manifest.rules import SetState, check_doc, moved_names, one_material_per_key
+from provisioner.manifest.rules import SetState, check_doc, moved_names, one_material_per_key, resolve_targets
 from provisioner.manifest.schema import schema_diagnostics
 from provisioner.manifest.words import TYPE_NAMES, DocPath, json_kind, path_words, without_quotes
 from provisioner.model import (
@@ -55,6 +55,8 @@ def load_manifests(
     keys: list[DesiredKey] = []
     for doc in docs:
         keys.extend(check_doc(doc, state, diags))
+    keys, target_diags = resolve_targets(keys, state)
+    diags.extend(target_diags)
     diags.extend(moved_names(state))
     diags.extend(one_material_per_key(sorted(keys, key=lambda k: k.name), {}))  # by the pins
     diags = _refuse_material_reads(records, docs, diags)
@@ -68,6 +70,7 @@ def load_manifests(
         stack=state.stack[0],
         keys=tuple(sorted(keys, key=lambda k: k.name)),
         backend=state.backend[0] if state.backend else None,
+        backends=state.backends[0] if state.backends else (),
         files=displays,
         manifest_digest=digest,
         material_scan=lambda index: _scan_for_material(docs, index),

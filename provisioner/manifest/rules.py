@@ -20,6 +20,7 @@ from provisioner.manifest.words import DocPath, show_value
 from provisioner.model import (
     CLAIM_ALIAS_PREFIX,
     DEFAULT_DELETION_WINDOW_DAYS,
+    DEFAULT_TARGET,
     KCV_PREFIX,
     LOCK_ALIAS_PREFIX,
     MAX_TAGS_PER_KEY,
@@ -156,12 +157,23 @@ class SetState:
 
     stack: tuple[str, Location] | None = None
     backend: tuple[BackendConfig, Location] | None = None
+    #: `backends:` (several targets) and where it is declared.
+    backends: tuple[tuple[BackendConfig, ...], Location] | None = None
     names: dict[str, Location] = field(default_factory=dict)
     aliases: dict[str, Location] = field(default_factory=dict)
     #: `adopt:` reference -> (key name, where), so that one KMS key is adopted by one entry only.
     adopted: dict[str, tuple[str, Location]] = field(default_factory=dict)
     #: `moved_from:` name -> (the key it moved to, where).
     moved: dict[str, tuple[str, Location]] = field(default_factory=dict)
+    #: key name -> where its `targets:` list and each of its entries are written.
+    target_locs: dict[str, tuple[Location, tuple[Location, ...]]] = field(default_factory=dict)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The set's targets: the `backends:` names, or `default` for one backend."""
+        if self.backends is None:
+            return (DEFAULT_TARGET,)
+        return tuple(b.name for b in self.backends[0])
 
 
 def _check_tags(
@@ -218,6 +230,7 @@ def check_doc(doc: Doc, state: SetState, diags: Diagnostics) -> list[DesiredKey]
                 )
             )
     _check_backend(doc, data.get("backend"), state, diags)
+    _check_backends(doc, data.get("backends"), state, diags)
 
     raw_defaults = data.get("defaults")
     defaults: dict[str, Any] = raw_defaults if isinstance(raw_defaults, dict) else {}
@@ -244,35 +257,92 @@ def check_doc(doc: Doc, state: SetState, diags: Diagnostics) -> list[DesiredKey]
     return out
 
 
-def _check_backend(doc: Doc, backend: Any, state: SetState, diags: Diagnostics) -> None:
-    if not isinstance(backend, dict):
-        return
-    kind = backend.get("type", "local")
-    path = backend.get("path")
-    if kind == "alibaba" and path is not None:
+def _backend_config(
+    doc: Doc, entry: dict[str, Any], path: DocPath, diags: Diagnostics
+) -> BackendConfig | None:
+    """The BackendConfig of a `backend:` block or a `backends:` entry at `path`; None when ill-typed."""
+    kind = entry.get("type", "local")
+    where = str(path[0]) if len(path) == 1 else f"{path[0]}[{path[1]}]"
+    file_path = entry.get("path")
+    if kind == "alibaba" and file_path is not None:
         diags.add(
             Diagnostic(
-                doc.loc(("backend", "path")),
-                f"backend.path {doc.show(path)} applies only to the local backend",
+                doc.loc((*path, "path")),
+                f"{where}.path {doc.show(file_path)} applies only to the local backend",
             )
         )
     if not isinstance(kind, str) or kind not in ("local", "alibaba"):
-        return
-    config = BackendConfig(
+        return None
+    name = entry.get("name", DEFAULT_TARGET)
+    return BackendConfig(
         type=kind,
-        path=_resolve(doc.folder, path) if isinstance(path, str) and kind == "local" else None,
-        region=backend.get("region") if isinstance(backend.get("region"), str) else None,
-        endpoint=backend.get("endpoint") if isinstance(backend.get("endpoint"), str) else None,
-        region_at=doc.loc(("backend", "region")),
-        endpoint_at=doc.loc(("backend", "endpoint")),
+        path=_resolve(doc.folder, file_path) if isinstance(file_path, str) and kind == "local" else None,
+        region=entry.get("region") if isinstance(entry.get("region"), str) else None,
+        endpoint=entry.get("endpoint") if isinstance(entry.get("endpoint"), str) else None,
+        region_at=doc.loc((*path, "region")),
+        endpoint_at=doc.loc((*path, "endpoint")),
+        name=name if isinstance(name, str) else DEFAULT_TARGET,
+        at=doc.loc(path),
     )
+
+
+def _check_backend(doc: Doc, backend: Any, state: SetState, diags: Diagnostics) -> None:
+    if not isinstance(backend, dict):
+        return
+    config = _backend_config(doc, backend, ("backend",), diags)
+    if config is None:
+        return
     here = doc.loc(("backend",))
-    if state.backend is None:
+    if state.backends is not None:
+        diags.add(Diagnostic(here, _BOTH_BACKENDS.format(other="backends", where=state.backends[1])))
+    elif state.backend is None:
         state.backend = (config, here)
     elif state.backend[0] != config:
         diags.add(
             Diagnostic(here, f"backend differs from the one declared at {state.backend[1]}; give it once")
         )
+
+
+_BOTH_BACKENDS = (
+    "a manifest set has either backend: (one target) or backends: (several), not both; {other}: is "
+    "declared at {where}"
+)
+
+
+def _check_backends(doc: Doc, backends: Any, state: SetState, diags: Diagnostics) -> None:
+    """`backends:` (DESIGN section 12): named targets, declared in one file of the set."""
+    if not isinstance(backends, list):
+        return
+    here = doc.loc(("backends",))
+    if state.backend is not None:
+        diags.add(Diagnostic(here, _BOTH_BACKENDS.format(other="backend", where=state.backend[1])))
+        return
+    if state.backends is not None:
+        diags.add(
+            Diagnostic(here, f"backends: is declared already at {state.backends[1]}; give it in one file")
+        )
+        return
+    configs: list[BackendConfig] = []
+    seen: dict[str, Location] = {}
+    for i, entry in enumerate(backends):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue  # the schema reported it
+        config = _backend_config(doc, entry, ("backends", i), diags)
+        if config is None:
+            continue
+        at = doc.loc(("backends", i, "name"))
+        if config.name in seen:
+            diags.add(
+                Diagnostic(
+                    at,
+                    f"backends[{i}].name: target {doc.show(config.name)} is declared already (at "
+                    f"{seen[config.name]}); each target has one name",
+                )
+            )
+            continue
+        seen[config.name] = at
+        configs.append(config)
+    state.backends = (tuple(configs), here)
 
 
 def _check_key(
@@ -310,7 +380,8 @@ def _check_key(
     if material is not None and spec is not None:
         on_instance = instance is not None
         material = _check_material_kind(doc, name, body, base, spec, protection, on_instance, material, diags)
-    adopt = _key_adopt(doc, name, body, state, diags)
+    adopt, adopt_targets, adopt_targets_at = _key_adopt(doc, name, body, state, diags)
+    targets = _key_targets(doc, name, body, state)
     moved_from = _key_moved_from(doc, name, body, state, diags)
     previous = _key_previous(doc, name, body, material, diags)
 
@@ -338,6 +409,9 @@ def _check_key(
         adopt_at=doc.loc((*base, "adopt")) if adopt is not None else None,
         lease=lease,
         previous=previous,
+        targets=targets,
+        adopt_targets=adopt_targets,
+        adopt_targets_at=adopt_targets_at,
     )
 
 
@@ -597,33 +671,34 @@ def _key_deletion(
 #: What `adopt:` may name: a KeyId, a key ARN (acs:kms:REGION:ACCOUNT:key/KEY-ID), or an alias.
 KEY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
 KEY_ARN_RE = re.compile(r"acs:kms:[a-z0-9-]{1,64}:[0-9]{1,32}:key/[A-Za-z0-9][A-Za-z0-9-]{0,127}")
-#: The one target of a manifest set without `backends:` (DESIGN section 12).
-SINGLE_TARGET = "default"
-
-
 def _key_adopt(
     doc: Doc, name: str, body: dict[str, Any], state: SetState, diags: Diagnostics
-) -> str | None:
-    """The KeyId, ARN or alias `adopt:` names (the map form only for the single target `default`)."""
+) -> tuple[str | None, dict[str, str], dict[str, Location]]:
+    """What `adopt:` names: the string form's KeyId, ARN or alias; or the map form {TARGET: REF}, each
+    entry checked and claimed (its targets are checked against the key's once every file is read)."""
     if "adopt" not in body:
-        return None
-    at = doc.loc(("keys", name, "adopt"))
+        return None, {}, {}
     value = body["adopt"]
     if isinstance(value, dict):
-        if set(value) != {SINGLE_TARGET}:
-            targets = ", ".join(doc.show(t) for t in value) or "none"
-            diags.add(
-                Diagnostic(
-                    at,
-                    f'key "{name}": adopt: names targets ({targets}): multi-target backends are not '
-                    f"supported yet; write adopt: KEY-ID, or adopt: {{{SINGLE_TARGET}: KEY-ID}}",
-                )
-            )
-            return None
-        at = doc.loc(("keys", name, "adopt", SINGLE_TARGET))
-        value = value[SINGLE_TARGET]
+        refs: dict[str, str] = {}
+        where: dict[str, Location] = {}
+        for target, ref in value.items():
+            at = doc.loc(("keys", name, "adopt", target))
+            if isinstance(target, str) and _adopt_ref(doc, name, ref, at, state, diags, target):
+                refs[target], where[target] = ref, at
+        return None, refs, where
+    at = doc.loc(("keys", name, "adopt"))
+    return (value if _adopt_ref(doc, name, value, at, state, diags) else None), {}, {}
+
+
+def _adopt_ref(
+    doc: Doc, name: str, value: Any, at: Location, state: SetState, diags: Diagnostics,
+    target: str | None = None,
+) -> bool:
+    """Whether `value` is a well-formed KeyId, ARN or alias that no other key of the set adopts (in
+    that target, for a map entry); else False, with the error."""
     if not isinstance(value, str):
-        return None  # the schema reported it
+        return False  # the schema reported it
     if value.startswith("alias/"):
         problem = alias_problem(value, doc.show if doc.tainted else None)
     elif value.startswith("acs:"):
@@ -636,9 +711,87 @@ def _key_adopt(
         )
     if problem:
         diags.add(Diagnostic(at, f'key "{name}": adopt: {problem}'))
-        return None
+        return False
     what, why = f"adopt: {value} is also adopted by", "one KMS key is one key of the set"
-    return value if _claim(state.adopted, value, name, at, what, why, diags) else None
+    claimed = value if target is None or target == DEFAULT_TARGET else f"{target}\0{value}"
+    return _claim(state.adopted, claimed, name, at, what, why, diags)
+
+
+def _key_targets(
+    doc: Doc, name: str, body: dict[str, Any], state: SetState
+) -> tuple[str, ...]:
+    """`targets:` as written (checked against the set's targets by resolve_targets); () for all."""
+    raw = body.get("targets")
+    if not isinstance(raw, list):
+        return ()
+    kept = [(t, doc.loc(("keys", name, "targets", i))) for i, t in enumerate(raw) if isinstance(t, str)]
+    state.target_locs[name] = (doc.loc(("keys", name, "targets")), tuple(at for _, at in kept))
+    return tuple(t for t, _ in kept)
+
+
+def resolve_targets(keys: Sequence[DesiredKey], state: SetState) -> tuple[list[DesiredKey], Diagnostics]:
+    """Every key's targets, once every file is read: each a declared target (default: all), in the
+    set's order; and the `adopt:` forms that fit them (a KeyId or ARN names one key, so a key of several
+    targets adopts by a map {TARGET: KEY-ID}; an alias works in every target)."""
+    import difflib
+
+    declared = state.target_names
+    several = state.backends is not None
+    diags = Diagnostics()
+    out: list[DesiredKey] = []
+    for key in keys:
+        errors = len(diags)
+        where, item_at = state.target_locs.get(key.name, (key.location, ()))
+        seen: set[str] = set()
+        for t, at in zip(key.targets, item_at, strict=False):
+            if t in seen:
+                diags.add(Diagnostic(at, f'key "{key.name}": targets: {show_value(t)} is listed twice'))
+            elif t not in declared:
+                if not several:
+                    why = (
+                        f'this set has one backend, whose target is "{DEFAULT_TARGET}": name targets in '
+                        "backends: first, or drop targets:"
+                    )
+                else:
+                    close = difflib.get_close_matches(t, declared, n=1)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    why = f"the set's targets are {', '.join(declared)}{hint}"
+                message = f'key "{key.name}": targets: {show_value(t)} is not a target; {why}'
+                diags.add(Diagnostic(at, message))
+            seen.add(t)
+        chosen = tuple(t for t in declared if t in seen) if key.targets else declared
+        adopt, adopt_at = key.adopt, key.adopt_at
+        for t, at in key.adopt_targets_at.items():
+            if t not in chosen:
+                diags.add(
+                    Diagnostic(
+                        at,
+                        f'key "{key.name}": adopt: {show_value(t)} is not one of the key\'s targets '
+                        f"({', '.join(chosen)})",
+                    )
+                )
+        if key.adopt_targets and not several and DEFAULT_TARGET in key.adopt_targets:
+            adopt, adopt_at = key.adopt_targets[DEFAULT_TARGET], key.adopt_targets_at[DEFAULT_TARGET]
+        if adopt is not None and several and len(chosen) > 1 and not adopt.startswith("alias/"):
+            entries = ", ".join(f"{t}: KEY-ID" for t in chosen)
+            diags.add(
+                Diagnostic(
+                    key.adopt_at or where,
+                    f'key "{key.name}": adopt: {adopt} names one key, but the key lives in {len(chosen)} '
+                    f"targets ({', '.join(chosen)}): write adopt: {{{entries}}} (an alias may name the key "
+                    "of every target)",
+                )
+            )
+        if len(diags) > errors:
+            continue
+        out.append(
+            replace(
+                key, targets=chosen, adopt=adopt, adopt_at=adopt_at,
+                adopt_targets=key.adopt_targets if several else {},
+                adopt_targets_at=key.adopt_targets_at if several else {},
+            )
+        )
+    return out, diags
 
 
 def _claim(
@@ -692,23 +845,27 @@ def moved_names(state: SetState) -> list[Diagnostic]:
 
 
 def one_material_per_key(keys: Sequence[DesiredKey], fingerprints: Mapping[str, str]) -> list[Diagnostic]:
-    """One material (one fingerprint) in two keys of the set: an error at the later key naming the
-    first. `fingerprints`: the material read, by key name; a key without one counts with its pin."""
-    first: dict[str, DesiredKey] = {}
+    """One material (one fingerprint) in two keys of one target: an error at the later key naming the
+    first (DESIGN section 10: per target; the same material in several targets is BYOK's normal case).
+    `fingerprints`: the material read, by key name; a key without one counts with its pin."""
+    first: dict[tuple[str, str], DesiredKey] = {}
     out: list[Diagnostic] = []
     for key in keys:
         fp = fingerprints.get(key.name) or (key.material.fingerprint if key.material else None)
         if fp is None:
             continue
-        if fp not in first:
-            first[fp] = key
+        clash = next(((t, first[t, fp]) for t in key.targets if (t, fp) in first), None)
+        for t in key.targets:
+            first.setdefault((t, fp), key)
+        if clash is None:
             continue
-        other = first[fp]
+        target, other = clash
+        within = "" if target == DEFAULT_TARGET else f' in target "{target}"'
         out.append(
             Diagnostic(
                 key.location,
                 f'key "{key.name}": its material ({fp}) is also the material of key "{other.name}" '
-                f"({other.location}): one material belongs to one key of a set; to rename a key, "
+                f"({other.location}){within}: one material belongs to one key of a set; to rename a key, "
                 f"give the new name moved_from: [{other.name}] instead of a second key",
             )
         )
