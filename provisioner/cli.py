@@ -9,6 +9,7 @@ gives interspersed options, typed flags and help text for free.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import functools
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from provisioner.symmetric import SymmetricMaterial
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 def _parse_vars(values: Sequence[str]) -> dict[str, str]:
@@ -130,6 +132,25 @@ def backend_options(f: F) -> F:
         "--qps", multiple=True, metavar="GROUP=N", help="Client-side rate limit per quota group."
     )(f)
     return f
+
+
+#: Where only_target_option leaves the --only-target names for _open_targets.
+ONLY_TARGET_META = "provision.only_target"
+
+
+def only_target_option(f: F) -> F:
+    """--only-target NAME (repeatable): run on those `backends:` targets only (DESIGN section 12)."""
+    command = f
+
+    @functools.wraps(command)
+    def with_only(*args: Any, only_target: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        click.get_current_context().meta[ONLY_TARGET_META] = only_target
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--only-target", "only_target", multiple=True, metavar="NAME",
+        help="Only this backends: target (repeatable), e.g. one pipeline job per region.",
+    )(with_only)  # type: ignore[return-value]
 
 
 def allow_commands_option(f: F) -> F:
@@ -682,6 +703,11 @@ def _stderr_is_a_terminal() -> bool:
         return False
 
 
+#: The target whose work the running thread does, when several run at once: progress lines then name
+#: it and are plain lines (three targets rewriting one terminal line would garble it).
+_PROGRESS_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("progress_target", default=None)
+
+
 @contextlib.contextmanager
 def _progress_stage(kms: Any, phase: str, total: int | None = None) -> Iterator[Any]:
     """Progress of the calls made inside the block on standard error (views/progress.py), told by
@@ -689,12 +715,14 @@ def _progress_stage(kms: Any, phase: str, total: int | None = None) -> Iterator[
     from provisioner.backend.resilience import ResilientTransport
     from provisioner.views.progress import Progress
 
-    terminal = _stderr_is_a_terminal()
+    target = _PROGRESS_TARGET.get()
+    terminal = target is None and _stderr_is_a_terminal()
     try:
         width = os.get_terminal_size(sys.stderr.fileno()).columns if terminal else 80
     except (OSError, ValueError, AttributeError):
         width = 80
-    progress = Progress(phase, sys.stderr, terminal=terminal, total=total, width=width)
+    label = phase if target is None else f"{phase} {target}"
+    progress = Progress(label, sys.stderr, terminal=terminal, total=total, width=width)
     transport = getattr(kms, "transport", None)
     observed = transport if isinstance(transport, ResilientTransport) else None
     if observed is not None:
@@ -715,13 +743,19 @@ def _open_stage(
     qps: tuple[str, ...],
     *,
     create: bool = True,
+    target: str | None = None,
 ) -> Kms:
-    from provisioner.backend import default_state_file, open_kms
+    """The KMS of one backend. `target`: the name of a `backends:` entry, when the set has several:
+    ALIBABA_CLOUD_REGION_ID is then not read (each target names its region), and a local target's
+    default state is `.provision/kms-NAME.db` beside the first manifest path."""
+    from provisioner.backend import REGION_ENV, default_state_file, open_kms
     from provisioner.backend.resilience import parse_qps
 
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
     first = meta.get(FIRST_PATH_META)
+    default = None if first is None else default_state_file(first, target)
+    environ = os.environ if target is None else {k: v for k, v in os.environ.items() if k != REGION_ENV}
     kms = open_kms(
         backend=backend,
         endpoint=endpoint,
@@ -730,10 +764,13 @@ def _open_stage(
         qps=parse_qps(qps) if qps else None,
         max_elapsed=_retry_seconds(),
         create=create,
+        environ=environ,
         state=meta.get(STATE_META),
-        default_state=None if first is None else default_state_file(first),
+        default_state=default,
+        legacy_state=target is None,
     )
-    click.echo(visible(f"using {kms.description}"), err=True)
+    where = kms.description if target is None else f"target {target}: {kms.description}"
+    click.echo(visible(f"using {where}"), err=True)
     if kms.info.get("type") == "alibaba" and kms.info.get("endpoint"):
         from provisioner.backend.alibaba import proxy_trap
 
@@ -741,6 +778,151 @@ def _open_stage(
         if trap is not None:
             _warn(trap)
     return kms
+
+
+@dataclasses.dataclass
+class _Target:
+    """One target of a run (DESIGN section 12): its name, the manifest set as it sees it, its KMS (own
+    connection, own rate limiter). A set of one backend has one, `default`."""
+
+    name: str
+    ms: ManifestSet
+    kms: Kms
+
+
+def _only_targets(ms: ManifestSet) -> tuple[str, ...]:
+    """The targets of this run: --only-target's names (each one the set declares), else all of them,
+    in `backends:` order."""
+    import difflib
+
+    from provisioner.errors import UsageError
+
+    ctx = click.get_current_context(silent=True)
+    asked: tuple[str, ...] = tuple(ctx.meta.get(ONLY_TARGET_META, ())) if ctx is not None else ()
+    declared = ms.target_names
+    for name in asked:
+        if name in declared:
+            continue
+        if ms.several_targets:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(
+                f"--only-target {name!r}: stack {ms.stack!r} has no such target (its targets are "
+                f"{', '.join(declared)}){hint}"
+            )
+        raise UsageError(
+            f"--only-target {name!r}: stack {ms.stack!r} has one backend, whose target is "
+            f"{DEFAULT_TARGET!r}; name several in backends: to choose among them"
+        )
+    return tuple(t for t in declared if t in asked) if asked else declared
+
+
+def _refuse_shared_flags(
+    ms: ManifestSet, chosen: tuple[str, ...], endpoint: str | None, region: str | None
+) -> None:
+    """With several targets, a flag that names one KMS (--region, --endpoint, PROVISION_ENDPOINT,
+    --state) would send every target's calls to one place: an error unless --only-target picks one."""
+    from provisioner.backend import ENDPOINT_ENV
+    from provisioner.errors import UsageError
+
+    if not ms.several_targets or len(chosen) == 1:
+        return
+    ctx = click.get_current_context(silent=True)
+    state = ctx.meta.get(STATE_META) if ctx is not None else None
+    given = [
+        flag
+        for flag, value in (
+            ("--region", region), ("--endpoint", endpoint),
+            (ENDPOINT_ENV, os.environ.get(ENDPOINT_ENV, "").strip()), ("--state", state),
+        )
+        if value
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]}: stack {ms.stack!r} has {len(chosen)} targets ({', '.join(chosen)}), each with its "
+            f"own KMS in backends:; {given[0]} names one: pick its target with --only-target NAME"
+        )
+
+
+def _open_targets(
+    ms: ManifestSet, backend: str | None, endpoint: str | None, region: str | None, qps: tuple[str, ...],
+    *, create: bool = True,
+) -> list[_Target]:
+    """Each target of the run with its KMS opened (no connection is made until a call). Two targets
+    on one KMS would see each other's keys as theirs: refused."""
+    from provisioner.errors import UsageError
+
+    chosen = _only_targets(ms)
+    _refuse_shared_flags(ms, chosen, endpoint, region)
+    opened: list[_Target] = []
+    try:
+        for name in chosen:
+            sub = ms.for_target(name)
+            kms = _open_stage(
+                sub.backend, backend, endpoint, region, qps, create=create,
+                target=name if ms.several_targets else None,
+            )
+            opened.append(_Target(name, sub, kms))
+            same = next((t for t in opened[:-1] if _same_kms(t.kms, kms)), None)
+            if same is not None:
+                raise UsageError(
+                    f"targets {same.name!r} and {name!r} are one KMS ({visible(kms.description)}): a key's "
+                    f"identity is per target, so each target must be a KMS of its own (a region, an account)"
+                )
+    except BaseException:
+        _close_targets(opened)
+        raise
+    return opened
+
+
+def _same_kms(a: Kms, b: Kms) -> bool:
+    if a.state_path is not None or b.state_path is not None:
+        return a.state_path is not None and b.state_path is not None and (
+            a.state_path.resolve() == b.state_path.resolve()
+        )
+    return (a.info.get("endpoint"), a.info.get("region")) == (b.info.get("endpoint"), b.info.get("region"))
+
+
+def _close_targets(targets: Iterable[_Target]) -> None:
+    for t in targets:
+        t.kms.close()
+
+
+def _per_target(
+    fn: Callable[[_Target], R], targets: Sequence[_Target], several: bool
+) -> tuple[dict[str, R], dict[str, str]]:
+    """`fn` on every target at once, each on its own thread and its own quota (the wall time is the
+    slowest target's); results and errors by target name. With several targets a ProvisionerError
+    ends that target's run only (printed as `error: target NAME: ...`); a single backend's propagates."""
+    from provisioner.targets import run_per_target
+
+    if not several:
+        return {t.name: fn(t) for t in targets}, {}
+
+    def one(t: _Target) -> R:
+        _PROGRESS_TARGET.set(t.name)
+        return fn(t)
+
+    if len(targets) == 1:  # runs here, but its error is the target's, as with several
+        try:
+            return {targets[0].name: one(targets[0])}, {}
+        except ProvisionerError as e:
+            return {}, {targets[0].name: str(e)}
+        finally:
+            _PROGRESS_TARGET.set(None)
+    results: dict[str, R] = {}
+    errors: dict[str, str] = {}
+    for outcome in run_per_target(one, [(t.name, t) for t in targets]):
+        if outcome.error is not None:
+            errors[outcome.target] = str(outcome.error)
+        else:
+            results[outcome.target] = outcome.result  # type: ignore[assignment]
+    return results, errors
+
+
+def _echo_target_errors(errors: Mapping[str, str]) -> None:
+    for name, message in errors.items():
+        click.echo(visible(f"error: target {name}: {message}"), err=True)
 
 
 #: Environment variable that sets how long retries of one call may go on (DESIGN: about 30 seconds).
@@ -766,7 +948,8 @@ def _retry_seconds() -> float:
 
 
 def _now() -> datetime:
-    """The time of this run, whole seconds: the clock main() was given (tests), else the system's."""
+    """The time of this run, whole seconds: the clock main() was given (tests), else the system's.
+    Read on the main thread (the click context is not seen by the targets' threads)."""
     from datetime import UTC, datetime
 
     ctx = click.get_current_context(silent=True)
@@ -801,40 +984,70 @@ def _refresh_stage(
         )
 
 
+@dataclasses.dataclass
+class _Planned:
+    """One target's plan, the live state it was made from, its expiry warnings, and (apply) its lock."""
+
+    target: _Target
+    plan: Plan
+    live: LiveState
+    warnings: tuple[str, ...] = ()
+    held: HeldLock | None = None
+
+
 def _make_plan_stage(
-    ms: ManifestSet,
+    t: _Target,
     fingerprints: dict[str, str],
-    kms: Kms,
     *,
+    now: datetime,
     expiry_warning: int,
     offline_material: bool = False,
     targets: tuple[str, ...] = (),
-) -> tuple[Plan, LiveState]:
-    """refresh -> plan (and the live state it was made from), the instances of the keys it creates
-    checked, and its expiry warnings on standard error."""
+) -> _Planned:
+    """refresh -> plan of one target (and the live state it was made from), the instances of the keys it
+    creates checked, and its expiry warnings."""
     from provisioner.plan.instances import created_instances, instance_violations, read_instances
     from provisioner.plan.planner import make_plan
 
-    now = _now()
-    live = _refresh_stage(ms, kms, now, targets, fingerprints)
+    live = _refresh_stage(t.ms, t.kms, now, targets, fingerprints)
     the_plan = make_plan(
-        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, offline_material=offline_material,
+        t.ms, live, now=now, fingerprints=fingerprints, backend=t.kms.info, offline_material=offline_material,
         targets=targets or None,
     )
-    wanted = created_instances(the_plan, ms)
-    facts = read_instances(kms, wanted) if wanted else None  # no key to create: no call
+    wanted = created_instances(the_plan, t.ms)
+    facts = read_instances(t.kms, wanted) if wanted else None  # no key to create: no call
     if facts is not None:
-        the_plan = instance_violations(the_plan, ms, facts)
-    _warn_expiring(ms, live, the_plan, now, expiry_warning)
-    return the_plan, live
+        the_plan = instance_violations(the_plan, t.ms, facts)
+    return _Planned(t, the_plan, live, _expiring(t.ms, live, the_plan, now, expiry_warning))
 
 
-def _warn_expiring(ms: ManifestSet, live: LiveState, the_plan: Plan, now: datetime, days: int) -> None:
-    """One `warning:` line per key whose material expires within the window (not in the plan document)."""
+def _expiring(ms: ManifestSet, live: LiveState, the_plan: Plan, now: datetime, days: int) -> tuple[str, ...]:
+    """The expiry warnings of a plan: material that expires within the window (not in the document)."""
     from provisioner.plan.warnings import expiry_warnings
 
-    for w in expiry_warnings(ms, live, the_plan, now=now, days=days):
-        _warn(str(w))
+    return tuple(str(w) for w in expiry_warnings(ms, live, the_plan, now=now, days=days))
+
+
+def _merged_plan(ms: ManifestSet, targets: Sequence[_Target], planned: Mapping[str, _Planned],
+                 errors: Mapping[str, str], now: datetime, chosen: tuple[str, ...]) -> Plan:
+    """The run's one plan: a single backend's own, or the targets' plans merged, each change, violation
+    and note with its target (DESIGN section 12), and the targets that failed."""
+    from provisioner.plan.values import BackendInfo, Plan, merge_plans
+
+    if not ms.several_targets:
+        return planned[DEFAULT_TARGET].plan
+    template = next(
+        (p.plan for p in planned.values()),
+        Plan(ms.stack, now, BackendInfo(), (), manifest_digest=ms.manifest_digest, targets=chosen),
+    )
+    infos = [(t.name, t.kms.info) for t in targets]
+    return merge_plans(infos, {n: p.plan for n, p in planned.items()}, errors, template=template)
+
+
+def _warn_planned(planned: Mapping[str, _Planned], several: bool) -> None:
+    for name, p in planned.items():
+        for w in p.warnings:
+            _warn(w if not several else f"target {name}: {w}")
 
 
 def _target_stage(ms: ManifestSet, targets: tuple[str, ...], verb: str) -> tuple[str, ...]:
@@ -870,6 +1083,7 @@ def _target_stage(ms: ManifestSet, targets: tuple[str, ...], verb: str) -> tuple
     return chosen
 
 
+
 def _read_plan_file(path: Path) -> Plan:
     """The saved plan in `path`: a regular file of bounded size (never /dev/zero, a FIFO or 50 MB)."""
     from provisioner.errors import UsageError
@@ -896,6 +1110,7 @@ def _echo_violations(plan: Plan) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @backend_options
+@only_target_option
 @color_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the plan (no secrets: material references and fingerprints) for `apply --plan`.")
@@ -924,20 +1139,34 @@ def plan(
     )
     chosen = _target_stage(ms, targets, "plan")
     # Reading writes nothing: a missing local state is an empty KMS, an existing one is read-only.
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
+    run = _open_targets(ms, backend, endpoint, region, qps, create=False)
+    now = _now()
     try:
-        the_plan, _ = _make_plan_stage(
-            ms, fingerprints, kms, expiry_warning=expiry_warning, offline_material=offline_material,
-            targets=chosen,
+        planned, errors = _per_target(
+            lambda t: _make_plan_stage(
+                t, fingerprints, now=now, expiry_warning=expiry_warning, offline_material=offline_material,
+                targets=chosen,
+            ),
+            run, ms.several_targets,
         )
     finally:
-        kms.close()
+        _close_targets(run)
+    the_plan = _merged_plan(ms, run, planned, errors, now, chosen)
+    _warn_planned(planned, ms.several_targets)
     # A pull-request comment names material files as the saved plan does: relative, not the runner's.
     shown = relative_materials(the_plan, Path.cwd()) if fmt == "markdown" else the_plan
     click.echo(views.PLAN.view(fmt, color=use_color(no_color)).plan(shown), nl=False)
+    _echo_target_errors(errors)
     if the_plan.blocked:
         _echo_violations(the_plan)
         click.echo(f"error: the plan is blocked by {len(the_plan.violations)} violation(s)", err=True)
+        return 1
+    if errors:
+        click.echo(
+            f"error: {len(errors)} target(s) could not be planned: {', '.join(errors)}"
+            + ("; the plan was not saved" if out is not None else ""),
+            err=True,
+        )
         return 1
     if out is not None:
         from provisioner.errors import UsageError
@@ -954,6 +1183,7 @@ def plan(
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @backend_options
+@only_target_option
 @color_option
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Apply this saved plan (refused if any key changed since it was made).")
@@ -990,49 +1220,123 @@ def apply(
         if saved is not None:
             _check_saved_material(saved, ms, read.fingerprints)
         chosen = saved.targets if saved is not None else _target_stage(ms, targets, "apply")
-        kms = _open_stage(ms.backend, backend, endpoint, region, qps)
+        if saved is not None and ms.several_targets:
+            _saved_targets(saved)
+        run = _open_targets(ms, backend, endpoint, region, qps)
     except BaseException:
         read.wipe()
         raise
-    try:
-        if saved is not None:
+    held: list[HeldLock] = []
+    guard = threading.Lock()
+    now = _now()
+
+    def prepare(t: _Target) -> _Planned:
+        part = None if saved is None else _saved_part(saved, t, ms.several_targets)
+        if part is not None:
             from provisioner.apply import check_plan_backend
 
             # Before the lock: none is taken on a KMS the plan is not for.
-            check_plan_backend(saved, kms.info, kms.state_path)
-        with _locked(ms, kms, lock_timeout) as held:
-            if saved is None:
-                the_plan, live = _make_plan_stage(
-                    ms, read.fingerprints, kms, expiry_warning=expiry_warning, targets=chosen
-                )
-            else:
-                the_plan, live = _saved_plan_stage(saved, ms, read.fingerprints, kms, chosen, expiry_warning)
-            code = _carry_out(the_plan, live, kms, read, view, plan_file is None and not auto_approve,
-                              parallelism, held)
+            check_plan_backend(part, t.kms.info, t.kms.state_path)
+        lock = _acquire(t, lock_timeout)
+        if lock is not None:
+            with guard:
+                held.append(lock)
+        if part is None:
+            p = _make_plan_stage(t, read.fingerprints, now=now, expiry_warning=expiry_warning, targets=chosen)
+        else:
+            p = _saved_plan_stage(part, t, read.fingerprints, chosen, now, expiry_warning)
+        return dataclasses.replace(p, held=lock)
+
+    try:
+        if saved is not None:
+            _refuse_other_targets(saved, ms, run)
+        planned, errors = _per_target(prepare, run, ms.several_targets)
+        the_plan = _merged_plan(ms, run, planned, errors, now, chosen)
+        _warn_planned(planned, ms.several_targets)
+        code = _carry_out(
+            the_plan, planned, errors, read, view, plan_file is None and not auto_approve, parallelism,
+            ms.several_targets,
+        )
     finally:
         read.wipe()
-        kms.close()
+        for lock in held:
+            lock.release()
+        _close_targets(run)
     return code
 
 
+def _saved_part(saved: Plan, t: _Target, several: bool) -> Plan:
+    """The part of a saved plan that one target carries out."""
+    return saved.for_target(t.name) if several else saved
+
+
+def _saved_targets(saved: Plan) -> None:
+    """apply --plan of several targets runs on the plan's targets (those of its --only-target, if it was
+    made with one): --only-target may repeat them, not change them."""
+    from provisioner.errors import UsageError
+
+    ctx = click.get_current_context()
+    planned = tuple(b["name"] for b in saved.target_infos)
+    asked = tuple(ctx.meta.get(ONLY_TARGET_META, ()))
+    if asked and sorted(set(asked)) != sorted(planned):
+        raise UsageError(
+            f"--only-target {', '.join(asked)}: the saved plan is for target(s) {', '.join(planned)}; a "
+            f"saved plan is applied whole, on the targets it was made for (drop --only-target, or make a "
+            f"plan with it)"
+        )
+    ctx.meta[ONLY_TARGET_META] = planned
+
+
+def _refuse_other_targets(saved: Plan, ms: ManifestSet, run: Sequence[_Target]) -> None:
+    """apply --plan runs on the targets the plan was made for, all of them: a saved plan is applied
+    whole or not at all."""
+    from provisioner.errors import UsageError
+
+    planned = tuple(b["name"] for b in saved.target_infos)
+    here = tuple(t.name for t in run)
+    if planned != here:
+        raise UsageError(
+            f"the saved plan is for target(s) {', '.join(planned)}, and stack {ms.stack!r} now has "
+            f"{', '.join(here)}: make a new plan"
+        )
+
+
 def _carry_out(
-    the_plan: Plan, live: LiveState, kms: Kms, read: MaterialRead, view: Any, ask: bool,
-    parallelism: int | None, held: HeldLock | None,
+    the_plan: Plan, planned: Mapping[str, _Planned], errors: Mapping[str, str], read: MaterialRead,
+    view: Any, ask: bool, parallelism: int | None, several: bool,
 ) -> int:
-    """apply, under the lock: preview, refuse a blocked plan, confirm, apply, print the result."""
+    """apply, under the locks: preview, refuse a blocked plan, confirm, apply each target's part (at once),
+    print the result. A target that could not be planned is reported, and the others are applied."""
+    from provisioner.apply import ApplyResult
+
     click.echo(view.preview(the_plan), nl=False)
+    _echo_target_errors(errors)
     if the_plan.blocked:
         _echo_violations(the_plan)
         n = len(the_plan.violations)
         raise PlanBlocked(f"the plan is blocked by {n} violation(s); nothing applied")
     if not the_plan.has_changes:
         click.echo(view.unchanged(the_plan), nl=False)
-        return 0
+        return 1 if errors else 0
     if ask and not _confirmed():
         click.echo("apply cancelled: nothing changed", err=True)
         return 1
-    claims = {a: k for a, k in live.alias_owners.items() if a.startswith(CLAIM_ALIAS_PREFIX)}
-    result = _apply_stage(the_plan, kms, read, parallelism, claims, None if held is None else held.lost)
+
+    def carry(t: _Target) -> ApplyResult:
+        p = planned[t.name]
+        part = the_plan.for_target(t.name) if several else the_plan
+        claims = {a: k for a, k in p.live.alias_owners.items() if a.startswith(CLAIM_ALIAS_PREFIX)}
+        return _apply_stage(part, t.kms, read, parallelism, claims, None if p.held is None else p.held.lost)
+
+    changed = {c.target for c in the_plan.changes}
+    with_changes = [p.target for p in planned.values() if p.target.name in changed]
+    results, failed = _per_target(carry, with_changes, several)
+    result = ApplyResult(
+        the_plan.stack,
+        [o for t in with_changes if t.name in results for o in results[t.name].outcomes],
+        failed_targets={**errors, **failed},
+    )
+    _echo_target_errors(failed)
     click.echo(view.result(result), nl=False)
     return 0 if result.ok else 1
 
@@ -1083,26 +1387,26 @@ def _check_saved_material(saved: Plan, ms: ManifestSet, fingerprints: dict[str, 
 
 def _saved_plan_stage(
     saved: Plan,
-    ms: ManifestSet,
+    t: _Target,
     fingerprints: dict[str, str],
-    kms: Kms,
     chosen: tuple[str, ...],
+    now: datetime,
     expiry_warning: int,
-) -> tuple[Plan, LiveState]:
-    """apply --plan, on the live keys (the backend checked already): every key as the plan saw it, and
-    the plan made now with the material the same plan; the saved plan with the fingerprints read now
-    (and the live state), and the expiry warnings of the plan made now."""
+) -> _Planned:
+    """apply --plan, on one target's live keys (its backend checked already): every key as the plan saw
+    it, and the plan made now with the material the same plan; the saved plan with the fingerprints read
+    now (and the live state), and the expiry warnings of the plan made now."""
     from provisioner import apply as applying
     from provisioner.plan.planfile import relative_materials
     from provisioner.plan.planner import make_plan, resolve_fingerprints
+    from provisioner.plan.values import retarget
 
-    now = _now()
     applying.check_plan_time(saved, now)
-    live = _refresh_stage(ms, kms, now, chosen, fingerprints)
+    live = _refresh_stage(t.ms, t.kms, now, chosen, fingerprints)
     applying.check_saved_plan(saved, live)
     # Every material rule the plan may have skipped (--offline-material), on the live keys.
     fresh = make_plan(
-        ms, live, now=now, fingerprints=fingerprints, backend=kms.info, targets=chosen or None,
+        t.ms, live, now=now, fingerprints=fingerprints, backend=t.kms.info, targets=chosen or None,
         lease_now=saved.created_at,  # a lease renews from the plan's time, as the plan shows it
     )
     if fresh.blocked:
@@ -1115,34 +1419,28 @@ def _saved_plan_stage(
     the_plan = resolve_fingerprints(saved, fingerprints)
     # Both as save_plan records them here: a plan made in another folder names its files absolutely.
     here = Path.cwd()
-    applying.check_same_plan(relative_materials(the_plan, here), relative_materials(fresh, here))
-    _warn_expiring(ms, live, fresh, now, expiry_warning)
-    return the_plan, live
+    mine = retarget(fresh, saved.changes[0].target) if saved.changes else fresh
+    applying.check_same_plan(relative_materials(the_plan, here), relative_materials(mine, here))
+    return _Planned(t, the_plan, live, _expiring(t.ms, live, fresh, now, expiry_warning))
 
 
-def _lock_store(ms: ManifestSet, kms: Kms) -> LockStore:
-    """The lock of the stack (target `default`: one backend) on this KMS."""
+def _lock_store(ms: ManifestSet, kms: Kms, target: str) -> LockStore:
+    """The lock of the stack and target on this KMS."""
     from provisioner.lock import LockKeyTemplate, open_store
 
     template = LockKeyTemplate.of(ms.keys[0]) if ms.keys else None
-    return open_store(kms, ms.stack, DEFAULT_TARGET, template)
+    return open_store(kms, ms.stack, target, template)
 
 
-@contextlib.contextmanager
-def _locked(ms: ManifestSet, kms: Kms, timeout: float) -> Iterator[HeldLock | None]:
-    """The stack's lock, held to the end (waiting up to `timeout` s; StackLocked names its holder).
-    None on alibaba for a stack that declares no key: such an apply changes nothing, and there is no
-    key to model a lock key on."""
+def _acquire(t: _Target, timeout: float) -> HeldLock | None:
+    """The lock of the stack on this target, held until the caller releases it (waiting up to
+    `timeout` s; StackLocked names its holder and the target). None on alibaba for a target with no
+    key: such an apply changes nothing there, and there is no key to model a lock key on."""
     from provisioner.lock import acquire
 
-    if not ms.keys and kms.state_path is None:
-        yield None
-        return
-    held = acquire(_lock_store(ms, kms), stack=ms.stack, target=DEFAULT_TARGET, timeout=timeout)
-    try:
-        yield held
-    finally:
-        held.release()
+    if not t.ms.keys and t.kms.state_path is None:
+        return None
+    return acquire(_lock_store(t.ms, t.kms, t.name), stack=t.ms.stack, target=t.name, timeout=timeout)
 
 
 def _confirmed() -> bool:
@@ -1154,32 +1452,30 @@ def _apply_stage(
     the_plan: Plan, kms: Kms, read: MaterialRead, parallelism: int | None, claims: Mapping[str, str],
     lost_lock: threading.Event | None,
 ) -> ApplyResult:
-    """apply: carry out the plan, one progress line per key on standard error; the material of the
-    keys it imports to is all it is given, and every material is wiped once it is done. `claims`: the
-    claim aliases read under the lock; `lost_lock`: set if the lock is taken over meanwhile."""
+    """apply of one target: carry out its plan, one progress line per key on standard error; the material
+    of the keys it imports to is all it is given (the caller wipes every material once every target is
+    done). `claims`: the claim aliases read under the lock; `lost_lock`: set if the lock is taken over."""
     from provisioner import apply as applying
 
     planned = {c.key for c in the_plan.changes if c.material is not None}
     materials = {name: m for name, m in read.materials.items() if name in planned}
-    try:
-        with _progress_stage(kms, "apply", total=len(the_plan.changes)) as progress:
-            return applying.apply_plan(
-                the_plan,
-                kms,
-                materials,
-                parallelism=parallelism or applying.DEFAULT_PARALLELISM,
-                progress=lambda line: progress.key_done(visible(line)),
-                claims=claims,
-                lost_lock=lost_lock,
-            )
-    finally:
-        read.wipe()
+    with _progress_stage(kms, "apply", total=len(the_plan.changes)) as progress:
+        return applying.apply_plan(
+            the_plan,
+            kms,
+            materials,
+            parallelism=parallelism or applying.DEFAULT_PARALLELISM,
+            progress=lambda line: progress.key_done(visible(line)),
+            claims=claims,
+            lost_lock=lost_lock,
+        )
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @backend_options
+@only_target_option
 @color_option
 @_format_option(views.DRIFT)
 @expiry_warning_option("Report material that expires within this many days.")
@@ -1192,8 +1488,9 @@ def drift(
     endpoint: str | None, region: str | None, qps: tuple[str, ...], no_color: bool, fmt: str,
     expiry_warning: int, verify_material: bool, targets: tuple[str, ...],
 ) -> int:
-    """Report what changed behind the manifests' back. Read-only; never reads private material."""
-    from provisioner.drift import make_drift
+    """Report what changed behind the manifests' back. Read-only; never reads private material.
+    Exit 0 in sync, 2 drift found, 1 when a target could not be read."""
+    from provisioner.drift import DriftReport, make_drift
     from provisioner.refresh import count_key_versions, refresh
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
@@ -1201,33 +1498,43 @@ def drift(
     if chosen:
         ms = dataclasses.replace(ms, keys=tuple(k for k in ms.keys if k.name in chosen))
     # drift never writes, not even an empty local state file where none was; it reads it read-only.
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
+    run = _open_targets(ms, backend, endpoint, region, qps, create=False)
     now = _now()
-    try:
-        with _progress_stage(kms, "refresh"):
+
+    def check(t: _Target) -> DriftReport:
+        with _progress_stage(t.kms, "refresh"):
             live = refresh(
-                kms,
-                ms.stack,
+                t.kms,
+                t.ms.stack,
                 now=now,
-                managed_names=[k.name for k in ms.keys],
+                managed_names=[k.name for k in t.ms.keys],
                 confirm=(lambda key: True) if verify_material else None,
                 targets=chosen or None,
             )
-            live = count_key_versions(kms, live)
+            live = count_key_versions(t.kms, live)
+        return make_drift(
+            t.ms, live, now=now, expiry_warning_days=expiry_warning, backend=t.kms.info,
+            verify_material=verify_material,
+        )
+
+    try:
+        reports, errors = _per_target(check, run, ms.several_targets)
     finally:
-        kms.close()
-    report = make_drift(
-        ms, live, now=now, expiry_warning_days=expiry_warning, backend=kms.info,
-        verify_material=verify_material,
+        _close_targets(run)
+    report = (
+        DriftReport.merged(ms.stack, now, [(t.name, t.kms.info) for t in run], reports, errors)
+        if ms.several_targets else reports[DEFAULT_TARGET]
     )
     click.echo(views.DRIFT.view(fmt, color=use_color(no_color)).report(report), nl=False)
-    return 0 if report.in_sync else 2
+    _echo_target_errors(errors)
+    return 1 if errors else 0 if report.in_sync else 2
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @backend_options
+@only_target_option
 @color_option
 @_format_option(views.SHOW)
 @target_option
@@ -1240,26 +1547,37 @@ def show(
     """List every key the stack manages: name, key id, ARN, spec, usage, state, aliases, fingerprint,
     material expiry, target. Read-only; reads no private material."""
     from provisioner.refresh import refresh
-    from provisioner.show import make_show
+    from provisioner.show import ShowReport, make_show
 
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
     chosen = _target_stage(ms, targets, "show")
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
-    try:
-        with _progress_stage(kms, "refresh"):
+    run = _open_targets(ms, backend, endpoint, region, qps, create=False)
+    now = _now()
+
+    def read(t: _Target) -> ShowReport:
+        with _progress_stage(t.kms, "refresh"):
             live = refresh(
-                kms,
-                ms.stack,
-                now=_now(),
-                managed_names=[k.name for k in ms.keys if not chosen or k.name in chosen],
+                t.kms,
+                t.ms.stack,
+                now=now,
+                managed_names=[k.name for k in t.ms.keys if not chosen or k.name in chosen],
                 targets=chosen or None,
             )
+        return make_show(t.ms, live, backend=t.kms.info, targets=chosen or None)
+
+    try:
+        reports, errors = _per_target(read, run, ms.several_targets)
     finally:
-        kms.close()
-    report = make_show(ms, live, backend=kms.info, targets=chosen or None)
+        _close_targets(run)
+    report = (
+        ShowReport.merged(ms.stack, [(t.name, t.kms.info) for t in run], reports, errors, chosen)
+        if ms.several_targets else reports[DEFAULT_TARGET]
+    )
     text = views.SHOW.view(fmt, color=use_color(no_color)).show(report)
     click.echo(text, nl=False)
-    return 0
+    _echo_target_errors(errors)
+    return 1 if errors else 0
+
 
 
 @cli.command()
@@ -1337,6 +1655,7 @@ def completion(shell: str) -> int:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @template_options
 @backend_options
+@only_target_option
 @handle_errors
 def unlock(
     stack: str, paths: tuple[Path, ...], var: tuple[str, ...], var_files: tuple[Path, ...],
@@ -1345,6 +1664,7 @@ def unlock(
     """Break the lock of STACK by hand (an apply killed mid-way, whose lease has not lapsed yet).
 
     PATH (default manifests/) are the stack's manifests: they say where its KMS is, and must be of STACK.
+    A stack of several targets has a lock per target: name the one with --only-target NAME.
     Make sure no apply of the stack still runs: the claims keep every identity to one key, but two
     applies at once get in each other's way."""
     from provisioner.errors import UsageError
@@ -1352,13 +1672,18 @@ def unlock(
     ms, _, _ = _load_stage(paths, var, var_files, offline_material=True)
     if ms.stack != stack:
         raise UsageError(f"the manifests are of stack {ms.stack!r}, not {stack!r}: nothing unlocked")
-    kms = _open_stage(ms.backend, backend, endpoint, region, qps, create=False)
+    if ms.several_targets and len(_only_targets(ms)) != 1:
+        raise UsageError(
+            f"stack {stack!r} has a lock per target ({', '.join(ms.target_names)}): name the one to unlock "
+            f"with --only-target NAME"
+        )
+    [t] = _open_targets(ms, backend, endpoint, region, qps, create=False)
     try:
-        missing = kms.state_path is not None and not kms.state_path.exists()
-        broken = None if missing else _lock_store(ms, kms).break_lock()
+        missing = t.kms.state_path is not None and not t.kms.state_path.exists()
+        broken = None if missing else _lock_store(t.ms, t.kms, t.name).break_lock()
     finally:
-        kms.close()
-    where = f'stack "{stack}" (target {DEFAULT_TARGET})'
+        t.kms.close()
+    where = f'stack "{stack}" (target {t.name})'
     said = f"{where} was not locked" if broken is None else f"unlocked {where}: it was {broken.describe()}"
     click.echo(visible(said), err=True)
     return 0

@@ -6,8 +6,8 @@ read-only calls. Each item says the key, the kind, what the manifest expects and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -31,7 +31,7 @@ from provisioner.plan.warnings import (
     window_words,
 )
 from provisioner.specs import Verification, facts
-from provisioner.targets import backends_document
+from provisioner.targets import backends_document, failed_targets_document
 
 FORMAT_VERSION = 1
 
@@ -88,10 +88,12 @@ class DriftReport:
     notes: tuple[tuple[str, str], ...] = ()
     #: Several targets: each one's backend with its `name` (`backend` is then empty); () for one.
     backends: tuple[Mapping[str, str], ...] = ()
+    #: Targets that could not be read, with the error: what they hold is unknown.
+    target_errors: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def in_sync(self) -> bool:
-        return not self.items
+        return not self.items and not self.target_errors
 
     @property
     def counts(self) -> dict[str, int]:
@@ -113,7 +115,24 @@ class DriftReport:
             "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             "drift": [i.to_dict() for i in self.items],
             **({"notes": [{"key": k, "message": m} for k, m in self.notes]} if self.notes else {}),
+            **failed_targets_document(self.target_errors),
         }
+
+    @classmethod
+    def merged(
+        cls, stack: str, now: datetime, infos: Sequence[tuple[str, Mapping[str, str]]],
+        parts: Mapping[str, DriftReport], errors: Mapping[str, str],
+    ) -> DriftReport:
+        """One report of several targets from each target's, items grouped in `infos` order."""
+        done = [(name, parts[name]) for name, _ in infos if name in parts]
+        return cls(
+            stack=stack,
+            items=tuple(replace(i, target=name) for name, r in done for i in r.items),
+            checked_at=now,
+            notes=tuple((f"{k} (target {name})", m) for name, r in done for k, m in r.notes),
+            backends=tuple({**info, "name": name} for name, info in infos),
+            target_errors={name: errors[name] for name, _ in infos if name in errors},
+        )
 
 
 def _expected_validity(d: DesiredKey, until: datetime) -> str:

@@ -7,8 +7,8 @@ what a pipeline reads here is what KMS holds; nothing is judged (plan and drift 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from provisioner.model import (
     ManifestSet,
     format_time,
 )
-from provisioner.targets import backends_document
+from provisioner.targets import backends_document, failed_targets_document
 
 FORMAT_VERSION = 1
 
@@ -81,6 +81,8 @@ class ShowReport:
     format_version: int = FORMAT_VERSION
     #: Several targets: each one's backend with its `name` (`backend` is then empty); () for one.
     backends: tuple[Mapping[str, str], ...] = ()
+    #: Targets that could not be read, with the error.
+    target_errors: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +92,24 @@ class ShowReport:
             "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             **({"targets": list(self.targets)} if self.targets else {}),
             "keys": [k.to_dict() for k in self.keys],
+            **failed_targets_document(self.target_errors),
         }
+
+    @classmethod
+    def merged(
+        cls, stack: str, infos: Sequence[tuple[str, Mapping[str, str]]], parts: Mapping[str, ShowReport],
+        errors: Mapping[str, str], targets: tuple[str, ...] = (),
+    ) -> ShowReport:
+        """One report of several targets from each target's, keys grouped in `infos` order."""
+        done = [(name, parts[name]) for name, _ in infos if name in parts]
+        return cls(
+            stack=stack,
+            keys=tuple(replace(k, target=name) for name, r in done for k in r.keys),
+            missing=tuple(sorted({m for _, r in done for m in r.missing})),
+            targets=targets,
+            backends=tuple({**info, "name": name} for name, info in infos),
+            target_errors={name: errors[name] for name, _ in infos if name in errors},
+        )
 
 
 def make_show(

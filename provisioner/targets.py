@@ -48,6 +48,14 @@ def backends_document(infos: Iterable[Mapping[str, str]]) -> list[dict[str, Any]
             for info in infos]
 
 
+def failed_targets_document(errors: Mapping[str, str]) -> dict[str, Any]:
+    """`failed_targets` (names, in order) and `target_errors` of a document, only when a target failed:
+    a run whose targets all answered keeps the document it always had."""
+    if not errors:
+        return {}
+    return {"failed_targets": list(errors), "target_errors": dict(errors)}
+
+
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
     """What one target's run gave: its result, or the error that stopped it (never both)."""

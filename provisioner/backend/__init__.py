@@ -37,6 +37,7 @@ def open_kms(
     environ: Mapping[str, str] | None = None,
     state: Path | None = None,
     default_state: Path | None = None,
+    legacy_state: bool = True,
 ) -> Kms:
     """The KMS the user asked for: flags, then PROVISION_BACKEND / PROVISION_ENDPOINT /
     ALIBABA_CLOUD_REGION_ID, then the manifest's `backend:`; a trusted endpoint alone means alibaba.
@@ -47,7 +48,8 @@ def open_kms(
     local backend on `state` (--state), else the manifest's `backend.path`, else `default_state`
     (`.provision/kms.db` beside the first manifest path), else `.provision/kms.db` under `cwd`; a
     missing `default_state` beside an existing `cwd/.provision/kms.db` (the first edition's place)
-    is refused, naming both. `qps` holds per-group overrides
+    is refused, naming both (unless `legacy_state` is False: a target of several never lived
+    there). `qps` holds per-group overrides
     (`parse_qps`): alibaba fills the other groups from the vendor's quotas; the local backend,
     in-process, is limited only in the groups given. `create=False` (read-only commands) opens the
     local state read-only and leaves a missing one uncreated: the KMS is then empty and its
@@ -83,7 +85,7 @@ def open_kms(
     if kind == "local":
         from provisioner.backend.local import LocalTransport
 
-        db = _state_file(state, mb, default_state, cwd)
+        db = _state_file(state, mb, default_state, cwd, legacy_state)
         local = LocalTransport(db, create=create)
         inner = local
         description = f"local backend ({_shown(db, cwd)})"
@@ -122,13 +124,18 @@ def open_kms(
     )
 
 
-def default_state_file(first_path: Path) -> Path:
-    """`.provision/kms.db` in the folder of the first manifest path (the path itself when a folder)."""
+def default_state_file(first_path: Path, target: str | None = None) -> Path:
+    """`.provision/kms.db` in the folder of the first manifest path (the path itself when a folder);
+    for `target`, one of several (DESIGN section 12), `.provision/kms-TARGET.db` there."""
     folder = first_path if first_path.is_dir() else first_path.parent
-    return folder / DEFAULT_LOCAL_DB
+    if target is None:
+        return folder / DEFAULT_LOCAL_DB
+    return folder / DEFAULT_LOCAL_DB.with_name(f"kms-{target}.db")
 
 
-def _state_file(state: Path | None, mb: BackendConfig | None, default: Path | None, cwd: Path) -> Path:
+def _state_file(
+    state: Path | None, mb: BackendConfig | None, default: Path | None, cwd: Path, check_legacy: bool = True
+) -> Path:
     """The local state file: --state, the manifest's backend.path, the stack's default, in that order."""
     if state is not None:
         return state if state.is_absolute() else cwd / state
@@ -138,6 +145,8 @@ def _state_file(state: Path | None, mb: BackendConfig | None, default: Path | No
         return cwd / DEFAULT_LOCAL_DB
     db = default if default.is_absolute() else cwd / default
     legacy = cwd / DEFAULT_LOCAL_DB
+    if not check_legacy:
+        return db
     if not _exists(db) and _exists(legacy) and os.path.abspath(db) != os.path.abspath(legacy):
         raise UsageError(
             f"the stack's local state is {_shown(db, cwd)} (beside the first manifest path), which does not "

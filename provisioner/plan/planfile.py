@@ -44,7 +44,7 @@ from provisioner.plan.values import (
     Violation,
     ViolationCode,
 )
-from provisioner.targets import backends_document
+from provisioner.targets import backends_document, failed_targets_document
 
 #: A plan file larger than this is refused before parsing (a 5,000-key plan is a few MB).
 MAX_PLAN_BYTES = 32 * 1024 * 1024
@@ -163,6 +163,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary,
         # Only a partial plan says so: a whole plan's document stays as it always was.
         **({"targets": list(plan.targets)} if plan.targets else {}),
+        **failed_targets_document({t: plan.target_errors[t] for t in plan.failed_targets}),
     }
 
 
@@ -180,6 +181,9 @@ def save_plan(plan: Plan, *, relative_to: Path | None = None) -> str:
     With `relative_to` (the working folder), material files below it are recorded relative to it, so
     `apply --plan` works from another checkout of the same repository (a CI job on another runner).
     """
+    if plan.target_errors:
+        failed = ", ".join(plan.failed_targets)
+        raise ValueError(f"a plan with targets that could not be planned ({failed}) cannot be saved")
     if relative_to is not None:
         plan = relative_materials(plan, relative_to)
     return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -27,7 +27,7 @@ update, import | reimport, rotate, delete-material, disable, schedule-deletion).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -318,6 +318,9 @@ class Plan:
     #: Several backend targets (DESIGN section 12): each one's BackendInfo with its `name`; `backend` is
     #: then empty. () for a single backend, whose one target is `default` with `backend`'s entries.
     backends: tuple[BackendInfo, ...] = ()
+    #: Targets that could not be planned (a refused read, throttling past the retries, a held lock),
+    #: with the error: none of their keys is in the plan, which is then partial and cannot be saved.
+    target_errors: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def target_infos(self) -> tuple[BackendInfo, ...]:
@@ -343,6 +346,11 @@ class Plan:
         )
 
     @property
+    def failed_targets(self) -> tuple[str, ...]:
+        """The targets that could not be planned, in `backends` order."""
+        return tuple(b["name"] for b in self.target_infos if b["name"] in self.target_errors)
+
+    @property
     def summary(self) -> dict[str, int]:
         """Count of keys per action word; every word present. Duplicates count as schedule-deletion."""
         counts = {a.value: 0 for a in Action}
@@ -363,3 +371,35 @@ class Plan:
     def change_for(self, key: str) -> Change | None:
         """The change of a key's current generation (not one of a previous generation)."""
         return next((c for c in self.changes if c.key == key and not c.of_previous_generation), None)
+
+
+def retarget(plan: Plan, target: str) -> Plan:
+    """The plan with every change, violation and note of that target (a target's plan is made by the
+    planner, which knows one backend, `default`)."""
+    return replace(
+        plan,
+        changes=tuple(replace(c, target=target) for c in plan.changes),
+        violations=tuple(replace(v, target=target) for v in plan.violations),
+        notes=tuple(replace(n, target=target) for n in plan.notes),
+    )
+
+
+def merge_plans(
+    infos: Sequence[tuple[str, Mapping[str, str]]], parts: Mapping[str, Plan], errors: Mapping[str, str],
+    *, template: Plan,
+) -> Plan:
+    """One plan of several targets (DESIGN section 12) from each target's plan, made on that target's
+    set (ManifestSet.for_target): every item carries its target, grouped in `infos` order (the order
+    of `backends:`). `infos`: (name, backend info) of every target run; `errors`: the targets that
+    failed, with the error; `template`: any target's plan, or an empty one (stack, time, digest)."""
+    planned = [retarget(parts[name], name) for name, _ in infos if name in parts]
+    return replace(
+        template,
+        backend=BackendInfo(),
+        backends=tuple(BackendInfo.of({**dict(info), "name": name}) for name, info in infos),
+        changes=tuple(c for p in planned for c in p.changes),
+        violations=tuple(v for p in planned for v in p.violations),
+        notes=tuple(n for p in planned for n in p.notes),
+        unrecorded=(),
+        target_errors={name: errors[name] for name, _ in infos if name in errors},
+    )
