@@ -1459,13 +1459,15 @@ def _apply_stage(
 
     planned = {c.key for c in the_plan.changes if c.material is not None}
     materials = {name: m for name, m in read.materials.items() if name in planned}
+    target = _PROGRESS_TARGET.get()
+    prefix = "" if target is None else f"{target}/"
     with _progress_stage(kms, "apply", total=len(the_plan.changes)) as progress:
         return applying.apply_plan(
             the_plan,
             kms,
             materials,
             parallelism=parallelism or applying.DEFAULT_PARALLELISM,
-            progress=lambda line: progress.key_done(visible(line)),
+            progress=lambda line: progress.key_done(visible(prefix + line)),
             claims=claims,
             lost_lock=lost_lock,
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.apply import ApplyResult
 from provisioner.escape import visible
+from provisioner.model import DEFAULT_TARGET
 from provisioner.plan.values import Plan
 from provisioner.views import View
 from provisioner.views.plan import render_plan_text
@@ -47,7 +48,12 @@ class ApplyText(View):
             ]
         else:
             lines = [f"Apply complete: {changed} key(s) changed, 0 failed."]
-        lines += [visible(f"  {o.key}: {o.error}") for o in failed]
+        several = bool(result.failed_targets) or any(o.target != DEFAULT_TARGET for o in result.outcomes)
+        lines += [visible(f"  {o.target + '/' if several else ''}{o.key}: {o.error}") for o in failed]
+        if result.failed_targets:
+            errors = result.failed_targets.items()
+            lines += [visible(f"  target {n}: not applied: {why}") for n, why in errors]
+            lines.append(f"{len(result.failed_targets)} target(s) failed: {', '.join(result.failed_targets)}")
         return "".join(line + "\n" for line in lines)
 
 

@@ -29,6 +29,7 @@ from provisioner.views.text import (
     painter,
     quoted,
     shown,
+    where_lines,
 )
 
 
@@ -217,33 +218,58 @@ def _summary_line(plan: Plan) -> str:
 _SIGN_COLOURS = {"+": GREEN, "-": RED, "~": YELLOW, "↻": CYAN, "x": RED}
 
 
+def _header_lines(plan: Plan) -> list[str]:
+    """The stack and where it was read: the backend and its endpoint, or each target's (DESIGN 9, 12)."""
+    if not plan.backends:
+        stack = f"Stack {shown(repr(plan.stack))}, backend {backend_words(plan.backend)}"
+        return [stack, *endpoint_lines(plan.backend)]
+    return [f"Stack {shown(repr(plan.stack))}, {len(plan.backends)} targets", *where_lines({}, plan.backends)]
+
+
+def _by_target(plan: Plan) -> list[tuple[str, tuple[Change, ...]]]:
+    """The changes of each target, in `backends` order (one group, unnamed, for a single backend)."""
+    if not plan.backends:
+        return [("", plan.changes)]
+    return [(b["name"], tuple(c for c in plan.changes if c.target == b["name"])) for b in plan.backends]
+
+
+def _on(plan: Plan, target: str, key: str) -> str:
+    """A key as a line names it: with its target when the plan has several."""
+    return f"{target}/{key}" if plan.backends else key
+
+
 def render_plan_text(plan: Plan, *, color: bool) -> str:
     paint = painter(color)
-    out = [f"Stack {shown(repr(plan.stack))}, backend {backend_words(plan.backend)}"]
-    out += endpoint_lines(plan.backend)
+    out = _header_lines(plan)
     if plan.targets:
         out.append(paint(f"Targeted: {_targeted_words(plan, shown)}", YELLOW))
     out.append("")
     if plan.changes:
         out.append(paint(f"Symbols: {_LEGEND}", DIM))
         out.append("")
-    for change in plan.changes:
-        sym, code = _symbol(change)
-        ident = f" ({shown(change.key_id)})" if change.key_id else ""
-        words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
-        out.append(f"  {paint(sym, code)} {paint(shown(change.key), BOLD)}{ident}: {words}")
-        out.append(f"      # {shown(change.reason)}")
-        for sign, text in _detail_lines(change):
-            out.append(f"      {paint(sign, _SIGN_COLOURS.get(sign, DIM))} {text}")
-        out.append("")
+    for target, changes in _by_target(plan):
+        if target:
+            failed = plan.target_errors.get(target)
+            words = f"not planned: {shown(failed)}" if failed is not None else f"{len(changes)} change(s)"
+            out += [paint(f"Target {shown(target)}: {words}", RED if failed is not None else BOLD), ""]
+        for change in changes:
+            sym, code = _symbol(change)
+            ident = f" ({shown(change.key_id)})" if change.key_id else ""
+            words = ", ".join(a.value for a in change.actions) or "schedule-deletion (duplicates)"
+            out.append(f"  {paint(sym, code)} {paint(shown(change.key), BOLD)}{ident}: {words}")
+            out.append(f"      # {shown(change.reason)}")
+            for sign, text in _detail_lines(change):
+                out.append(f"      {paint(sign, _SIGN_COLOURS.get(sign, DIM))} {text}")
+            out.append("")
     if plan.notes:
         for note in plan.notes:
-            out.append(paint(f"  # {shown(note.key)}: {shown(note.message)}", DIM))
+            out.append(paint(f"  # {shown(_on(plan, note.target, note.key))}: {shown(note.message)}", DIM))
         out.append("")
     if plan.violations:
         out.append(paint("Violations:", RED + ";" + BOLD))
         for v in plan.violations:
-            out.append(f"  {paint('!', RED + ';' + BOLD)} {shown(v.key)}: {v.code.value}: {shown(v.message)}")
+            what = shown(_on(plan, v.target, v.key))
+            out.append(f"  {paint('!', RED + ';' + BOLD)} {what}: {v.code.value}: {shown(v.message)}")
         out.append("")
     if plan.has_changes:
         out.append(_summary_line(plan))
@@ -286,7 +312,7 @@ def violation_lines(plan: Plan) -> list[str]:
     manifest location (a live key no manifest names, a plan read from a file)."""
     lines = []
     for v in plan.violations:
-        what = f"{v.key}: {v.code.value}: {v.message}"
+        what = f"{_on(plan, v.target, v.key)}: {v.code.value}: {v.message}"
         if v.location is None:
             lines.append(f"{Severity.ERROR.value}: {shown(what)}")
         else:
@@ -317,7 +343,11 @@ def _change_heading(change: Change) -> str:
 
 def _markdown_changes(plan: Plan) -> list[str]:
     out = ["### Changes", "", _DIFF_LEGEND, ""]
+    current = None
     for change in plan.changes:
+        if plan.backends and change.target != current:
+            current = change.target
+            out += [f"### Target {md_code(current)}", ""]
         out += [f"#### {_change_heading(change)}", "", f"_{md_text(change.reason)}_", ""]
         diff: list[str] = []
         for sign, text in _detail_lines(change):
@@ -338,7 +368,8 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
     # Room for the "... and N more" line, at its longest.
     reserve = len(f"- ... and {len(plan.changes)} more") + 1
     for i, change in enumerate(plan.changes):
-        line = f"- {_change_heading(change)}: {md_text(change.reason)}"
+        where = f"{md_code(change.target)}: " if plan.backends else ""
+        line = f"- {where}{_change_heading(change)}: {md_text(change.reason)}"
         last = i == len(plan.changes) - 1
         if used + len(line) + 1 + (0 if last else reserve) > budget:
             out.append(f"- ... and {len(plan.changes) - i} more")
@@ -352,6 +383,18 @@ def _markdown_changes_brief(plan: Plan, budget: int) -> list[str]:
 def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     """A pull-request comment: status, summary table, violations first, then each key's changes."""
     head = [f"## Plan for stack {md_code(plan.stack)}", "", *md_endpoint_lines(plan.backend)]
+    if plan.backends:
+        head += ["| target | backend | endpoint | changes |", "|---|---|---|---|"]
+        for b in plan.backends:
+            rest = {k: v for k, v in b.items() if k not in ("name", "endpoint", "type")}
+            failed = plan.target_errors.get(b["name"])
+            n = sum(1 for c in plan.changes if c.target == b["name"])
+            count = f"**not planned**: {md_text(failed)}" if failed is not None else str(n)
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(rest.items()))
+            words = f"{b.get('type', '?')} ({detail})" if detail else b.get("type", "?")
+            endpoint = md_code(b.get("endpoint", ""), cell=True)
+            head.append(f"| {md_code(b['name'], cell=True)} | {md_text(words)} | {endpoint} | {count} |")
+        head.append("")
     if plan.targets:
         head += [f"**Targeted**: {_targeted_words(plan, md_code)}", ""]
     if plan.violations:
@@ -367,12 +410,13 @@ def render_plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT) -> str:
     if plan.violations:
         tail += ["### Violations", "", "| key | code | message |", "|---|---|---|"]
         for v in plan.violations:
-            tail.append(f"| {md_code(v.key, cell=True)} | `{v.code.value}` | {md_text(v.message)} |")
+            key = md_code(_on(plan, v.target, v.key), cell=True)
+            tail.append(f"| {key} | `{v.code.value}` | {md_text(v.message)} |")
         tail.append("")
     notes: list[str] = []
     if plan.notes:
         notes += ["### Notes", ""]
-        notes += [f"- {md_code(n.key)}: {md_text(n.message)}" for n in plan.notes]
+        notes += [f"- {md_code(_on(plan, n.target, n.key))}: {md_text(n.message)}" for n in plan.notes]
         notes.append("")
     changes = _markdown_changes(plan) if plan.changes else []
     text = "\n".join(head + tail + changes + notes)

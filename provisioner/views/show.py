@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from provisioner.show import ShowReport
 from provisioner.views import View
-from provisioner.views.text import backend_words, endpoint_lines, json_document, quoted, shown
+from provisioner.views.text import (
+    backend_words,
+    endpoint_lines,
+    failed_target_lines,
+    json_document,
+    quoted,
+    shown,
+    where_lines,
+)
 
 
 @runtime_checkable
@@ -34,8 +42,12 @@ if TYPE_CHECKING:
 
 def render_show_text(report: ShowReport) -> str:
     """Each managed key as a block of `attribute = value` lines, values as a manifest writes them."""
-    out = [f"Stack {shown(repr(report.stack))}, backend {backend_words(report.backend)}"]
-    out += endpoint_lines(report.backend)
+    if report.backends:
+        out = [f"Stack {shown(repr(report.stack))}, {len(report.backends)} targets"]
+        out += where_lines(report.backend, report.backends) + failed_target_lines(report.target_errors)
+    else:
+        out = [f"Stack {shown(repr(report.stack))}, backend {backend_words(report.backend)}"]
+        out += endpoint_lines(report.backend)
     if report.targets:
         out.append(f"Targeted: only {', '.join(shown(t) for t in report.targets)} (--target)")
     out.append("")

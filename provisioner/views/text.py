@@ -7,7 +7,7 @@ or `quoted` before it reaches a line.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provisioner.escape import json_safe, visible
@@ -53,6 +53,24 @@ def endpoint_lines(backend: Mapping[str, str]) -> list[str]:
     it shows (DESIGN section 9); none when the document does not know."""
     endpoint = backend.get("endpoint")
     return [f"Endpoint: {shown(endpoint)}"] if endpoint else []
+
+
+def where_lines(backend: Mapping[str, str], backends: Sequence[Mapping[str, str]] = ()) -> list[str]:
+    """Where a document was read: its backend's endpoint, or each target's type, region and endpoint
+    (DESIGN sections 9 and 12)."""
+    if not backends:
+        return endpoint_lines(backend)
+    out = []
+    for info in backends:
+        rest = {k: v for k, v in info.items() if k != "name"}
+        out.append(f"  Target {shown(info.get('name', '?'))}: {backend_words(rest)}")
+        out += [f"    {line}" for line in endpoint_lines(info)]
+    return out
+
+
+def failed_target_lines(errors: Mapping[str, str], verb: str = "read") -> list[str]:
+    """One line per target that could not be read (or planned, or applied), with why."""
+    return [f"  Target {shown(name)}: not {verb}: {shown(message)}" for name, message in errors.items()]
 
 
 def json_document(document: Any, *, ascii_only: bool = False) -> str:
