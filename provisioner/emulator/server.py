@@ -462,6 +462,15 @@ class EmulatorServer:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def set_qps(self, qps: Mapping[str, float]) -> None:
+        """Replace the quotas while the server runs (a throttling storm that starts and ends in a test);
+        checked as `--qps` is."""
+        checked = EmulatorConfig(qps=dict(qps)).qps  # ValueError for an unknown group or rate
+        now = time.monotonic()
+        with self._bucket_lock:
+            self.config.qps = checked
+            self._buckets = {g: _TokenBucket(r, now) for g, r in checked.items()}
+
     def stats(self) -> dict[str, dict[str, int]]:
         with self._stats_lock:
             return {"calls": dict(sorted(self._calls.items()))}
