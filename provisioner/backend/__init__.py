@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from provisioner.backend.base import DEFAULT_QPS, Kms, Transport
+from provisioner.backend.credentials import PROFILE_FLAG, ROLE_FLAG
 from provisioner.backend.resilience import ResilientTransport
 from provisioner.errors import ManifestError, UsageError
 from provisioner.model import BackendConfig, Diagnostic, Location
@@ -38,6 +40,7 @@ def open_kms(
     state: Path | None = None,
     default_state: Path | None = None,
     legacy_state: bool = True,
+    credentials: Any = None,
 ) -> Kms:
     """The KMS the user asked for: flags, then PROVISION_BACKEND / PROVISION_ENDPOINT /
     ALIBABA_CLOUD_REGION_ID, then the manifest's `backend:`; a trusted endpoint alone means alibaba.
@@ -53,7 +56,9 @@ def open_kms(
     (`parse_qps`): alibaba fills the other groups from the vendor's quotas; the local backend,
     in-process, is limited only in the groups given. `create=False` (read-only commands) opens the
     local state read-only and leaves a missing one uncreated: the KMS is then empty and its
-    description says so.
+    description says so. `credentials` (from `credentials.target_credentials`: a target's
+    --target-profile / --target-role) sign the alibaba backend's calls in place of the default chain;
+    the local backend refuses them.
     """
     env = os.environ if environ is None else environ
     cwd = cwd or Path.cwd()
@@ -73,6 +78,10 @@ def open_kms(
         raise UsageError(f"unknown backend {kind!r} (expected {' or '.join(BACKEND_TYPES)})")
     if kind == "local" and trusted_endpoint and backend is None and env_backend is None:
         raise UsageError(f"{endpoint_from} needs --backend alibaba: the manifest's backend is local")
+    if kind == "local" and credentials is not None:
+        raise UsageError(
+            f"{PROFILE_FLAG} and {ROLE_FLAG} apply to the alibaba backend only; the backend is local"
+        )
     if kind != "local" and state is not None:
         raise UsageError("--state applies to the local backend only; the backend is alibaba")
     if kind == "local" and (trusted_endpoint or region):
@@ -108,7 +117,7 @@ def open_kms(
                 "the alibaba backend needs a region: --region, backend.region in the manifest, "
                 "or ALIBABA_CLOUD_REGION_ID"
             )
-        transport = AlibabaTransport(endpoint, region)
+        transport = AlibabaTransport(endpoint, region, credentials=credentials)
         inner = transport
         where = f"alibaba {region}" if region else "alibaba"
         description = f"{where} at {transport.endpoint}"

@@ -17,7 +17,6 @@ from typing import Any
 
 from alibabacloud_credentials.client import Client as CredClient
 from alibabacloud_credentials.exceptions import CredentialException
-from alibabacloud_credentials.models import Config as CredConfig
 from alibabacloud_kms20160120 import models as sdk_models
 from alibabacloud_kms20160120.client import Client as SdkClient
 from alibabacloud_tea_openapi.utils_models import Config
@@ -25,6 +24,7 @@ from darabonba.exceptions import RetryError, UnretryableException
 from darabonba.runtime import RuntimeOptions
 from Tea.exceptions import TeaException
 
+from provisioner.backend.credentials import default_provider
 from provisioner.backend.resilience import KmsConnectionError
 from provisioner.errors import BackendError, KmsApiError, UsageError
 from provisioner.wire import ErrorCode
@@ -161,21 +161,9 @@ def manifest_endpoint(text: str, region: str | None) -> tuple[str, str | None]:
 
 
 def default_credentials() -> Any:
-    """The Alibaba Cloud default credential chain, reading the environment now.
-
-    `alibabacloud_credentials` reads ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET once, when it is imported;
-    reading them at construction time instead lets a process (or a test) set them later.
-    """
-    key_id = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
-    secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
-    token = os.environ.get("ALIBABA_CLOUD_SECURITY_TOKEN")
-    if key_id and secret:
-        if token:
-            return CredClient(
-                CredConfig(type="sts", access_key_id=key_id, access_key_secret=secret, security_token=token)
-            )
-        return CredClient(CredConfig(type="access_key", access_key_id=key_id, access_key_secret=secret))
-    return CredClient()  # profile, CLI profile, OIDC, ECS RAM role, credentials URI
+    """The Alibaba Cloud default credential chain, reading the environment now (see
+    `credentials.default_provider`)."""
+    return CredClient(provider=default_provider(os.environ))
 
 
 def proxy_trap(endpoint: str, environ: Mapping[str, str]) -> str | None:

@@ -140,6 +140,9 @@ class EmulatorConfig:
     db: str | None = None
     access_key_id: str = DEFAULT_ACCESS_KEY_ID
     access_key_secret: str = field(default=DEFAULT_ACCESS_KEY_SECRET, repr=False)
+    #: More accepted pairs, access key id -> secret: one account's several users, or a profile per
+    #: target (DESIGN section 12), each signing with its own.
+    extra_access_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     instances: Mapping[str, str | InstanceSetup] | None = None
     latency_ms: float = 0.0
     qps: dict[str, float] = field(default_factory=dict)
@@ -151,6 +154,10 @@ class EmulatorConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if not self.access_key_id or not self.access_key_secret:
             raise ValueError("access key id and secret must not be empty")
+        if not all(key_id and secret for key_id, secret in self.extra_access_keys.items()):
+            raise ValueError("access key id and secret must not be empty")
+        if self.access_key_id in self.extra_access_keys:
+            raise ValueError("an extra access key id repeats the main one")
         default_credentials = (
             self.access_key_id == DEFAULT_ACCESS_KEY_ID or self.access_key_secret == DEFAULT_ACCESS_KEY_SECRET
         )
@@ -580,15 +587,24 @@ class EmulatorServer:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _check_access_key(self, access_key_id: str | None) -> None:
+    def _secret_of(self, access_key_id: str | None) -> str:
+        """The secret of an accepted access key id; every pair is compared, so that the time taken
+        says nothing of which id (if any) matched."""
         if not access_key_id:
             raise WireError(
                 ErrorCode.MISSING_PARAMETER,
                 "The input parameter AccessKeyId that is mandatory "
                 "for processing this request is not supplied.",
             )
-        if not signing.signatures_equal(access_key_id, self.config.access_key_id):
+        main = (self.config.access_key_id, self.config.access_key_secret)
+        pairs = [main, *self.config.extra_access_keys.items()]
+        found: str | None = None
+        for key_id, secret in pairs:
+            if signing.signatures_equal(access_key_id, key_id):
+                found = secret
+        if found is None:
             raise WireError(ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND, "Specified access key is not found.")
+        return found
 
     def _check_timestamp(self, value: str | None, name: str) -> None:
         when = _parse_timestamp(value)
@@ -662,7 +678,7 @@ class EmulatorServer:
         auth = signing.parse_v3_authorization(authorization)
         if auth is None:
             raise self._bad_signature()
-        self._check_access_key(auth.access_key_id)
+        secret = self._secret_of(auth.access_key_id)
         self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
         # The Python and Node SDKs send the SM3 payload hash as x-acs-content-sha256 too; the gateway
         # clients as x-acs-content-sm3. Either is taken for ACS3-HMAC-SM3 (inferred from the SDKs).
@@ -685,7 +701,7 @@ class EmulatorServer:
         if not _is_hex(auth.signature, len(signing.v3_hash_hex(auth.algorithm, b""))):
             raise self._bad_signature()
         canonical = signing.v3_canonical_request(h.command, "/", query_pairs, headers, payload_hash)
-        expected = signing.v3_signature(self.config.access_key_secret, canonical, auth.algorithm)
+        expected = signing.v3_signature(secret, canonical, auth.algorithm)
         if not signing.signatures_equal(auth.signature.lower(), expected):
             raise self._wrong_signature()
         self._use_nonce(h.headers.get("x-acs-signature-nonce"))
@@ -698,13 +714,13 @@ class EmulatorServer:
                 "The input parameter Signature that is mandatory "
                 "for processing this request is not supplied.",
             )
-        self._check_access_key(params.get("AccessKeyId"))
+        secret = self._secret_of(params.get("AccessKeyId"))
         if params.get("SignatureMethod") != signing.V2_METHOD:
             raise self._unsupported_method(f"{signing.V2_METHOD} for V2 signatures")
         self._check_timestamp(params.get("Timestamp"), "Timestamp")
         if not _is_sha1_base64(params["Signature"]):
             raise self._bad_signature()
-        expected = signing.v2_signature(self.config.access_key_secret, method, params)
+        expected = signing.v2_signature(secret, method, params)
         if not signing.signatures_equal(params["Signature"], expected):
             raise self._wrong_signature(signing.v2_string_to_sign(method, params))
         self._use_nonce(params.get("SignatureNonce"))
