@@ -276,9 +276,19 @@ def test_an_assumed_role_signs_kms_calls_with_its_temporary_key(
         return Answer()
 
     monkeypatch.setattr(TeaCore, "do_action", staticmethod(do_action))
-    emulator = emulator_factory(extra_access_keys={temporary[0]: temporary[1]})
+    pair = {temporary[0]: temporary[1]}
+    emulator = emulator_factory(extra_access_keys=pair, security_tokens={temporary[0]: temporary[2]})
     assert _list_keys(_kms(emulator, target_credentials("eu", ROLE, target="eu"))) == []
-    [request] = caught
+    # The temporary key is accepted only with its token: the SDK sent the one STS gave.
+    other = emulator_factory(extra_access_keys=pair, security_tokens={temporary[0]: "CAIS-another-token"})
+    refused = _list_keys(_kms(other, target_credentials("eu", ROLE, target="eu")))
+    assert isinstance(refused, KmsApiError)
+    assert refused.code == "InvalidSecurityToken.MismatchWithAccessKey"
+    assert refused.message.startswith("the credentials were refused")
+    for secret in (*temporary[1:], EU_SECRET):
+        assert secret not in f"{refused} {refused!r}"
+    assert len(caught) == 2  # one AssumeRole per target's credentials, then cached by the SDK
+    request = caught[0]
     assert (request.protocol, request.headers["host"]) == ("https", "sts.aliyuncs.com")
     query = dict(request.query)
     assert (query["Action"], query["RoleArn"], query["RoleSessionName"]) == (
@@ -300,4 +310,7 @@ def test_extra_pairs_keep_the_emulator_refusing_public_defaults_beyond_loopback(
     with pytest.raises(ValueError) as empty:
         EmulatorConfig(extra_access_keys={EU_ID: ""})
     assert str(empty.value) == "access key id and secret must not be empty"
+    with pytest.raises(ValueError) as stray:
+        EmulatorConfig(security_tokens={EU_ID: "CAIS-token"})
+    assert str(stray.value) == "a security token must be non-empty and belong to an accepted access key id"
     assert EU_SECRET not in repr(EmulatorConfig(extra_access_keys={EU_ID: EU_SECRET}))

@@ -63,6 +63,7 @@ COMMON_PARAMS = frozenset(
         "SignatureMethod",
         "SignatureVersion",
         "AccessKeyId",
+        "SecurityToken",
         "Signature",
         "RegionId",
     }
@@ -143,6 +144,9 @@ class EmulatorConfig:
     #: More accepted pairs, access key id -> secret: one account's several users, or a profile per
     #: target (DESIGN section 12), each signing with its own.
     extra_access_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Access key id -> the security token that must come with it (an STS temporary key: the
+    #: `SecurityToken` parameter, or the `x-acs-security-token` header of a V3 request).
+    security_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     instances: Mapping[str, str | InstanceSetup] | None = None
     latency_ms: float = 0.0
     qps: dict[str, float] = field(default_factory=dict)
@@ -158,6 +162,9 @@ class EmulatorConfig:
             raise ValueError("access key id and secret must not be empty")
         if self.access_key_id in self.extra_access_keys:
             raise ValueError("an extra access key id repeats the main one")
+        accepted = {self.access_key_id, *self.extra_access_keys}
+        if not all(key_id in accepted and token for key_id, token in self.security_tokens.items()):
+            raise ValueError("a security token must be non-empty and belong to an accepted access key id")
         default_credentials = (
             self.access_key_id == DEFAULT_ACCESS_KEY_ID or self.access_key_secret == DEFAULT_ACCESS_KEY_SECRET
         )
@@ -587,9 +594,9 @@ class EmulatorServer:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _secret_of(self, access_key_id: str | None) -> str:
-        """The secret of an accepted access key id; every pair is compared, so that the time taken
-        says nothing of which id (if any) matched."""
+    def _secret_of(self, access_key_id: str | None, security_token: str | None) -> str:
+        """The secret of an accepted access key id, which came with its security token if it has one;
+        every pair is compared, so that the time taken says nothing of which id (if any) matched."""
         if not access_key_id:
             raise WireError(
                 ErrorCode.MISSING_PARAMETER,
@@ -604,6 +611,13 @@ class EmulatorServer:
                 found = secret
         if found is None:
             raise WireError(ErrorCode.INVALID_ACCESS_KEY_ID_NOT_FOUND, "Specified access key is not found.")
+        assert access_key_id is not None
+        token = self.config.security_tokens.get(access_key_id)
+        if token is not None and not signing.signatures_equal(security_token or "", token):
+            raise WireError(
+                ErrorCode.INVALID_SECURITY_TOKEN_MISMATCH_WITH_ACCESS_KEY,
+                "Specified SecurityToken mismatch with the AccessKey.",
+            )
         return found
 
     def _check_timestamp(self, value: str | None, name: str) -> None:
@@ -678,7 +692,7 @@ class EmulatorServer:
         auth = signing.parse_v3_authorization(authorization)
         if auth is None:
             raise self._bad_signature()
-        secret = self._secret_of(auth.access_key_id)
+        secret = self._secret_of(auth.access_key_id, h.headers.get("x-acs-security-token"))
         self._check_timestamp(h.headers.get("x-acs-date"), "x-acs-date")
         # The Python and Node SDKs send the SM3 payload hash as x-acs-content-sha256 too; the gateway
         # clients as x-acs-content-sm3. Either is taken for ACS3-HMAC-SM3 (inferred from the SDKs).
@@ -714,7 +728,7 @@ class EmulatorServer:
                 "The input parameter Signature that is mandatory "
                 "for processing this request is not supplied.",
             )
-        secret = self._secret_of(params.get("AccessKeyId"))
+        secret = self._secret_of(params.get("AccessKeyId"), params.get("SecurityToken"))
         if params.get("SignatureMethod") != signing.V2_METHOD:
             raise self._unsupported_method(f"{signing.V2_METHOD} for V2 signatures")
         self._check_timestamp(params.get("Timestamp"), "Timestamp")
