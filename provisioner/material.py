@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,7 +41,7 @@ from provisioner.private_key import (
 )
 from provisioner.private_key import PrivateMaterial as PrivateMaterial
 from provisioner.private_key import fingerprint_of_spki as fingerprint_of_spki
-from provisioner.specs import Family, Material, ec_spec, facts, rsa_spec
+from provisioner.specs import Family, Material, MaterialReader, curve_spec, ec_spec, facts, rsa_spec
 from provisioner.symmetric import SymmetricMaterial, parse_symmetric
 from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
@@ -400,6 +401,9 @@ def _read_source(
     return _run_command(source, env), 0
 
 
+_M = TypeVar("_M", bound=Material)
+
+
 def load_material(
     source: MaterialSource,
     *,
@@ -412,18 +416,28 @@ def load_material(
     only PATH, HOME, LANG and its pass_env names from it); `warn` receives non-fatal findings.
     `allow_commands`: the --allow-commands flag; None leaves it to PROVISION_ALLOW_COMMANDS=1.
     `on_read` receives the source's bytes as read, so a caller that scans for them reads once."""
+    return _load(
+        source, lambda data, fmt, passphrase: parse_private_key(data, passphrase),
+        environ, warn, allow_commands, on_read,
+    )  # fmt: skip
+
+
+def _load(
+    source: MaterialSource, read: Callable[[bytes, MaterialFormat | None, bytes | None], _M],
+    environ: Mapping[str, str] | None, warn: Warn | None, allow_commands: bool | None,
+    on_read: Callable[[bytes], None] | None,
+) -> _M:  # fmt: skip
     disable_core_dumps()
     env: Mapping[str, str] = os.environ if environ is None else environ
     passphrase = _passphrase(source, env)
-    allowed = commands_allowed(bool(allow_commands), env)
-    data, mode = _read_source(source, env, allowed)
+    data, mode = _read_source(source, env, commands_allowed(bool(allow_commands), env))
     if on_read is not None:
         on_read(data)
     try:
-        material = parse_private_key(data, passphrase)
+        material = read(data, source.format, passphrase)
     except MaterialError as e:
         raise MaterialError(f"{source.describe()}: {e}") from None
-    # Warned only once the file is known to hold a private key: a loose public key is no risk.
+    # Warned only once the source is known to hold material: a loose public key is no risk.
     _warn_mode(source, mode, warn)
     return material
 
@@ -436,6 +450,36 @@ def _warn_mode(source: MaterialSource, mode: int, warn: Warn | None) -> None:
         )
 
 
+def _read_private_key(
+    data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
+) -> PrivateMaterial:
+    """Asymmetric material: a private key in PEM, DER or base64 DER, whatever `spec` (checked after)."""
+    return parse_private_key(data, passphrase)
+
+
+def _read_symmetric(
+    data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
+) -> SymmetricMaterial:
+    """Symmetric material: `spec`'s bytes, written in `fmt` (symmetric.py)."""
+    return parse_symmetric(data, fmt or MaterialFormat.RAW, spec)
+
+
+#: The reading half of each family's material: how a source's bytes become a `Material` of a spec.
+READERS: Mapping[Family, MaterialReader] = {
+    Family.RSA: _read_private_key,
+    Family.EC: _read_private_key,
+    Family.SM2: _read_private_key,
+    Family.SYMMETRIC: _read_symmetric,
+}
+
+
+def read_material(
+    data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
+) -> Material:
+    """`spec` material from a source's bytes, read by its family's reader (READERS)."""
+    return READERS[facts(spec).family](data, fmt, spec, passphrase)
+
+
 def verify_material(
     source: MaterialSource,
     spec: KeySpec,
@@ -445,15 +489,12 @@ def verify_material(
     allow_commands: bool | None = None,
     on_read: Callable[[bytes], None] | None = None,
 ) -> Material:
-    """`load_material`, then check the key is exactly `spec` and matches the pinned fingerprint.
-    Symmetric specs read their bytes in the source's `format` instead (symmetric.py)."""
-    material: Material
-    if facts(spec).family is Family.SYMMETRIC:
-        material = _load_symmetric(source, spec, environ, warn, allow_commands, on_read)
-    else:
-        material = load_material(
-            source, environ=environ, warn=warn, allow_commands=allow_commands, on_read=on_read
-        )
+    """Read the source's material as `spec`'s family reads it (READERS; `load_material`'s arguments),
+    then check the key is exactly `spec` and matches the pinned fingerprint."""
+    material = _load(
+        source, lambda data, fmt, passphrase: read_material(data, fmt, spec, passphrase),
+        environ, warn, allow_commands, on_read,
+    )  # fmt: skip
     if material.spec is not spec:
         found = facts(material.spec).describe()
         material.wipe()
@@ -467,30 +508,14 @@ def verify_material(
     return material
 
 
-def _load_symmetric(
-    source: MaterialSource, spec: KeySpec, environ: Mapping[str, str] | None, warn: Warn | None,
-    allow_commands: bool | None, on_read: Callable[[bytes], None] | None,
-) -> SymmetricMaterial:
-    disable_core_dumps()
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    data, mode = _read_source(source, env, commands_allowed(bool(allow_commands), env))
-    if on_read is not None:
-        on_read(data)
-    try:
-        material = parse_symmetric(data, source.format or MaterialFormat.RAW, spec)
-    except MaterialError as e:
-        raise MaterialError(f"{source.describe()}: {e}") from None
-    _warn_mode(source, mode, warn)
-    return material
-
-
 # --- public keys -------------------------------------------------------------------------------
 
 
 def spec_of_spki(der: bytes) -> KeySpec:
     """The key spec of a DER SubjectPublicKeyInfo; MaterialError if it is none of ours."""
-    if sm2.is_sm2_spki(der):
-        return KeySpec.EC_SM2
+    sm2_spec = curve_spec(sm2.CURVE_NAME)
+    if sm2.is_sm2_spki(der) and sm2_spec is not None:
+        return sm2_spec
     try:
         key = serialization.load_der_public_key(der)
     except UnsupportedAlgorithm as e:

@@ -88,9 +88,10 @@ class WrappingAlgorithm(StrEnum):
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
-        """The spec of the wrapping key this algorithm encrypts under (which spec it wraps: specs.py)."""
-        sm2 = (WrappingAlgorithm.SM2PKE_SM4_ECB, WrappingAlgorithm.SM2PKE)
-        return KeySpec.EC_SM2 if self in sm2 else KeySpec.RSA_2048
+        """The spec of the wrapping key this algorithm encrypts under (a column of specs.WRAPPING)."""
+        from provisioner.specs import WRAPPING  # here: specs.py imports this module
+
+        return WRAPPING[self].wrapping_key_spec
 
 
 class MaterialFormat(StrEnum):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from provisioner import sm2
 from provisioner.errors import MaterialError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import Family, ec_spec, facts, family_specs, rsa_spec
+from provisioner.specs import Family, curve_spec, ec_spec, facts, family_specs, rsa_spec
 
 KeyObject = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int
 
@@ -188,8 +188,9 @@ def parse_der(der: bytes) -> PrivateMaterial:
         scalar = sm2.parse_private_key_der(der)
     except ValueError as e:
         raise MaterialError(f"malformed SM2 private key: {e}") from None
-    if scalar is not None:
-        return PrivateMaterial(scalar, KeySpec.EC_SM2)
+    sm2_spec = curve_spec(sm2.CURVE_NAME)
+    if scalar is not None and sm2_spec is not None:
+        return PrivateMaterial(scalar, sm2_spec)
     try:
         key = load_der(der, None)
     except UnsupportedAlgorithm as e:

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes
 
 from provisioner import _der
 
+#: The curve's name in the spec table (specs.SpecFacts.curve), as cryptography would name it.
+CURVE_NAME = "sm2"
 # sm2p256v1, the curve GB/T 32918.5 recommends.
 P = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 A = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC

@@ -1,5 +1,7 @@
 """One row of facts per key spec (family, size or curve, protection levels, wrapping, usages, the
-algorithms KMS offers, how an import is verified), and `Material`, the interface every material kind has.
+algorithms KMS offers, how an import is verified, the cipher a symmetric key encrypts with), one row per
+wrapping algorithm (its wrapping key spec, ephemeral key cipher, OAEP hash), and `Material` with
+`MaterialReader`, the interface every material kind has: how its bytes are read and how it is used.
 
 Facts only: no I/O, no cryptography, no branching on spec names elsewhere. Code that needs to know
 something about a spec reads its row here; a new spec is a new row (and a material class, if new).
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from provisioner.model import KeySpec, KeyUsage, ProtectionLevel, WrappingAlgorithm
+from provisioner.model import KeySpec, KeyUsage, MaterialFormat, ProtectionLevel, WrappingAlgorithm
 
 
 class Family(StrEnum):
@@ -31,6 +33,18 @@ class Verification(StrEnum):
     #: Symmetric material: KMS shows nothing of it, so only the check value recorded at CreateKey
     #: names it, and a read-back can prove only that the key holds some material (DESIGN section 13).
     NONE = "none: KMS cannot prove which symmetric material it holds"
+
+
+class BlockCipher(StrEnum):
+    """A block cipher named by the facts: a symmetric key's own, or a wrapping scheme's ephemeral key's."""
+
+    AES = "AES"
+    SM4 = "SM4"
+
+
+class OaepHash(StrEnum):
+    SHA_256 = "SHA-256"
+    SHA_1 = "SHA-1"
 
 
 _RSA_SIGN = ("RSA_PSS_SHA_256", "RSA_PKCS1_SHA_256")
@@ -65,11 +79,29 @@ class SpecFacts:
     material_bytes: int = 0
     #: Whether a key of this spec may be a default key, outside any KMS instance (guide's support table).
     default_key: bool = False
+    #: Symmetric: the cipher Encrypt, Decrypt and GenerateDataKey use (in GCM mode); None otherwise.
+    cipher: BlockCipher | None = None
+    #: The longest plaintext the spec's public-key encryption takes when it does not follow from `bits`
+    #: (SM2PKE: an inferred cap).
+    max_plaintext: int = 0
+
+    def max_encrypt_plaintext(self, algorithm: str) -> int:
+        """The longest plaintext AsymmetricEncrypt takes with `algorithm`: the fixed cap, or what
+        RSA-OAEP leaves of the modulus for the algorithm's digest."""
+        if self.max_plaintext:
+            return self.max_plaintext
+        digest_bytes = 20 if algorithm == "RSAES_OAEP_SHA_1" else 32
+        return self.bits // 8 - 2 * digest_bytes - 2
+
+    @property
+    def symmetric(self) -> bool:
+        """KMS shows nothing of the key: no public key, no asymmetric operation, no asymmetric import."""
+        return self.family is Family.SYMMETRIC
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
         """The spec of the wrapping key GetParametersForImport is asked for."""
-        return self.wrapping_algorithm.wrapping_key_spec
+        return WRAPPING[self.wrapping_algorithm].wrapping_key_spec
 
     def describe(self) -> str:
         """The spec in words for messages: `EC_P256K (curve secp256k1)`."""
@@ -101,12 +133,14 @@ _SYMMETRIC_WRAPPING = (
 )
 
 
-def _symmetric(spec: KeySpec, size: int, extra: tuple[WrappingAlgorithm, ...] = ()) -> SpecFacts:
+def _symmetric(
+    spec: KeySpec, size: int, cipher: BlockCipher, extra: tuple[WrappingAlgorithm, ...] = ()
+) -> SpecFacts:
     return SpecFacts(
         spec, Family.SYMMETRIC, 0, None, None, _BOTH,
         WrappingAlgorithm.RSAES_OAEP_SHA_256, (*_SYMMETRIC_WRAPPING, *extra),
         KeyUsage.ENCRYPT_DECRYPT, (KeyUsage.ENCRYPT_DECRYPT,), (), (),
-        Verification.NONE, material_bytes=size, default_key=True,
+        Verification.NONE, material_bytes=size, default_key=True, cipher=cipher,
     )  # fmt: skip
 
 
@@ -124,10 +158,43 @@ SPECS: Mapping[KeySpec, SpecFacts] = {
             WrappingAlgorithm.SM2PKE_SM4_ECB,
             (WrappingAlgorithm.SM2PKE_SM4_ECB, WrappingAlgorithm.RSA_OAEP_AES_ECB),
             KeyUsage.SIGN_VERIFY, _ASYMMETRIC_USAGES, ("SM2DSA",), ("SM2PKE",),
-            Verification.PUBLIC_KEY_FINGERPRINT,
+            Verification.PUBLIC_KEY_FINGERPRINT, max_plaintext=6047,
         ),  # fmt: skip
-        _symmetric(KeySpec.AES_256, 32),
-        _symmetric(KeySpec.SM4, 16, (WrappingAlgorithm.SM2PKE,)),
+        _symmetric(KeySpec.AES_256, 32, BlockCipher.AES),
+        _symmetric(KeySpec.SM4, 16, BlockCipher.SM4, (WrappingAlgorithm.SM2PKE,)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class WrappingFacts:
+    """What one wrapping algorithm is (guide step 3, DESIGN section 13)."""
+
+    algorithm: WrappingAlgorithm
+    #: The spec of the wrapping key GetParametersForImport hands out for it.
+    wrapping_key_spec: KeySpec
+    #: The cipher of the ephemeral key (ESK) the material is wrapped under, the ESK itself wrapped under
+    #: the wrapping key; None: the material is wrapped directly under the wrapping key.
+    esk_cipher: BlockCipher | None
+    #: The OAEP hash under an RSA wrapping key; None for PKCS#1 v1.5 and for SM2 wrapping keys.
+    oaep_hash: OaepHash | None
+
+    @property
+    def direct(self) -> bool:
+        return self.esk_cipher is None
+
+
+#: The wrapping table: one row per WrappingAlgorithm, in its order.
+_SHA_256 = OaepHash.SHA_256
+WRAPPING: Mapping[WrappingAlgorithm, WrappingFacts] = {
+    row.algorithm: row
+    for row in (
+        WrappingFacts(WrappingAlgorithm.RSA_OAEP_AES_ECB, KeySpec.RSA_2048, BlockCipher.AES, _SHA_256),
+        WrappingFacts(WrappingAlgorithm.SM2PKE_SM4_ECB, KeySpec.EC_SM2, BlockCipher.SM4, None),
+        WrappingFacts(WrappingAlgorithm.RSAES_OAEP_SHA_256, KeySpec.RSA_2048, None, OaepHash.SHA_256),
+        WrappingFacts(WrappingAlgorithm.RSAES_PKCS1_V1_5, KeySpec.RSA_2048, None, None),
+        WrappingFacts(WrappingAlgorithm.RSAES_OAEP_SHA_1, KeySpec.RSA_2048, None, OaepHash.SHA_1),
+        WrappingFacts(WrappingAlgorithm.SM2PKE, KeySpec.EC_SM2, None, None),
     )
 }
 
@@ -162,6 +229,10 @@ def importable_specs(protection: ProtectionLevel) -> frozenset[KeySpec]:
     return frozenset(s for s, row in SPECS.items() if protection in row.protections)
 
 
+def wrapping_facts(algorithm: WrappingAlgorithm) -> WrappingFacts:
+    return WRAPPING[algorithm]
+
+
 def rsa_spec(bits: int) -> KeySpec | None:
     return next((s for s, row in SPECS.items() if row.family is Family.RSA and row.bits == bits), None)
 
@@ -171,13 +242,18 @@ def ec_spec(curve: str) -> KeySpec | None:
     return next((s for s, row in SPECS.items() if row.family is Family.EC and row.curve == curve), None)
 
 
+def curve_spec(curve: str) -> KeySpec | None:
+    """The spec of a curve of any family (sm2 too), by its cryptography name; None for any other."""
+    return next((s for s, row in SPECS.items() if row.curve == curve), None)
+
+
 def family_specs(*families: Family) -> tuple[KeySpec, ...]:
     return tuple(s for s, row in SPECS.items() if row.family in families)
 
 
 def wrapping_key_specs() -> tuple[KeySpec, ...]:
     """The wrapping key specs GetParametersForImport hands out, in the order messages list them."""
-    return tuple(dict.fromkeys(a.wrapping_key_spec for a in WrappingAlgorithm))
+    return tuple(dict.fromkeys(row.wrapping_key_spec for row in WRAPPING.values()))
 
 
 class Material(Protocol):
@@ -200,6 +276,16 @@ class Material(Protocol):
         ...
 
     def wipe(self) -> None: ...
+
+
+class MaterialReader(Protocol):
+    """The reading half of a material kind: `spec` material from a source's bytes in `fmt` (the
+    source's `format`, None where the kind has none), unlocked with `passphrase` where it takes one.
+    One reader per family, registered in material.py's READERS."""
+
+    def __call__(
+        self, data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
+    ) -> Material: ...
 
 
 def symmetric_spec(size: int) -> KeySpec | None:

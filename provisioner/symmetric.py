@@ -39,7 +39,7 @@ class SymmetricMaterial:
     __slots__ = ("_key", "fingerprint", "spec")
 
     def __init__(self, spec: KeySpec, key: bytes) -> None:
-        if facts(spec).family is not Family.SYMMETRIC:
+        if not facts(spec).symmetric:
             raise ValueError(f"{spec} is not a symmetric spec")
         self.spec = spec
         self.fingerprint = key_check_value(key)

@@ -10,6 +10,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, padding, serialization
@@ -20,14 +21,26 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from provisioner import sm2
 from provisioner.errors import WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import Family, Material, facts
+from provisioner.specs import (
+    WRAPPING,
+    Family,
+    Material,
+    OaepHash,
+    curve_spec,
+    facts,
+    family_specs,
+    rsa_spec,
+    wrapping_key_specs,
+)  # fmt: skip
 
 AES_ESK_BYTES = 32
 SM4_ESK_BYTES = 16
 SM2_SCALAR_BYTES = 32
 #: Cipher(ESK) under SM2: C1 (65) || C3 (32) || C2 (16).
 SM2_CIPHER_ESK_BYTES = 65 + 32 + SM4_ESK_BYTES
-RSA_WRAPPING_BITS = 2048
+#: The RSA wrapping key specs KMS hands out (RSA_2048), read from the wrapping table.
+_RSA_WRAPPING_SPECS = tuple(s for s in wrapping_key_specs() if s in family_specs(Family.RSA))
+RSA_WRAPPING_BITS = facts(_RSA_WRAPPING_SPECS[0]).bits
 
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
@@ -43,8 +56,8 @@ def load_wrapping_public_key(data: bytes) -> bytes:
     """The DER SubjectPublicKeyInfo of a wrapping public key given as PEM, DER or base64 DER text
     (what GetParametersForImport returns). Only an RSA_2048 or an SM2 key is accepted."""
     der = _to_der(data)
-    spec = wrapping_key_spec(der)
-    if spec is KeySpec.EC_SM2:
+    wrapping_key_spec(der)
+    if sm2.is_sm2_spki(der):
         return sm2.spki_der(sm2.parse_spki(der))
     key = serialization.load_der_public_key(der)
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -80,64 +93,73 @@ def _b64(text: bytes) -> bytes:
 
 
 def wrapping_key_spec(der: bytes) -> KeySpec:
-    """RSA_2048 or EC_SM2 for a usable wrapping key; WrappingError for anything else."""
-    if sm2.is_sm2_spki(der):
-        return KeySpec.EC_SM2
+    """The spec (one of specs.wrapping_key_specs) of a usable wrapping key; WrappingError otherwise."""
+    usable = wrapping_key_specs()
+    sm2_spec = curve_spec(sm2.CURVE_NAME)
+    if sm2.is_sm2_spki(der) and sm2_spec in usable:
+        assert sm2_spec is not None
+        return sm2_spec
     try:
         key = serialization.load_der_public_key(der)
     except (ValueError, UnsupportedAlgorithm) as e:
         raise WrappingError("wrapping public key is not a DER SubjectPublicKeyInfo") from e
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size != RSA_WRAPPING_BITS:
+        spec = rsa_spec(key.key_size)
+        if spec is None or spec not in usable:
             raise WrappingError(
-                f"wrapping public key is RSA of {key.key_size} bits; KMS wraps with RSA_2048"
+                f"wrapping public key is RSA of {key.key_size} bits; "
+                f"KMS wraps with {' or '.join(_RSA_WRAPPING_SPECS)}"
             )
-        return KeySpec.RSA_2048
+        return spec
     if isinstance(key, ec.EllipticCurvePublicKey):
         kind = f"EC on curve {key.curve.name}"
     else:
         kind = type(key).__name__.lstrip("_").removesuffix("PublicKey")
-    raise WrappingError(f"wrapping public key is {kind}; KMS wraps with RSA_2048 or EC_SM2")
+    raise WrappingError(f"wrapping public key is {kind}; KMS wraps with {' or '.join(usable)}")
+
+
+def _require_wrapping_key(public_key_der: bytes, algorithm: WrappingAlgorithm) -> None:
+    needed = WRAPPING[algorithm].wrapping_key_spec
+    if wrapping_key_spec(public_key_der) is not needed:
+        raise WrappingError(f"{algorithm} needs an {needed} wrapping key")
 
 
 def wrap(material: Material, wrapping_public_key_der: bytes, algorithm: WrappingAlgorithm) -> str:
     """base64(Cipher(ESK) || Cipher(TAKpriv)) for ImportKeyMaterial's EncryptedKeyMaterial."""
     row = facts(material.spec)
     # A client chooses among the symmetric algorithms; asymmetric material has the vendor's pairing.
-    accepted = row.accepted_wrapping if row.family is Family.SYMMETRIC else (row.wrapping_algorithm,)
+    accepted = row.accepted_wrapping if row.symmetric else (row.wrapping_algorithm,)
     if algorithm not in accepted:
         raise WrappingError(
             f"{material.spec} material is wrapped with {' or '.join(accepted)}, not {algorithm}"
         )
+    row_wrapping = WRAPPING[algorithm]
     key_spec = wrapping_key_spec(wrapping_public_key_der)
-    if key_spec is not algorithm.wrapping_key_spec:
+    if key_spec is not row_wrapping.wrapping_key_spec:
         raise WrappingError(
-            f"{algorithm} needs a {algorithm.wrapping_key_spec} wrapping key, got {key_spec}"
+            f"{algorithm} needs a {row_wrapping.wrapping_key_spec} wrapping key, got {key_spec}"
         )
     payload = material.import_payload(algorithm)
-    if algorithm is WrappingAlgorithm.SM2PKE_SM4_ECB:
-        blob = wrap_sm2_sm4(wrapping_public_key_der, payload)
-    elif algorithm is WrappingAlgorithm.RSA_OAEP_AES_ECB:
-        blob = wrap_rsa_aes(wrapping_public_key_der, payload)
-    else:
+    if row_wrapping.esk_cipher is None:
         blob = wrap_direct(wrapping_public_key_der, payload, algorithm)
+    else:
+        blob = _ENVELOPES[algorithm](wrapping_public_key_der, payload)
     return base64.b64encode(blob).decode("ascii")
 
 
 #: The algorithms that wrap material directly under the wrapping key, with no ephemeral key.
-DIRECT_ALGORITHMS = (
-    WrappingAlgorithm.RSAES_OAEP_SHA_256, WrappingAlgorithm.RSAES_OAEP_SHA_1,
-    WrappingAlgorithm.RSAES_PKCS1_V1_5, WrappingAlgorithm.SM2PKE,
-)
+DIRECT_ALGORITHMS = tuple(a for a, row in WRAPPING.items() if row.direct)
+_DIGESTS: dict[OaepHash, type[hashes.SHA256 | hashes.SHA1]] = {
+    OaepHash.SHA_256: hashes.SHA256, OaepHash.SHA_1: hashes.SHA1,
+}  # fmt: skip
 
 
 def _rsa_padding(algorithm: WrappingAlgorithm) -> asym_padding.AsymmetricPadding:
-    if algorithm is WrappingAlgorithm.RSAES_PKCS1_V1_5:
-        # The vendor's choice for symmetric material, offered beside OAEP; not ours to refuse.
+    oaep_hash = WRAPPING[algorithm].oaep_hash
+    if oaep_hash is None:
+        # RSAES_PKCS1_V1_5: the vendor's, for symmetric material, beside OAEP; not ours to refuse.
         return asym_padding.PKCS1v15()
-    digest: hashes.HashAlgorithm = (
-        hashes.SHA1() if algorithm is WrappingAlgorithm.RSAES_OAEP_SHA_1 else hashes.SHA256()
-    )
+    digest = _DIGESTS[oaep_hash]()
     return asym_padding.OAEP(mgf=asym_padding.MGF1(algorithm=digest), algorithm=digest, label=None)
 
 
@@ -151,8 +173,7 @@ def wrap_direct(public_key_der: bytes, plaintext: bytes, algorithm: WrappingAlgo
             return sm2.encrypt(sm2.parse_spki(public_key_der), plaintext)
         except ValueError as e:
             raise WrappingError("SM2PKE needs an EC_SM2 wrapping key") from e
-    if wrapping_key_spec(public_key_der) is not KeySpec.RSA_2048:
-        raise WrappingError(f"{algorithm} needs an RSA_2048 wrapping key")
+    _require_wrapping_key(public_key_der, algorithm)
     public = serialization.load_der_public_key(public_key_der)
     assert isinstance(public, rsa.RSAPublicKey)
     return public.encrypt(plaintext, _rsa_padding(algorithm))
@@ -188,8 +209,7 @@ def _wipe(buffer: bytearray) -> None:
 
 def wrap_rsa_aes(public_key_der: bytes, plaintext: bytes, *, esk: bytes | None = None) -> bytes:
     """RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD. `esk` is for tests; by default 32 fresh bytes."""
-    if wrapping_key_spec(public_key_der) is not KeySpec.RSA_2048:
-        raise WrappingError("RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD needs an RSA_2048 wrapping key")
+    _require_wrapping_key(public_key_der, WrappingAlgorithm.RSA_OAEP_AES_ECB)
     public = serialization.load_der_public_key(public_key_der)
     assert isinstance(public, rsa.RSAPublicKey)
     key = _fresh_esk(esk, AES_ESK_BYTES)
@@ -266,3 +286,10 @@ def unwrap_sm2_sm4(wrapping_private_scalar: int, blob: bytes) -> bytes:
         return decryptor.update(blob[SM2_CIPHER_ESK_BYTES:]) + decryptor.finalize()
     finally:
         _wipe(key)
+
+
+#: The schemes that wrap an ephemeral key (WRAPPING's esk_cipher), each one's implementation.
+_ENVELOPES: dict[WrappingAlgorithm, Callable[[bytes, bytes], bytes]] = {
+    WrappingAlgorithm.RSA_OAEP_AES_ECB: wrap_rsa_aes,
+    WrappingAlgorithm.SM2PKE_SM4_ECB: wrap_sm2_sm4,
+}

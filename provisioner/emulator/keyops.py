@@ -11,6 +11,7 @@ import base64
 import hashlib
 import secrets
 import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from provisioner import _der, private_key, sm2, wrapping
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import Family, facts, family_specs, symmetric_spec
+from provisioner.specs import WRAPPING, BlockCipher, Family, facts, family_specs, symmetric_spec
 from provisioner.symmetric import key_check_value
 
 DIGEST_BYTES = 32
@@ -76,12 +77,13 @@ class ImportedKey:
 # --- wrapping key pairs (KMS side) --------------------------------------------------------------
 
 
-def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
-    """A fresh wrapping key pair: (private key DER to keep KMS-side, public key DER SPKI to hand out)."""
-    if algorithm.wrapping_key_spec is KeySpec.EC_SM2:
-        d = sm2.generate_private_key()
-        return sm2.private_key_pkcs8_der(d), sm2.spki_der(sm2.public_key(d))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def _new_sm2_wrapping_key(spec: KeySpec) -> tuple[bytes, bytes]:
+    d = sm2.generate_private_key()
+    return sm2.private_key_pkcs8_der(d), sm2.spki_der(sm2.public_key(d))
+
+
+def _new_rsa_wrapping_key(spec: KeySpec) -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=facts(spec).bits)
     private = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -89,6 +91,45 @@ def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private, public
+
+
+def _sm2_wrapping_private_key(der: bytes) -> int:
+    d = sm2.parse_private_key_der(der)
+    assert d is not None  # we wrote it ourselves
+    return d
+
+
+def _rsa_wrapping_private_key(der: bytes) -> rsa.RSAPrivateKey:
+    # The emulator made this key itself: OpenSSL's primality checks would only cost time.
+    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+@dataclass(frozen=True)
+class _WrappingKeyKind:
+    """How the emulator makes and reads back a wrapping key of one family."""
+
+    new: Callable[[KeySpec], tuple[bytes, bytes]]
+    load: Callable[[bytes], rsa.RSAPrivateKey | int]
+
+
+#: By the family of the wrapping key spec (specs.WRAPPING).
+_WRAPPING_KEYS: Mapping[Family, _WrappingKeyKind] = {
+    Family.RSA: _WrappingKeyKind(_new_rsa_wrapping_key, _rsa_wrapping_private_key),
+    Family.SM2: _WrappingKeyKind(_new_sm2_wrapping_key, _sm2_wrapping_private_key),
+}
+
+
+def _wrapping_kind(algorithm: WrappingAlgorithm) -> tuple[KeySpec, _WrappingKeyKind]:
+    spec = WRAPPING[algorithm].wrapping_key_spec
+    return spec, _WRAPPING_KEYS[facts(spec).family]
+
+
+def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
+    """A fresh wrapping key pair: (private key DER to keep KMS-side, public key DER SPKI to hand out)."""
+    spec, kind = _wrapping_kind(algorithm)
+    return kind.new(spec)
 
 
 def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
@@ -120,14 +161,7 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
 
 
 def _wrapping_private_key(algorithm: WrappingAlgorithm, der: bytes) -> rsa.RSAPrivateKey | int:
-    if algorithm.wrapping_key_spec is KeySpec.EC_SM2:
-        d = sm2.parse_private_key_der(der)
-        assert d is not None  # we wrote it ourselves
-        return d
-    # The emulator made this key itself: OpenSSL's primality checks would only cost time.
-    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return key
+    return _wrapping_kind(algorithm)[1].load(der)
 
 
 def _unwrap_symmetric(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
@@ -165,9 +199,17 @@ class BlobHeader:
     key_version_id: str
 
 
+#: The primitive of each cipher a symmetric spec names (SpecFacts.cipher).
+_CIPHERS: Mapping[BlockCipher, Callable[[bytes], algorithms.AES | algorithms.SM4]] = {
+    BlockCipher.AES: algorithms.AES, BlockCipher.SM4: algorithms.SM4,
+}  # fmt: skip
+
+
 def _aead(key: ImportedKey, nonce: bytes) -> Cipher[modes.GCM]:
-    algorithm = algorithms.SM4(key.pkcs8_der) if key.spec is KeySpec.SM4 else algorithms.AES(key.pkcs8_der)
-    return Cipher(algorithm, modes.GCM(nonce))
+    cipher = facts(key.spec).cipher
+    if cipher is None:
+        raise CryptoFailure(f"{key.spec} keys do not encrypt symmetrically")
+    return Cipher(_CIPHERS[cipher](key.pkcs8_der), modes.GCM(nonce))
 
 
 def _header(key_id: str, key_version_id: str) -> bytes:
@@ -219,17 +261,9 @@ def symmetric_decrypt(key: ImportedKey, blob: bytes, context: bytes) -> bytes:
 
 # --- using an imported key ------------------------------------------------------------------------
 
-
-def _load(key: ImportedKey) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | int:
-    if facts(key.spec).family is Family.SM2:
-        d = sm2.parse_private_key_der(key.pkcs8_der)
-        if d is None:
-            raise CryptoFailure("stored SM2 material does not parse")
-        return d
+def _load(der: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     # Checked when it was imported (private_key.parse_der); no need to pay for it on every call.
-    loaded = serialization.load_der_private_key(
-        key.pkcs8_der, password=None, unsafe_skip_rsa_key_validation=True
-    )
+    loaded = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
     if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise CryptoFailure("stored material is not an RSA or EC key")
     return loaded
@@ -242,9 +276,20 @@ def _load_public(spec: KeySpec, public_key_der: bytes) -> rsa.RSAPublicKey | ec.
     return loaded
 
 
+def _sm2_scalar(der: bytes) -> int:
+    d = sm2.parse_private_key_der(der)
+    if d is None:
+        raise CryptoFailure("stored SM2 material does not parse")
+    return d
+
+
 def _pss() -> asym_padding.PSS:
     # The vendor's RSA_PSS_SHA_256 uses a salt as long as the digest.
     return asym_padding.PSS(mgf=asym_padding.MGF1(hashes.SHA256()), salt_length=DIGEST_BYTES)
+
+
+def _rsa_sign_padding(algorithm: str) -> asym_padding.AsymmetricPadding:
+    return _pss() if algorithm == "RSA_PSS_SHA_256" else asym_padding.PKCS1v15()
 
 
 def _oaep(algorithm: str) -> asym_padding.OAEP:
@@ -252,28 +297,21 @@ def _oaep(algorithm: str) -> asym_padding.OAEP:
     return asym_padding.OAEP(mgf=asym_padding.MGF1(digest), algorithm=digest, label=None)
 
 
-def sign(key: ImportedKey, algorithm: str, digest: bytes) -> bytes:
-    private = _load(key)
-    if isinstance(private, int):
-        return sm2.sign_digest(private, digest)
+# RSA and EC keys: cryptography's, told apart by the loaded key's type.
+
+
+def _sign(der: bytes, algorithm: str, digest: bytes) -> bytes:
+    private = _load(der)
     if isinstance(private, rsa.RSAPrivateKey):
-        pad: asym_padding.AsymmetricPadding = (
-            _pss() if algorithm == "RSA_PSS_SHA_256" else asym_padding.PKCS1v15()
-        )
-        return private.sign(digest, pad, Prehashed(hashes.SHA256()))
+        return private.sign(digest, _rsa_sign_padding(algorithm), Prehashed(hashes.SHA256()))
     return private.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
-def verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, signature: bytes) -> bool:
-    if facts(spec).family is Family.SM2:
-        return sm2.verify_digest(sm2.parse_spki(public_key_der), digest, signature)
+def _verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, signature: bytes) -> bool:
     public = _load_public(spec, public_key_der)
     try:
         if isinstance(public, rsa.RSAPublicKey):
-            pad: asym_padding.AsymmetricPadding = (
-                _pss() if algorithm == "RSA_PSS_SHA_256" else asym_padding.PKCS1v15()
-            )
-            public.verify(signature, digest, pad, Prehashed(hashes.SHA256()))
+            public.verify(signature, digest, _rsa_sign_padding(algorithm), Prehashed(hashes.SHA256()))
         else:
             public.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except (InvalidSignature, ValueError):
@@ -281,26 +319,89 @@ def verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, 
     return True
 
 
+def _encrypt(spec: KeySpec, public_key_der: bytes, algorithm: str, plaintext: bytes) -> bytes:
+    public = _load_public(spec, public_key_der)
+    if not isinstance(public, rsa.RSAPublicKey):  # the engine refuses first: EC has no encrypt algorithm
+        raise CryptoFailure(f"{spec} keys do not encrypt")
+    return public.encrypt(plaintext, _oaep(algorithm))
+
+
+def _decrypt(der: bytes, algorithm: str, ciphertext: bytes) -> bytes:
+    private = _load(der)
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise CryptoFailure("ciphertext does not decrypt under this key")
+    return _decrypting(lambda: private.decrypt(ciphertext, _oaep(algorithm)))
+
+
+# SM2 keys: sm2.py's.
+
+
+def _sm2_sign(der: bytes, algorithm: str, digest: bytes) -> bytes:
+    return sm2.sign_digest(_sm2_scalar(der), digest)
+
+
+def _sm2_verify(spec: KeySpec, public_der: bytes, algorithm: str, digest: bytes, signature: bytes) -> bool:
+    return sm2.verify_digest(sm2.parse_spki(public_der), digest, signature)
+
+
+def _sm2_encrypt(spec: KeySpec, public_key_der: bytes, algorithm: str, plaintext: bytes) -> bytes:
+    return sm2.encrypt(sm2.parse_spki(public_key_der), plaintext)
+
+
+def _sm2_decrypt(der: bytes, algorithm: str, ciphertext: bytes) -> bytes:
+    scalar = _sm2_scalar(der)
+    return _decrypting(lambda: sm2.decrypt(scalar, ciphertext))
+
+
+def _decrypting(decrypt_it: Callable[[], bytes]) -> bytes:
+    try:
+        return decrypt_it()
+    except ValueError as e:
+        raise CryptoFailure("ciphertext does not decrypt under this key") from e
+
+
+@dataclass(frozen=True)
+class _Primitives:
+    """The Asymmetric* operations of one asymmetric family, over stored DER."""
+
+    sign: Callable[[bytes, str, bytes], bytes]
+    verify: Callable[[KeySpec, bytes, str, bytes, bytes], bool]
+    encrypt: Callable[[KeySpec, bytes, str, bytes], bytes]
+    decrypt: Callable[[bytes, str, bytes], bytes]
+
+
+#: By family (SpecFacts.family); a symmetric key has none of these (symmetric_encrypt and so on).
+PRIMITIVES: Mapping[Family, _Primitives] = {
+    Family.RSA: _Primitives(_sign, _verify, _encrypt, _decrypt),
+    Family.EC: _Primitives(_sign, _verify, _encrypt, _decrypt),
+    Family.SM2: _Primitives(_sm2_sign, _sm2_verify, _sm2_encrypt, _sm2_decrypt),
+}
+
+
+def _primitives(spec: KeySpec) -> _Primitives:
+    family = facts(spec).family
+    if family not in PRIMITIVES:
+        raise CryptoFailure(f"{spec} keys have no asymmetric operations")
+    return PRIMITIVES[family]
+
+
+def sign(key: ImportedKey, algorithm: str, digest: bytes) -> bytes:
+    return _primitives(key.spec).sign(key.pkcs8_der, algorithm, digest)
+
+
+def verify(spec: KeySpec, public_key_der: bytes, algorithm: str, digest: bytes, signature: bytes) -> bool:
+    return _primitives(spec).verify(spec, public_key_der, algorithm, digest, signature)
+
+
 def encrypt(spec: KeySpec, public_key_der: bytes, algorithm: str, plaintext: bytes) -> bytes:
     try:
-        if facts(spec).family is Family.SM2:
-            return sm2.encrypt(sm2.parse_spki(public_key_der), plaintext)
-        public = _load_public(spec, public_key_der)
-        assert isinstance(public, rsa.RSAPublicKey)  # the engine sends only RSA keys here
-        return public.encrypt(plaintext, _oaep(algorithm))
+        return _primitives(spec).encrypt(spec, public_key_der, algorithm, plaintext)
     except ValueError as e:
         raise CryptoFailure(f"plaintext cannot be encrypted: {e}") from e
 
 
 def decrypt(key: ImportedKey, algorithm: str, ciphertext: bytes) -> bytes:
-    private = _load(key)
-    try:
-        if isinstance(private, int):
-            return sm2.decrypt(private, ciphertext)
-        assert isinstance(private, rsa.RSAPrivateKey)
-        return private.decrypt(ciphertext, _oaep(algorithm))
-    except ValueError as e:
-        raise CryptoFailure("ciphertext does not decrypt under this key") from e
+    return _primitives(key.spec).decrypt(key.pkcs8_der, algorithm, ciphertext)
 
 
 def public_key_pem(public_key_der: bytes) -> str:

@@ -27,7 +27,7 @@ from provisioner.emulator import keyops
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey
 from provisioner.emulator.store import Store, Transaction
 from provisioner.model import KeySpec, KeyState, KeyUsage, Origin, ProtectionLevel, WrappingAlgorithm
-from provisioner.specs import SPECS, Family, facts, wrapping_key_specs, wrapping_refusal
+from provisioner.specs import SPECS, facts, wrapping_key_specs, wrapping_refusal
 from provisioner.wire import ErrorCode
 
 DEFAULT_INSTANCES: Mapping[str, str] = {
@@ -108,8 +108,6 @@ SIGN_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {s: row.sign_algorithms for
 ENCRYPT_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
     s: row.encrypt_algorithms for s, row in SPECS.items()
 }
-#: Longest plaintext SM2PKE takes (inferred cap; RSA's follows from the key size and OAEP digest).
-MAX_SM2_PLAINTEXT = 6047
 
 #: Encrypt's plaintext limit (the vendor's: 6 KiB) and GenerateDataKey's sizes.
 MAX_PLAINTEXT_BYTES = 6144
@@ -670,7 +668,7 @@ class KmsEngine:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER, f"DKMSInstanceId {instance} is not a KMS instance of this region"
             )
-        if instance in self._no_asymmetric_import and row_facts.family is not Family.SYMMETRIC:
+        if instance in self._no_asymmetric_import and not row_facts.symmetric:
             # Inferred code: where an instance takes no asymmetric import, the vendor's guide says
             # only "contact technical support"; refusing at CreateKey leaves no key behind that
             # could never be used, and Unsupported.Origin names what is refused (EXTERNAL here).
@@ -1032,7 +1030,7 @@ class KmsEngine:
             if row["public_key"] is not None and bytes(row["public_key"]) != material.public_key_der:
                 bound = (
                     "its first symmetric material"
-                    if facts(spec).family is Family.SYMMETRIC
+                    if facts(spec).symmetric
                     else f"the material with public key {row['fingerprint']}"
                 )
                 raise KmsError(
@@ -1131,7 +1129,7 @@ class KmsEngine:
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._usable(tx, key_id, key_version_id)
-            if facts(KeySpec(row["spec"])).family is Family.SYMMETRIC:
+            if facts(KeySpec(row["spec"])).symmetric:
                 raise KmsError(
                     ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
                     f"GetPublicKey is not supported for {row['spec']} keys: a symmetric key has no public "
@@ -1181,11 +1179,7 @@ class KmsEngine:
                 row, KeyUsage.ENCRYPT_DECRYPT, ENCRYPT_ALGORITHMS, algorithm, "AsymmetricEncrypt"
             )
             spec = KeySpec(row["spec"])
-            limit = (
-                MAX_SM2_PLAINTEXT
-                if facts(spec).family is Family.SM2
-                else facts(spec).bits // 8 - 2 * (20 if name == "RSAES_OAEP_SHA_1" else 32) - 2
-            )
+            limit = facts(spec).max_encrypt_plaintext(name)
             if not 1 <= len(data) <= limit:
                 raise KmsError(
                     ErrorCode.INVALID_PARAMETER,
@@ -1217,7 +1211,7 @@ class KmsEngine:
                 raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
 
     def _symmetric_key(self, tx: Transaction, row: sqlite3.Row, action: str) -> ImportedKey:
-        if facts(KeySpec(row["spec"])).family is not Family.SYMMETRIC:
+        if not facts(KeySpec(row["spec"])).symmetric:
             raise KmsError(
                 ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
                 f"{action} needs a symmetric key; key {row['key_id']} is {row['spec']}: use "
