@@ -3,22 +3,26 @@ what material parsing, wrapping, the emulator and apply actually do."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from emulator_support import HARDWARE, SOFTWARE, kms_error, material
 
+import provisioner
 from provisioner import wrapping
 from provisioner.apply import READ_BACK
 from provisioner.emulator import keyops
 from provisioner.emulator.models import KmsEngine
+from provisioner.errors import MaterialError
 from provisioner.manifest import manifest_schema
-from provisioner.material import parse_private_key, spec_of_spki
-from provisioner.model import KeySpec, KeyUsage, ProtectionLevel, WrappingAlgorithm
-from provisioner.specs import SPECS, Family, facts, importable_specs, wrapping_key_specs
+from provisioner.material import READERS, parse_private_key, read_material, spec_of_spki
+from provisioner.model import KeySpec, KeyUsage, MaterialFormat, ProtectionLevel, WrappingAlgorithm
+from provisioner.specs import SPECS, WRAPPING, Family, facts, importable_specs, wrapping_key_specs
 
 ALL = list(KeySpec)
 #: The specs of asymmetric material: the tests below that sign, wrap PKCS#8 or read public keys.
@@ -203,3 +207,132 @@ def test_emulator_encrypts_with_exactly_the_tables_algorithms(engine: KmsEngine,
         else:
             with kms_error("InvalidParameter", 400, algorithm):
                 engine.asymmetric_encrypt(key_id, version, algorithm, plaintext)
+
+
+# --- the table is the only place that names a spec (issue 11, point 4) ------------------------------
+
+PACKAGE = Path(provisioner.__file__).parent
+#: Modules that may compare a Family member outside specs.py, and why.
+FAMILY_BRANCH_ALLOWED = {
+    # manifest/ is another stage's (being split); its `family is Family.SYMMETRIC` reads the table's row.
+    "manifest/rules.py",
+}
+
+
+def _member(node: ast.expr, enum: str) -> str | None:
+    """`enum.MEMBER` if `node` is that attribute (a member: upper case), else None."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == enum:
+        return f"{enum}.{node.attr}" if node.attr.isupper() else None
+    return None
+
+
+def spec_branches(source: str) -> list[str]:
+    """Every `KeySpec.<MEMBER>` and every comparison with a `Family.<MEMBER>` in `source`, as
+    `line: text`: code outside the table that decides by naming a spec or a family."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and (name := _member(node, "KeySpec")):
+            found.append((node.lineno, name))
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            found.extend((node.lineno, name) for side in sides if (name := _member(side, "Family")))
+    return [f"{line}: {name}" for line, name in sorted(found)]
+
+
+def test_spec_branches_finds_a_spec_named_or_a_family_compared() -> None:
+    source = (
+        "a = KeySpec.EC_SM2\n"
+        "if row.family is Family.SM2: pass\n"
+        "b = family_specs(Family.RSA)\n"  # a table look-up, not a branch
+        "c = KeySpec(text)\n"
+        "d = facts(spec).symmetric\n"
+    )
+    assert spec_branches(source) == ["1: KeySpec.EC_SM2", "2: Family.SM2"]
+
+
+def test_no_module_but_the_table_names_a_spec_or_branches_on_a_family() -> None:
+    offenders = {
+        str(path.relative_to(PACKAGE)): hits
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "specs.py" and (hits := spec_branches(path.read_text()))
+    }
+    allowed = {name: hits for name, hits in offenders.items() if name in FAMILY_BRANCH_ALLOWED}
+    assert {name: hits for name, hits in offenders.items() if name not in allowed} == {}
+    assert all(hit.split(": ")[1].startswith("Family.") for hits in allowed.values() for hit in hits)
+
+
+#: The vendor's wrapping algorithms (guide step 3, DESIGN section 13), written out by hand:
+#: algorithm: (wrapping key spec, ephemeral key cipher or "" for direct, OAEP hash or "").
+VENDOR_WRAPPING = {
+    "RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD": ("RSA_2048", "AES", "SHA-256"),
+    "SM2PKE_SM4_ECB": ("EC_SM2", "SM4", ""),
+    "RSAES_OAEP_SHA_256": ("RSA_2048", "", "SHA-256"),
+    "RSAES_PKCS1_V1_5": ("RSA_2048", "", ""),
+    "RSAES_OAEP_SHA_1": ("RSA_2048", "", "SHA-1"),
+    "SM2PKE": ("EC_SM2", "", ""),
+}
+
+
+@pytest.mark.parametrize("algorithm", list(WrappingAlgorithm))
+def test_wrapping_row_says_what_the_vendor_says(algorithm: WrappingAlgorithm) -> None:
+    row = WRAPPING[algorithm]
+    got = (row.wrapping_key_spec.value, row.esk_cipher or "", row.oaep_hash or "")
+    assert got == VENDOR_WRAPPING[algorithm.value]
+    assert algorithm.wrapping_key_spec is row.wrapping_key_spec
+    # Wrapped directly (DIRECT_ALGORITHMS) or through an ephemeral key, never neither.
+    assert (algorithm in wrapping.DIRECT_ALGORITHMS) == row.direct
+
+
+def test_every_family_has_a_reader_and_every_row_its_primitives() -> None:
+    assert set(READERS) == set(Family)
+    asymmetric = {facts(s).family for s in ASYMMETRIC}
+    assert set(keyops.PRIMITIVES) == asymmetric
+    for spec in KeySpec:
+        row = facts(spec)
+        assert (row.cipher is not None) == row.symmetric == (row.family not in keyops.PRIMITIVES)
+
+
+def test_asymmetric_encrypt_plaintext_limits() -> None:
+    """RSA-OAEP leaves k - 2h - 2 bytes of a k-byte modulus; SM2PKE has a fixed (inferred) cap."""
+    limits = {
+        (s, a): facts(s).max_encrypt_plaintext(a) for s in ASYMMETRIC for a in facts(s).encrypt_algorithms
+    }
+    assert limits == {
+        (KeySpec.RSA_2048, "RSAES_OAEP_SHA_1"): 214, (KeySpec.RSA_2048, "RSAES_OAEP_SHA_256"): 190,
+        (KeySpec.RSA_3072, "RSAES_OAEP_SHA_1"): 342, (KeySpec.RSA_3072, "RSAES_OAEP_SHA_256"): 318,
+        (KeySpec.RSA_4096, "RSAES_OAEP_SHA_1"): 470, (KeySpec.RSA_4096, "RSAES_OAEP_SHA_256"): 446,
+        (KeySpec.EC_SM2, "SM2PKE"): 6047,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", ALL)
+def test_read_material_reads_each_spec_through_its_familys_reader(spec: KeySpec) -> None:
+    row = facts(spec)
+    if row.symmetric:
+        data, fmt = bytes(range(row.material_bytes)).hex().encode(), MaterialFormat.HEX
+    else:
+        data, fmt = material(spec).pkcs8_der(), None
+    read = read_material(data, fmt, spec, None)
+    try:
+        assert read.spec is spec
+    finally:
+        read.wipe()
+
+
+def test_read_material_refuses_a_symmetric_source_of_the_wrong_length() -> None:
+    with pytest.raises(MaterialError) as info:
+        read_material(b"00" * 31, MaterialFormat.HEX, KeySpec.AES_256, None)
+    assert str(info.value) == "Aliyun_AES_256 material is 32 bytes; the source holds 31 (hex)"
+
+
+def test_emulator_encrypts_symmetrically_with_the_rows_cipher() -> None:
+    """SM4 and AES are told apart by SpecFacts.cipher: a blob of one opens under the other's row never."""
+    secret = bytes(range(16))
+    version = "0" * keyops.VERSION_ID_BYTES
+    sm4 = keyops.ImportedKey(KeySpec.SM4, secret, keyops.binding_digest(secret), "kcv:0")
+    blob = keyops.symmetric_encrypt(sm4, "key-1", version, b"plaintext", b"")
+    assert keyops.symmetric_decrypt(sm4, blob, b"") == b"plaintext"
+    as_aes = keyops.ImportedKey(KeySpec.AES_256, secret, sm4.public_key_der, "kcv:0")
+    with pytest.raises(keyops.CryptoFailure) as info:
+        keyops.symmetric_decrypt(as_aes, blob, b"")
+    assert str(info.value) == "it does not decrypt under this key (damaged, or another encryption context)"
