@@ -50,7 +50,7 @@ def new_material(spec: KeySpec) -> PrivateMaterial:
         return PrivateMaterial(sm2.generate_private_key(), spec)
     if row.family is Family.RSA:
         return PrivateMaterial(rsa.generate_private_key(65537, row.bits), spec)
-    curve = {"secp256r1": ec.SECP256R1, "secp256k1": ec.SECP256K1}[row.curve or ""]()
+    curve: ec.EllipticCurve = getattr(ec, (row.curve or "").upper())()  # secp256r1: ec.SECP256R1
     return PrivateMaterial(ec.generate_private_key(curve), spec)
 
 
