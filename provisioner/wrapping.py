@@ -31,7 +31,7 @@ from provisioner.specs import (
     family_specs,
     rsa_spec,
     wrapping_key_specs,
-)  # fmt: skip
+)
 
 AES_ESK_BYTES = 32
 SM4_ESK_BYTES = 16
@@ -44,12 +44,6 @@ RSA_WRAPPING_BITS = facts(_RSA_WRAPPING_SPECS[0]).bits
 
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
-
-
-def _oaep() -> asym_padding.OAEP:
-    return asym_padding.OAEP(
-        mgf=asym_padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
-    )
 
 
 def load_wrapping_public_key(data: bytes) -> bytes:
@@ -154,6 +148,11 @@ _DIGESTS: dict[OaepHash, type[hashes.SHA256 | hashes.SHA1]] = {
 }  # fmt: skip
 
 
+def _esk_padding() -> asym_padding.AsymmetricPadding:
+    """How RSAES_OAEP_SHA_256_AES_256_ECB_PKCS7_PAD wraps its ephemeral key (its row's OAEP hash)."""
+    return _rsa_padding(WrappingAlgorithm.RSA_OAEP_AES_ECB)
+
+
 def _rsa_padding(algorithm: WrappingAlgorithm) -> asym_padding.AsymmetricPadding:
     oaep_hash = WRAPPING[algorithm].oaep_hash
     if oaep_hash is None:
@@ -214,7 +213,7 @@ def wrap_rsa_aes(public_key_der: bytes, plaintext: bytes, *, esk: bytes | None =
     assert isinstance(public, rsa.RSAPublicKey)
     key = _fresh_esk(esk, AES_ESK_BYTES)
     try:
-        cipher_esk = public.encrypt(bytes(key), _oaep())
+        cipher_esk = public.encrypt(bytes(key), _esk_padding())
         padder = padding.PKCS7(128).padder()
         padded = padder.update(plaintext) + padder.finalize()
         # ECB is the vendor's scheme, not our choice: the plaintext is a random-looking key.
@@ -254,7 +253,7 @@ def unwrap_rsa_aes(wrapping_private_key: rsa.RSAPrivateKey, blob: bytes) -> byte
     if len(blob) <= size or len(cipher_tak) % 16:
         raise WrappingError("wrapped material has the wrong length for RSA-OAEP + AES-256-ECB")
     try:
-        key = bytearray(wrapping_private_key.decrypt(blob[:size], _oaep()))
+        key = bytearray(wrapping_private_key.decrypt(blob[:size], _esk_padding()))
     except ValueError as e:
         raise WrappingError("Cipher(ESK) does not decrypt under the wrapping key") from e
     try:
