@@ -261,6 +261,7 @@ def symmetric_decrypt(key: ImportedKey, blob: bytes, context: bytes) -> bytes:
 
 # --- using an imported key ------------------------------------------------------------------------
 
+
 def _load(der: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     # Checked when it was imported (private_key.parse_der); no need to pay for it on every call.
     loaded = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
