@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
+import sys
 import threading
 from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, ValuesView
 from typing import Any, TypeVar, cast
@@ -356,33 +357,86 @@ def render_bounded(template: jinja2.Template, context: dict[str, Any]) -> str:
 def run_with_deadline(work: Callable[[], T], seconds: float | None = None) -> T:
     """`work()` in this thread, interrupted (TemplateTimeout) after `seconds` (RENDER_SECONDS).
 
-    A watchdog thread raises an exception in this thread at the deadline, so even an empty loop
-    ends; every size-changing operation is bounded separately, so no single step runs long in C.
+    A watchdog thread raises an exception in this thread at the deadline, and again until this
+    thread has left (see _Watchdog), so even an empty loop ends; every size-changing operation is
+    bounded separately, so no single step runs long in C. When this returns or raises, no
+    exception is pending for this thread and none will be posted.
     """
     limit = RENDER_SECONDS if seconds is None else seconds
-    target = threading.get_ident()
-    lock = threading.Lock()
-    state = {"done": False, "fired": False}
-
-    def fire() -> None:
-        with lock:
-            if not state["done"]:
-                state["fired"] = True
-                raise_in = ctypes.pythonapi.PyThreadState_SetAsyncExc
-                raise_in(ctypes.c_ulong(target), ctypes.py_object(_Deadline))
-
-    timer = threading.Timer(limit, fire)
-    timer.daemon = True
+    watchdog = _Watchdog(limit)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = quiet_hook = functools.partial(_unraisable, previous=previous_hook)
     try:
-        timer.start()
         try:
+            watchdog.start()
             return work()
         finally:
-            timer.cancel()
-            with lock:
-                state["done"] = True
-                if state["fired"]:
-                    # Cancel the exception if it is still pending (a NULL exception clears it).
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
+            # First, and in one C call: Python delivers an asynchronous exception only at a call, a
+            # function's start or a backward jump, never inside a C function, so none lands here
+            # before the gate is ours, and from then on the watchdog posts nothing. One posted just
+            # before lands right after this call (TemplateTimeout, below) or is cancelled next.
+            watchdog.gate.acquire()
+            watchdog.cancel_pending()
     except _Deadline:
         raise TemplateTimeout(f"rendering took longer than {limit:g} seconds") from None
+    finally:
+        watchdog.wake()
+        if sys.unraisablehook is quiet_hook:
+            sys.unraisablehook = previous_hook
+
+
+#: Seconds between two posts of the deadline's exception once it is due: Python drops one raised in
+#: a __del__, a gc or weakref callback, and the loop runs on. Tests lower it; nothing else may.
+REPOST_SECONDS = 0.05
+
+_SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+
+class _Watchdog:
+    """Posts _Deadline into the thread that made it, at the deadline and every REPOST_SECONDS
+    after, until that thread has left the deadline.
+
+    Python drops an exception raised where it cannot propagate (a __del__, a gc or weakref callback:
+    it only reports it as "unraisable"), so one post may be lost; hence the re-posts. A post after
+    the thread has left would land in unrelated code, so both sides respect one lock, the gate: the
+    watchdog posts only while it holds the gate and never waits for it; the thread leaves by taking
+    the gate for good, then cancels a post made just before and not yet delivered. After that
+    nothing is pending and nothing more is posted.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._thread_id = ctypes.c_ulong(threading.get_ident())
+        self._first = seconds
+        self.gate = threading.Lock()
+        self._woken = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="render deadline", daemon=True).start()
+
+    def wake(self) -> None:
+        """Let the watchdog thread end now rather than at its next post."""
+        self._woken.set()
+
+    def post(self) -> bool:
+        """Post _Deadline unless the thread has left (taken the gate); whether it was posted."""
+        if not self.gate.acquire(blocking=False):
+            return False
+        try:
+            _SET_ASYNC_EXC(self._thread_id, ctypes.py_object(_Deadline))
+            return True
+        finally:
+            self.gate.release()
+
+    def cancel_pending(self) -> None:
+        _SET_ASYNC_EXC(self._thread_id, None)  # a NULL exception clears a pending one
+
+    def _watch(self) -> None:
+        wait = self._first
+        while not self._woken.wait(wait) and self.post():
+            wait = REPOST_SECONDS
+
+
+def _unraisable(report: sys.UnraisableHookArgs, previous: Callable[[sys.UnraisableHookArgs], object]) -> None:
+    # The deadline's exception, dropped where Python cannot raise it (and posted again): not news.
+    if report.exc_type is not _Deadline:
+        previous(report)
