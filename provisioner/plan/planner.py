@@ -2,7 +2,9 @@
 that check a saved plan (derive_change, check_instructions, stale_reason, resolve_fingerprints).
 
 It does no I/O, reads no clock and encodes nothing (planfile.py does); the caller passes `now` and the
-fingerprints of the desired material. What `before` and `after` mean per action: values.py.
+fingerprints of the desired material. What `before` and `after` mean per action: values.py. The planner
+and derive_change write a change with the same rules: state_actions(), identity_tags(), creation() for a
+create and Convergence for an existing key; only where the inputs come from differs.
 
 The key of a desired name is the live key carrying that identity (stack, name; the current generation
 only), else the key of a `moved_from:` name (a rename: `update` rewrites its name tag), else the key
@@ -205,6 +207,104 @@ def identity_tags(stack: str, name: str, before: KeySnapshot, fingerprint: str |
     elif adopting and (live or fingerprint):
         want[TAG_FINGERPRINT] = live or str(fingerprint)
     return {k: v for k, v in sorted(want.items()) if have.get(k) != v}
+
+
+def creation(
+    change: Change, stack: str, after: DesiredAttributes, material: MaterialReference,
+    aliases: tuple[tuple[str, ...], tuple[str, ...]],
+) -> Change:
+    """`change` (its key, reason and target kept) as the creation of a key for `after`: CreateKey with
+    every tag, the import of `material`, the aliases (to create, to move), and DisableKey when it is to
+    be disabled. The planner and derive_change both write a create with it."""
+    disable = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
+    return replace(
+        change,
+        key_id=None,
+        actions=(Action.CREATE, Action.IMPORT, *disable),
+        before=None,
+        after=after,
+        tags_to_set=creation_tags(stack, change.key, str(after.fingerprint), after.tags),
+        tags_to_remove=(),
+        aliases_to_create=aliases[0],
+        aliases_to_move=aliases[1],
+        aliases_to_delete=(),
+        description=after.description,
+        deletion_protection=True if after.deletion_protection else None,
+        expire_unix=expire_unix(after.expiry),
+        pending_window_days=None,
+        material=material,
+        state_digest=None,
+        duplicates=(),
+        duplicate_digests=(),
+    )
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """What takes an existing key (the current generation, `before`) to its desired attributes
+    (`after`): the planner reads it from compare(), derive_change from a saved change's before/after.
+    change() is the one place that orders its actions and writes its instructions, so a saved plan is
+    checked against the rule the planner applies."""
+
+    before: KeySnapshot
+    after: DesiredAttributes
+    adopting: bool
+    expiry_changes: bool
+    identity_tags: Mapping[str, str]  # identity_tags(): all of them on adopt, else a rename or a repair
+    tags_to_set: Mapping[str, str]  # user tags only, as Change has them (the identity tags join them)
+    tags_to_remove: tuple[str, ...]
+    aliases_to_create: tuple[str, ...]
+    aliases_to_move: tuple[str, ...]
+    aliases_to_delete: tuple[str, ...]
+    description: str | None
+    deletion_protection: bool | None
+
+    @property
+    def state_actions(self) -> tuple[tuple[Action, ...], tuple[Action, ...]]:
+        """(before the update, after it): state_actions() of `before` for `after`."""
+        return state_actions(self.before.status, self.after.state, expiry_changes=self.expiry_changes)
+
+    @property
+    def updates(self) -> bool:
+        """Whether the key needs an `update`: its attributes differ, or (unless adopt writes them) its
+        reserved tags."""
+        return bool(
+            (self.identity_tags and not self.adopting)
+            or self.tags_to_set
+            or self.tags_to_remove
+            or self.aliases_to_create
+            or self.aliases_to_move
+            or self.aliases_to_delete
+            or (self.description, self.deletion_protection) != (None, None)
+        )
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        first, then = self.state_actions
+        adopt = (Action.ADOPT,) if self.adopting else ()
+        update = (Action.UPDATE,) if self.updates else ()
+        return (*adopt, *first, *update, *then)
+
+    def change(self, change: Change, material: MaterialReference | None) -> Change:
+        """`change` (its key, reason, before/after, duplicates, target kept) with these instructions;
+        `material` is the reimport's, when the actions reimport."""
+        reimport = Action.REIMPORT in self.state_actions[1]
+        return replace(
+            change,
+            key_id=self.before.key_id,
+            actions=self.actions,
+            tags_to_set=dict(sorted({**self.tags_to_set, **self.identity_tags}.items())),
+            tags_to_remove=self.tags_to_remove,
+            aliases_to_create=self.aliases_to_create,
+            aliases_to_move=self.aliases_to_move,
+            aliases_to_delete=self.aliases_to_delete,
+            description=self.description,
+            deletion_protection=self.deletion_protection,
+            expire_unix=expire_unix(self.after.expiry) if reimport else None,
+            pending_window_days=None,
+            material=material if reimport else None,
+            state_digest=digest_snapshot(self.before),
+        )
 
 
 def confirm_policy(desired: ManifestSet, fingerprints: Mapping[str, str]) -> Callable[[ActualKey], bool]:
@@ -628,27 +728,10 @@ class _Planner:
             return
         if not ok or ref is None or claims is None:
             return
-        material, fp = ref
-        aliases_create, aliases_move = claims
-        tags = creation_tags(self.desired.stack, d.name, fp, d.tags)
-        disable = (Action.DISABLE,) if d.state is DesiredState.DISABLED else ()
-        self.changes.append(
-            Change(
-                key=d.name,
-                key_id=None,
-                actions=(Action.CREATE, Action.IMPORT, *disable),
-                reason="key does not exist" + ("; state is disabled" if disable else ""),
-                before=None,
-                after=DesiredAttributes.of(d, fp),
-                tags_to_set=tags,
-                aliases_to_create=aliases_create,
-                aliases_to_move=aliases_move,
-                description=d.description,
-                deletion_protection=True if d.deletion_protection else None,
-                expire_unix=expire_unix(d.expiry),
-                material=material,
-            )
-        )
+        after = DesiredAttributes.of(d, ref[1])
+        disabled = "; state is disabled" if d.state is DesiredState.DISABLED else ""
+        base = Change(key=d.name, key_id=None, actions=(), reason=f"key does not exist{disabled}")
+        self.changes.append(creation(base, self.desired.stack, after, ref[0], claims))
 
     def plan_alias_claims(
         self, d: DesiredKey, holder: str | None = None, wanted: Iterable[str] | None = None
@@ -772,13 +855,67 @@ class _Planner:
         if d.state is DesiredState.PRESENT or adopting:
             self.check_material(d, key, diff, adopting)
 
-        first, then = state_actions(key.status, d.state, expiry_changes=diff.expiry_changes)
-        actions: list[Action] = list(first)
+        snapshot, after = KeySnapshot.of(key), DesiredAttributes.of(d, self.fingerprint_of(d))
+        wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
+        create, move = self.plan_alias_claims(d, key.key_id, wanted) or ((), ())
+        work = Convergence(
+            before=snapshot,
+            after=after,
+            adopting=adopting,
+            expiry_changes=diff.expiry_changes,
+            identity_tags=identity_tags(self.desired.stack, d.name, snapshot, after.fingerprint),
+            tags_to_set=diff.tags_to_set,
+            tags_to_remove=diff.tags_to_remove,
+            aliases_to_create=create,
+            aliases_to_move=move,
+            # An alias another key of the plan claims moves with that key's change, not deleted here.
+            aliases_to_delete=tuple(
+                a for a in diff.aliases_unexpected if a not in d.aliases and a not in self.claimed
+            ),
+            description=diff.description,
+            deletion_protection=diff.deletion_protection,
+        )
+        reasons = self.existing_reasons(d, key, work)
+        _, then = work.state_actions
+        material: MaterialReference | None = None
+        if Action.REIMPORT in then:
+            why = self.reimport_reason(d, key)
+            ref = self.material_ref(d, why)
+            if ref is not None:
+                material = ref[0]
+                reasons.append(why)
+        if Action.DELETE_MATERIAL in then:
+            holds = "may hold" if key.status is KeyStatus.PENDING_DELETION else "holds"
+            reasons.append(f"state is material-deleted and the key {holds} material")
+        if Action.DISABLE in then:
+            reasons.append(f"state is disabled and the key is {key.status.value}")
+
+        if len(self.violations) > n_before:
+            return
+        dup_ids = tuple(k.key_id for k in duplicates)
+        if not work.actions:
+            if dup_ids:
+                self.changes.append(self.duplicates_only(d, key, duplicates))
+            return
+        if dup_ids:
+            reasons.append(f"{len(dup_ids)} duplicate key(s) without material to delete")
+        base = Change(
+            key=d.name,
+            key_id=key.key_id,
+            actions=(),
+            reason="; ".join(reasons),
+            before=snapshot,
+            after=after,
+            duplicates=dup_ids,
+            duplicate_digests=tuple(digest_actual(k) for k in duplicates),
+        )
+        self.changes.append(work.change(base, material))
+
+    def existing_reasons(self, d: DesiredKey, key: ActualKey, work: Convergence) -> list[str]:
+        """Why an existing key changes, up to its material and state work (plan_existing adds those)."""
         reasons: list[str] = []
-        # -- adopt, rename, tag repair: the reserved tags
-        ident_tags = identity_tags(self.desired.stack, d.name, KeySnapshot.of(key), self.fingerprint_of(d))
-        if adopting:
-            actions.insert(0, Action.ADOPT)
+        first, _ = work.state_actions
+        if work.adopting:
             reasons.append(f"adopt: {d.adopt} names key {key.key_id}, which no stack manages")
         if Action.CANCEL_DELETION in first:
             reasons.append(
@@ -787,93 +924,34 @@ class _Planner:
             )
         if Action.ENABLE in first:
             reasons.append("key is disabled but the manifest wants it present")
-        if not adopting and TAG_NAME in ident_tags:
+        if not work.adopting and TAG_NAME in work.identity_tags:
             reasons.append(f"renamed from {key.name!r} (moved_from): name tag rewritten")
-        if not adopting and TAG_FINGERPRINT in ident_tags:
+        if not work.adopting and TAG_FINGERPRINT in work.identity_tags:
             reasons.append("fingerprint tag restored: the live public key matches the material")
-        # -- update (of the reserved tags too, unless adopt writes them)
-        update = bool(ident_tags) and not adopting
-        tags_set, tags_remove = diff.tags_to_set, diff.tags_to_remove
-        wanted = sorted({*diff.aliases_missing, *diff.foreign_aliases})
-        aliases_create, aliases_move = self.plan_alias_claims(d, key.key_id, wanted) or ((), ())
-        # An alias another key of the plan claims moves with that key's change, not deleted here.
-        aliases_delete = tuple(
-            a for a in diff.aliases_unexpected if a not in d.aliases and a not in self.claimed
-        )
-        description, protection = diff.description, diff.deletion_protection
-        if tags_set or tags_remove:
+        if work.tags_to_set or work.tags_to_remove:
             reasons.append("tags differ")
-        if aliases_create or aliases_move or aliases_delete:
+        if work.aliases_to_create or work.aliases_to_move or work.aliases_to_delete:
             reasons.append("aliases differ")
-        if description is not None:
+        if work.description is not None:
             reasons.append("description differs")
-        if protection is not None:
-            reasons.append(f"deletion protection turns {'on' if protection else 'off'}")
-        if update or tags_set or tags_remove or aliases_create or aliases_move or aliases_delete or (
-            (description, protection) != (None, None)
-        ):
-            actions.append(Action.UPDATE)
-        tags_set = {**tags_set, **ident_tags}
-        # -- material and state
-        material: MaterialReference | None = None
-        expire: int | None = None
-        if Action.REIMPORT in then:
-            if key.status is KeyStatus.PENDING_IMPORT:
-                why = "key has no material"
-            elif key.status is KeyStatus.MATERIAL_EXPIRED:
-                why = "material expired"
-            elif d.lease is not None:
-                why = (
-                    f"lease renewal ({d.lease}): material expires at "
-                    f"{format_time(key.material_expires_at) or 'never'}, new expiry {format_time(d.expiry)}"
-                )
-            else:
-                why = (
-                    f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
-                    f"to {format_time(d.expiry) or 'never'}"
-                )
-            ref = self.material_ref(d, why)
-            if ref is not None:
-                material = ref[0]
-                expire = expire_unix(d.expiry)
-                reasons.append(why)
-        if Action.DELETE_MATERIAL in then:
-            holds = "may hold" if key.status is KeyStatus.PENDING_DELETION else "holds"
-            reasons.append(f"state is material-deleted and the key {holds} material")
-        if Action.DISABLE in then:
-            reasons.append(f"state is disabled and the key is {key.status.value}")
-        actions += then
+        if work.deletion_protection is not None:
+            reasons.append(f"deletion protection turns {'on' if work.deletion_protection else 'off'}")
+        return reasons
 
-        if len(self.violations) > n_before:
-            return
-        dup_ids = tuple(k.key_id for k in duplicates)
-        if not actions:
-            if dup_ids:
-                self.changes.append(self.duplicates_only(d, key, duplicates))
-            return
-        if dup_ids:
-            reasons.append(f"{len(dup_ids)} duplicate key(s) without material to delete")
-        self.changes.append(
-            Change(
-                key=d.name,
-                key_id=key.key_id,
-                actions=tuple(actions),
-                reason="; ".join(reasons),
-                before=KeySnapshot.of(key),
-                after=DesiredAttributes.of(d, self.fingerprint_of(d)),
-                tags_to_set=dict(sorted(tags_set.items())),
-                tags_to_remove=tags_remove,
-                aliases_to_create=aliases_create,
-                aliases_to_move=aliases_move,
-                aliases_to_delete=aliases_delete,
-                description=description,
-                deletion_protection=protection,
-                expire_unix=expire,
-                material=material,
-                state_digest=digest_actual(key),
-                duplicates=dup_ids,
-                duplicate_digests=tuple(digest_actual(k) for k in duplicates),
+    @staticmethod
+    def reimport_reason(d: DesiredKey, key: ActualKey) -> str:
+        if key.status is KeyStatus.PENDING_IMPORT:
+            return "key has no material"
+        if key.status is KeyStatus.MATERIAL_EXPIRED:
+            return "material expired"
+        if d.lease is not None:
+            return (
+                f"lease renewal ({d.lease}): material expires at "
+                f"{format_time(key.material_expires_at) or 'never'}, new expiry {format_time(d.expiry)}"
             )
+        return (
+            f"material expiry changes from {format_time(key.material_expires_at) or 'never'} "
+            f"to {format_time(d.expiry) or 'never'}"
         )
 
     def check_immutable(self, d: DesiredKey, key: ActualKey, diff: KeyDiff) -> None:
@@ -1009,28 +1087,8 @@ def derive_change(change: Change, stack: str) -> Change:
             raise ValueError("neither before nor after")
         if change.material is None:
             raise ValueError("a create without material")
-        fp = after.fingerprint
-        tags = creation_tags(stack, change.key, str(fp), after.tags)
-        create, move = _alias_split(change, sorted(after.aliases))
-        disable = (Action.DISABLE,) if after.state is DesiredState.DISABLED else ()
-        return replace(
-            change,
-            key_id=None,
-            actions=(Action.CREATE, Action.IMPORT, *disable),
-            tags_to_set=tags,
-            tags_to_remove=(),
-            aliases_to_create=create,
-            aliases_to_move=move,
-            aliases_to_delete=(),
-            description=after.description,
-            deletion_protection=True if after.deletion_protection else None,
-            expire_unix=expire_unix(after.expiry),
-            pending_window_days=None,
-            material=replace(change.material, fingerprint=fp),
-            state_digest=None,
-            duplicates=(),
-            duplicate_digests=(),
-        )
+        imported = replace(change.material, fingerprint=after.fingerprint)
+        return creation(change, stack, after, imported, _alias_split(change, sorted(after.aliases)))
     if len(change.duplicates) != len(change.duplicate_digests):
         raise ValueError("duplicates and duplicate_digests differ in length")
     status = before.status
@@ -1041,55 +1099,36 @@ def derive_change(change: Change, stack: str) -> Change:
     if after is None:
         deleting = status is not KeyStatus.PENDING_DELETION
         return _state_only(change, before, (Action.SCHEDULE_DELETION,) if deleting else ())
+    if after.state is DesiredState.ABSENT:
+        raise ValueError("an `after` of state absent")
     have_tags, want_tags = before.tags, after.tags
-    tags_set = {k: v for k, v in want_tags.items() if k not in MANAGED_TAGS and have_tags.get(k) != v}
-    tags_remove = tuple(sorted(k for k in have_tags if k not in MANAGED_TAGS and k not in want_tags))
-    adopting = have_tags.get(TAG_STACK) != stack
-    ident_tags = identity_tags(stack, change.key, before, after.fingerprint)
     create, move = _alias_split(change, sorted(set(after.aliases) - set(before.aliases)))
     removed = set(before.aliases) - set(after.aliases)
     delete = change.aliases_to_delete
     if not set(delete) <= removed or list(delete) != sorted(set(delete)):
         delete = tuple(sorted(removed))
-    description = after.description if after.description != before.description else None
-    protection: bool | None = after.deletion_protection
-    protection = protection if protection != before.deletion_protection else None
-    want_expiry = expire_unix(after.expiry)
-    if after.state is DesiredState.ABSENT:
-        raise ValueError("an `after` of state absent")
-    first, then = state_actions(
-        status, after.state, expiry_changes=expire_unix(before.material_expires_at) != want_expiry
-    )
-    actions: list[Action] = [Action.ADOPT, *first] if adopting else list(first)
-    if (ident_tags and not adopting) or tags_set or tags_remove or create or move or delete or (
-        (description, protection) != (None, None)
-    ):
-        actions.append(Action.UPDATE)
-    tags_set.update(ident_tags)
-    actions += then
-    material: MaterialReference | None = None
-    expire: int | None = None
-    if Action.REIMPORT in then:
-        if change.material is None:
-            raise ValueError("a reimport without material")
-        material = replace(change.material, fingerprint=after.fingerprint)
-        expire = want_expiry
-    return replace(
-        change,
-        key_id=before.key_id,
-        actions=tuple(actions),
-        tags_to_set=dict(sorted(tags_set.items())),
-        tags_to_remove=tags_remove,
+    work = Convergence(
+        before=before,
+        after=after,
+        adopting=have_tags.get(TAG_STACK) != stack,
+        expiry_changes=expire_unix(before.material_expires_at) != expire_unix(after.expiry),
+        identity_tags=identity_tags(stack, change.key, before, after.fingerprint),
+        tags_to_set={k: v for k, v in want_tags.items() if k not in MANAGED_TAGS and have_tags.get(k) != v},
+        tags_to_remove=tuple(sorted(k for k in have_tags if k not in MANAGED_TAGS and k not in want_tags)),
         aliases_to_create=create,
         aliases_to_move=move,
         aliases_to_delete=delete,
-        description=description,
-        deletion_protection=protection,
-        expire_unix=expire,
-        pending_window_days=None,
-        material=material,
-        state_digest=digest_snapshot(before),
+        description=after.description if after.description != before.description else None,
+        deletion_protection=(
+            after.deletion_protection if after.deletion_protection != before.deletion_protection else None
+        ),
     )
+    material: MaterialReference | None = None
+    if Action.REIMPORT in work.state_actions[1]:
+        if change.material is None:
+            raise ValueError("a reimport without material")
+        material = replace(change.material, fingerprint=after.fingerprint)
+    return work.change(change, material)
 
 
 def _derive_previous(change: Change, before: KeySnapshot) -> Change:
