@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cli_support import example_workdir, run_main
+from plan_builders import desired_key, live_state
+from plan_builders import manifest as manifest_set
 
 from provisioner import model
 from provisioner.diagnostics import Diagnostic, Diagnostics, Location, Severity
 from provisioner.errors import ManifestError
+from provisioner.plan.planner import make_plan, missing_adoptions
 
 
 def at(file: str, line: int = 0, column: int = 0, message: str = "m", warning: bool = False) -> Diagnostic:
@@ -138,3 +143,25 @@ def test_validate_lists_files_in_load_order_each_by_line(
         "node)",
         "6 error(s)",
     ]
+
+
+# ------------------------------------------------------------------------------------ the stages' helpers
+
+
+def test_missing_adoptions_are_diagnostics_in_the_sets_file_order() -> None:
+    # "alpha" is declared in the second file, "zulu" in the first: the order is the files', not the names'.
+    zulu = replace(desired_key("zulu", {"adopt": "key-z"}), adopt_at=Location("first.yaml", 8, 12))
+    alpha = replace(desired_key("alpha", {"adopt": "key-a"}), adopt_at=Location("second.yaml", 2, 12))
+    desired = replace(manifest_set([alpha, zulu]), files=("first.yaml", "second.yaml"))
+    got = missing_adoptions(desired, live_state([]))
+    assert isinstance(got, Diagnostics) and got.has_errors
+    assert [d.severity for d in got] == [Severity.ERROR, Severity.ERROR]
+    why = "it was not read: a key to adopt must exist; fix the reference, or remove adopt: to create a new "
+    why += "key"
+    lines = [f"first.yaml:8:12: error: key 'zulu': adopt: key-z: {why}",
+             f"second.yaml:2:12: error: key 'alpha': adopt: key-a: {why}"]
+    assert [str(d) for d in got] == lines
+    assert [str(d) for d in missing_adoptions(desired, live_state([]), targets=["alpha"])] == lines[1:]
+    with pytest.raises(ManifestError) as exc:
+        make_plan(desired, live_state([]), now=datetime(2026, 1, 1, tzinfo=UTC), fingerprints={}, backend={})
+    assert str(exc.value) == "\n".join(lines)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from provisioner.compare import KeyDiff, compare, foreign_aliases
+from provisioner.diagnostics import Diagnostics
 from provisioner.errors import ManifestError, MaterialError, ProvisionerError, StalePlan
 from provisioner.model import (
     MANAGED_TAGS,
@@ -328,19 +329,19 @@ def confirm_policy(desired: ManifestSet, fingerprints: Mapping[str, str]) -> Cal
 
 def missing_adoptions(
     desired: ManifestSet, live: LiveState, targets: Iterable[str] | None = None
-) -> list[Diagnostic]:
-    """Located errors for each `adopt:` (of a targeted key) that names no key. As Terraform's import
-    block does with an object that does not exist, this is an error, not a plan: there is nothing to
-    show a change of."""
+) -> Diagnostics:
+    """Located errors for each `adopt:` (of a targeted key) that names no key, in the set's file order.
+    As Terraform's import block does with an object that does not exist, this is an error, not a plan:
+    there is nothing to show a change of."""
     chosen = None if targets is None else frozenset(targets)
-    out: list[Diagnostic] = []
+    out = Diagnostics(files=desired.files)
     for d in desired.keys:
         if d.adopt is None or (chosen is not None and d.name not in chosen):
             continue
         found = live.adopted.get(d.name)
         if found is None or found.key is None:
             why = "it was not read" if found is None else found.problem
-            out.append(
+            out.add(
                 Diagnostic(
                     d.adopt_at or d.location,
                     f"key {d.name!r}: adopt: {d.adopt}: {why}: a key to adopt must exist; fix the reference, "
@@ -1013,7 +1014,7 @@ def make_plan(
     `created_at`, so a lease it renews is the lease the plan showed.
     """
     missing = missing_adoptions(desired, live, targets)
-    if missing:
+    if missing.has_errors:
         raise ManifestError(missing)
     chosen = None if targets is None else frozenset(targets)
     planner = _Planner(desired, live, now, fingerprints, offline_material, chosen, lease_now)
