@@ -12,9 +12,11 @@ from cli_support import example_workdir, run_main
 from plan_builders import desired_key, live_state
 from plan_builders import manifest as manifest_set
 
-from provisioner import model
+from provisioner import manifest, model
 from provisioner.diagnostics import Diagnostic, Diagnostics, Location, Severity
 from provisioner.errors import ManifestError
+from provisioner.manifest.rules import SetState, moved_names, one_material_per_key
+from provisioner.model import DesiredKey
 from provisioner.plan.planner import make_plan, missing_adoptions
 
 
@@ -165,3 +167,51 @@ def test_missing_adoptions_are_diagnostics_in_the_sets_file_order() -> None:
     with pytest.raises(ManifestError) as exc:
         make_plan(desired, live_state([]), now=datetime(2026, 1, 1, tzinfo=UTC), fingerprints={}, backend={})
     assert str(exc.value) == "\n".join(lines)
+
+
+def test_moved_names_are_diagnostics_in_reading_order() -> None:
+    # Collected by the old name (a < m): the diagnostics come by where the moved_from is written.
+    state = SetState(
+        names={"a": Location("b.yaml", 2, 3), "m": Location("a.yaml", 2, 3), "x": Location("a.yaml", 9, 3)},
+        moved={"m": ("x", Location("a.yaml", 12, 18)), "a": ("x", Location("a.yaml", 11, 18))},
+    )
+    got = moved_names(state)
+    assert isinstance(got, Diagnostics) and got.has_errors
+    assert [str(d) for d in got] == [
+        'a.yaml:11:18: error: key "x": moved_from "a", but key "a" is declared too (at b.yaml:2:3); a '
+        'renamed key has one name: remove key "a" or this moved_from entry',
+        'a.yaml:12:18: error: key "x": moved_from "m", but key "m" is declared too (at a.yaml:2:3); a '
+        'renamed key has one name: remove key "m" or this moved_from entry',
+    ]
+    assert len(moved_names(SetState(names=dict(state.names)))) == 0
+
+
+def test_one_material_per_key_is_diagnostics_in_reading_order() -> None:
+    def key(name: str, file: str, line: int) -> DesiredKey:
+        return replace(desired_key(name, {"material": {"pin": "same"}}), location=Location(file, line, 3))
+
+    # By name "b" clashes with "a" and "c" with "a"; by place "c" (line 4) comes before "b" (line 9).
+    keys = [key("a", "k.yaml", 2), key("b", "k.yaml", 9), key("c", "k.yaml", 4)]
+    got = one_material_per_key(keys, {})
+    assert isinstance(got, Diagnostics)
+    assert [(str(d.location), d.severity) for d in got] == [
+        ("k.yaml:4:3", Severity.ERROR), ("k.yaml:9:3", Severity.ERROR),
+    ]
+    assert [d.message.split(":")[0] for d in got] == ['key "c"', 'key "b"']
+    # The material read wins over the pin: other fingerprints, no clash.
+    assert len(one_material_per_key(keys, {"a": "sha256:1", "b": "sha256:2", "c": "sha256:3"})) == 0
+
+
+def test_schema_errors_are_added_to_the_files_diagnostics(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text(
+        "version: 1\nstack: s\nkeys:\n  k:\n    spec: RSA_2048\n    colour: red\n    usage: 7\n"
+        "    instance: kst-1\n    state: absent\n"
+    )
+    with pytest.raises(ManifestError) as exc:
+        manifest.load_manifests([f], variables={}, environ={})
+    got = [str(d) for d in exc.value.diagnostics]
+    assert got == [
+        f'{f}:6:5: error: unknown field "colour" in keys.k',
+        f"{f}:7:12: error: keys.k.usage: 7 is not one of SIGN/VERIFY, ENCRYPT/DECRYPT",
+    ], got

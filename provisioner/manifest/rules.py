@@ -831,9 +831,9 @@ def _key_moved_from(
     return tuple(out)
 
 
-def moved_names(state: SetState) -> list[Diagnostic]:
+def moved_names(state: SetState) -> Diagnostics:
     """A moved_from name that is also declared as a key: the set says both one key and two."""
-    return [
+    return Diagnostics(
         Diagnostic(
             at,
             f'key "{new}": moved_from "{old}", but key "{old}" is declared too (at {state.names[old]}); '
@@ -841,15 +841,15 @@ def moved_names(state: SetState) -> list[Diagnostic]:
         )
         for old, (new, at) in sorted(state.moved.items())
         if old in state.names
-    ]
+    )
 
 
-def one_material_per_key(keys: Sequence[DesiredKey], fingerprints: Mapping[str, str]) -> list[Diagnostic]:
+def one_material_per_key(keys: Sequence[DesiredKey], fingerprints: Mapping[str, str]) -> Diagnostics:
     """One material (one fingerprint) in two keys of one target: an error at the later key naming the
     first (DESIGN section 10: per target; the same material in several targets is BYOK's normal case).
     `fingerprints`: the material read, by key name; a key without one counts with its pin."""
     first: dict[tuple[str, str], DesiredKey] = {}
-    out: list[Diagnostic] = []
+    out = Diagnostics()
     for key in keys:
         fp = fingerprints.get(key.name) or (key.material.fingerprint if key.material else None)
         if fp is None:
@@ -861,7 +861,7 @@ def one_material_per_key(keys: Sequence[DesiredKey], fingerprints: Mapping[str, 
             continue
         target, other = clash
         within = "" if target == DEFAULT_TARGET else f' in target "{target}"'
-        out.append(
+        out.add(
             Diagnostic(
                 key.location,
                 f'key "{key.name}": its material ({fp}) is also the material of key "{other.name}" '

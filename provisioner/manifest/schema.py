@@ -210,11 +210,12 @@ def schema_diagnostics(doc: Doc) -> Diagnostics:
     if schema_is_valid(doc.data):
         return out
     for error in _validator().iter_errors(doc.data):
-        out.extend(_schema_error(doc, error))
+        _schema_error(doc, error, out)
     return out
 
 
-def _schema_error(doc: Doc, error: ValidationError) -> list[Diagnostic]:
+def _schema_error(doc: Doc, error: ValidationError, out: Diagnostics) -> None:
+    """Add the located diagnostics of one schema error to `out`: one per unknown or missing field."""
     path: DocPath = tuple(error.absolute_path)
     where = path_words(path)
     value = error.instance
@@ -223,55 +224,50 @@ def _schema_error(doc: Doc, error: ValidationError) -> list[Diagnostic]:
     schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
-        diags = []
         for extra in value:
             if extra in allowed:
                 continue
             close = difflib.get_close_matches(extra, allowed, n=1)
             did_you_mean = f' (did you mean "{close[0]}"?)' if close else ""
-            diags.append(
+            out.add(
                 Diagnostic(doc.key_loc((*path, extra)), f'unknown field "{extra}" in {where}{did_you_mean}')
             )
-        return diags
+        return
     if kind == "required" and isinstance(value, dict):
-        return [
+        out.extend(
             Diagnostic(doc.loc(path), f'missing required field "{field_name}" in {where}')
             for field_name in expected
             if field_name not in value
-        ]
+        )
+        return
     if "propertyNames" in error.schema_path:
         name = str(value)
         hint = _PATTERN_HINTS.get(str(expected), "invalid name")
         message = f"key name {doc.show(name)} in {where} is invalid: {hint}"
-        return [Diagnostic(doc.key_loc((*path, name)), message)]
-    loc = doc.loc(path)
+        out.add(Diagnostic(doc.key_loc((*path, name)), message))
+        return
+    # Every other error is one diagnostic at the value.
     if kind == "type":
         types = expected if isinstance(expected, list) else [expected]
         # "null" is allowed for some fields only to permit an empty block; it is no advice.
         names = [TYPE_NAMES.get(str(t), str(t)) for t in types if t != "null"]
         quote = " (quote it)" if "a string" in names and isinstance(value, int | float | bool) else ""
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not {' or '.join(names)}{quote}")]
-    if kind == "enum":
+        problem = f"{doc.show(value)} is not {' or '.join(names)}{quote}"
+    elif kind == "enum":
         choices = ", ".join(str(c) for c in expected)
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not one of {choices}")]
-    if kind == "const":
-        shown = show_value(expected)
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} is not supported; expected {shown}")]
-    if kind == "pattern":
+        problem = f"{doc.show(value)} is not one of {choices}"
+    elif kind == "const":
+        problem = f"{doc.show(value)} is not supported; expected {show_value(expected)}"
+    elif kind == "pattern":
         hint = _PATTERN_HINTS.get(str(expected), f"expected to match {expected}")
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} is invalid: {hint}")]
-    if kind in ("minimum", "maximum"):
+        problem = f"{doc.show(value)} is invalid: {hint}"
+    elif kind in ("minimum", "maximum"):
         low, high = schema.get("minimum"), schema.get("maximum")
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} is out of range {low}..{high}")]
-    if kind == "maxLength" and isinstance(value, str):
-        return [
-            Diagnostic(
-                loc,
-                f"{where}: {doc.show(value, 40)} is {len(value)} characters long; "
-                f"at most {expected} allowed",
-            )
-        ]
-    if kind in ("minLength", "minItems"):
-        return [Diagnostic(loc, f"{where}: {doc.show(value)} must not be empty")]
-    return [Diagnostic(loc, f"{where}: {error.message}")]
-
+        problem = f"{doc.show(value)} is out of range {low}..{high}"
+    elif kind == "maxLength" and isinstance(value, str):
+        problem = f"{doc.show(value, 40)} is {len(value)} characters long; at most {expected} allowed"
+    elif kind in ("minLength", "minItems"):
+        problem = f"{doc.show(value)} must not be empty"
+    else:
+        problem = error.message
+    out.add(Diagnostic(doc.loc(path), f"{where}: {problem}"))
