@@ -134,23 +134,40 @@ def backend_options(f: F) -> F:
     return f
 
 
-#: Where only_target_option leaves the --only-target names for _open_targets.
+#: Where only_target_option leaves --only-target, --target-profile and --target-role for _open_targets.
 ONLY_TARGET_META = "provision.only_target"
+TARGET_PROFILE_META = "provision.target_profile"
+TARGET_ROLE_META = "provision.target_role"
 
 
 def only_target_option(f: F) -> F:
-    """--only-target NAME (repeatable): run on those `backends:` targets only (DESIGN section 12)."""
+    """--only-target NAME (repeatable): run on those `backends:` targets only; --target-profile and
+    --target-role NAME=...: a target's credentials (DESIGN section 12), from the command line only."""
     command = f
 
     @functools.wraps(command)
-    def with_only(*args: Any, only_target: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        click.get_current_context().meta[ONLY_TARGET_META] = only_target
+    def with_only(
+        *args: Any, only_target: tuple[str, ...] = (), target_profile: tuple[str, ...] = (),
+        target_role: tuple[str, ...] = (), **kwargs: Any,
+    ) -> Any:
+        meta = click.get_current_context().meta
+        meta[ONLY_TARGET_META] = only_target
+        meta[TARGET_PROFILE_META] = target_profile
+        meta[TARGET_ROLE_META] = target_role
         return command(*args, **kwargs)
 
+    f = click.option(
+        "--target-role", "target_role", multiple=True, metavar="NAME=ARN",
+        help="Assume this RAM role (acs:ram::ACCOUNT:role/NAME) for the target's calls (repeatable).",
+    )(with_only)  # type: ignore[assignment]
+    f = click.option(
+        "--target-profile", "target_profile", multiple=True, metavar="NAME=PROFILE",
+        help="Credentials of the target from this profile (credentials file or CLI config; repeatable).",
+    )(f)
     return click.option(
         "--only-target", "only_target", multiple=True, metavar="NAME",
         help="Only this backends: target (repeatable), e.g. one pipeline job per region.",
-    )(with_only)  # type: ignore[return-value]
+    )(f)
 
 
 def allow_commands_option(f: F) -> F:
@@ -744,6 +761,7 @@ def _open_stage(
     *,
     create: bool = True,
     target: str | None = None,
+    credentials: Any = None,
 ) -> Kms:
     """The KMS of one backend. `target`: the name of a `backends:` entry, when the set has several:
     ALIBABA_CLOUD_REGION_ID is then not read (each target names its region), and a local target's
@@ -768,6 +786,7 @@ def _open_stage(
         state=meta.get(STATE_META),
         default_state=default,
         legacy_state=target is None,
+        credentials=credentials,
     )
     where = kms.description if target is None else f"target {target}: {kms.description}"
     click.echo(visible(f"using {where}"), err=True)
@@ -854,13 +873,14 @@ def _open_targets(
 
     chosen = _only_targets(ms)
     _refuse_shared_flags(ms, chosen, endpoint, region)
+    credentials = _target_credentials(ms, chosen)
     opened: list[_Target] = []
     try:
         for name in chosen:
             sub = ms.for_target(name)
             kms = _open_stage(
                 sub.backend, backend, endpoint, region, qps, create=create,
-                target=name if ms.several_targets else None,
+                target=name if ms.several_targets else None, credentials=credentials.get(name),
             )
             opened.append(_Target(name, sub, kms))
             same = next((t for t in opened[:-1] if _same_kms(t.kms, kms)), None)
@@ -873,6 +893,31 @@ def _open_targets(
         _close_targets(opened)
         raise
     return opened
+
+
+def _target_credentials(ms: ManifestSet, chosen: tuple[str, ...]) -> dict[str, Any]:
+    """--target-profile / --target-role, by target: each names a target of the set (one not in this
+    run is ignored, so a pipeline can pass every target's and shard with --only-target)."""
+    from provisioner.backend.credentials import parse_target_assignments, target_credentials
+    from provisioner.errors import UsageError
+
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    profiles = parse_target_assignments(meta.get(TARGET_PROFILE_META, ()), "--target-profile")
+    roles = parse_target_assignments(meta.get(TARGET_ROLE_META, ()), "--target-role")
+    for flag, given in (("--target-profile", profiles), ("--target-role", roles)):
+        for name in given:
+            if name not in ms.target_names:
+                raise UsageError(
+                    f"{flag} {name}=...: stack {ms.stack!r} has no target {name!r} (its targets are "
+                    f"{', '.join(ms.target_names)})"
+                )
+    out = {}
+    for name in chosen:
+        made = target_credentials(profiles.get(name), roles.get(name), target=name)
+        if made is not None:
+            out[name] = made
+    return out
 
 
 def _same_kms(a: Kms, b: Kms) -> bool:

@@ -27,6 +27,7 @@ from Tea.exceptions import TeaException
 from provisioner.backend.credentials import default_provider
 from provisioner.backend.resilience import KmsConnectionError
 from provisioner.errors import BackendError, KmsApiError, UsageError
+from provisioner.escape import visible
 from provisioner.wire import ErrorCode
 
 # The SDK's loggers write to their own stderr handlers: the credential chain prints a traceback per
@@ -224,6 +225,9 @@ class AlibabaTransport:
                     # Resolving once here turns "no credentials anywhere" into one clear error.
                     credentials.get_credential()
                 except CredentialException as e:
+                    if self._credentials is not None:  # --target-profile / --target-role: say which failed
+                        why = visible(str(e))
+                        raise BackendError(f"the target's credentials cannot be read: {why}") from e
                     raise BackendError(f"no Alibaba Cloud credentials found: {_CREDENTIALS_HELP}") from e
                 self._client = SdkClient(
                     Config(
