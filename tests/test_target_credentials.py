@@ -58,7 +58,8 @@ def test_a_role_is_assumed_with_the_profile_as_base() -> None:
     with pytest.raises(UsageError) as e:
         target_credentials("hz", None, "arn:aws:iam::1:role/x")
     expected = (
-        "--target-role hz=...: expected a RAM role ARN acs:ram::ACCOUNT:role/NAME, got 'arn:aws:iam::1:role/x'"
+        "--target-role hz=...: expected a RAM role ARN acs:ram::ACCOUNT:role/NAME, "
+        "got 'arn:aws:iam::1:role/x'"
     )
     assert expected in str(e.value)
     with pytest.raises(UsageError) as e:
