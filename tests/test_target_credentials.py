@@ -125,7 +125,10 @@ def test_without_its_profile_a_target_fails_alone_and_no_secret_is_shown(
     assert "error: target hz: " in r.stderr
     r2 = run_cli(["plan", str(folder), "--target-profile", "hz=nowhere"], env=env)
     assert r2.code == 1
-    said = "error: target hz: the target's credentials cannot be read: profile 'nowhere' is in neither"
+    said = (
+        "error: target hz: the credentials of --target-profile/--target-role cannot be read: "
+        "profile 'nowhere' is in neither"
+    )
     assert said in r2.stderr
     for text in (r.stdout + r.stderr, r2.stdout + r2.stderr):
         assert HZ_SECRET not in text and DEFAULT_ACCESS_KEY_SECRET not in text

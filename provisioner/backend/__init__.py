@@ -117,7 +117,10 @@ def open_kms(
                 "the alibaba backend needs a region: --region, backend.region in the manifest, "
                 "or ALIBABA_CLOUD_REGION_ID"
             )
-        transport = AlibabaTransport(endpoint, region, credentials=credentials)
+        transport = AlibabaTransport(
+            endpoint, region, credentials=credentials,
+            credentials_from=None if credentials is None else "--target-profile/--target-role",
+        )
         inner = transport
         where = f"alibaba {region}" if region else "alibaba"
         description = f"{where} at {transport.endpoint}"

@@ -202,6 +202,7 @@ class AlibabaTransport:
         region: str | None,
         *,
         credentials: Any = None,
+        credentials_from: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
     ) -> None:
@@ -209,6 +210,9 @@ class AlibabaTransport:
         self.region = region
         self.endpoint = f"{self.protocol}://{self.host}"
         self._credentials = credentials
+        #: Where `credentials` came from when the user named them (--target-profile, --target-role):
+        #: a failure to read them then says so, rather than point at the default chain.
+        self._credentials_from = credentials_from
         self._runtime = {
             "connect_timeout": int(connect_timeout * 1000),
             "read_timeout": int(read_timeout * 1000),
@@ -225,9 +229,9 @@ class AlibabaTransport:
                     # Resolving once here turns "no credentials anywhere" into one clear error.
                     credentials.get_credential()
                 except CredentialException as e:
-                    if self._credentials is not None:  # --target-profile / --target-role: say which failed
-                        why = visible(str(e))
-                        raise BackendError(f"the target's credentials cannot be read: {why}") from e
+                    if self._credentials_from is not None:
+                        why = f"the credentials of {self._credentials_from} cannot be read: {visible(str(e))}"
+                        raise BackendError(why) from e
                     raise BackendError(f"no Alibaba Cloud credentials found: {_CREDENTIALS_HELP}") from e
                 self._client = SdkClient(
                     Config(
