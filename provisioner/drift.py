@@ -30,6 +30,7 @@ from provisioner.plan.warnings import (
     warning_window,
     window_words,
 )
+from provisioner.show import Generations, generations_of
 from provisioner.specs import Verification, facts
 from provisioner.targets import backends_document, failed_targets_document
 
@@ -90,6 +91,8 @@ class DriftReport:
     backends: tuple[Mapping[str, str], ...] = ()
     #: Targets that could not be read, with the error: what they hold is unknown.
     target_errors: Mapping[str, str] = field(default_factory=dict)
+    #: The keys that have rotated: their generations, current first (show.generations_of).
+    generations: tuple[Generations, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -115,6 +118,7 @@ class DriftReport:
             "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             "drift": [i.to_dict() for i in self.items],
             **({"notes": [{"key": k, "message": m} for k, m in self.notes]} if self.notes else {}),
+            **({"generations": [g.to_dict() for g in self.generations]} if self.generations else {}),
             **failed_targets_document(self.target_errors),
         }
 
@@ -132,6 +136,7 @@ class DriftReport:
             notes=tuple((f"{k} (target {name})", m) for name, r in done for k, m in r.notes),
             backends=tuple({**info, "name": name} for name, info in infos),
             target_errors={name: errors[name] for name, _ in infos if name in errors},
+            generations=tuple(replace(g, target=name) for name, r in done for g in r.generations),
         )
 
 
@@ -417,4 +422,5 @@ def make_drift(
         checked_at=now.replace(microsecond=0),
         backend={k: str(v) for k, v in (backend or {}).items() if v is not None},
         notes=tuple(sorted(drift.notes)),
+        generations=generations_of(live, (d.name for d in desired.keys)),
     )

@@ -26,6 +26,56 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Generation:
+    """One generation of a rotated key (DESIGN section 11): its number, key id and KMS state."""
+
+    generation: int
+    key_id: str
+    state: str  # KMS's KeyState, verbatim
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation, "key_id": self.key_id, "state": self.state}
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The live generations of one key that has rotated, current first (issue 14: show and drift list
+    them with their key ids and states)."""
+
+    name: str
+    generations: tuple[Generation, ...]
+    target: str = DEFAULT_TARGET
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "current": self.generations[0].generation,
+            "generations": [g.to_dict() for g in self.generations],
+        }
+
+
+def _state(key: ActualKey) -> str:
+    return key.key_state.value if key.key_state is not None else key.status.value
+
+
+def current_first(keys: Iterable[ActualKey]) -> list[ActualKey]:
+    """An identity's keys, the newest generation first, each generation's keys oldest first."""
+    return sorted(keys, key=lambda k: (-k.generation, k.created_at, k.key_id))
+
+
+def generations_of(live: LiveState, names: Iterable[str]) -> tuple[Generations, ...]:
+    """Every one of `names` whose live keys span more than one generation: its generations, current
+    first. A key that never rotated has one generation and is not listed."""
+    out = []
+    for name in sorted(names):
+        keys = current_first(live.keys.get(name, ()))
+        if len({k.generation for k in keys}) > 1:
+            out.append(Generations(name, tuple(Generation(k.generation, k.key_id, _state(k)) for k in keys)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class ShownKey:
     """One managed key, with the fields of DESIGN section 10's `show` document."""
 
@@ -48,7 +98,7 @@ class ShownKey:
             arn=key.arn,
             spec=key.spec.value,
             usage=key.usage.value,
-            state=key.key_state.value if key.key_state is not None else key.status.value,
+            state=_state(key),
             aliases=key.aliases,
             fingerprint=key.public_key_fingerprint or key.recorded_fingerprint,
             material_expiry=key.material_expires_at,
@@ -72,7 +122,7 @@ class ShownKey:
 @dataclass(frozen=True)
 class ShowReport:
     stack: str
-    keys: tuple[ShownKey, ...]  # by name, then oldest first
+    keys: tuple[ShownKey, ...]  # by name, then the current generation first, each oldest first
     #: Names the manifests want to exist (of the targets, with --target) that no live key carries.
     missing: tuple[str, ...] = ()
     #: The backend it was read from (type, endpoint, ...), as a plan's `backend`.
@@ -83,6 +133,8 @@ class ShowReport:
     backends: tuple[Mapping[str, str], ...] = ()
     #: Targets that could not be read, with the error.
     target_errors: Mapping[str, str] = field(default_factory=dict)
+    #: The keys that have rotated: their generations, current first (none listed when no key has).
+    generations: tuple[Generations, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +144,7 @@ class ShowReport:
             "backends": backends_document(self.backends or ({**self.backend, "name": DEFAULT_TARGET},)),
             **({"targets": list(self.targets)} if self.targets else {}),
             "keys": [k.to_dict() for k in self.keys],
+            **({"generations": [g.to_dict() for g in self.generations]} if self.generations else {}),
             **failed_targets_document(self.target_errors),
         }
 
@@ -109,6 +162,7 @@ class ShowReport:
             targets=targets,
             backends=tuple({**info, "name": name} for name, info in infos),
             target_errors={name: errors[name] for name, _ in infos if name in errors},
+            generations=tuple(replace(g, target=name) for name, r in done for g in r.generations),
         )
 
 
@@ -125,7 +179,7 @@ def make_show(
     keys = tuple(
         ShownKey.of(name, key)
         for name in names
-        for key in sorted(live.keys[name], key=lambda k: (k.created_at, k.key_id))
+        for key in current_first(live.keys[name])
     )
     missing = tuple(
         d.name
@@ -140,4 +194,5 @@ def make_show(
         missing=missing,
         backend={k: str(v) for k, v in (backend or {}).items() if v is not None},
         targets=() if chosen is None else tuple(sorted(chosen)),
+        generations=generations_of(live, names),
     )

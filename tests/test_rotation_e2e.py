@@ -155,6 +155,27 @@ def test_rotate_disabling_the_old_generation(account: Backend, tmp_path: Path) -
     stack, old, new, _, old_public = rotated(account, tmp_path, "disabled")
     assert str(account.view.describe(old).key_state) == "Disabled"
     assert_took_over(account, stack, old, new, old_public)
+    # show and drift list the generations, current first, with their key ids and states (acceptance 4).
+    listed = {
+        "name": "signer", "target": "default", "current": 2,
+        "generations": [
+            {"generation": 2, "key_id": new, "state": "Enabled"},
+            {"generation": 1, "key_id": old, "state": "Disabled"},
+        ],
+    }
+    shown = cli(stack, account, "show", "--format", "json")
+    doc = json.loads(shown.stdout)
+    assert [(k["name"], k["key_id"], k["state"]) for k in doc["keys"]] == [
+        ("signer", new, "Enabled"), ("signer", old, "Disabled"),
+    ]
+    assert doc["generations"] == [listed]
+    text = cli(stack, account, "show").stdout
+    assert f"  signer ({new}): Enabled, generation 2 (current)\n" in text
+    assert f"  signer ({old}): Disabled, generation 1 (previous)\n" in text
+    drift = cli(stack, account, "drift", "--format", "json")
+    assert drift.code == 0 and json.loads(drift.stdout)["generations"] == [listed]
+    text = cli(stack, account, "drift").stdout
+    assert f"Generations (current first):\n  signer: 2 {new} Enabled (current), 1 {old} Disabled\n" in text
 
 
 def test_rotate_deleting_the_old_generation(account: Backend, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from provisioner.views.text import (
     RED,
     YELLOW,
     failed_target_lines,
+    generation_lines,
     json_document,
     painter,
     quoted,
@@ -58,8 +59,9 @@ def render_drift_text(report: DriftReport, *, color: bool) -> str:
     stack = shown(repr(report.stack))
     notes = [paint(f"note: {shown(key)}: {shown(message)}", DIM) for key, message in report.notes]
     where = where_lines(report.backend, report.backends)
+    gens = generation_lines(report.generations, bool(report.backends))
     if report.in_sync:
-        head = [f"Stack {stack}: in sync, no drift.", *where, *notes]
+        head = [f"Stack {stack}: in sync, no drift.", *where, *notes, *gens]
         return "\n".join(head) + "\n"
     found = "drift found" if report.items else "no drift in the targets read"
     failed = [paint(line, RED) for line in failed_target_lines(report.target_errors)]
@@ -73,6 +75,7 @@ def render_drift_text(report: DriftReport, *, color: bool) -> str:
         out.append(paint(f"      {shown(_found_words(item))}", DIM))
     out.append("")
     counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
+    out += [*gens, *([""] if gens else [])]
     out.append(f"Drift: {len(report.items)} item(s) ({counts})." if report.items else "Drift: none found.")
     if report.target_errors:
         names = ", ".join(report.target_errors)

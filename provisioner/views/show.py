@@ -51,9 +51,14 @@ def render_show_text(report: ShowReport) -> str:
     if report.targets:
         out.append(f"Targeted: only {', '.join(shown(t) for t in report.targets)} (--target)")
     out.append("")
+    rotated = {(g.target, g.name): g for g in report.generations}
     for key in report.keys:
         fields = key.to_dict()
-        out.append(f"  {shown(key.name)} ({shown(key.key_id)}): {shown(key.state)}")
+        gens = rotated.get((key.target, key.name))
+        which = next((g.generation for g in gens.generations if g.key_id == key.key_id), 0) if gens else 0
+        current = gens is not None and which == gens.generations[0].generation
+        generation = f", generation {which} ({'current' if current else 'previous'})" if gens else ""
+        out.append(f"  {shown(key.name)} ({shown(key.key_id)}): {shown(key.state)}{generation}")
         for attr in ("arn", "spec", "usage", "aliases", "fingerprint", "material_expiry", "target"):
             value = fields[attr]
             if attr == "material_expiry" and value is None:

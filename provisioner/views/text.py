@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner.escape import json_safe, visible
+
+if TYPE_CHECKING:
+    from provisioner.show import Generations
 
 # ANSI SGR codes; used only when the caller asks for colour.
 GREEN, YELLOW, RED, CYAN, BOLD, DIM = "32", "33", "31", "36", "1", "2"
@@ -65,6 +68,21 @@ def where_lines(backend: Mapping[str, str], backends: Sequence[Mapping[str, str]
         rest = {k: v for k, v in info.items() if k != "name"}
         out.append(f"  Target {shown(info.get('name', '?'))}: {backend_words(rest)}")
         out += [f"    {line}" for line in endpoint_lines(info)]
+    return out
+
+
+def generation_lines(generations: Sequence[Generations], several: bool = False) -> list[str]:
+    """`Generations:` and one line per rotated key, current first: `NAME: 2 KEY-ID STATE (current), 1 ...`."""
+    if not generations:
+        return []
+    out = ["Generations (current first):"]
+    for g in generations:
+        name = f"{g.target}/{g.name}" if several else g.name
+        listed = ", ".join(
+            f"{x.generation} {shown(x.key_id)} {shown(x.state)}{' (current)' if i == 0 else ''}"
+            for i, x in enumerate(g.generations)
+        )
+        out.append(f"  {shown(name)}: {listed}")
     return out
 
 
