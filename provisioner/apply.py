@@ -162,6 +162,11 @@ def check_same_plan(saved: Plan, fresh: Plan) -> None:
     # A key's previous generations have changes of their own: one change per (name, key id).
     old = {(c.key, c.key_id or ""): c for c in saved.changes}
     new = {(c.key, c.key_id or ""): c for c in fresh.changes}
+    if len(old) != len(saved.changes):
+        twice = sorted({c.key for c in saved.changes if sum(1 for d in saved.changes if d.key == c.key) > 1})
+        raise StalePlan(
+            f"key {twice[0]!r}: the plan has its change twice (was the file edited by hand?): make a new plan"
+        )
     for at in sorted(set(old) | set(new)):
         key = at[0]
         if at not in new:

@@ -873,7 +873,7 @@ def _open_targets(
 
     chosen = _only_targets(ms)
     _refuse_shared_flags(ms, chosen, endpoint, region)
-    credentials = _target_credentials(ms, chosen)
+    credentials, given = _target_credentials(ms, chosen)
     opened: list[_Target] = []
     try:
         for name in chosen:
@@ -883,7 +883,9 @@ def _open_targets(
                 target=name if ms.several_targets else None, credentials=credentials.get(name),
             )
             opened.append(_Target(name, sub, kms))
-            same = next((t for t in opened[:-1] if _same_kms(t.kms, kms)), None)
+            same = next(
+                (t for t in opened[:-1] if _same_kms(t.kms, kms, given.get(t.name), given.get(name))), None
+            )
             if same is not None:
                 raise UsageError(
                     f"targets {same.name!r} and {name!r} are one KMS ({visible(kms.description)}): a key's "
@@ -895,9 +897,12 @@ def _open_targets(
     return opened
 
 
-def _target_credentials(ms: ManifestSet, chosen: tuple[str, ...]) -> dict[str, Any]:
+def _target_credentials(
+    ms: ManifestSet, chosen: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, tuple[str | None, str | None]]]:
     """--target-profile / --target-role, by target: each names a target of the set (one not in this
-    run is ignored, so a pipeline can pass every target's and shard with --only-target)."""
+    run is ignored, so a pipeline can pass every target's and shard with --only-target). The
+    credentials of each target of the run that has some, and what was given for each (profile, role)."""
     from provisioner.backend.credentials import parse_target_assignments, target_credentials
     from provisioner.errors import UsageError
 
@@ -917,15 +922,28 @@ def _target_credentials(ms: ManifestSet, chosen: tuple[str, ...]) -> dict[str, A
         made = target_credentials(profiles.get(name), roles.get(name), target=name)
         if made is not None:
             out[name] = made
-    return out
+    return out, {name: (profiles.get(name), roles.get(name)) for name in chosen}
 
 
-def _same_kms(a: Kms, b: Kms) -> bool:
+def _same_kms(a: Kms, b: Kms, a_credentials: object, b_credentials: object) -> bool:
+    """Whether two targets are one KMS: one state file; or one region of the vendor (its public and its
+    VPC endpoint are one KMS) or one other host and port, with the same credentials (another profile
+    or role may be another account)."""
     if a.state_path is not None or b.state_path is not None:
         return a.state_path is not None and b.state_path is not None and (
             a.state_path.resolve() == b.state_path.resolve()
         )
-    return (a.info.get("endpoint"), a.info.get("region")) == (b.info.get("endpoint"), b.info.get("region"))
+    return _kms_place(a) == _kms_place(b) and a_credentials == b_credentials
+
+
+def _kms_place(kms: Kms) -> tuple[str, str]:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(kms.info.get("endpoint", "")).hostname or "").lower()
+    for prefix in ("kms.", "kms-vpc."):
+        if host.startswith(prefix) and host.endswith(".aliyuncs.com"):
+            return ("region", host.removeprefix(prefix).removesuffix(".aliyuncs.com"))
+    return ("host", urlsplit(kms.info.get("endpoint", "")).netloc.lower())
 
 
 def _close_targets(targets: Iterable[_Target]) -> None:
@@ -1296,6 +1314,16 @@ def apply(
         if saved is not None:
             _refuse_other_targets(saved, ms, run)
         planned, errors = _per_target(prepare, run, ms.several_targets)
+        if saved is not None and errors:
+            # A saved plan is applied whole or not at all: a target whose part is stale or edited
+            # (or cannot be read) refuses every target's, before any write.
+            from provisioner.errors import StalePlan
+
+            _echo_target_errors(errors)
+            raise StalePlan(
+                f"the saved plan cannot be applied on {len(errors)} target(s) ({', '.join(errors)}); "
+                f"nothing applied on any target: make a new plan"
+            )
         the_plan = _merged_plan(ms, run, planned, errors, now, chosen)
         _warn_planned(planned, ms.several_targets)
         code = _carry_out(

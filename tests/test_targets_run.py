@@ -289,3 +289,59 @@ def test_the_views_group_by_target(stack: Path) -> None:
     assert r.code == 2
     drifted = [line for line in r.stdout.splitlines() if line.startswith("  ! ")]
     assert [line.split(":")[0] for line in drifted] == ["  ! hz/signer", "  ! sh/signer", "  ! lab/signer"]
+
+
+def test_a_saved_plan_is_applied_whole_or_not_at_all(stack: Path, tmp_path: Path) -> None:
+    """A target whose part of a saved plan is stale (here: applied out of band since) refuses every
+    target's part, before any write: the reviewed plan is never carried out as a subset."""
+    plan = tmp_path / "plan.json"
+    assert run_cli(["plan", str(stack), "--out", str(plan)]).code == 0
+    assert run_cli(["apply", str(stack), "--auto-approve", "--only-target", "sh"]).code == 0
+    r = run_cli(["apply", "--plan", str(plan), str(stack)])
+    assert r.code == 1
+    assert "error: target sh: " in r.stderr
+    assert "error: the saved plan cannot be applied on 1 target(s) (sh); nothing applied on any target: " \
+        "make a new plan" in r.stderr
+    assert not public_keys_or_none(states(stack)["hz"]) and not public_keys_or_none(states(stack)["lab"])
+
+
+def public_keys_or_none(db: Path) -> dict[str, str]:
+    return public_keys(db) if db.exists() else {}
+
+
+def test_a_change_twice_in_a_saved_plan_is_refused(stack: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    assert run_cli(["plan", str(stack), "--only-target", "lab", "--out", str(plan)]).code == 0
+    doc = json.loads(plan.read_text())
+    doc["changes"].append(doc["changes"][0])
+    doc["summary"] = {k: v * 2 if v else v for k, v in doc["summary"].items()}
+    plan.write_text(json.dumps(doc))
+    r = run_cli(["apply", "--plan", str(plan), str(stack)])
+    assert r.code == 1
+    assert "key 'signer': the plan has its change twice (was the file edited by hand?)" in r.stderr
+    assert not public_keys_or_none(states(stack)["lab"])
+
+
+@pytest.mark.parametrize(
+    ("hz", "sh"),
+    [
+        ("{name: hz, type: alibaba, region: cn-hangzhou}",
+         "{name: sh, type: alibaba, region: cn-hangzhou, endpoint: kms-vpc.cn-hangzhou.aliyuncs.com}"),
+        ('{name: hz, type: alibaba, region: cn-hangzhou, endpoint: "http://127.0.0.1:9"}',
+         '{name: sh, type: alibaba, region: cn-shanghai, endpoint: "http://127.0.0.1:9"}'),
+    ],
+    ids=["public-and-vpc-endpoint", "one-emulator-two-regions"],
+)
+def test_two_targets_on_one_alibaba_kms_are_refused(stack: Path, hz: str, sh: str) -> None:
+    (stack / "keys.yaml").write_text(
+        MANIFEST.replace("{name: hz, type: local}", hz).replace("{name: sh, type: local}", sh)
+    )
+    r = run_cli(["plan", str(stack)])
+    assert r.code == 1
+    assert "error: targets 'hz' and 'sh' are one KMS (" in r.stderr
+    # Another account (another profile) in the same region is another KMS.
+    (stack / "creds.ini").write_text("[a]\ntype = access_key\naccess_key_id = x\naccess_key_secret = y\n")
+    env = {"ALIBABA_CLOUD_CREDENTIALS_FILE": str(stack / "creds.ini"), "HOME": str(stack)}
+    args = ["plan", str(stack), "--target-profile", "sh=a", "--only-target", "hz", "--only-target", "sh"]
+    r = run_cli(args, env=env)
+    assert "are one KMS" not in r.stderr

@@ -15,7 +15,7 @@ from provisioner.backend.base import DEFAULT_QPS, Kms, Transport
 from provisioner.backend.credentials import PROFILE_FLAG, ROLE_FLAG
 from provisioner.backend.resilience import ResilientTransport
 from provisioner.errors import ManifestError, UsageError
-from provisioner.model import BackendConfig, Diagnostic, Location
+from provisioner.model import DEFAULT_TARGET, BackendConfig, Diagnostic, Location
 
 DEFAULT_LOCAL_DB = Path(".provision") / "kms.db"
 BACKEND_TYPES = ("local", "alibaba")
@@ -196,7 +196,7 @@ def _run_region(flag: str | None, from_env: str | None, manifest: BackendConfig 
             [
                 Diagnostic(
                     manifest.region_at or Location("backend"),
-                    "backend.region: expected a region id such as cn-hangzhou "
+                    f"{_field(manifest)}.region: expected a region id such as cn-hangzhou "
                     "(lowercase letters and digits in words joined by '-')",
                 )
             ]
@@ -213,7 +213,7 @@ def _checked_manifest_endpoint(manifest: BackendConfig, region: str | None) -> t
     except ValueError as e:
         r = region or "<region>"
         message = (
-            f"backend.endpoint: a manifest may name only https://kms.{r}.aliyuncs.com, "
+            f"{_field(manifest)}.endpoint: a manifest may name only https://kms.{r}.aliyuncs.com, "
             f"https://kms-vpc.{r}.aliyuncs.com or the emulator at http://127.0.0.1:PORT or "
             f"http://[::1]:PORT ({e}); give any other endpoint with --endpoint or {ENDPOINT_ENV}"
         )
@@ -233,6 +233,11 @@ def _checked_env_endpoint(text: str, region: str | None) -> str:
             f"{ENDPOINT_ENV}: expected http://host:port, https://host or host {_NOT_SHOWN}"
         ) from None
     return text
+
+
+def _field(manifest: BackendConfig) -> str:
+    """How messages name the manifest's block: `backend`, or the `backends:` entry of a target."""
+    return "backend" if manifest.name == DEFAULT_TARGET else f"backends[name={manifest.name}]"
 
 
 def _shown(path: Path, cwd: Path) -> str:
