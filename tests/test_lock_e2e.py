@@ -61,8 +61,8 @@ base.Kms._call = slow
 from provisioner import cli
 from provisioner.cli import main
 if locking == "no":  # a lock broken by hand or lapsed under a slow holder: only the claims are left
-    import contextlib
-    cli._locked = lambda ms, kms, timeout: contextlib.nullcontext(None)
+    assert hasattr(cli, "_acquire")  # the stage that takes a target's lock: a rename must fail here
+    cli._acquire = lambda target, timeout: None
 # What the commands import lazily, imported before `go`: the time measured is the apply's, not Python's.
 import provisioner.apply, provisioner.backend.alibaba, provisioner.backend.local, provisioner.manifest
 import provisioner.plan.planner, provisioner.refresh, provisioner.emulator.models
