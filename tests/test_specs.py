@@ -212,11 +212,8 @@ def test_emulator_encrypts_with_exactly_the_tables_algorithms(engine: KmsEngine,
 # --- the table is the only place that names a spec (issue 11, point 4) ------------------------------
 
 PACKAGE = Path(provisioner.__file__).parent
-#: Modules that may compare a Family member outside specs.py, and why.
-FAMILY_BRANCH_ALLOWED = {
-    # manifest/ is another stage's (being split); its `family is Family.SYMMETRIC` reads the table's row.
-    "manifest/rules.py",
-}
+#: Modules that may compare a Family member outside specs.py, and why: none.
+FAMILY_BRANCH_ALLOWED: set[str] = set()
 
 
 def _member(node: ast.expr, enum: str) -> str | None:

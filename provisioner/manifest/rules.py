@@ -42,7 +42,7 @@ from provisioner.model import (
     WrappingAlgorithm,
     is_reserved_alias,
 )
-from provisioner.specs import Family, facts, importable_specs, wrapping_refusal
+from provisioner.specs import facts, importable_specs, wrapping_refusal
 
 #: Tag keys and values: 1..128 of letters, digits, space and / \ _ - . + = : @ (KMS tag rules).
 TAG_RE = re.compile(r"[A-Za-z0-9 /\\_.+=:@-]{1,128}")
@@ -462,7 +462,7 @@ def _check_material_kind(
     """The material fields that depend on the spec: a symmetric key's format, wrapping and kcv pin; an
     asymmetric key's sha256 pin and no symmetric field. The source, completed, if they are right."""
     block: dict[str, Any] = body["material"]
-    symmetric = facts(spec).family is Family.SYMMETRIC
+    symmetric = facts(spec).symmetric
 
     def problem(field_name: str, message: str) -> None:
         diags.add(Diagnostic(doc.loc((*base, "material", field_name)), f'key "{name}": {message}'))
