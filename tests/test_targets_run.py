@@ -211,6 +211,9 @@ def test_a_failing_target_leaves_the_others_applied_and_says_which(
     assert doc["failed_targets"] == ["lab"] and list(doc["target_errors"]) == ["lab"]
     assert [c["target"] for c in doc["changes"]] == []  # hz and sh are applied: nothing to do there
     assert "error: 1 target(s) could not be planned: lab; the plan was not saved" in r.stderr
+    text = run_cli(["plan", str(stack)]).stdout
+    assert "No changes in the targets planned; 1 target(s) could not be planned (lab): their keys are " \
+        "unknown." in text and "The live keys match" not in text
     assert not (stack / "p.json").exists()
     r = run_cli(["drift", str(stack), "--format", "json"])
     assert r.code == 1 and json.loads(r.stdout)["failed_targets"] == ["lab"]

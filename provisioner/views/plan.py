@@ -290,7 +290,14 @@ _NO_CHANGES = {
 
 def _no_changes_words(plan: Plan, where: str = "above") -> str:
     """The no-change line; with notes (an orphan left alone, an unknown fingerprint) it says that the
-    keys match and points at the notes, rather than claim that everything live matches."""
+    keys match and points at the notes, rather than claim that everything live matches. With targets
+    that could not be planned, it says so: nothing is known of their keys."""
+    if plan.target_errors:
+        failed = ", ".join(plan.failed_targets)
+        return (
+            f"No changes in the targets planned; {len(plan.target_errors)} target(s) could not be planned "
+            f"({failed}): their keys are unknown."
+        )
     if not plan.notes:
         return _NO_CHANGES[bool(plan.targets)]
     keys = "The targeted keys match" if plan.targets else "The keys the manifests declare match"
