@@ -348,3 +348,18 @@ def test_two_targets_on_one_alibaba_kms_are_refused(stack: Path, hz: str, sh: st
     args = ["plan", str(stack), "--target-profile", "sh=a", "--only-target", "hz", "--only-target", "sh"]
     r = run_cli(args, env=env)
     assert "are one KMS" not in r.stderr
+
+
+def test_an_apply_with_a_failed_target_is_not_called_complete() -> None:
+    from provisioner.apply import ApplyResult, KeyOutcome
+    from provisioner.views.apply import ApplyText
+
+    result = ApplyResult("multi", [KeyOutcome("signer", "key-1", ["created"], target="hz")],
+                         failed_targets={"lab": "ListKeys: no answer after every retry"})
+    text = ApplyText(color=False).result(result)
+    assert text.splitlines() == [
+        "Apply incomplete: 1 key(s) changed, 0 failed, but 1 target(s) not applied (lab). Fix each cause "
+        "below, then plan and apply again.",
+        "  target lab: not applied: ListKeys: no answer after every retry",
+        "1 target(s) failed: lab",
+    ]

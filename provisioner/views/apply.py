@@ -41,7 +41,13 @@ class ApplyText(View):
     def result(self, result: ApplyResult) -> str:
         failed = [o for o in result.outcomes if not o.ok]
         changed = len(result.outcomes) - len(failed)
-        if failed:
+        if result.failed_targets and not failed:
+            names = ", ".join(result.failed_targets)
+            lines = [
+                f"Apply incomplete: {changed} key(s) changed, 0 failed, but {len(result.failed_targets)} "
+                f"target(s) not applied ({names}). Fix each cause below, then plan and apply again."
+            ]
+        elif failed:
             lines = [
                 f"Apply failed: {len(failed)} key(s) failed, {changed} changed (kept). Fix each cause "
                 f"below, then plan and apply again: the new plan holds only what is left to do."
