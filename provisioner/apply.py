@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -163,9 +164,10 @@ def check_same_plan(saved: Plan, fresh: Plan) -> None:
     old = {(c.key, c.key_id or ""): c for c in saved.changes}
     new = {(c.key, c.key_id or ""): c for c in fresh.changes}
     if len(old) != len(saved.changes):
-        twice = sorted({c.key for c in saved.changes if sum(1 for d in saved.changes if d.key == c.key) > 1})
+        counts = Counter((c.key, c.key_id or "") for c in saved.changes)
+        twice = min(at for at, n in counts.items() if n > 1)[0]
         raise StalePlan(
-            f"key {twice[0]!r}: the plan has its change twice (was the file edited by hand?): make a new plan"
+            f"key {twice!r}: the plan has its change twice (was the file edited by hand?): make a new plan"
         )
     for at in sorted(set(old) | set(new)):
         key = at[0]

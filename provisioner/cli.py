@@ -963,19 +963,15 @@ def _per_target(
         return {t.name: fn(t) for t in targets}, {}
 
     def one(t: _Target) -> R:
-        _PROGRESS_TARGET.set(t.name)
-        return fn(t)
-
-    if len(targets) == 1:  # runs here, but its error is the target's, as with several
+        token = _PROGRESS_TARGET.set(t.name)
         try:
-            return {targets[0].name: one(targets[0])}, {}
-        except ProvisionerError as e:
-            return {}, {targets[0].name: str(e)}
+            return fn(t)
         finally:
-            _PROGRESS_TARGET.set(None)
+            _PROGRESS_TARGET.reset(token)
+
     results: dict[str, R] = {}
     errors: dict[str, str] = {}
-    for outcome in run_per_target(one, [(t.name, t) for t in targets]):
+    for outcome in run_per_target(one, [(t.name, t) for t in targets], contain=True):
         if outcome.error is not None:
             errors[outcome.target] = str(outcome.error)
         else:

@@ -66,14 +66,16 @@ class Outcome(Generic[R]):
 
 
 def run_per_target(
-    fn: Callable[[T], R], items: Sequence[tuple[str, T]], *, limit: int = MAX_CONCURRENT_TARGETS
+    fn: Callable[[T], R], items: Sequence[tuple[str, T]], *, limit: int = MAX_CONCURRENT_TARGETS,
+    contain: bool = False,
 ) -> list[Outcome[R]]:
     """`fn` on every (target, item), one thread per target (at most `limit` at once), in the order given.
 
     A ProvisionerError (a refused call, a throttling storm past its retries, a stale key) ends that
     target's run only: it is returned as the target's error, and the other targets finish. Any other
     exception (a bug, Ctrl-C) propagates once every target under way has stopped. A single target runs
-    in the caller's thread and its errors propagate, as a run without targets always did."""
+    in the caller's thread and its errors propagate, as a run without targets always did, unless
+    `contain` (one target of several, picked by --only-target: its error is still the target's)."""
 
     def one(target: str, item: T) -> Outcome[R]:
         try:
@@ -82,7 +84,7 @@ def run_per_target(
             return Outcome(target, error=e)
 
     if len(items) <= 1:
-        return [Outcome(t, result=fn(i)) for t, i in items]
+        return [one(t, i) if contain else Outcome(t, result=fn(i)) for t, i in items]
     with ThreadPoolExecutor(max_workers=max(1, min(limit, len(items))), thread_name_prefix="target") as pool:
         futures = [pool.submit(one, t, i) for t, i in items]
         return [f.result() for f in futures]

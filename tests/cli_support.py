@@ -42,6 +42,24 @@ def copy_manifests(folder: Path) -> None:
         key.chmod(0o600)
 
 
+def demo_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manifest: str, *, retry_seconds: str = "0"
+) -> Path:
+    """tmp_path/stack holding `manifest` (keys.yaml) and two demo keys (keys/receipts-signing.pem,
+    keys/api-tokens.pem, 0600), run from tmp_path with no backend, endpoint or region in the environment."""
+    folder = tmp_path / "stack"
+    (folder / "keys").mkdir(parents=True)
+    for name in ("receipts-signing.pem", "api-tokens.pem"):
+        shutil.copy(REPO / "manifests" / "keys" / name, folder / "keys" / name)
+        (folder / "keys" / name).chmod(0o600)
+    (folder / "keys.yaml").write_text(manifest)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROVISION_RETRY_SECONDS", retry_seconds)
+    for name in ("PROVISION_BACKEND", "PROVISION_ENDPOINT", "ALIBABA_CLOUD_REGION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
 def example_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The shipped example manifests in the current directory, nothing ambient in the environment."""
     copy_manifests(tmp_path)

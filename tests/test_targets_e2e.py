@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from alibabacloud_kms20160120 import models as kms
 from apply_support import SdkView, run_cli
+from cli_support import demo_stack
 from conftest import PROXY_VARIABLES, RunningEmulator
 
 from provisioner.emulator.server import (
@@ -68,17 +68,7 @@ TOKENS = "  tokens:\n    spec: EC_P256\n    usage: SIGN/VERIFY\n    material: {f
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulators: dict[str, RunningEmulator]) -> Path:
-    folder = tmp_path / "stack"
-    (folder / "keys").mkdir(parents=True)
-    for name in ("receipts-signing.pem", "api-tokens.pem"):
-        shutil.copy(REPO / "manifests" / "keys" / name, folder / "keys" / name)
-        (folder / "keys" / name).chmod(0o600)
-    (folder / "keys.yaml").write_text(manifest(emulators))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "1")
-    for name in ("PROVISION_BACKEND", "PROVISION_ENDPOINT", "ALIBABA_CLOUD_REGION_ID"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
+    return demo_stack(tmp_path, monkeypatch, manifest(emulators), retry_seconds="1")
 
 
 def public_keys(e: RunningEmulator) -> dict[str, bytes]:

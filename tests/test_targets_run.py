@@ -6,11 +6,11 @@ official SDK and throttling: tests/test_targets_e2e.py.)"""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from apply_support import run_cli
+from cli_support import demo_stack
 
 from provisioner.backend.local import LocalTransport
 from provisioner.errors import KmsUnreachable
@@ -43,17 +43,7 @@ keys:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "stack"
-    (folder / "keys").mkdir(parents=True)
-    for name in ("receipts-signing.pem", "api-tokens.pem"):
-        shutil.copy(REPO / "manifests" / "keys" / name, folder / "keys" / name)
-        (folder / "keys" / name).chmod(0o600)
-    (folder / "keys.yaml").write_text(MANIFEST)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROVISION_RETRY_SECONDS", "0")
-    for name in ("PROVISION_BACKEND", "PROVISION_ENDPOINT", "ALIBABA_CLOUD_REGION_ID"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
+    return demo_stack(tmp_path, monkeypatch, MANIFEST)
 
 
 def states(folder: Path) -> dict[str, Path]:
