@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from provisioner.manifest import MaterialRead
     from provisioner.model import BackendConfig, LiveState, ManifestSet
     from provisioner.plan.values import Plan
-    from provisioner.symmetric import SymmetricMaterial
+    from provisioner.specs import Material
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -491,15 +491,15 @@ def _material_format_option(help_text: str) -> Callable[[F], F]:
     )
 
 
-def _symmetric_file(path: Path, material_format: str, option: str) -> SymmetricMaterial:
-    """The symmetric material in `path`, written as `material_format`; its spec is its length's."""
+def _formatted_file(path: Path, material_format: str, option: str) -> Material:
+    """The material in `path`, written as `material_format`; its spec is the one its bytes make
+    (symmetric material: its length's)."""
     from provisioner.errors import MaterialError
-    from provisioner.material import MAX_KEY_FILE_BYTES
-    from provisioner.symmetric import parse_symmetric_any
+    from provisioner.material import MAX_KEY_FILE_BYTES, read_formatted
 
     data = read_regular_file(path, option, MAX_KEY_FILE_BYTES)
     try:
-        return parse_symmetric_any(data, MaterialFormat(material_format))
+        return read_formatted(data, MaterialFormat(material_format))
     except MaterialError as e:
         raise MaterialError(f"{option}: {e}") from None
 
@@ -522,7 +522,7 @@ def fingerprint(file: Path, passphrase_env: str | None, material_format: str | N
     if material_format is not None:
         if passphrase_env is not None:
             raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
-        material = _symmetric_file(file, material_format, "FILE")
+        material = _formatted_file(file, material_format, "FILE")
         material.wipe()
         click.echo(material.fingerprint)
         return 0
@@ -570,7 +570,7 @@ def wrap(
     from provisioner.errors import MaterialError, UsageError, WrappingError
     from provisioner.material import MAX_KEY_FILE_BYTES, load_material
     from provisioner.model import MaterialSource, SourceKind
-    from provisioner.specs import Material, facts
+    from provisioner.specs import facts
 
     if out is not None:
         refuse_special_target(out, "--out")
@@ -586,7 +586,7 @@ def wrap(
     if material_format is not None:
         if passphrase_env is not None:
             raise UsageError("--passphrase-env is for encrypted private keys, not --material-format")
-        material = _symmetric_file(material_file, material_format, "--material")
+        material = _formatted_file(material_file, material_format, "--material")
     else:
         try:
             material = load_material(source, warn=_warn)

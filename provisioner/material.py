@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +31,7 @@ from provisioner import _der, sm2
 from provisioner.errors import MaterialError
 from provisioner.files import InputFileError, read_regular_file
 from provisioner.hardening import disable_core_dumps
-from provisioner.model import KeySpec, MaterialFormat, MaterialSource, SourceKind
+from provisioner.model import KeySpec, MaterialFormat, MaterialSource, ProtectionLevel, SourceKind
 from provisioner.private_key import (
     NOT_A_KEY_MESSAGE,
     PUBLIC_KEY_MESSAGE,
@@ -41,8 +41,17 @@ from provisioner.private_key import (
 )
 from provisioner.private_key import PrivateMaterial as PrivateMaterial
 from provisioner.private_key import fingerprint_of_spki as fingerprint_of_spki
-from provisioner.specs import Family, Material, MaterialReader, curve_spec, ec_spec, facts, rsa_spec
-from provisioner.symmetric import SymmetricMaterial, parse_symmetric
+from provisioner.specs import (
+    FieldProblem,
+    Material,
+    MaterialReader,
+    curve_spec,
+    ec_spec,
+    facts,
+    material_kind,
+    material_kinds,
+    rsa_spec,
+)
 from provisioner.trust import ALLOW_COMMANDS_VARIABLE, COMMAND_BASE_ENV, commands_allowed, never_readable_rule
 
 COMMAND_TIMEOUT_SECONDS = 30.0
@@ -457,27 +466,52 @@ def _read_private_key(
     return parse_private_key(data, passphrase)
 
 
-def _read_symmetric(
-    data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
-) -> SymmetricMaterial:
-    """Symmetric material: `spec`'s bytes, written in `fmt` (symmetric.py)."""
-    return parse_symmetric(data, fmt or MaterialFormat.RAW, spec)
+class _PrivateKeyKind:
+    """The client half of the asymmetric families (specs.MaterialKind): a private key in PEM, DER or
+    base64 DER, pinned by the SHA-256 of its public key; no material field of its own."""
+
+    fields: tuple[str, ...] = ()
+
+    @property
+    def read(self) -> MaterialReader:
+        return _read_private_key
+
+    def read_formatted(self, data: bytes, fmt: MaterialFormat) -> Material:
+        raise MaterialError(f"a private key is read as PEM or DER, not as format {fmt}")
+
+    def check_source(
+        self, block: Mapping[str, Any], spec: KeySpec, protection: ProtectionLevel, on_instance: bool,
+        source: MaterialSource,
+    ) -> tuple[MaterialSource, tuple[FieldProblem, ...]]:
+        pin = source.fingerprint
+        if pin is not None and not pin.startswith("sha256:"):
+            message = f"a {spec} key is pinned by its public key: sha256:<64 hex>, not {pin}"
+            return source, (FieldProblem("fingerprint", message),)
+        return source, ()
 
 
-#: The reading half of each family's material: how a source's bytes become a `Material` of a spec.
-READERS: Mapping[Family, MaterialReader] = {
-    Family.RSA: _read_private_key,
-    Family.EC: _read_private_key,
-    Family.SM2: _read_private_key,
-    Family.SYMMETRIC: _read_symmetric,
-}
+#: Named by specs.FAMILIES for the RSA, EC and SM2 families.
+PRIVATE_KEY = _PrivateKeyKind()
 
 
 def read_material(
     data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
 ) -> Material:
-    """`spec` material from a source's bytes, read by its family's reader (READERS)."""
-    return READERS[facts(spec).family](data, fmt, spec, passphrase)
+    """`spec` material from a source's bytes, read by its family's kind (specs.FAMILIES)."""
+    return material_kind(facts(spec).family).read(data, fmt, spec, passphrase)
+
+
+def read_formatted(data: bytes, fmt: MaterialFormat) -> Material:
+    """Material of whichever spec the bytes make in `fmt` (`wrap` and `fingerprint` with
+    --material-format), read by the kinds that take material `format`: the first one's error if no
+    kind reads it."""
+    errors: list[MaterialError] = []
+    for kind in {id(k): k for k in material_kinds().values() if "format" in k.fields}.values():
+        try:
+            return kind.read_formatted(data, fmt)
+        except MaterialError as e:
+            errors.append(e)
+    raise errors[0] if errors else MaterialError(f"no key spec takes material written as {fmt}")
 
 
 def verify_material(
@@ -489,7 +523,7 @@ def verify_material(
     allow_commands: bool | None = None,
     on_read: Callable[[bytes], None] | None = None,
 ) -> Material:
-    """Read the source's material as `spec`'s family reads it (READERS; `load_material`'s arguments),
+    """Read the source's material as `spec`'s family reads it (read_material; load_material's arguments),
     then check the key is exactly `spec` and matches the pinned fingerprint."""
     material = _load(
         source, lambda data, fmt, passphrase: read_material(data, fmt, spec, passphrase),

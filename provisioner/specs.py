@@ -1,20 +1,32 @@
 """One row of facts per key spec (family, size or curve, protection levels, wrapping, usages, the
 algorithms KMS offers, how an import is verified, the cipher a symmetric key encrypts with), one row per
-wrapping algorithm (its wrapping key spec, ephemeral key cipher, OAEP hash), and `Material` with
-`MaterialReader`, the interface every material kind has: how its bytes are read and how it is used.
+wrapping algorithm (its wrapping key spec, ephemeral key cipher, OAEP hash), one row per family (the
+modules that implement it), and the interfaces a family implements: `Material`, `MaterialReader` and
+`MaterialKind` on the client side (the emulator's is in `emulator/families.py`).
 
 Facts only: no I/O, no cryptography, no branching on spec names elsewhere. Code that needs to know
-something about a spec reads its row here; a new spec is a new row (and a material class, if new).
+something about a spec reads its row here; a new spec is a new row. A new family is a member of
+`Family`, its rows, a row of `FAMILIES` naming its two modules, and those modules: no other module
+names a family's code.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from functools import cache
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from provisioner.model import KeySpec, KeyUsage, MaterialFormat, ProtectionLevel, WrappingAlgorithm
+from provisioner.model import (
+    KeySpec,
+    KeyUsage,
+    MaterialFormat,
+    MaterialSource,
+    ProtectionLevel,
+    WrappingAlgorithm,
+)
 
 
 class Family(StrEnum):
@@ -95,8 +107,9 @@ class SpecFacts:
 
     @property
     def symmetric(self) -> bool:
-        """KMS shows nothing of the key: no public key, no asymmetric operation, no asymmetric import."""
-        return self.family is Family.SYMMETRIC
+        """KMS shows nothing of the key (no public key, no asymmetric operation, no asymmetric import),
+        so nothing proves which material it holds: told by the way an import is verified."""
+        return self.verification is Verification.NONE
 
     @property
     def wrapping_key_spec(self) -> KeySpec:
@@ -280,12 +293,106 @@ class Material(Protocol):
 
 class MaterialReader(Protocol):
     """The reading half of a material kind: `spec` material from a source's bytes in `fmt` (the
-    source's `format`, None where the kind has none), unlocked with `passphrase` where it takes one.
-    One reader per family, registered in material.py's READERS."""
+    source's `format`, None where the kind has none), unlocked with `passphrase` where it takes one."""
 
     def __call__(
         self, data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
     ) -> Material: ...
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """What is wrong with a key's material block: `field` names the material field at fault (None:
+    the block itself); `message` says what, without the key's name (the rules add it)."""
+
+    field: str | None
+    message: str
+
+
+@runtime_checkable
+class MaterialKind(Protocol):
+    """The client half of a family: how its material is read, which material fields of a manifest
+    only it takes and how they are checked, and how a file is read without a manifest. One per family,
+    named by its row of FAMILIES."""
+
+    #: The material fields of a manifest only this kind takes; a key of another kind may not set them.
+    fields: tuple[str, ...]
+
+    @property
+    def read(self) -> MaterialReader: ...
+
+    def read_formatted(self, data: bytes, fmt: MaterialFormat) -> Material:
+        """Material of whichever spec the bytes make, written in `fmt`, for a command without a
+        manifest (`wrap`, `fingerprint` with --material-format). Only a kind whose fields include
+        `format` is asked."""
+        ...
+
+    def check_source(
+        self, block: Mapping[str, Any], spec: KeySpec, protection: ProtectionLevel, on_instance: bool,
+        source: MaterialSource,
+    ) -> tuple[MaterialSource, tuple[FieldProblem, ...]]:
+        """A manifest's material `block` of a key of `spec` (at `protection`, in an instance or not),
+        read as `source`: the problems this kind finds in it, in the order to report them, and the
+        source completed with this kind's fields."""
+        ...
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """Where one family is implemented: `module:attribute` of its two halves, imported on first use,
+    so that no other module names a family's code."""
+
+    family: Family
+    #: The client half: a MaterialKind.
+    material: str
+    #: The emulator's half: an emulator.families.EmulatedFamily (how it unwraps imported material,
+    #: and the KMS operations its keys add).
+    emulator: str
+
+
+_PRIVATE_KEY = "provisioner.material:PRIVATE_KEY"
+_ASYMMETRIC_EMULATED = "provisioner.emulator.keyops:ASYMMETRIC"
+#: The family table: one row per Family, in its order.
+FAMILIES: Mapping[Family, FamilyFacts] = {
+    row.family: row
+    for row in (
+        FamilyFacts(Family.RSA, _PRIVATE_KEY, _ASYMMETRIC_EMULATED),
+        FamilyFacts(Family.EC, _PRIVATE_KEY, _ASYMMETRIC_EMULATED),
+        FamilyFacts(Family.SM2, _PRIVATE_KEY, _ASYMMETRIC_EMULATED),
+        FamilyFacts(
+            Family.SYMMETRIC, "provisioner.symmetric:KIND", "provisioner.emulator.symmetric_ops:FAMILY"
+        ),
+    )
+}
+
+
+@cache
+def implementation(ref: str) -> Any:
+    """The object a FAMILIES entry names (`module:attribute`), its module imported on first use."""
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+_Implementation = TypeVar("_Implementation")
+
+
+def family_implementation(ref: str, protocol: type[_Implementation]) -> _Implementation:
+    """`implementation(ref)`, checked to be a `protocol` (runtime checkable): TypeError names the
+    entry, so a wrong row of FAMILIES fails on first use and says where and what."""
+    found = implementation(ref)
+    if not isinstance(found, protocol):
+        raise TypeError(f"FAMILIES entry {ref} is a {type(found).__name__}, not a {protocol.__name__}")
+    return found
+
+
+def material_kind(family: Family) -> MaterialKind:
+    """The client half of `family` (FAMILIES)."""
+    return family_implementation(FAMILIES[family].material, MaterialKind)  # type: ignore[type-abstract]
+
+
+def material_kinds() -> dict[Family, MaterialKind]:
+    """Every family's client half, in Family's order."""
+    return {family: material_kind(family) for family in FAMILIES}
 
 
 def symmetric_spec(size: int) -> KeySpec | None:

@@ -1,5 +1,6 @@
 """Symmetric key material (Aliyun_AES_256, Aliyun_SM4): decode it from its source, check its length,
-and name it by its key check value (DESIGN section 13).
+name it by its key check value, and check the manifest fields only it has, `format` and `wrapping`
+(DESIGN section 13). `KIND` is the symmetric family's client half (specs.FAMILIES names it).
 
 The bytes live only inside `SymmetricMaterial`, whose repr is its check value. Nothing here prints
 or logs; errors say what is wrong with the encoding or the length, never the bytes.
@@ -12,11 +13,30 @@ import binascii
 import hashlib
 import hmac
 import re
-from typing import NoReturn
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, NoReturn
 
 from provisioner.errors import MaterialError
-from provisioner.model import KCV_PREFIX, KeySpec, MaterialFormat, WrappingAlgorithm
-from provisioner.specs import Family, facts, family_specs, symmetric_spec
+from provisioner.model import (
+    KCV_PREFIX,
+    KeySpec,
+    MaterialFormat,
+    MaterialSource,
+    ProtectionLevel,
+    SourceKind,
+    WrappingAlgorithm,
+)
+from provisioner.specs import (
+    Family,
+    FieldProblem,
+    Material,
+    MaterialReader,
+    facts,
+    family_specs,
+    symmetric_spec,
+    wrapping_refusal,
+)
 
 #: HMAC-SHA-256 keyed with the material over this label; its first 16 hex digits name the material.
 KCV_LABEL = b"byok-provisioner key check value"
@@ -121,3 +141,66 @@ def parse_symmetric_any(data: bytes, encoding: MaterialFormat) -> SymmetricMater
         return SymmetricMaterial(spec, bytes(key))
     finally:
         key[:] = bytes(len(key))
+
+
+def _read(
+    data: bytes, fmt: MaterialFormat | None, spec: KeySpec, passphrase: bytes | None
+) -> SymmetricMaterial:
+    """`spec`'s bytes, written in `fmt` (raw where the source names none)."""
+    return parse_symmetric(data, fmt or MaterialFormat.RAW, spec)
+
+
+def _member(enum: type[Any], value: Any) -> Any:
+    """The member `value` names, or None (the schema has told the user already)."""
+    try:
+        return enum(value)
+    except ValueError:
+        return None
+
+
+class _SymmetricKind:
+    """The client half of the symmetric family (specs.MaterialKind)."""
+
+    fields: tuple[str, ...] = ("format", "wrapping")
+
+    @property
+    def read(self) -> MaterialReader:
+        return _read
+
+    def read_formatted(self, data: bytes, fmt: MaterialFormat) -> Material:
+        return parse_symmetric_any(data, fmt)
+
+    def check_source(
+        self, block: Mapping[str, Any], spec: KeySpec, protection: ProtectionLevel, on_instance: bool,
+        source: MaterialSource,
+    ) -> tuple[MaterialSource, tuple[FieldProblem, ...]]:
+        """The kcv pin, no passphrase, a `format` (raw only where the source can hold a NUL byte) and
+        a `wrapping` the key takes."""
+        problems: list[FieldProblem] = []
+        pin = source.fingerprint
+        if pin is not None and not pin.startswith(KCV_PREFIX):
+            message = f"a {spec} key is pinned by its key check value: kcv:<16 hex>, not {pin}"
+            problems.append(FieldProblem("fingerprint", message))
+        if source.passphrase_env is not None:
+            message = "material.passphrase_env is for encrypted PEM private keys, not symmetric keys"
+            problems.append(FieldProblem("passphrase_env", message))
+        encoding = _member(MaterialFormat, block.get("format"))
+        if "format" not in block:
+            message = f"{spec} material needs format: raw, hex or base64 (how the source writes its bytes)"
+            problems.append(FieldProblem(None, message))
+        elif encoding is MaterialFormat.RAW and source.kind is SourceKind.ENV:
+            message = (
+                "format raw is for file and command sources only: an environment variable cannot hold a "
+                "NUL byte; write the key as hex or base64"
+            )
+            problems.append(FieldProblem("format", message))
+        wrapping = _member(WrappingAlgorithm, block.get("wrapping"))
+        if wrapping is not None:
+            refusal = wrapping_refusal(spec, wrapping, protection, on_instance)
+            if refusal is not None:
+                problems.append(FieldProblem("wrapping", f"material.wrapping {wrapping}: {refusal}"))
+        return replace(source, format=encoding, wrapping=wrapping), tuple(problems)
+
+
+#: Named by specs.FAMILIES for the symmetric family.
+KIND = _SymmetricKind()

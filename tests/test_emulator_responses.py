@@ -18,7 +18,7 @@ from emulator_support import HARDWARE, SOFTWARE, START, FakeClock, kms_error, ma
 from provisioner import wrapping
 from provisioner.backend.base import QUOTA_GROUPS, Kms
 from provisioner.emulator.models import STATUS, KmsEngine, KmsError
-from provisioner.emulator.responses import ACTIONS, KmsResponses, flatten_params
+from provisioner.emulator.responses import ACTION_QUOTA_GROUPS, ACTIONS, KmsResponses, flatten_params
 from provisioner.errors import KmsApiError
 from provisioner.model import KeySpec, KeyState, KeyUsage, ProtectionLevel, WrappingAlgorithm
 from provisioner.specs import facts
@@ -117,8 +117,12 @@ def test_flatten_params_matches_sdk_request_models() -> None:
 
 
 def test_every_documented_action_is_routed() -> None:
-    # QUOTA_GROUPS (backend/base.py) lists the 32 actions of the issue, each in its quota group.
-    assert set(QUOTA_GROUPS) == ACTIONS
+    # QUOTA_GROUPS (wire.py) lists the actions every key has, each in its quota group; the symmetric
+    # family's keys add three more, in the crypto group (emulator/families.py).
+    family_actions = {"Encrypt": "crypto", "Decrypt": "crypto", "GenerateDataKey": "crypto"}
+    assert set(QUOTA_GROUPS) | set(family_actions) == ACTIONS
+    assert set(QUOTA_GROUPS).isdisjoint(family_actions)
+    assert dict(ACTION_QUOTA_GROUPS) == {**QUOTA_GROUPS, **family_actions}
 
 
 def test_unknown_action(rpc: KmsResponses) -> None:

@@ -16,17 +16,29 @@ from emulator_support import HARDWARE, SOFTWARE, kms_error, material
 import provisioner
 from provisioner import wrapping
 from provisioner.apply import READ_BACK
-from provisioner.emulator import keyops
+from provisioner.emulator import families, keyops, symmetric_ops
 from provisioner.emulator.models import KmsEngine
 from provisioner.errors import MaterialError
 from provisioner.manifest import manifest_schema
-from provisioner.material import READERS, parse_private_key, read_material, spec_of_spki
+from provisioner.material import parse_private_key, read_material, spec_of_spki
 from provisioner.model import KeySpec, KeyUsage, MaterialFormat, ProtectionLevel, WrappingAlgorithm
-from provisioner.specs import SPECS, WRAPPING, Family, facts, importable_specs, wrapping_key_specs
+from provisioner.specs import (
+    FAMILIES,
+    SPECS,
+    WRAPPING,
+    Family,
+    MaterialKind,
+    facts,
+    family_implementation,
+    importable_specs,
+    material_kind,
+    material_kinds,
+    wrapping_key_specs,
+)
 
 ALL = list(KeySpec)
 #: The specs of asymmetric material: the tests below that sign, wrap PKCS#8 or read public keys.
-ASYMMETRIC = [s for s in KeySpec if facts(s).family is not Family.SYMMETRIC]
+ASYMMETRIC = [s for s in KeySpec if not facts(s).symmetric]
 DIGEST_B64 = base64.b64encode(hashlib.sha256(b"message").digest()).decode()
 INSTANCES = {ProtectionLevel.SOFTWARE: SOFTWARE, ProtectionLevel.HSM: HARDWARE}
 #: How each wrapping algorithm wraps a payload, without wrap()'s pairing check.
@@ -113,7 +125,7 @@ def test_wrap_and_unwrap_round_trip_through_the_table(spec: KeySpec) -> None:
             blob = base64.b64decode(wrapping.wrap(m, public, algorithm))
         else:
             blob = WRAP[algorithm](public, m.import_payload(algorithm))
-        unwrapped = keyops.unwrap(algorithm, private, blob)
+        unwrapped = families.unwrap(spec, algorithm, private, blob)
         assert (unwrapped.spec, unwrapped.fingerprint) == (spec, m.fingerprint), algorithm
 
 
@@ -280,8 +292,11 @@ def test_wrapping_row_says_what_the_vendor_says(algorithm: WrappingAlgorithm) ->
     assert (algorithm in wrapping.DIRECT_ALGORITHMS) == row.direct
 
 
-def test_every_family_has_a_reader_and_every_row_its_primitives() -> None:
-    assert set(READERS) == set(Family)
+def test_every_family_has_its_two_halves_and_every_row_its_primitives() -> None:
+    assert list(FAMILIES) == list(Family)
+    for family in Family:
+        assert isinstance(material_kind(family), MaterialKind), family
+        assert isinstance(families.emulated(family), families.EmulatedFamily), family
     asymmetric = {facts(s).family for s in ASYMMETRIC}
     assert set(keyops.PRIMITIVES) == asymmetric
     for spec in KeySpec:
@@ -325,11 +340,115 @@ def test_read_material_refuses_a_symmetric_source_of_the_wrong_length() -> None:
 def test_emulator_encrypts_symmetrically_with_the_rows_cipher() -> None:
     """SM4 and AES are told apart by SpecFacts.cipher: a blob of one opens under the other's row never."""
     secret = bytes(range(16))
-    version = "0" * keyops.VERSION_ID_BYTES
-    sm4 = keyops.ImportedKey(KeySpec.SM4, secret, keyops.binding_digest(secret), "kcv:0")
-    blob = keyops.symmetric_encrypt(sm4, "key-1", version, b"plaintext", b"")
-    assert keyops.symmetric_decrypt(sm4, blob, b"") == b"plaintext"
+    version = "0" * symmetric_ops.VERSION_ID_BYTES
+    sm4 = keyops.ImportedKey(KeySpec.SM4, secret, symmetric_ops.binding_digest(secret), "kcv:0")
+    blob = symmetric_ops.seal(sm4, "key-1", version, b"plaintext", b"")
+    assert symmetric_ops.unseal(sm4, blob, b"") == b"plaintext"
     as_aes = keyops.ImportedKey(KeySpec.AES_256, secret, sm4.public_key_der, "kcv:0")
     with pytest.raises(keyops.CryptoFailure) as info:
-        keyops.symmetric_decrypt(as_aes, blob, b"")
+        symmetric_ops.unseal(as_aes, blob, b"")
     assert str(info.value) == "it does not decrypt under this key (damaged, or another encryption context)"
+
+
+def test_a_wrong_family_entry_fails_on_first_use_saying_which() -> None:
+    with pytest.raises(TypeError) as info:
+        family_implementation("provisioner.model:KCV_PREFIX", MaterialKind)  # type: ignore[type-abstract]
+    assert str(info.value) == "FAMILIES entry provisioner.model:KCV_PREFIX is a str, not a MaterialKind"
+
+
+# --- a family's code lives in its own two modules (issue 11, point 4) --------------------------------
+
+
+def _module_file(ref: str) -> str:
+    """The package-relative file of a FAMILIES entry's module: provisioner/symmetric.py."""
+    return ref.partition(":")[0].replace(".", "/") + ".py"
+
+
+def _imports(source: str) -> set[str]:
+    """Every module `source` imports, with each name imported from a package as a module of it too
+    (`from provisioner.emulator import symmetric_ops` imports provisioner.emulator.symmetric_ops)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _names_member(source: str, member: str) -> bool:
+    nodes = ast.walk(ast.parse(source))
+    return any(isinstance(node, ast.Attribute) and _member(node, "Family") == member for node in nodes)
+
+
+def _strings(source: str) -> set[str]:
+    nodes = ast.walk(ast.parse(source))
+    return {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+#: The files a family's own code may live in besides its two modules: the tables (specs.py, the enums of
+#: model.py, the manifest schema). With the family's two modules, that is the five files the symmetric
+#: specs take (issue 11, point 4).
+TABLE_FILES = {"provisioner/specs.py", "provisioner/model.py", "provisioner/schemas/manifest.schema.json"}
+
+
+def _modules(family: Family) -> set[str]:
+    return {ref.partition(":")[0] for ref in (FAMILIES[family].material, FAMILIES[family].emulator)}
+
+
+#: The families with modules of their own (the asymmetric ones share the first edition's core modules).
+OWN_MODULES = [f for f in Family if not any(_modules(f) & _modules(o) for o in Family if o is not f)]
+
+
+def test_the_symmetric_family_has_modules_of_its_own() -> None:
+    assert OWN_MODULES == [Family.SYMMETRIC]
+
+
+@pytest.mark.parametrize("family", OWN_MODULES)
+def test_a_familys_code_is_named_only_by_its_own_modules_and_the_tables(family: Family) -> None:
+    """No module imports a family's modules (they are loaded through specs.FAMILIES), names its Family
+    member, or spells an action only its keys answer: the family's code is its two modules and its
+    rows in the tables, and nothing else."""
+    row = FAMILIES[family]
+    own = {_module_file(row.material), _module_file(row.emulator)}
+    own_modules = _modules(family)
+    actions = set(families.emulated(family).operations)
+    assert actions  # the symmetric family's Encrypt, Decrypt, GenerateDataKey: the guard has words to find
+    member = f"Family.{family.name}"
+    offenders: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE.parent))
+        if name in own or name in TABLE_FILES:
+            continue
+        source = path.read_text()
+        hits = sorted(own_modules & _imports(source))
+        if _names_member(source, member):
+            hits.append(member)
+        hits.extend(sorted(actions & _strings(source)))
+        if hits:
+            offenders[name] = hits
+    assert offenders == {}
+    assert len(own | TABLE_FILES) <= 5
+
+
+def test_the_family_guard_finds_an_import_a_member_and_an_action() -> None:
+    source = (
+        "from provisioner.emulator import symmetric_ops\n"
+        "import provisioner.symmetric\n"
+        "x = Family.SYMMETRIC\n"
+        "call('GenerateDataKey')\n"
+    )
+    assert {"provisioner.emulator.symmetric_ops", "provisioner.symmetric"} <= _imports(source)
+    assert _names_member(source, "Family.SYMMETRIC")
+    assert "GenerateDataKey" in _strings(source)
+
+
+def test_every_kind_reads_and_checks_through_one_interface() -> None:
+    """read_formatted asks only the kinds that take `format`; the private-key kind refuses a format."""
+    kinds = material_kinds()
+    takes_format = {f for f, k in kinds.items() if "format" in k.fields}
+    assert takes_format == {row.family for row in SPECS.values() if row.material_bytes}
+    with pytest.raises(MaterialError) as info:
+        material_kind(facts(ASYMMETRIC[0]).family).read_formatted(b"00", MaterialFormat.HEX)
+    assert str(info.value) == "a private key is read as PEM or DER, not as format hex"

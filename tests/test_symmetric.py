@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from cli_support import example_workdir, run_main
-from emulator_support import HARDWARE, SOFTWARE, kms_error
+from emulator_support import HARDWARE, SOFTWARE, imported, kms_error
 
 from provisioner import wrapping
-from provisioner.emulator import keyops
+from provisioner.emulator import families, keyops, symmetric_ops
 from provisioner.emulator.models import KmsEngine
+from provisioner.emulator.responses import KmsResponses
 from provisioner.errors import MaterialError
 from provisioner.model import KeySpec, MaterialFormat, ProtectionLevel, WrappingAlgorithm
 from provisioner.specs import Family, facts, wrapping_refusal
@@ -260,7 +261,7 @@ def test_direct_wrapping_round_trips_through_the_emulators_unwrap(algorithm: Wra
     private, public = keyops.new_wrapping_key(algorithm)
     blob = base64.b64decode(wrapping.wrap(SymmetricMaterial(spec, secret), public, algorithm))
     assert secret not in blob
-    unwrapped = keyops.unwrap(algorithm, private, blob)
+    unwrapped = families.unwrap(spec, algorithm, private, blob)
     assert (unwrapped.spec, unwrapped.pkcs8_der, unwrapped.fingerprint) == (
         spec,
         secret,
@@ -348,42 +349,43 @@ def test_encrypt_decrypt_and_data_keys(
     engine: KmsEngine, spec: KeySpec, secret: bytes, instance: str | None, algorithm: WrappingAlgorithm
 ) -> None:
     key_id = _imported(engine, spec, secret, instance, algorithm)
-    _, blob = engine.encrypt(key_id, b"attack at dawn", '{"app":"pay"}')
+    _, blob = symmetric_ops.encrypt(engine, key_id, b"attack at dawn", '{"app":"pay"}')
     assert secret not in blob and b"attack" not in blob
-    key, plain = engine.decrypt(base64.b64encode(blob).decode(), '{"app":"pay"}')
+    key, plain = symmetric_ops.decrypt(engine, base64.b64encode(blob).decode(), '{"app":"pay"}')
     assert (key.key_id, plain) == (key_id, b"attack at dawn")
     with kms_error("InvalidParameter", 400, "CiphertextBlob: it does not decrypt under this key"):
-        engine.decrypt(base64.b64encode(blob).decode(), '{"app":"other"}')
+        symmetric_ops.decrypt(engine, base64.b64encode(blob).decode(), '{"app":"other"}')
     tampered = bytearray(blob)
     tampered[-1] ^= 1
     with kms_error("InvalidParameter", 400, "CiphertextBlob: it does not decrypt under this key"):
-        engine.decrypt(base64.b64encode(bytes(tampered)).decode(), '{"app":"pay"}')
-    _, data_key, data_blob = engine.generate_data_key(key_id, "AES_128", None, None)
+        symmetric_ops.decrypt(engine, base64.b64encode(bytes(tampered)).decode(), '{"app":"pay"}')
+    _, data_key, data_blob = symmetric_ops.generate_data_key(engine, key_id, "AES_128", None, None)
     assert len(data_key) == 16
-    assert engine.decrypt(base64.b64encode(data_blob).decode(), None)[1] == base64.b64encode(data_key)
-    assert len(engine.generate_data_key(key_id, None, 48, None)[1]) == 48
+    data_b64 = base64.b64encode(data_blob).decode()
+    assert symmetric_ops.decrypt(engine, data_b64, None)[1] == base64.b64encode(data_key)
+    assert len(symmetric_ops.generate_data_key(engine, key_id, None, 48, None)[1]) == 48
 
 
 def test_a_blob_binds_its_key_and_version(engine: KmsEngine) -> None:
     first = _imported(engine, KeySpec.AES_256, AES, None, WrappingAlgorithm.RSAES_OAEP_SHA_256)
     other = _imported(engine, KeySpec.AES_256, os.urandom(32), None, WrappingAlgorithm.RSAES_OAEP_SHA_256)
-    _, blob = engine.encrypt(first, b"x", None)
-    header, _ = keyops.read_blob_header(blob)
+    _, blob = symmetric_ops.encrypt(engine, first, b"x", None)
+    header, _ = symmetric_ops.read_blob_header(blob)
     assert (header.key_id, header.key_version_id) == (first, engine.describe_key(first).primary_key_version)
     # The same bytes under another key's id name a version that key does not have; with that key's own
     # version too, the header is authenticated, so the blob does not open there either.
     swapped = blob.replace(first.encode(), other.encode())
     with kms_error("Forbidden.KeyNotFound", 404, "The specified key version is not found"):
-        engine.decrypt(base64.b64encode(swapped).decode(), None)
+        symmetric_ops.decrypt(engine, base64.b64encode(swapped).decode(), None)
     other_version = engine.describe_key(other).primary_key_version.encode()
     swapped = swapped.replace(header.key_version_id.encode(), other_version)
     with kms_error("InvalidParameter", 400, "CiphertextBlob: it does not decrypt under this key"):
-        engine.decrypt(base64.b64encode(swapped).decode(), None)
+        symmetric_ops.decrypt(engine, base64.b64encode(swapped).decode(), None)
     with kms_error("InvalidParameter", 400, "CiphertextBlob: it is not a ciphertext blob of this KMS"):
-        engine.decrypt(base64.b64encode(b"garbage that is long enough" * 4).decode(), None)
+        symmetric_ops.decrypt(engine, base64.b64encode(b"garbage that is long enough" * 4).decode(), None)
     engine.disable_key(first)
     with kms_error("Rejected.Disabled", 409, f"key {first} is Disabled"):
-        engine.decrypt(base64.b64encode(blob).decode(), None)
+        symmetric_ops.decrypt(engine, base64.b64encode(blob).decode(), None)
 
 
 def test_symmetric_and_asymmetric_calls_do_not_mix(engine: KmsEngine) -> None:
@@ -401,7 +403,19 @@ def test_symmetric_and_asymmetric_calls_do_not_mix(engine: KmsEngine) -> None:
         key_spec="RSA_2048", key_usage="ENCRYPT/DECRYPT", origin="EXTERNAL", instance_id=SOFTWARE
     )
     with kms_error("Rejected.PendingImport", 409, "is PendingImport"):
-        engine.encrypt(rsa.key_id, b"x", None)
+        symmetric_ops.encrypt(engine, rsa.key_id, b"x", None)
+    # An enabled RSA key with material: the symmetric family's actions are not its family's.
+    enabled, _ = imported(engine, KeySpec.RSA_2048, "ENCRYPT/DECRYPT")
+    rpc = KmsResponses(engine)
+    for action, params in (
+        ("Encrypt", {"KeyId": enabled.key_id, "Plaintext": "x"}),
+        ("GenerateDataKey", {"KeyId": enabled.key_id}),
+    ):
+        with kms_error(
+            "Rejected.UnsupportedOperation", 400,
+            f"{action} is not supported for RSA_2048 keys (key {enabled.key_id})",
+        ):  # fmt: skip
+            rpc.handle(action, params)
 
 
 def test_reimport_takes_the_first_material_only(engine: KmsEngine) -> None:

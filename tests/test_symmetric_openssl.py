@@ -18,6 +18,7 @@ from test_openssl_interop import make_key, openssl
 
 from provisioner import sm2
 from provisioner.cli import cli
+from provisioner.emulator import symmetric_ops
 from provisioner.emulator.models import KmsEngine
 from provisioner.model import WrappingAlgorithm
 from provisioner.symmetric import key_check_value
@@ -63,8 +64,8 @@ def test_openssl_wrapped_material_imports_into_the_emulator(
     engine.import_key_material(key.key_id, base64.b64encode(wrapped).decode(), params.import_token, 0)
     meta = engine.describe_key(key.key_id)
     assert meta.state.value == "Enabled"
-    _, blob = engine.encrypt(key.key_id, b"interop", None)
-    assert engine.decrypt(base64.b64encode(blob).decode(), None)[1] == b"interop"
+    _, blob = symmetric_ops.encrypt(engine, key.key_id, b"interop", None)
+    assert symmetric_ops.decrypt(engine, base64.b64encode(blob).decode(), None)[1] == b"interop"
     # The emulator's binding is the material's: the same bytes wrapped by the provisioner re-import.
     code, stdout, err = _run_wrap(tmp_path, public, secret, "raw", algorithm)
     assert code == 0, err
@@ -82,8 +83,8 @@ def test_openssl_sm2_wrapped_sm4_material_imports_into_the_emulator(
     asn1 = openssl("pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey", public, data=secret)
     wrapped = sm2.asn1_to_c1c3c2(asn1)  # OpenSSL writes GM/T 0009 ASN.1; the vendor takes C1C3C2
     engine.import_key_material(key.key_id, base64.b64encode(wrapped).decode(), params.import_token, 0)
-    _, blob = engine.encrypt(key.key_id, b"sm4 interop", None)
-    assert engine.decrypt(base64.b64encode(blob).decode(), None)[1] == b"sm4 interop"
+    _, blob = symmetric_ops.encrypt(engine, key.key_id, b"sm4 interop", None)
+    assert symmetric_ops.decrypt(engine, base64.b64encode(blob).decode(), None)[1] == b"sm4 interop"
 
 
 def _run_wrap(

@@ -1,5 +1,6 @@
-"""The emulator's cryptography: wrapping key pairs, unwrapping imported material, and the Asymmetric*
-operations over imported keys, as pure functions over bytes.
+"""The emulator's cryptography: wrapping key pairs, unwrapping imported asymmetric material, and the
+Asymmetric* operations over imported keys, as pure functions over bytes. `ASYMMETRIC` is the emulator's
+half of the RSA, EC and SM2 families (specs.FAMILIES names it).
 
 It decides no KMS rule and raises only `CryptoFailure` (a plain message, never key bytes); the engine
 (models.py) turns that into the vendor's error codes. It does no I/O.
@@ -8,24 +9,21 @@ It decides no KMS rule and raises only `CryptoFailure` (a plain message, never k
 from __future__ import annotations
 
 import base64
-import hashlib
-import secrets
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provisioner import _der, private_key, sm2, wrapping
+from provisioner.emulator.families import Operation
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import WRAPPING, BlockCipher, Family, facts, family_specs, symmetric_spec
-from provisioner.symmetric import key_check_value
+from provisioner.specs import WRAPPING, Family, facts
 
 DIGEST_BYTES = 32
 
@@ -132,15 +130,13 @@ def new_wrapping_key(algorithm: WrappingAlgorithm) -> tuple[bytes, bytes]:
     return kind.new(spec)
 
 
-def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
+def _unwrap_pkcs8(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
     """Unwrap EncryptedKeyMaterial and parse the private key inside.
 
     Raises WrongWrappingKey when the blob does not open under this wrapping key and
     NotAPrivateKey when what it holds is no usable PKCS#8 private key."""
-    if algorithm in wrapping.DIRECT_ALGORITHMS:
-        return _unwrap_symmetric(algorithm, wrapping_private_der, blob)
     try:
-        wrapping_key = _wrapping_private_key(algorithm, wrapping_private_der)
+        wrapping_key = wrapping_private_key(algorithm, wrapping_private_der)
         if isinstance(wrapping_key, int):
             scalar = wrapping.unwrap_sm2_sm4(wrapping_key, blob)
             try:
@@ -160,103 +156,9 @@ def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: byte
     return ImportedKey(parsed.spec, parsed.pkcs8_der(), parsed.public_key_der(), parsed.fingerprint)
 
 
-def _wrapping_private_key(algorithm: WrappingAlgorithm, der: bytes) -> rsa.RSAPrivateKey | int:
+def wrapping_private_key(algorithm: WrappingAlgorithm, der: bytes) -> rsa.RSAPrivateKey | int:
+    """The wrapping private key (the emulator's own, from new_wrapping_key) `algorithm` unwraps with."""
     return _wrapping_kind(algorithm)[1].load(der)
-
-
-def _unwrap_symmetric(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
-    try:
-        wrapping_key = _wrapping_private_key(algorithm, wrapping_private_der)
-        secret = wrapping.unwrap_direct(algorithm, wrapping_key, blob)
-    except WrappingError as e:
-        raise WrongWrappingKey(str(e)) from e
-    spec = symmetric_spec(len(secret))
-    if spec is None:
-        sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
-        raise NotAPrivateKey(f"it is {len(secret)} bytes long; symmetric material is {sizes} bytes")
-    return ImportedKey(spec, secret, binding_digest(secret), key_check_value(secret))
-
-
-def binding_digest(secret: bytes) -> bytes:
-    """What binds a symmetric key to its first material (kept where an asymmetric key keeps its
-    public key): a one-way digest, so the row shows nothing of the material."""
-    return hashlib.sha256(b"byok-emulator symmetric binding\0" + secret).digest()
-
-
-# --- symmetric keys: Encrypt, Decrypt, GenerateDataKey -------------------------------------------------
-
-#: The emulator's own ciphertext blob: magic, key id, key version, nonce, then AES-GCM or SM4-GCM
-#: over the plaintext with everything before it (and the encryption context) as associated data.
-BLOB_MAGIC = b"EKB1"
-NONCE_BYTES = 12
-TAG_BYTES = 16
-VERSION_ID_BYTES = 36  # a UUID in text
-
-
-@dataclass(frozen=True)
-class BlobHeader:
-    key_id: str
-    key_version_id: str
-
-
-#: The primitive of each cipher a symmetric spec names (SpecFacts.cipher).
-_CIPHERS: Mapping[BlockCipher, Callable[[bytes], algorithms.AES | algorithms.SM4]] = {
-    BlockCipher.AES: algorithms.AES, BlockCipher.SM4: algorithms.SM4,
-}  # fmt: skip
-
-
-def _aead(key: ImportedKey, nonce: bytes) -> Cipher[modes.GCM]:
-    cipher = facts(key.spec).cipher
-    if cipher is None:
-        raise CryptoFailure(f"{key.spec} keys do not encrypt symmetrically")
-    return Cipher(_CIPHERS[cipher](key.pkcs8_der), modes.GCM(nonce))
-
-
-def _header(key_id: str, key_version_id: str) -> bytes:
-    ident = key_id.encode("ascii")
-    version = key_version_id.encode("ascii")
-    if len(ident) > 255 or len(version) != VERSION_ID_BYTES:
-        raise CryptoFailure("key id or version id does not fit a ciphertext blob")
-    return BLOB_MAGIC + bytes([len(ident)]) + ident + version
-
-
-def read_blob_header(blob: bytes) -> tuple[BlobHeader, int]:
-    """Which key and version a ciphertext blob names, and where its nonce starts."""
-    size = blob[len(BLOB_MAGIC)] if len(blob) > len(BLOB_MAGIC) else 0
-    end = len(BLOB_MAGIC) + 1 + size + VERSION_ID_BYTES
-    if not blob.startswith(BLOB_MAGIC) or size == 0 or len(blob) < end + NONCE_BYTES + TAG_BYTES:
-        raise CryptoFailure("it is not a ciphertext blob of this KMS")
-    try:
-        key_id = blob[len(BLOB_MAGIC) + 1 : len(BLOB_MAGIC) + 1 + size].decode("ascii")
-        version = blob[end - VERSION_ID_BYTES : end].decode("ascii")
-    except UnicodeDecodeError:
-        raise CryptoFailure("it is not a ciphertext blob of this KMS") from None
-    return BlobHeader(key_id, version), end
-
-
-def symmetric_encrypt(
-    key: ImportedKey, key_id: str, key_version_id: str, plaintext: bytes, context: bytes
-) -> bytes:
-    header = _header(key_id, key_version_id)
-    nonce = secrets.token_bytes(NONCE_BYTES)
-    encryptor = _aead(key, nonce).encryptor()
-    encryptor.authenticate_additional_data(header + context)
-    body = encryptor.update(plaintext) + encryptor.finalize()
-    return header + nonce + body + encryptor.tag
-
-
-def symmetric_decrypt(key: ImportedKey, blob: bytes, context: bytes) -> bytes:
-    _, start = read_blob_header(blob)
-    nonce, tag = blob[start : start + NONCE_BYTES], blob[-TAG_BYTES:]
-    body = blob[start + NONCE_BYTES : -TAG_BYTES]
-    decryptor = Cipher(_aead(key, nonce).algorithm, modes.GCM(nonce, tag)).decryptor()
-    decryptor.authenticate_additional_data(blob[:start] + context)
-    try:
-        return decryptor.update(body) + decryptor.finalize()
-    except InvalidTag:
-        raise CryptoFailure(
-            "it does not decrypt under this key (damaged, or another encryption context)"
-        ) from None
 
 
 # --- using an imported key ------------------------------------------------------------------------
@@ -371,7 +273,7 @@ class _Primitives:
     decrypt: Callable[[bytes, str, bytes], bytes]
 
 
-#: By family (SpecFacts.family); a symmetric key has none of these (symmetric_encrypt and so on).
+#: By family (SpecFacts.family); a symmetric key has none of these (its family's operations instead).
 PRIMITIVES: Mapping[Family, _Primitives] = {
     Family.RSA: _Primitives(_sign, _verify, _encrypt, _decrypt),
     Family.EC: _Primitives(_sign, _verify, _encrypt, _decrypt),
@@ -409,3 +311,19 @@ def public_key_pem(public_key_der: bytes) -> str:
     """PEM `PUBLIC KEY` armour around the SPKI DER (works for SM2, which cryptography cannot load)."""
     body = "\n".join(textwrap.wrap(base64.b64encode(public_key_der).decode("ascii"), 64))
     return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+
+
+class _Asymmetric:
+    """The emulator's half of the asymmetric families (emulator.families.EmulatedFamily): a wrapped
+    PKCS#8 private key; their Asymmetric* operations are the engine's own, as every KMS key has them."""
+
+    def unwrap(self, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
+        return _unwrap_pkcs8(algorithm, wrapping_private_der, blob)
+
+    @property
+    def operations(self) -> Mapping[str, Operation]:
+        return {}
+
+
+#: Named by specs.FAMILIES for the RSA, EC and SM2 families.
+ASYMMETRIC = _Asymmetric()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from provisioner.emulator import keyops
+from provisioner.emulator import families, keyops
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey
 from provisioner.emulator.store import Store, Transaction
 from provisioner.model import KeySpec, KeyState, KeyUsage, Origin, ProtectionLevel, WrappingAlgorithm
@@ -109,11 +109,6 @@ ENCRYPT_ALGORITHMS: Mapping[KeySpec, tuple[str, ...]] = {
     s: row.encrypt_algorithms for s, row in SPECS.items()
 }
 
-#: Encrypt's plaintext limit (the vendor's: 6 KiB) and GenerateDataKey's sizes.
-MAX_PLAINTEXT_BYTES = 6144
-MAX_DATA_KEY_BYTES = 1024
-DATA_KEY_SPECS: Mapping[str, int] = {"AES_256": 32, "AES_128": 16}
-
 #: The filters ListKeys understands and the column each one reads.
 _KEY_FILTERS: Mapping[str, str] = {
     "KeyState": "state",
@@ -157,6 +152,16 @@ class Key:
     deletion_protection_description: str
     primary_key_version: str
     creator: str
+
+
+@dataclass(frozen=True)
+class KeyInUse:
+    """A key as a family's own operation uses it: its view, the version used, and its material.
+    `repr` shows no material (ImportedKey's repr is its fingerprint)."""
+
+    key: Key
+    version_id: str
+    material: ImportedKey
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,7 @@ def require(name: str, value: T | None) -> T:
     return value
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
     """A parameter value quoted in a message, cut short: a message must not echo megabytes."""
     return repr(value) if len(value) <= MAX_SHOWN_CHARS else repr(value[:MAX_SHOWN_CHARS]) + "..."
 
@@ -250,11 +255,11 @@ def parse_int(name: str, value: str | int | None) -> int | None:
     text = value.strip()
     # Past 20 digits no parameter means anything; int() of thousands of digits is slow or refused.
     if len(text) > MAX_INT_CHARS:
-        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {_shown(value)}")
+        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be an integer, got {shown(value)}")
     try:
         return int(text)
     except ValueError:
-        message = f"{name} must be an integer, got {_shown(value)}"
+        message = f"{name} must be an integer, got {shown(value)}"
         raise KmsError(ErrorCode.INVALID_PARAMETER, message) from None
 
 
@@ -267,7 +272,7 @@ def parse_bool(name: str, value: str | bool | None) -> bool | None:
         return True
     if value in ("False", "false"):
         return False
-    raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {_shown(value)}")
+    raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {shown(value)}")
 
 
 def json_depth_exceeds(text: str, limit: int) -> bool:
@@ -364,17 +369,7 @@ def parse_filters_json(name: str, value: str | None) -> list[tuple[str, list[str
     return [(f["Key"], list(f["Values"])) for f in data]
 
 
-def _context(name: str, value: str | None) -> bytes:
-    """An EncryptionContext (JSON object of strings) in canonical form, bound into a blob; b"" for none."""
-    parsed = parse_json(name, value) if value else {}
-    if not isinstance(parsed, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-    ):
-        raise KmsError(ErrorCode.INVALID_PARAMETER, f"{name} must be a JSON object of string values")
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode() if parsed else b""
-
-
-def _b64decode(name: str, value: str) -> bytes:
+def b64decode_param(name: str, value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -979,7 +974,8 @@ class KmsEngine:
         import_token: str | None,
         key_material_expire_unix: int | None = None,
     ) -> None:
-        blob = _b64decode("EncryptedKeyMaterial", require("EncryptedKeyMaterial", encrypted_key_material))
+        wrapped = require("EncryptedKeyMaterial", encrypted_key_material)
+        blob = b64decode_param("EncryptedKeyMaterial", wrapped)
         token = require("ImportToken", import_token)
         expire = key_material_expire_unix or 0
         if not 0 <= expire <= MAX_EXPIRE_UNIX:
@@ -1006,9 +1002,10 @@ class KmsEngine:
                     ErrorCode.EXPIRED_IMPORT_TOKEN, "the import token has expired; get new import parameters"
                 )
             try:
-                material = keyops.unwrap(
-                    WrappingAlgorithm(record["wrapping_algorithm"]), bytes(record["wrapping_private"]), blob
-                )
+                material = families.unwrap(
+                    KeySpec(row["spec"]), WrappingAlgorithm(record["wrapping_algorithm"]),
+                    bytes(record["wrapping_private"]), blob,
+                )  # fmt: skip
             except keyops.WrongWrappingKey as e:
                 # The material does not open under the wrapping key this token was issued with:
                 # it was wrapped for another download (or is damaged).
@@ -1116,7 +1113,7 @@ class KmsEngine:
 
     @staticmethod
     def _digest(digest: str | None) -> bytes:
-        value = _b64decode("Digest", require("Digest", digest))
+        value = b64decode_param("Digest", require("Digest", digest))
         if len(value) != keyops.DIGEST_BYTES:
             raise KmsError(
                 ErrorCode.INVALID_PARAMETER,
@@ -1158,7 +1155,7 @@ class KmsEngine:
         value: str | None,
     ) -> tuple[Key, bool]:
         digest_bytes = self._digest(digest)
-        signature = _b64decode("Value", require("Value", value))
+        signature = b64decode_param("Value", require("Value", value))
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._usable(tx, key_id, key_version_id)
@@ -1171,7 +1168,7 @@ class KmsEngine:
     def asymmetric_encrypt(
         self, key_id: str | None, key_version_id: str | None, algorithm: str | None, plaintext: str | None
     ) -> tuple[Key, bytes]:
-        data = _b64decode("Plaintext", require("Plaintext", plaintext))
+        data = b64decode_param("Plaintext", require("Plaintext", plaintext))
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._usable(tx, key_id, key_version_id)
@@ -1198,7 +1195,7 @@ class KmsEngine:
         algorithm: str | None,
         ciphertext_blob: str | None,
     ) -> tuple[Key, bytes]:
-        data = _b64decode("CiphertextBlob", require("CiphertextBlob", ciphertext_blob))
+        data = b64decode_param("CiphertextBlob", require("CiphertextBlob", ciphertext_blob))
         with self._store.transaction() as tx:
             self._begin(tx)
             row = self._usable(tx, key_id, key_version_id)
@@ -1210,69 +1207,21 @@ class KmsEngine:
             except CryptoFailure as e:
                 raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
 
-    def _symmetric_key(self, tx: Transaction, row: sqlite3.Row, action: str) -> ImportedKey:
-        if not facts(KeySpec(row["spec"])).symmetric:
-            raise KmsError(
-                ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
-                f"{action} needs a symmetric key; key {row['key_id']} is {row['spec']}: use "
-                f"Asymmetric{action}",
-            )
-        return self._material(tx, row)
-
-    def encrypt(
-        self, key_id: str | None, plaintext: bytes, encryption_context: str | None
-    ) -> tuple[Key, bytes]:
-        """Encrypt with a symmetric key's primary version: the key, and the emulator's ciphertext blob."""
-        if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
-            raise KmsError(ErrorCode.INVALID_PARAMETER, f"Plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes")
-        context = _context("EncryptionContext", encryption_context)
+    def key_in_use(self, key_id: str | None, key_version_id: str | None, action: str) -> KeyInUse:
+        """A key a family's own operation (`action`, emulator/families.py) uses: at `key_version_id`, or
+        its primary version for None; usable (enabled, with material), and of a family whose keys
+        answer `action` (Rejected.UnsupportedOperation otherwise)."""
         with self._store.transaction() as tx:
             self._begin(tx)
-            primary = self._row(tx, key_id)["version_id"]  # Encrypt always uses the primary version
-            row = self._usable(tx, key_id, primary)
-            material = self._symmetric_key(tx, row, "Encrypt")
-            blob = keyops.symmetric_encrypt(material, row["key_id"], row["version_id"], plaintext, context)
-            return self._view(row), blob
-
-    def decrypt(self, ciphertext_blob: str | None, encryption_context: str | None) -> tuple[Key, bytes]:
-        """The plaintext of a blob Encrypt or GenerateDataKey made; the blob names its key and version."""
-        blob = _b64decode("CiphertextBlob", require("CiphertextBlob", ciphertext_blob))
-        context = _context("EncryptionContext", encryption_context)
-        try:
-            header, _ = keyops.read_blob_header(blob)
-        except CryptoFailure as e:
-            raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
-        with self._store.transaction() as tx:
-            self._begin(tx)
-            row = self._usable(tx, header.key_id, header.key_version_id)
-            material = self._symmetric_key(tx, row, "Decrypt")
-            try:
-                return self._view(row), keyops.symmetric_decrypt(material, blob, context)
-            except CryptoFailure as e:
-                raise KmsError(ErrorCode.INVALID_PARAMETER, f"CiphertextBlob: {e}") from None
-
-    def generate_data_key(
-        self, key_id: str | None, key_spec: str | None, number_of_bytes: int | None,
-        encryption_context: str | None,
-    ) -> tuple[Key, bytes, bytes]:
-        """A fresh data key: (key, its plaintext bytes, the blob of their base64 text under the key),
-        so that Decrypt of the blob answers GenerateDataKey's Plaintext."""
-        if number_of_bytes is not None:
-            if not 1 <= number_of_bytes <= MAX_DATA_KEY_BYTES:
+            version = self._row(tx, key_id)["version_id"] if key_version_id is None else key_version_id
+            row = self._usable(tx, key_id, version)
+            spec = KeySpec(row["spec"])
+            if action not in families.emulated(facts(spec).family).operations:
                 raise KmsError(
-                    ErrorCode.INVALID_PARAMETER, f"NumberOfBytes must be 1 to {MAX_DATA_KEY_BYTES}"
+                    ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
+                    f"{action} is not supported for {spec} keys (key {row['key_id']})",
                 )
-            size = number_of_bytes
-        else:
-            size = DATA_KEY_SPECS.get(key_spec or "AES_256", 0)
-            if not size:
-                raise KmsError(
-                    ErrorCode.INVALID_PARAMETER,
-                    f"KeySpec {_shown(key_spec or '')} is not one of AES_256, AES_128",
-                )
-        data_key = secrets.token_bytes(size)
-        key, blob = self.encrypt(key_id, base64.b64encode(data_key), encryption_context)
-        return key, data_key, blob
+            return KeyInUse(self._view(row), row["version_id"], self._material(tx, row))
 
     # -- aliases -----------------------------------------------------------------------------------
 

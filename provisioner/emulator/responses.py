@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from xml.etree import ElementTree
 
+from provisioner.emulator.families import Operation, operations
 from provisioner.emulator.models import (
     Alias,
     Instance,
@@ -27,10 +28,10 @@ from provisioner.emulator.models import (
     parse_int,
     parse_string_list_json,
     parse_tags_json,
-    require,
     unknown_action,
 )
 from provisioner.model import format_time
+from provisioner.wire import QUOTA_GROUPS
 
 Handler = Callable[["KmsResponses", Mapping[str, str]], dict[str, Any]]
 
@@ -182,9 +183,12 @@ class KmsResponses:
 
     def handle(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         handler = _ACTIONS.get(action)
-        if handler is None:
+        if handler is not None:
+            body = handler(self, params)
+        elif action in _FAMILY_OPERATIONS:
+            body = _FAMILY_OPERATIONS[action].handler(self.engine, params)
+        else:
             raise unknown_action()
-        body = handler(self, params)
         return {"RequestId": str(uuid.uuid4()), **body}
 
     # -- keys ----------------------------------------------------------------------------------
@@ -317,32 +321,6 @@ class KmsResponses:
         )
         return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Plaintext": _b64(plaintext)}
 
-    def encrypt(self, p: Mapping[str, str]) -> dict[str, Any]:
-        # Plaintext is taken as the text it is; Decrypt gives the same text back.
-        plaintext = require("Plaintext", p.get("Plaintext")).encode("utf-8")
-        key, blob = self.engine.encrypt(p.get("KeyId"), plaintext, p.get("EncryptionContext"))
-        return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "CiphertextBlob": _b64(blob)}
-
-    def decrypt(self, p: Mapping[str, str]) -> dict[str, Any]:
-        key, plaintext = self.engine.decrypt(p.get("CiphertextBlob"), p.get("EncryptionContext"))
-        return {
-            "KeyId": key.key_id,
-            "KeyVersionId": key.primary_key_version,
-            "Plaintext": plaintext.decode("utf-8", errors="replace"),
-        }
-
-    def generate_data_key(self, p: Mapping[str, str]) -> dict[str, Any]:
-        key, data_key, blob = self.engine.generate_data_key(
-            p.get("KeyId"), p.get("KeySpec"), parse_int("NumberOfBytes", p.get("NumberOfBytes")),
-            p.get("EncryptionContext"),
-        )
-        return {
-            "KeyId": key.key_id,
-            "KeyVersionId": key.primary_key_version,
-            "Plaintext": _b64(data_key),
-            "CiphertextBlob": _b64(blob),
-        }
-
     # -- aliases -------------------------------------------------------------------------------
 
     def create_alias(self, p: Mapping[str, str]) -> dict[str, Any]:
@@ -464,9 +442,6 @@ _ACTIONS: dict[str, Handler] = {
     "AsymmetricVerify": KmsResponses.asymmetric_verify,
     "AsymmetricEncrypt": KmsResponses.asymmetric_encrypt,
     "AsymmetricDecrypt": KmsResponses.asymmetric_decrypt,
-    "Encrypt": KmsResponses.encrypt,
-    "Decrypt": KmsResponses.decrypt,
-    "GenerateDataKey": KmsResponses.generate_data_key,
     "CreateAlias": KmsResponses.create_alias,
     "UpdateAlias": KmsResponses.update_alias,
     "DeleteAlias": KmsResponses.delete_alias,
@@ -482,5 +457,12 @@ _ACTIONS: dict[str, Handler] = {
     "GetKmsInstance": KmsResponses.get_kms_instance,
 }
 
+#: The actions a family's keys add (emulator/families.py): the symmetric family's Encrypt and so on.
+_FAMILY_OPERATIONS: Mapping[str, Operation] = {a: op for a, (op, _) in operations().items()}
+
 #: Every action the emulator answers, for the server's stats and quota groups.
-ACTIONS = frozenset(_ACTIONS)
+ACTIONS = frozenset(_ACTIONS) | frozenset(_FAMILY_OPERATIONS)
+#: The quota group of every action the emulator answers: the vendor's (wire.py) and the families'.
+ACTION_QUOTA_GROUPS: Mapping[str, str] = {
+    **QUOTA_GROUPS, **{a: op.quota_group for a, op in _FAMILY_OPERATIONS.items()}
+}

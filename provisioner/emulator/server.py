@@ -35,8 +35,8 @@ from provisioner.emulator.defaults import (
     DEFAULT_PORT,
 )
 from provisioner.emulator.models import INSTANCE_KINDS, InstanceSetup, KmsEngine, KmsError
-from provisioner.emulator.responses import KmsResponses, to_xml
-from provisioner.wire import QPS_MAX, QPS_MIN, QUOTA_GROUPS, ErrorCode
+from provisioner.emulator.responses import ACTION_QUOTA_GROUPS, KmsResponses, to_xml
+from provisioner.wire import QPS_MAX, QPS_MIN, ErrorCode
 
 API_VERSION = "2016-01-20"
 STATS_PATH = "/_emulator/stats"
@@ -49,7 +49,7 @@ JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 XML_CONTENT_TYPE = "text/xml;charset=utf-8"
 #: The vendor's error diagnosis page, which every error body links to as `Recommend`.
 TROUBLESHOOT_URL = "https://api.aliyun.com/troubleshoot"
-QUOTA_GROUP_NAMES = frozenset(QUOTA_GROUPS.values())
+QUOTA_GROUP_NAMES = frozenset(ACTION_QUOTA_GROUPS.values())
 INSTANCE_FORMAT = "ID=software|hardware[,asymmetric-import=yes|no]"
 
 #: Signature and routing parameters; the rest is the action's own input.
@@ -752,7 +752,7 @@ class EmulatorServer:
             )
 
     def _throttle(self, action: str) -> None:
-        group = QUOTA_GROUPS.get(action)
+        group = ACTION_QUOTA_GROUPS.get(action)
         bucket = self._buckets.get(group) if group else None
         if bucket is None:
             return

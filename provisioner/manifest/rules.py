@@ -21,7 +21,6 @@ from provisioner.model import (
     CLAIM_ALIAS_PREFIX,
     DEFAULT_DELETION_WINDOW_DAYS,
     DEFAULT_TARGET,
-    KCV_PREFIX,
     LOCK_ALIAS_PREFIX,
     MAX_TAGS_PER_KEY,
     RESERVED_TAGS,
@@ -34,15 +33,13 @@ from provisioner.model import (
     KeyUsage,
     Lease,
     Location,
-    MaterialFormat,
     MaterialSource,
     PreviousGeneration,
     ProtectionLevel,
     SourceKind,
-    WrappingAlgorithm,
     is_reserved_alias,
 )
-from provisioner.specs import facts, importable_specs, wrapping_refusal
+from provisioner.specs import facts, family_specs, importable_specs, material_kinds
 
 #: Tag keys and values: 1..128 of letters, digits, space and / \ _ - . + = : @ (KMS tag rules).
 TAG_RE = re.compile(r"[A-Za-z0-9 /\\_.+=:@-]{1,128}")
@@ -451,61 +448,31 @@ def _check_usage(
         diags.add(Diagnostic(doc.loc((*base, "usage")), message))
 
 
-#: The material fields that only symmetric keys have.
-_SYMMETRIC_FIELDS = ("format", "wrapping")
-
-
 def _check_material_kind(
     doc: Doc, name: str, body: dict[str, Any], base: DocPath, spec: KeySpec, protection: ProtectionLevel,
     on_instance: bool, source: MaterialSource, diags: Diagnostics,
 ) -> MaterialSource | None:
-    """The material fields that depend on the spec: a symmetric key's format, wrapping and kcv pin; an
-    asymmetric key's sha256 pin and no symmetric field. The source, completed, if they are right."""
+    """The material fields that depend on the spec, checked by its family's kind (specs.MaterialKind):
+    no field another kind owns, then the kind's own. The source, completed, if they are right."""
     block: dict[str, Any] = body["material"]
-    symmetric = facts(spec).symmetric
+    kinds = material_kinds()
+    kind = kinds[facts(spec).family]
 
-    def problem(field_name: str, message: str) -> None:
-        diags.add(Diagnostic(doc.loc((*base, "material", field_name)), f'key "{name}": {message}'))
+    def problem(field_name: str | None, message: str) -> None:
+        where = (*base, "material") if field_name is None else (*base, "material", field_name)
+        diags.add(Diagnostic(doc.loc(where), f'key "{name}": {message}'))
 
     before = len(diags)
-    pin = source.fingerprint
-    if not symmetric:
-        for extra in (f for f in _SYMMETRIC_FIELDS if f in block):
-            problem(
-                extra, f"material.{extra} is for symmetric keys only (Aliyun_AES_256, Aliyun_SM4), not {spec}"
-            )
-        if pin is not None and not pin.startswith("sha256:"):
-            problem("fingerprint", f"a {spec} key is pinned by its public key: sha256:<64 hex>, not {pin}")
-        return source if len(diags) == before else None
-    if pin is not None and not pin.startswith(KCV_PREFIX):
-        problem("fingerprint", f"a {spec} key is pinned by its key check value: kcv:<16 hex>, not {pin}")
-    if source.passphrase_env is not None:
-        problem(
-            "passphrase_env", "material.passphrase_env is for encrypted PEM private keys, not symmetric keys"
-        )
-    encoding = _enum_or_none(MaterialFormat, block.get("format"))
-    if "format" not in block:
-        diags.add(
-            Diagnostic(
-                doc.loc((*base, "material")),
-                f'key "{name}": {spec} material needs format: raw, hex or base64 '
-                "(how the source writes its bytes)",
-            )
-        )
-    elif encoding is MaterialFormat.RAW and source.kind is SourceKind.ENV:
-        problem(
-            "format",
-            "format raw is for file and command sources only: an environment variable cannot hold a NUL "
-            "byte; write the key as hex or base64",
-        )
-    wrapping = _enum_or_none(WrappingAlgorithm, block.get("wrapping"))
-    if wrapping is not None:
-        refusal = wrapping_refusal(spec, wrapping, protection, on_instance)
-        if refusal is not None:
-            problem("wrapping", f"material.wrapping {wrapping}: {refusal}")
-    if len(diags) > before:
-        return None
-    return replace(source, format=encoding, wrapping=wrapping)
+    foreign = {f for k in kinds.values() for f in k.fields if f in block and f not in kind.fields}
+    for extra in sorted(foreign):
+        owners = [family for family, k in kinds.items() if extra in k.fields]
+        words = " or ".join(dict.fromkeys(family.value for family in owners))
+        specs = ", ".join(family_specs(*owners))
+        problem(extra, f"material.{extra} is for {words} keys only ({specs}), not {spec}")
+    completed, problems = kind.check_source(block, spec, protection, on_instance, source)
+    for found in problems:
+        problem(found.field, found.message)
+    return completed if len(diags) == before else None
 
 
 def _key_tags(
