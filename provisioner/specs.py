@@ -367,7 +367,7 @@ FAMILIES: Mapping[Family, FamilyFacts] = {
 
 
 @cache
-def implementation(ref: str) -> Any:
+def _implementation(ref: str) -> Any:
     """The object a FAMILIES entry names (`module:attribute`), its module imported on first use."""
     module, _, attribute = ref.partition(":")
     return getattr(importlib.import_module(module), attribute)
@@ -377,9 +377,9 @@ _Implementation = TypeVar("_Implementation")
 
 
 def family_implementation(ref: str, protocol: type[_Implementation]) -> _Implementation:
-    """`implementation(ref)`, checked to be a `protocol` (runtime checkable): TypeError names the
-    entry, so a wrong row of FAMILIES fails on first use and says where and what."""
-    found = implementation(ref)
+    """The object a FAMILIES entry names, checked to be a `protocol` (runtime checkable): TypeError
+    names the entry, so a wrong row of FAMILIES fails on first use and says where and what."""
+    found = _implementation(ref)
     if not isinstance(found, protocol):
         raise TypeError(f"FAMILIES entry {ref} is a {type(found).__name__}, not a {protocol.__name__}")
     return found

@@ -416,6 +416,34 @@ def test_symmetric_and_asymmetric_calls_do_not_mix(engine: KmsEngine) -> None:
             f"{action} is not supported for RSA_2048 keys (key {enabled.key_id})",
         ):  # fmt: skip
             rpc.handle(action, params)
+    with kms_error(
+        "Rejected.UnsupportedOperation", 400,
+        f"Encrypt is not supported for RSA_2048 keys (key {enabled.key_id}); an asymmetric key encrypts "
+        "with AsymmetricEncrypt",
+    ):  # fmt: skip
+        rpc.handle("Encrypt", {"KeyId": enabled.key_id, "Plaintext": "x"})
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (SM4, "is Aliyun_AES_256 but the material is Aliyun_SM4"),
+        (
+            os.urandom(24),
+            "it is 24 bytes long; symmetric material is 32 (Aliyun_AES_256) or 16 (Aliyun_SM4) bytes",
+        ),
+    ],
+)
+def test_import_of_material_of_another_length_is_refused(
+    engine: KmsEngine, secret: bytes, message: str
+) -> None:
+    """The key's own spec is asked first (a spec is not told by its length alone), then the length's."""
+    key = engine.create_key(key_spec="Aliyun_AES_256", origin="EXTERNAL")
+    algorithm = WrappingAlgorithm.RSAES_OAEP_SHA_256
+    params = engine.get_parameters_for_import(key.key_id, "RSA_2048", algorithm.value)
+    blob = base64.b64encode(wrapping.wrap_direct(params.public_key_der, secret, algorithm)).decode()
+    with kms_error("InvalidKeyMaterial", 400, message):
+        engine.import_key_material(key.key_id, blob, params.import_token, 0)
 
 
 def test_reimport_takes_the_first_material_only(engine: KmsEngine) -> None:

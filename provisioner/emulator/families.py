@@ -27,16 +27,21 @@ class Operation:
 
     handler: Callable[[KmsEngine, Mapping[str, str]], dict[str, Any]]
     quota_group: str
+    #: What a key of another family does instead, for the refusal of this action on it ("" for none).
+    instead: str = ""
 
 
 @runtime_checkable
 class EmulatedFamily(Protocol):
     """What the emulator knows of one family beyond its rows of facts."""
 
-    def unwrap(self, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
-        """The material in an ImportKeyMaterial blob wrapped with `algorithm` under the wrapping key
-        whose private DER is given. Raises keyops.WrongWrappingKey when it does not open under that
-        key and keyops.NotAPrivateKey when what it holds is no material of the family."""
+    def unwrap(
+        self, spec: KeySpec, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes
+    ) -> ImportedKey:
+        """The material in an ImportKeyMaterial blob for a key of `spec`, wrapped with `algorithm`
+        under the wrapping key whose private DER is given. Raises keyops.WrongWrappingKey when it does
+        not open under that key and keyops.NotAPrivateKey when what it holds is no material of the
+        family; the engine compares the material's spec with the key's."""
         ...
 
     @property
@@ -54,14 +59,16 @@ def unwrap(
     spec: KeySpec, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes
 ) -> ImportedKey:
     """The material in an ImportKeyMaterial blob for a key of `spec`, unwrapped by its family."""
-    return emulated(facts(spec).family).unwrap(algorithm, wrapping_private_der, blob)
+    return emulated(facts(spec).family).unwrap(spec, algorithm, wrapping_private_der, blob)
 
 
-def operations() -> dict[str, tuple[Operation, frozenset[Family]]]:
-    """Every action a family adds, with the families whose keys answer it."""
-    found: dict[str, tuple[Operation, frozenset[Family]]] = {}
+def operations() -> dict[str, Operation]:
+    """Every action a family adds, by name. Two families' halves may be one object (the asymmetric
+    families share theirs); two different halves that both name an action are a wrong table."""
+    found: dict[str, tuple[Operation, Family]] = {}
     for family in FAMILIES:
         for action, operation in emulated(family).operations.items():
-            families = found[action][1] if action in found else frozenset()
-            found[action] = (operation, families | {family})
-    return found
+            if action in found and found[action][0] is not operation:
+                raise TypeError(f"families {found[action][1]} and {family} both add action {action}")
+            found.setdefault(action, (operation, family))
+    return {action: operation for action, (operation, _) in found.items()}

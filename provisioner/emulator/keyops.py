@@ -12,6 +12,7 @@ import base64
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from provisioner import _der, private_key, sm2, wrapping
-from provisioner.emulator.families import Operation
 from provisioner.errors import MaterialError, WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
 from provisioner.specs import WRAPPING, Family, facts
+
+if TYPE_CHECKING:
+    from provisioner.emulator.families import Operation
 
 DIGEST_BYTES = 32
 
@@ -59,7 +62,8 @@ def _is_pkcs8(der: bytes) -> bool:
 @dataclass(frozen=True)
 class ImportedKey:
     """Private material as the engine keeps it: PKCS#8 DER (SM2 too), its spec and public key. For a
-    symmetric spec `pkcs8_der` holds the key's bytes and `public_key_der` its binding_digest.
+    symmetric spec `pkcs8_der` holds the key's bytes and `public_key_der` a one-way digest of them
+    (symmetric_ops.binding_digest).
 
     `repr` shows the fingerprint only: the DER must never reach a log or a message."""
 
@@ -317,7 +321,10 @@ class _Asymmetric:
     """The emulator's half of the asymmetric families (emulator.families.EmulatedFamily): a wrapped
     PKCS#8 private key; their Asymmetric* operations are the engine's own, as every KMS key has them."""
 
-    def unwrap(self, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
+    def unwrap(
+        self, spec: KeySpec, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes
+    ) -> ImportedKey:
+        # The private key says its own spec; the engine compares it with the key's.
         return _unwrap_pkcs8(algorithm, wrapping_private_der, blob)
 
     @property

@@ -1,5 +1,7 @@
 """The KMS emulator's state engine: keys, key versions, aliases, tags, import tokens and instances,
-with every rule and every error code of the vendor's API (kms-api-notes.md).
+with every rule and every error code of the vendor's API (kms-api-notes.md) but those of the actions
+only one family's keys answer, which are that family's module's (emulator/families.py); the engine
+gives such an operation its key (`key_in_use`).
 
 It knows nothing of HTTP or of how wire parameters are flattened (responses.py does that). With
 `persist_private_keys=False` it never writes private key material to disk; import tokens are
@@ -19,7 +21,7 @@ import string
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -161,7 +163,7 @@ class KeyInUse:
 
     key: Key
     version_id: str
-    material: ImportedKey
+    material: ImportedKey = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -1217,9 +1219,11 @@ class KmsEngine:
             row = self._usable(tx, key_id, version)
             spec = KeySpec(row["spec"])
             if action not in families.emulated(facts(spec).family).operations:
+                instead = families.operations()[action].instead
                 raise KmsError(
                     ErrorCode.REJECTED_UNSUPPORTED_OPERATION,
-                    f"{action} is not supported for {spec} keys (key {row['key_id']})",
+                    f"{action} is not supported for {spec} keys (key {row['key_id']})"
+                    + (f"; {instead}" if instead else ""),
                 )
             return KeyInUse(self._view(row), row["version_id"], self._material(tx, row))
 

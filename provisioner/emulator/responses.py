@@ -1,7 +1,9 @@
 """The RPC layer of the KMS emulator: flattened wire parameters in, the SDK's response shapes out.
 
 It only parses parameters, routes to the engine and serialises; every rule and every error code is
-the engine's (models.py). It does no HTTP: the server hands it the merged query and form fields.
+the engine's (models.py), or, for an action only one family's keys answer, that family's module
+(emulator/families.py routes to it). It does no HTTP: the server hands it the merged query and form
+fields.
 """
 
 from __future__ import annotations
@@ -458,7 +460,10 @@ _ACTIONS: dict[str, Handler] = {
 }
 
 #: The actions a family's keys add (emulator/families.py): the symmetric family's Encrypt and so on.
-_FAMILY_OPERATIONS: Mapping[str, Operation] = {a: op for a, (op, _) in operations().items()}
+_FAMILY_OPERATIONS: Mapping[str, Operation] = operations()
+_SHADOWED = sorted(_FAMILY_OPERATIONS.keys() & _ACTIONS.keys())
+if _SHADOWED:  # a wrong table: the family's handler would never be called
+    raise TypeError(f"a family adds an action every key has: {', '.join(_SHADOWED)}")
 
 #: Every action the emulator answers, for the server's stats and quota groups.
 ACTIONS = frozenset(_ACTIONS) | frozenset(_FAMILY_OPERATIONS)

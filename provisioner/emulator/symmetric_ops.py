@@ -26,7 +26,7 @@ from provisioner.emulator.keyops import CryptoFailure, ImportedKey, NotAPrivateK
 from provisioner.emulator.keyops import wrapping_private_key as load_wrapping_key
 from provisioner.emulator.models import KmsError, b64decode_param, parse_int, parse_json, require, shown
 from provisioner.errors import WrappingError
-from provisioner.model import WrappingAlgorithm
+from provisioner.model import KeySpec, WrappingAlgorithm
 from provisioner.specs import BlockCipher, Family, facts, family_specs, symmetric_spec
 from provisioner.symmetric import key_check_value
 from provisioner.wire import ErrorCode
@@ -50,13 +50,17 @@ VERSION_ID_BYTES = 36  # a UUID in text
 # --- import ---------------------------------------------------------------------------------------
 
 
-def unwrap(algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
-    """The symmetric key a blob holds, wrapped directly under the wrapping key; its spec is its length's."""
+def unwrap(
+    key_spec: KeySpec, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes
+) -> ImportedKey:
+    """The symmetric key a blob for a key of `key_spec` holds, wrapped directly under the wrapping key:
+    of `key_spec` if it is that spec's length, else of the spec its length names (for the engine's
+    "the material is SPEC" refusal)."""
     try:
         secret = wrapping.unwrap_direct(algorithm, load_wrapping_key(algorithm, wrapping_private_der), blob)
     except WrappingError as e:
         raise WrongWrappingKey(str(e)) from e
-    spec = symmetric_spec(len(secret))
+    spec = key_spec if len(secret) == facts(key_spec).material_bytes else symmetric_spec(len(secret))
     if spec is None:
         sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
         raise NotAPrivateKey(f"it is {len(secret)} bytes long; symmetric material is {sizes} bytes")
@@ -241,8 +245,10 @@ def _generate_data_key_call(engine: KmsEngine, p: Mapping[str, str]) -> dict[str
 class _Symmetric:
     """The emulator's half of the symmetric family (emulator.families.EmulatedFamily)."""
 
-    def unwrap(self, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes) -> ImportedKey:
-        return unwrap(algorithm, wrapping_private_der, blob)
+    def unwrap(
+        self, spec: KeySpec, algorithm: WrappingAlgorithm, wrapping_private_der: bytes, blob: bytes
+    ) -> ImportedKey:
+        return unwrap(spec, algorithm, wrapping_private_der, blob)
 
     @property
     def operations(self) -> Mapping[str, Operation]:
@@ -251,8 +257,8 @@ class _Symmetric:
 
 #: The vendor's quota group of all three: crypto (200/s).
 _OPERATIONS: Mapping[str, Operation] = {
-    "Encrypt": Operation(_encrypt_call, "crypto"),
-    "Decrypt": Operation(_decrypt_call, "crypto"),
+    "Encrypt": Operation(_encrypt_call, "crypto", "an asymmetric key encrypts with AsymmetricEncrypt"),
+    "Decrypt": Operation(_decrypt_call, "crypto", "an asymmetric key decrypts with AsymmetricDecrypt"),
     "GenerateDataKey": Operation(_generate_data_key_call, "crypto"),
 }
 
