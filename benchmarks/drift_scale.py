@@ -10,7 +10,6 @@ are deleted before drift runs: drift must not need them. Targets: <= 1.1 calls p
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_scale import READ_ONLY_ACTIONS, Measured, emulator, prepare, run_command  # noqa: E402
+from plan_scale import READ_ONLY_ACTIONS, Measured, emulator, emulator_arguments, prepare, run_command  # noqa: E402
 
 HEADER = (
     f"{'N':>5} {'mode':<18} {'calls':>6} {'per key':>8} {'GetPublicKey':>13} {'floor s':>8} "
@@ -38,12 +37,7 @@ def line(n: int, mode: str, m: Measured, read_qps: float, ok: bool) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=150, help="number of keys")
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--read-qps", type=float, default=20.0)
+    parser = emulator_arguments(__doc__, 150, "number of keys")
     args = parser.parse_args()
     n = args.n
 

@@ -11,7 +11,6 @@ three emulator databases; the backend: or backends: block lives in a file of its
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from click.testing import CliRunner  # noqa: E402
 from emulator_process import emulator_calls  # noqa: E402
-from plan_scale import STACK, emulator, prepare  # noqa: E402
+from plan_scale import STACK, emulator, emulator_arguments, prepare  # noqa: E402
 
 from provisioner.cli import cli  # noqa: E402
 from provisioner.emulator.defaults import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET  # noqa: E402
@@ -70,12 +69,7 @@ def plan_once(folder: Path, urls: dict[str, str]) -> tuple[float, int, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=150, help="keys per target")
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--read-qps", type=float, default=20.0)
+    parser = emulator_arguments(__doc__, 150, "keys per target")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, the best kept")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="multi-target-") as tmp, ExitStack() as stack:

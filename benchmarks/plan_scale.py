@@ -265,6 +265,15 @@ def prepare(work: Path, n: int, spec: KeySpec = KeySpec.EC_P256) -> tuple[Path, 
     return folder, db
 
 
+def emulator_arguments(doc: str | None, n: int, n_help: str) -> argparse.ArgumentParser:
+    """The arguments the emulator benchmarks share: --n (default `n`), --latency-ms and --read-qps."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=n, help=n_help)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--read-qps", type=float, default=20.0)
+    return parser
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -7,7 +7,6 @@ reads the stack's tag pages and the alias pages as a whole one does, and Describ
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -15,18 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_scale import emulator, prepare, run_command  # noqa: E402
+from plan_scale import emulator, emulator_arguments, prepare, run_command  # noqa: E402
 
 TARGETS = ["--target", "key-0001", "--target", "key-0002"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=500, help="number of keys")
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--read-qps", type=float, default=20.0)
+    parser = emulator_arguments(__doc__, 500, "number of keys")
     args = parser.parse_args()
     print(f"N={args.n}, emulator --latency-ms {args.latency_ms:g} --qps read={args.read_qps:g}")
     print(f"{'run':<28} {'calls':>6} {'wall s':>7}  by action")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 # Located problems live in diagnostics.py; these names stay importable from here.
 from provisioner.diagnostics import Diagnostic as Diagnostic
@@ -39,6 +39,17 @@ def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     return datetime.strptime(value, WIRE_TIME_FORMAT).replace(tzinfo=UTC)
+
+
+_Enum = TypeVar("_Enum", bound=StrEnum)
+
+
+def member_or_none(enum: type[_Enum], value: Any) -> _Enum | None:
+    """The member of `enum` that `value` names, or None (where the schema has reported it already)."""
+    try:
+        return enum(value)
+    except ValueError:
+        return None
 
 
 class KeySpec(StrEnum):

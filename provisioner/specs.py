@@ -16,8 +16,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from provisioner.model import (
     KeySpec,
@@ -366,23 +365,23 @@ FAMILIES: Mapping[Family, FamilyFacts] = {
 }
 
 
-@cache
-def _implementation(ref: str) -> Any:
-    """The object a FAMILIES entry names (`module:attribute`), its module imported on first use."""
-    module, _, attribute = ref.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 _Implementation = TypeVar("_Implementation")
+#: The implementations found and checked so far, by entry and protocol: a runtime protocol check costs
+#: tens of microseconds, and the rules ask for every key's kind.
+_CHECKED: dict[tuple[str, type[Any]], Any] = {}
 
 
 def family_implementation(ref: str, protocol: type[_Implementation]) -> _Implementation:
-    """The object a FAMILIES entry names, checked to be a `protocol` (runtime checkable): TypeError
-    names the entry, so a wrong row of FAMILIES fails on first use and says where and what."""
-    found = _implementation(ref)
-    if not isinstance(found, protocol):
-        raise TypeError(f"FAMILIES entry {ref} is a {type(found).__name__}, not a {protocol.__name__}")
-    return found
+    """The object a FAMILIES entry names (`module:attribute`, its module imported on first use),
+    checked once to be a `protocol` (runtime checkable): TypeError names the entry, so a wrong row of
+    FAMILIES fails on first use and says where and what."""
+    if (ref, protocol) not in _CHECKED:
+        module, _, attribute = ref.partition(":")
+        found = getattr(importlib.import_module(module), attribute)
+        if not isinstance(found, protocol):
+            raise TypeError(f"FAMILIES entry {ref} is a {type(found).__name__}, not a {protocol.__name__}")
+        _CHECKED[ref, protocol] = found
+    return cast(_Implementation, _CHECKED[ref, protocol])
 
 
 def material_kind(family: Family) -> MaterialKind:

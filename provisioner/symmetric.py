@@ -26,6 +26,7 @@ from provisioner.model import (
     ProtectionLevel,
     SourceKind,
     WrappingAlgorithm,
+    member_or_none,
 )
 from provisioner.specs import (
     Family,
@@ -130,14 +131,18 @@ def parse_symmetric(data: bytes, encoding: MaterialFormat, spec: KeySpec) -> Sym
         key[:] = bytes(len(key))
 
 
+def sizes() -> str:
+    """The symmetric specs' lengths as messages give them: `32 (Aliyun_AES_256) or 16 (Aliyun_SM4)`."""
+    return " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
+
+
 def parse_symmetric_any(data: bytes, encoding: MaterialFormat) -> SymmetricMaterial:
     """Symmetric material of whichever spec its length names (`provision wrap`, which has no manifest)."""
     key = bytearray(decode(data, encoding))
     try:
         spec = symmetric_spec(len(key))
         if spec is None:
-            sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
-            raise MaterialError(f"holds {len(key)} bytes ({encoding}); symmetric material is {sizes} bytes")
+            raise MaterialError(f"holds {len(key)} bytes ({encoding}); symmetric material is {sizes()} bytes")
         return SymmetricMaterial(spec, bytes(key))
     finally:
         key[:] = bytes(len(key))
@@ -148,14 +153,6 @@ def _read(
 ) -> SymmetricMaterial:
     """`spec`'s bytes, written in `fmt` (raw where the source names none)."""
     return parse_symmetric(data, fmt or MaterialFormat.RAW, spec)
-
-
-def _member(enum: type[Any], value: Any) -> Any:
-    """The member `value` names, or None (the schema has told the user already)."""
-    try:
-        return enum(value)
-    except ValueError:
-        return None
 
 
 class _SymmetricKind:
@@ -184,7 +181,7 @@ class _SymmetricKind:
         if source.passphrase_env is not None:
             message = "material.passphrase_env is for encrypted PEM private keys, not symmetric keys"
             problems.append(FieldProblem("passphrase_env", message))
-        encoding = _member(MaterialFormat, block.get("format"))
+        encoding = member_or_none(MaterialFormat, block.get("format"))
         if "format" not in block:
             message = f"{spec} material needs format: raw, hex or base64 (how the source writes its bytes)"
             problems.append(FieldProblem(None, message))
@@ -194,7 +191,7 @@ class _SymmetricKind:
                 "NUL byte; write the key as hex or base64"
             )
             problems.append(FieldProblem("format", message))
-        wrapping = _member(WrappingAlgorithm, block.get("wrapping"))
+        wrapping = member_or_none(WrappingAlgorithm, block.get("wrapping"))
         if wrapping is not None:
             refusal = wrapping_refusal(spec, wrapping, protection, on_instance)
             if refusal is not None:

@@ -371,6 +371,11 @@ def parse_filters_json(name: str, value: str | None) -> list[tuple[str, list[str
     return [(f["Key"], list(f["Values"])) for f in data]
 
 
+def b64_text(data: bytes) -> str:
+    """Bytes as the base64 text a response carries."""
+    return base64.b64encode(data).decode("ascii")
+
+
 def b64decode_param(name: str, value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)

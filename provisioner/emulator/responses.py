@@ -8,7 +8,6 @@ fields.
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from provisioner.emulator.models import (
     KmsEngine,
     Page,
     TagRow,
+    b64_text,
     parse_bool,
     parse_filters_json,
     parse_int,
@@ -173,10 +173,6 @@ def _tag_resource(row: TagRow) -> dict[str, Any]:
     }
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 class KmsResponses:
     """Routes one RPC action to the engine and shapes its answer like the vendor's."""
 
@@ -271,7 +267,7 @@ class KmsResponses:
         )
         return {
             "KeyId": params.key_id,
-            "PublicKey": _b64(params.public_key_der),
+            "PublicKey": b64_text(params.public_key_der),
             "ImportToken": params.import_token,
             "TokenExpireTime": _time(params.token_expire_time),
         }
@@ -299,7 +295,7 @@ class KmsResponses:
         key, signature = self.engine.asymmetric_sign(
             p.get("KeyId"), p.get("KeyVersionId"), p.get("Algorithm"), p.get("Digest")
         )
-        return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Value": _b64(signature)}
+        return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Value": b64_text(signature)}
 
     def asymmetric_verify(self, p: Mapping[str, str]) -> dict[str, Any]:
         key, ok = self.engine.asymmetric_verify(
@@ -314,14 +310,16 @@ class KmsResponses:
         return {
             "KeyId": key.key_id,
             "KeyVersionId": key.primary_key_version,
-            "CiphertextBlob": _b64(ciphertext),
+            "CiphertextBlob": b64_text(ciphertext),
         }
 
     def asymmetric_decrypt(self, p: Mapping[str, str]) -> dict[str, Any]:
         key, plaintext = self.engine.asymmetric_decrypt(
             p.get("KeyId"), p.get("KeyVersionId"), p.get("Algorithm"), p.get("CiphertextBlob")
         )
-        return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Plaintext": _b64(plaintext)}
+        return {
+            "KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "Plaintext": b64_text(plaintext)
+        }  # fmt: skip
 
     # -- aliases -------------------------------------------------------------------------------
 

@@ -24,11 +24,19 @@ from provisioner import wrapping
 from provisioner.emulator.families import Operation
 from provisioner.emulator.keyops import CryptoFailure, ImportedKey, NotAPrivateKey, WrongWrappingKey
 from provisioner.emulator.keyops import wrapping_private_key as load_wrapping_key
-from provisioner.emulator.models import KmsError, b64decode_param, parse_int, parse_json, require, shown
+from provisioner.emulator.models import (
+    KmsError,
+    b64_text,
+    b64decode_param,
+    parse_int,
+    parse_json,
+    require,
+    shown,
+)
 from provisioner.errors import WrappingError
 from provisioner.model import KeySpec, WrappingAlgorithm
-from provisioner.specs import BlockCipher, Family, facts, family_specs, symmetric_spec
-from provisioner.symmetric import key_check_value
+from provisioner.specs import BlockCipher, facts, symmetric_spec
+from provisioner.symmetric import key_check_value, sizes
 from provisioner.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -62,8 +70,7 @@ def unwrap(
         raise WrongWrappingKey(str(e)) from e
     spec = key_spec if len(secret) == facts(key_spec).material_bytes else symmetric_spec(len(secret))
     if spec is None:
-        sizes = " or ".join(f"{facts(s).material_bytes} ({s})" for s in family_specs(Family.SYMMETRIC))
-        raise NotAPrivateKey(f"it is {len(secret)} bytes long; symmetric material is {sizes} bytes")
+        raise NotAPrivateKey(f"it is {len(secret)} bytes long; symmetric material is {sizes()} bytes")
     return ImportedKey(spec, secret, binding_digest(secret), key_check_value(secret))
 
 
@@ -209,15 +216,11 @@ def generate_data_key(
 # --- the RPC handlers -----------------------------------------------------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _encrypt_call(engine: KmsEngine, p: Mapping[str, str]) -> dict[str, Any]:
     # Plaintext is taken as the text it is; Decrypt gives the same text back.
     plaintext = require("Plaintext", p.get("Plaintext")).encode("utf-8")
     key, blob = encrypt(engine, p.get("KeyId"), plaintext, p.get("EncryptionContext"))
-    return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "CiphertextBlob": _b64(blob)}
+    return {"KeyId": key.key_id, "KeyVersionId": key.primary_key_version, "CiphertextBlob": b64_text(blob)}
 
 
 def _decrypt_call(engine: KmsEngine, p: Mapping[str, str]) -> dict[str, Any]:
@@ -237,8 +240,8 @@ def _generate_data_key_call(engine: KmsEngine, p: Mapping[str, str]) -> dict[str
     return {
         "KeyId": key.key_id,
         "KeyVersionId": key.primary_key_version,
-        "Plaintext": _b64(data_key),
-        "CiphertextBlob": _b64(blob),
+        "Plaintext": b64_text(data_key),
+        "CiphertextBlob": b64_text(blob),
     }
 
 

@@ -38,6 +38,7 @@ from provisioner.model import (
     ProtectionLevel,
     SourceKind,
     is_reserved_alias,
+    member_or_none,
 )
 from provisioner.specs import facts, family_specs, importable_specs, material_kinds
 
@@ -195,13 +196,6 @@ def _check_tags(
     return good
 
 
-def _enum_or_none(enum: type[Any], value: Any) -> Any:
-    try:
-        return enum(value)
-    except ValueError:
-        return None
-
-
 def _resolve(folder: Path, relative: str) -> Path:
     # Absolute without following symlinks, so messages show the path the user would recognise.
     return Path(os.path.abspath(folder / relative))
@@ -233,7 +227,7 @@ def check_doc(doc: Doc, state: SetState, diags: Diagnostics) -> list[DesiredKey]
     defaults: dict[str, Any] = raw_defaults if isinstance(raw_defaults, dict) else {}
     default_tags = _check_tags(doc, defaults.get("tags"), ("defaults", "tags"), diags)
     default_instance = defaults.get("instance") if isinstance(defaults.get("instance"), str) else None
-    default_protection = _enum_or_none(ProtectionLevel, defaults.get("protection"))
+    default_protection = member_or_none(ProtectionLevel, defaults.get("protection"))
 
     keys = data.get("keys")
     if not isinstance(keys, dict):
@@ -353,10 +347,10 @@ def _check_key(
     errors_before = len(diags)
     _declare_name(name, here, state, diags)
 
-    spec = _enum_or_none(KeySpec, body.get("spec"))
-    usage = _enum_or_none(KeyUsage, body.get("usage"))
-    protection = _enum_or_none(ProtectionLevel, body.get("protection")) or default_protection
-    desired_state = _enum_or_none(DesiredState, body.get("state", "present"))
+    spec = member_or_none(KeySpec, body.get("spec"))
+    usage = member_or_none(KeyUsage, body.get("usage"))
+    protection = member_or_none(ProtectionLevel, body.get("protection")) or default_protection
+    desired_state = member_or_none(DesiredState, body.get("state", "present"))
     _check_spec(doc, name, base, spec, protection, diags)
 
     instance = body.get("instance", default_instance)
@@ -584,7 +578,7 @@ def _key_previous(
     seen: dict[str, Location] = {}
     for i, entry in enumerate(raw):
         fp = entry.get("material", {}).get("fingerprint") if isinstance(entry, dict) else None
-        state = _enum_or_none(DesiredState, entry.get("state")) if isinstance(entry, dict) else None
+        state = member_or_none(DesiredState, entry.get("state")) if isinstance(entry, dict) else None
         if not isinstance(fp, str) or state is None:
             continue  # the schema reported it
         at = doc.loc(("keys", name, "previous", i, "material", "fingerprint"))
